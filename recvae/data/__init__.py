@@ -1,0 +1,21 @@
+"""Raw logs -> :class:`Interactions` -> :class:`Split`."""
+
+from recvae.data.interactions import Interactions, PreprocessingReport, read_interactions_file
+from recvae.data.splits import HeldOut, Split, strong_generalization, temporal_split, weak_generalization
+from recvae.data.synthetic import ML1M_SHAPE, ML20M_SHAPE, SyntheticConfig, synthetic_interactions, synthetic_log
+
+__all__ = [
+    "Interactions",
+    "PreprocessingReport",
+    "read_interactions_file",
+    "HeldOut",
+    "Split",
+    "strong_generalization",
+    "weak_generalization",
+    "temporal_split",
+    "SyntheticConfig",
+    "ML1M_SHAPE",
+    "ML20M_SHAPE",
+    "synthetic_log",
+    "synthetic_interactions",
+]
