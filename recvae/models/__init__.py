@@ -1,0 +1,20 @@
+"""Models: the shared Recommender interface, the VAEs and their building blocks."""
+
+from recvae.models.annealing import AnnealConfig
+from recvae.models.base import NotFittedError, Recommendations, Recommender
+from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
+from recvae.models.mult_vae import MultDAE, MultVAE
+from recvae.models.vae import VAE, VAEConfig
+
+__all__ = [
+    "AnnealConfig",
+    "NotFittedError",
+    "Recommendations",
+    "Recommender",
+    "LIKELIHOODS",
+    "make_likelihood",
+    "MultVAE",
+    "MultDAE",
+    "VAE",
+    "VAEConfig",
+]

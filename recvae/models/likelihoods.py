@@ -1,0 +1,145 @@
+"""Observation models p(x | z) for a user's item row.
+
+Every likelihood receives the decoder output for a batch of users and the
+batch's interactions as sparse triplets (row, column, value). The users x items
+data are never densified: each negative log-likelihood splits into one dense
+pass over the decoder output (a log-sum-exp, a softplus, a square) plus a
+gather at the nonzero entries.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+import torch
+import torch.nn.functional as F
+
+from recvae.sparse import SparseRows
+
+__all__ = [
+    "Likelihood",
+    "Multinomial",
+    "Bernoulli",
+    "Gaussian",
+    "GaussianLearnedVariance",
+    "LIKELIHOODS",
+    "make_likelihood",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class Likelihood(ABC):
+    """p(x | decoder output). ``outputs_per_item`` decoder outputs per item."""
+
+    name: str = ""
+    outputs_per_item: int = 1
+
+    @abstractmethod
+    def nll(self, output: torch.Tensor, x: SparseRows) -> torch.Tensor:
+        """Negative log-likelihood per user, shape (batch,)."""
+
+    def scores(self, output: torch.Tensor) -> torch.Tensor:
+        """Ranking scores (monotone in the predicted mean), shape (batch, items)."""
+        return output[:, : output.shape[1] // self.outputs_per_item]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Multinomial(Likelihood):
+    """Mult-VAE: -sum_i x_ui log softmax(logits_u)_i.
+
+    Equals the multinomial log-likelihood up to the count coefficient, which
+    does not depend on the model (as in Liang et al.).
+    """
+
+    name = "multinomial"
+
+    def nll(self, output: torch.Tensor, x: SparseRows) -> torch.Tensor:
+        logits = output.float()
+        log_norm = torch.logsumexp(logits, dim=1)
+        picked = logits[x.row_of_entry, x.col_indices] * x.values
+        data_term = torch.zeros_like(log_norm).index_add_(0, x.row_of_entry, picked)
+        return x.row_sums() * log_norm - data_term
+
+
+class Bernoulli(Likelihood):
+    """Independent Bernoulli per item: binary cross-entropy with logits, summed over all items."""
+
+    name = "bernoulli"
+
+    def nll(self, output: torch.Tensor, x: SparseRows) -> torch.Tensor:
+        logits = output.float()
+        # BCE(l, x) = softplus(l) - x * l; the first term over every item, the second at nonzeros.
+        dense_term = F.softplus(logits).sum(dim=1)
+        picked = logits[x.row_of_entry, x.col_indices] * x.values
+        return dense_term - torch.zeros_like(dense_term).index_add_(0, x.row_of_entry, picked)
+
+
+class Gaussian(Likelihood):
+    """Gaussian with constant variance sigma^2 (default 1): a scaled MSE plus its constant."""
+
+    name = "gaussian"
+
+    def __init__(self, variance: float = 1.0) -> None:
+        if variance <= 0:
+            raise ValueError(f"variance must be positive; got {variance}")
+        self.variance = float(variance)
+
+    def nll(self, output: torch.Tensor, x: SparseRows) -> torch.Tensor:
+        mean = output.float()
+        n_items = mean.shape[1]
+        # sum_i (x_i - m_i)^2 = sum_i m_i^2 + sum_{i: x_i != 0} (x_i^2 - 2 x_i m_i)
+        sq = (mean * mean).sum(dim=1)
+        picked = x.values * x.values - 2.0 * x.values * mean[x.row_of_entry, x.col_indices]
+        sq = sq.index_add(0, x.row_of_entry, picked)
+        return 0.5 * sq / self.variance + 0.5 * n_items * (_LOG_2PI + math.log(self.variance))
+
+    def __repr__(self) -> str:
+        return f"Gaussian(variance={self.variance})"
+
+
+class GaussianLearnedVariance(Likelihood):
+    """Gaussian whose log-variance the decoder predicts per user and item.
+
+    NLL = 0.5 (log 2 pi + log s^2 + (x - m)^2 / s^2) summed over items. The
+    log-variance is clamped to [min_log_variance, max_log_variance]: on binary
+    data an unbounded variance can shrink towards 0 and the likelihood diverge.
+    """
+
+    name = "gaussian_learned"
+    outputs_per_item = 2
+
+    def __init__(self, min_log_variance: float = -6.0, max_log_variance: float = 6.0) -> None:
+        self.min_log_variance = min_log_variance
+        self.max_log_variance = max_log_variance
+
+    def split(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and clamped log-variance from the decoder output."""
+        n_items = output.shape[1] // 2
+        mean = output[:, :n_items].float()
+        log_var = output[:, n_items:].float().clamp(self.min_log_variance, self.max_log_variance)
+        return mean, log_var
+
+    def nll(self, output: torch.Tensor, x: SparseRows) -> torch.Tensor:
+        mean, log_var = self.split(output)
+        precision = torch.exp(-log_var)
+        dense = (log_var + mean * mean * precision).sum(dim=1)
+        r, c = x.row_of_entry, x.col_indices
+        picked = (x.values * x.values - 2.0 * x.values * mean[r, c]) * precision[r, c]
+        dense = dense.index_add(0, r, picked)
+        return 0.5 * (dense + mean.shape[1] * _LOG_2PI)
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    cls.name: cls for cls in (Multinomial, Bernoulli, Gaussian, GaussianLearnedVariance)
+}
+
+
+def make_likelihood(name: str) -> Likelihood:
+    """The likelihood registered under ``name`` (see :data:`LIKELIHOODS`)."""
+    try:
+        return LIKELIHOODS[name]()
+    except KeyError:
+        raise ValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}") from None

@@ -1,0 +1,236 @@
+"""Mult-VAE and Mult-DAE as recommenders: fit, score, recommend, embed, save/load."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recvae.data.interactions import Interactions
+from recvae.data.splits import HeldOut, Split
+from recvae.models.annealing import AnnealConfig
+from recvae.models.base import Recommender, as_user_rows
+from recvae.models.vae import VAE, VAEConfig
+from recvae.sparse import SparseRows
+from recvae.training import TrainingConfig, TrainingResult, resolve_device, sparse_rows, train_vae
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MultVAE", "MultDAE", "training_inputs"]
+
+_SAVE_FORMAT = "recvae.vae/1"
+
+
+def training_inputs(train, validation=None) -> tuple[sp.csr_matrix, HeldOut | None, np.ndarray | None]:
+    """Normalise ``fit``'s arguments: a Split, an Interactions or a CSR matrix.
+
+    A Split brings its own validation users (unless ``validation`` is given) and
+    its item id map; an Interactions brings its item id map.
+    """
+    item_ids = None
+    if isinstance(train, Split):
+        validation = train.validation if validation is None else validation
+        item_ids = train.item_ids
+        matrix = train.train
+    elif isinstance(train, Interactions):
+        item_ids = train.item_ids
+        matrix = train.matrix
+    elif sp.issparse(train):
+        matrix = sp.csr_matrix(train, dtype=np.float32)
+    else:
+        raise TypeError(
+            "train must be a recvae Split, an Interactions or a scipy.sparse CSR matrix (users x items); "
+            f"got {type(train).__name__}"
+        )
+    if validation is not None:
+        if not isinstance(validation, HeldOut):
+            raise TypeError(f"validation must be a recvae HeldOut (e.g. split.validation); got {type(validation).__name__}")
+        if validation.fold_in.shape[1] != matrix.shape[1]:
+            raise ValueError(
+                f"validation rows have {validation.fold_in.shape[1]} items, training has {matrix.shape[1]}"
+            )
+    return matrix, validation, item_ids
+
+
+class MultVAE(Recommender):
+    """A VAE for collaborative filtering (Liang et al. 2018), any of four likelihoods.
+
+    Example::
+
+        model = MultVAE(VAEConfig(), TrainingConfig(epochs=50)).fit(split)
+        recs = model.recommend_for_items([1, 50, 260], k=10)
+        mu, sigma = model.embed_users(split.test.fold_in)
+
+    Attributes set by ``fit``: ``net_`` (the torch module), ``history_`` (per-epoch
+    DataFrame), ``training_`` (a :class:`TrainingResult`), ``item_ids_``, ``n_items_``.
+    """
+
+    def __init__(self, config: VAEConfig | None = None, training: TrainingConfig | None = None) -> None:
+        self.config = config if config is not None else self.default_config()
+        self.training = training if training is not None else self.default_training()
+        self.net_: VAE | None = None
+        self.training_: TrainingResult | None = None
+        self.device_: torch.device | None = None
+
+    @staticmethod
+    def default_config() -> VAEConfig:
+        return VAEConfig()
+
+    @staticmethod
+    def default_training() -> TrainingConfig:
+        return TrainingConfig()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config}, {self.training})"
+
+    @property
+    def history_(self):
+        return None if self.training_ is None else self.training_.history
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, train, validation: HeldOut | None = None) -> MultVAE:
+        """Train on ``train`` (Split, Interactions or CSR); selects the best epoch on ``validation``.
+
+        With a Split, its validation users are used unless ``validation`` is given.
+        Returns self.
+        """
+        matrix, validation, item_ids = training_inputs(train, validation)
+        self.device_ = resolve_device(self.training.device)
+        with torch.random.fork_rng(devices=[]):
+            # Initialisation is seeded without touching the caller's global RNG.
+            torch.manual_seed(self.training.seed)
+            net = VAE(matrix.shape[1], self.config)
+        self.net_ = net.to(self.device_)
+        self.item_ids_ = item_ids
+        self.n_items_ = matrix.shape[1]
+        self.training_ = train_vae(self.net_, matrix, validation, self.training, self.device_)
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def _rows(self, user_rows) -> SparseRows:
+        self._check_fitted()
+        return sparse_rows(as_user_rows(user_rows, self.n_items_), self.device_)
+
+    def score_tensor(self, user_rows) -> torch.Tensor:
+        """Scores as a torch tensor on the model's device (used by the evaluation harness)."""
+        return self.net_.scores(self._rows(user_rows))
+
+    def score(self, user_rows) -> np.ndarray:
+        """(users, items) scores for CSR user rows (fold-in: no retraining)."""
+        return self.score_tensor(user_rows).cpu().numpy()
+
+    @torch.no_grad()
+    def embed_users(self, user_rows) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation of z for each user row.
+
+        For Mult-DAE (deterministic) sigma is all zeros.
+        """
+        x = self._rows(user_rows)
+        was_training = self.net_.training
+        self.net_.eval()
+        try:
+            mu, log_var = self.net_.encode(x)
+        finally:
+            self.net_.train(was_training)
+        sigma = torch.zeros_like(mu) if log_var is None else torch.exp(0.5 * log_var)
+        return mu.cpu().numpy(), sigma.cpu().numpy()
+
+    def item_embeddings(self) -> np.ndarray:
+        """(items, d) rows of the decoder's output layer (d = last hidden width)."""
+        self._check_fitted()
+        return self.net_.item_embeddings().cpu().numpy()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Weights, configs, id map and history in one torch file (loadable with weights_only=True)."""
+        self._check_fitted()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": _SAVE_FORMAT,
+            "class": type(self).__name__,
+            "config": _plain(asdict(self.config)),
+            "training": _plain(asdict(self.training)),
+            "n_items": int(self.n_items_),
+            "state_dict": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
+            "item_ids": _ids_to_payload(self.item_ids_),
+            "history": None if self.history_ is None else self.history_.to_dict(orient="list"),
+            "best_epoch": None if self.training_ is None else self.training_.best_epoch,
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> MultVAE:
+        """Read a model written by :meth:`save` (no pickled objects are executed)."""
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != _SAVE_FORMAT:
+            raise ValueError(f"{path} is not a recvae VAE file (format {_SAVE_FORMAT})")
+        training = payload["training"]
+        training["anneal"] = AnnealConfig(**training["anneal"])
+        config = VAEConfig(**{**payload["config"], "hidden_dims": tuple(payload["config"]["hidden_dims"])})
+        model = cls(config, replace(TrainingConfig(**training), device=device))
+        model.device_ = resolve_device(device)
+        model.net_ = VAE(payload["n_items"], config)
+        model.net_.load_state_dict(payload["state_dict"])
+        model.net_.to(model.device_).eval()
+        model.n_items_ = payload["n_items"]
+        model.item_ids_ = _ids_from_payload(payload["item_ids"])
+        if payload["history"] is not None:
+            import pandas as pd
+
+            model.training_ = TrainingResult(
+                history=pd.DataFrame(payload["history"]), best_epoch=payload["best_epoch"], best_score=None,
+                best_beta=None, final_beta=float("nan"), steps=0, stopped_early=False,
+            )
+        return model
+
+
+class MultDAE(MultVAE):
+    """Mult-DAE (Liang et al.): I-200-I, deterministic, weight decay 0.01 / batch size."""
+
+    @staticmethod
+    def default_config() -> VAEConfig:
+        return VAEConfig(hidden_dims=(), latent_dim=200, variational=False)
+
+    @staticmethod
+    def default_training() -> TrainingConfig:
+        return TrainingConfig(weight_decay=0.01 / 500, anneal=AnnealConfig(kind="constant", cap=0.0))
+
+    def __init__(self, config: VAEConfig | None = None, training: TrainingConfig | None = None) -> None:
+        super().__init__(config, training)
+        if self.config.variational:
+            raise ValueError("MultDAE needs a deterministic encoder: VAEConfig(variational=False)")
+
+
+def _plain(value):
+    """Configs as plain Python containers (tuples -> lists) for weights_only loading."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _ids_to_payload(ids: np.ndarray | None):
+    if ids is None:
+        return None
+    if np.issubdtype(ids.dtype, np.integer):
+        return {"kind": "int", "values": torch.from_numpy(ids.astype(np.int64))}
+    if np.issubdtype(ids.dtype, np.floating):
+        return {"kind": "float", "values": torch.from_numpy(ids.astype(np.float64))}
+    return {"kind": "str", "values": [str(v) for v in ids.tolist()]}
+
+
+def _ids_from_payload(payload) -> np.ndarray | None:
+    if payload is None:
+        return None
+    if payload["kind"] == "str":
+        return np.asarray(payload["values"], dtype=object)
+    return payload["values"].numpy()

@@ -1,0 +1,192 @@
+"""The VAE over sparse user rows (Liang et al. 2018, "Mult-VAE"), in one module.
+
+x (sparse row) -> L2-normalise -> input dropout -> sparse first layer -> tanh
+-> ... -> (mu, log sigma^2) -> z = mu + sigma * eps (training) or mu (inference)
+-> decoder MLP -> item outputs -> likelihood p(x | z).
+
+The batch stays a torch sparse CSR tensor on the device from end to end; the
+first layer multiplies it by the weight through a sparse kernel that reads only
+its nonzeros. Nothing of size users x items is ever materialised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
+from recvae.sparse import SparseRows
+
+__all__ = ["VAEConfig", "SparseLinear", "VAE", "gaussian_kl"]
+
+_ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "swish": F.silu, "sigmoid": torch.sigmoid}
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture and likelihood. The defaults are Mult-VAE's (I-600-200-600-I).
+
+    Attributes:
+        hidden_dims: encoder hidden widths; the decoder mirrors them.
+        latent_dim: size of z.
+        likelihood: ``multinomial``, ``bernoulli``, ``gaussian`` (constant
+            variance) or ``gaussian_learned`` (the decoder also outputs a
+            log-variance per item).
+        input_dropout: dropout rate on the normalised input (training only).
+        activation: between layers (``tanh`` as in the paper).
+        variational: False gives Mult-DAE: a deterministic encoder, no KL,
+            and the activation on the code (as in Liang et al.'s DAE).
+        normalize_input: L2-normalise each input row (the paper does).
+    """
+
+    hidden_dims: tuple[int, ...] = (600,)
+    latent_dim: int = 200
+    likelihood: str = "multinomial"
+    input_dropout: float = 0.5
+    activation: str = "tanh"
+    variational: bool = True
+    normalize_input: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_dims", tuple(int(d) for d in self.hidden_dims))
+        if any(d < 1 for d in self.hidden_dims) or self.latent_dim < 1:
+            raise ValueError("hidden_dims and latent_dim must be positive")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must lie in [0, 1); got {self.input_dropout}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(_ACTIVATIONS)}")
+
+
+class SparseLinear(nn.Module):
+    """y = x W + b for a sparse CSR batch x (batch x in_features).
+
+    The weight is stored (in_features x out_features), row i being item i's
+    input embedding, so the product is a weighted sum of the rows of W picked by
+    each user's items. It runs on ``F.embedding_bag``'s sparse-sum kernel over
+    the CSR's own arrays (column indices, row offsets, values): forward and
+    backward touch only the nonzeros, on CPU and CUDA alike, and measured ~3x
+    faster than ``torch.sparse.mm`` for the forward + backward at ML-20M shape.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.layout != torch.sparse_csr:
+            raise TypeError(f"SparseLinear expects a torch.sparse_csr tensor; got layout {x.layout}")
+        crow = x.crow_indices()
+        out = F.embedding_bag(
+            x.col_indices(), self.weight, crow[:-1], mode="sum", per_sample_weights=x.values(),
+            include_last_offset=False,
+        )
+        return out + self.bias
+
+
+def gaussian_kl(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(log_var)) || N(0, I)) per row, in closed form.
+
+    0.5 * sum(-log_var + exp(log_var) + mu^2 - 1).
+    """
+    return 0.5 * (-log_var + log_var.exp() + mu * mu - 1.0).sum(dim=1)
+
+
+class VAE(nn.Module):
+    """Encoder, reparameterisation, decoder and likelihood for ``n_items`` items."""
+
+    def __init__(self, n_items: int, config: VAEConfig = VAEConfig()) -> None:
+        super().__init__()
+        if n_items < 2:
+            raise ValueError(f"need at least 2 items; got {n_items}")
+        self.n_items = n_items
+        self.config = config
+        self.likelihood = make_likelihood(config.likelihood)
+        self._act = _ACTIVATIONS[config.activation]
+        code = config.latent_dim * (2 if config.variational else 1)
+        enc_dims = [*config.hidden_dims, code]
+        self.input_layer = SparseLinear(n_items, enc_dims[0])
+        self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(enc_dims[:-1], enc_dims[1:]))
+        dec_dims = [config.latent_dim, *reversed(config.hidden_dims), n_items * self.likelihood.outputs_per_item]
+        self.decoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dec_dims[:-1], dec_dims[1:]))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights, biases ~ N(0, 0.001^2) truncated at 2 std (the paper's TF init)."""
+        for module in [self.input_layer, *self.encoder, *self.decoder]:
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.trunc_normal_(module.bias, std=0.001, a=-0.002, b=0.002)
+
+    # ------------------------------------------------------------------ encoder
+    def encoder_input(self, x: SparseRows, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The sparse CSR input of the first layer: normalised, with dropout in training."""
+        values = x.values
+        if self.config.normalize_input:
+            sq = torch.zeros(x.n_rows, dtype=values.dtype, device=values.device)
+            sq.index_add_(0, x.row_of_entry, values * values)
+            values = values * torch.rsqrt(sq.clamp_min(1e-12))[x.row_of_entry]
+        p = self.config.input_dropout
+        if self.training and p > 0:
+            keep = torch.rand(values.shape, generator=generator, device=values.device) >= p
+            values = values * keep / (1.0 - p)
+        return x.to_sparse_csr(values)
+
+    def encode(self, x: SparseRows, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mu, log_var); log_var is None for the deterministic (DAE) encoder."""
+        h = self.input_layer(self.encoder_input(x, generator))
+        for layer in self.encoder:
+            h = layer(self._act(h))
+        if not self.config.variational:
+            return self._act(h), None
+        d = self.config.latent_dim
+        return h[:, :d], h[:, d:]
+
+    def reparameterize(self, mu: torch.Tensor, log_var: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mu + sigma * eps in training; mu otherwise (and for the DAE)."""
+        if log_var is None or not self.training:
+            return mu
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + eps * torch.exp(0.5 * log_var)
+
+    # ------------------------------------------------------------------ decoder
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output for each item (its likelihood's parameters)."""
+        h = z
+        for i, layer in enumerate(self.decoder):
+            if i:
+                h = self._act(h)
+            h = layer(h)
+        return h
+
+    def forward(self, x: SparseRows, generator: torch.Generator | None = None):
+        """(decoder output, mu, log_var) for a batch."""
+        mu, log_var = self.encode(x, generator)
+        return self.decode(self.reparameterize(mu, log_var, generator)), mu, log_var
+
+    def loss(self, x: SparseRows, beta: float, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Negative ELBO averaged over the batch: mean NLL + beta * mean KL."""
+        output, mu, log_var = self(x, generator)
+        nll = self.likelihood.nll(output, x).mean()
+        kl = gaussian_kl(mu.float(), log_var.float()).mean() if log_var is not None else nll.new_zeros(())
+        return {"loss": nll + beta * kl, "nll": nll, "kl": kl}
+
+    @torch.no_grad()
+    def scores(self, x: SparseRows) -> torch.Tensor:
+        """Ranking scores from the posterior mean (no dropout, no noise)."""
+        was_training = self.training
+        self.eval()
+        try:
+            mu, _ = self.encode(x)
+            return self.likelihood.scores(self.decode(mu)).float()
+        finally:
+            self.train(was_training)
+
+    def item_embeddings(self) -> torch.Tensor:
+        """Rows of the decoder's output weight: one vector per item (its mean output)."""
+        return self.decoder[-1].weight[: self.n_items].detach()
