@@ -12,7 +12,7 @@ from recvae.data import (
     temporal_split,
     weak_generalization,
 )
-from tests.conftest import shared_file
+from conftest import shared_file
 
 
 def _shuffled_log(seed=0):

@@ -1,10 +1,24 @@
 """Raw logs -> :class:`Interactions` -> :class:`Split`."""
 
+from recvae.data.movielens import (
+    MOVIELENS,
+    DatasetUnavailableError,
+    download_movielens,
+    load_movielens,
+    read_movielens,
+    read_movielens_file,
+)
 from recvae.data.interactions import Interactions, PreprocessingReport, read_interactions_file
 from recvae.data.splits import HeldOut, Split, strong_generalization, temporal_split, weak_generalization
 from recvae.data.synthetic import ML1M_SHAPE, ML20M_SHAPE, SyntheticConfig, synthetic_interactions, synthetic_log
 
 __all__ = [
+    "MOVIELENS",
+    "DatasetUnavailableError",
+    "download_movielens",
+    "load_movielens",
+    "read_movielens",
+    "read_movielens_file",
     "Interactions",
     "PreprocessingReport",
     "read_interactions_file",

@@ -63,6 +63,8 @@ __all__ = [
     "read_ratings_csv",
     "read_movielens",
     "download_movielens",
+    "read_movielens_file",
+    "load_movielens",
 ]
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -746,3 +748,43 @@ def read_movielens(
             f"or place the file at {candidates[0]}"
         )
     return spec.reader(download_movielens(spec, data_dir))
+
+
+def read_movielens_file(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a MovieLens ratings file of any published format, chosen by its name.
+
+    ``u.data`` (100K), ``*.dat`` (1M, 10M: ``::``-separated) and ``*.csv``
+    (20M, 25M, latest), each plain or ``.gz``.
+    """
+    name = Path(path).name.lower().removesuffix(".gz")
+    if name == "u.data" or name.endswith(".data"):
+        return read_ml100k(path)
+    if name.endswith(".dat"):
+        return read_dat(path)
+    if name.endswith(".csv"):
+        return read_ratings_csv(path)
+    raise ValueError(
+        f"cannot tell the MovieLens format of {path}: expected u.data, ratings.dat or ratings.csv "
+        "(optionally .gz); for another log use Interactions.from_path"
+    )
+
+
+def load_movielens(
+    name_or_path: str | os.PathLike[str] | MovieLensSpec,
+    data_dir: str | os.PathLike[str] = "data",
+    download: bool = True,
+    **preprocessing: object,
+):
+    """A MovieLens release (by name, downloaded when missing) or file, preprocessed.
+
+    Applies Liang et al.'s preprocessing by default (rating > 3.5, users with
+    >= 5 events; files without ratings keep every pair). ``preprocessing``
+    overrides :meth:`recvae.data.Interactions.from_dataframe`'s keyword arguments.
+    """
+    from recvae.data.interactions import Interactions
+
+    if isinstance(name_or_path, MovieLensSpec) or str(name_or_path).lower() in MOVIELENS:
+        log = read_movielens(name_or_path, data_dir=data_dir, download=download)
+    else:
+        log = read_movielens_file(name_or_path)
+    return Interactions.from_dataframe(log, **preprocessing)

@@ -1,0 +1,91 @@
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import scipy.stats
+import torch
+
+from recvae.data.splits import HeldOut, Split
+from recvae.evaluation import evaluate, evaluate_heldout, paired_comparison, top_k_for_rows
+
+
+def _heldout(seed=0, n=40, items=30):
+    rng = np.random.default_rng(seed)
+    cells = rng.random((n, items))
+    fold_in = sp.csr_matrix((cells < 0.2).astype(np.float32))
+    target = sp.csr_matrix(((cells >= 0.2) & (cells < 0.3)).astype(np.float32))
+    target = sp.csr_matrix(target.multiply(np.arange(n)[:, None] > 0))  # user 0 has no target
+    target.eliminate_zeros()
+    return HeldOut(fold_in, target, np.arange(100, 100 + n))
+
+
+class _Oracle:
+    """Scores exactly the target items highest, through the numpy path."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def score(self, rows):
+        return self.target.toarray() + 0.0
+
+
+def test_oracle_scores_one_and_empty_targets_are_excluded():
+    held = _heldout()
+    result = evaluate_heldout(_Oracle(held.target).score, held, ks=(5, 10))
+    assert result["ndcg@10"] == pytest.approx(1.0) and result["recall@5"] == pytest.approx(1.0)
+    empty = int((np.diff(held.target.indptr) == 0).sum())
+    assert empty >= 1
+    assert result.summary.loc["ndcg@10", "n_excluded"] == empty
+    assert result.summary.loc["ndcg@10", "n_users"] == held.n_users - empty
+    assert np.isnan(result.per_user["ndcg@10"].iloc[0])
+
+
+def test_fold_in_items_are_never_ranked():
+    held = _heldout()
+
+    def loves_seen(rows):  # puts the user's own items first; the harness must mask them
+        return torch.from_numpy(rows.toarray() * 10 + np.random.default_rng(0).random(rows.shape).astype(np.float32))
+
+    top = top_k_for_rows(loves_seen, held.fold_in, 5, batch_size=7)
+    assert held.fold_in[np.repeat(np.arange(held.n_users), 5), top.ravel()].sum() == 0
+
+
+def test_numpy_and_torch_paths_agree():
+    held = _heldout(1)
+    scores = np.random.default_rng(2).random(held.fold_in.shape).astype(np.float32)
+    a = evaluate_heldout(lambda rows: scores[: rows.shape[0]] if rows.shape[0] == len(scores) else None, held, ks=(5, 20), batch_size=10_000)
+    b = evaluate_heldout(lambda rows: torch.from_numpy(scores.copy()), held, ks=(5, 20), batch_size=10_000)
+    pd.testing.assert_frame_equal(a.summary, b.summary)
+
+
+def test_evaluate_uses_the_requested_users_and_checks_arguments():
+    val, test = _heldout(0), _heldout(1)
+    split = Split(sp.csr_matrix((5, 30), dtype=np.float32), val, test, np.arange(30), np.arange(5), {"kind": "x"})
+
+    class Model:
+        def score(self, rows):
+            return np.zeros(rows.shape, dtype=np.float32)
+
+    assert (evaluate(Model(), split, "validation", ks=(10,)).per_user["user_id"] == val.user_ids).all()
+    with pytest.raises(ValueError, match="which"):
+        evaluate(Model(), split, "train", ks=(10,))
+    with pytest.raises(ValueError, match="k must lie"):
+        evaluate(Model(), split, ks=(31,))
+    with pytest.raises(ValueError, match="unknown metric"):
+        evaluate(Model(), split, ks=(10,), metrics=("auc",))
+
+
+def test_paired_comparison_matches_scipy():
+    held = _heldout(3)
+    rng = np.random.default_rng(4)
+    s1, s2 = rng.random(held.fold_in.shape), rng.random(held.fold_in.shape)
+    a = evaluate_heldout(lambda r: s1.astype(np.float32), held, ks=(5, 20), batch_size=10_000)
+    b = evaluate_heldout(lambda r: s2.astype(np.float32), held, ks=(5, 20), batch_size=10_000)
+    out = paired_comparison(a, b, "ndcg@20")
+    x, y = a.per_user["ndcg@20"].dropna(), b.per_user["ndcg@20"].dropna()
+    assert out["n_users"] == len(x)
+    assert out["t_pvalue"] == pytest.approx(scipy.stats.ttest_rel(x, y).pvalue)
+    assert out["wilcoxon_pvalue"] == pytest.approx(scipy.stats.wilcoxon(x, y).pvalue)
+    assert out["mean_diff"] == pytest.approx(x.mean() - y.mean())
+    with pytest.raises(KeyError, match="ndcg@7"):
+        paired_comparison(a, b, "ndcg@7")
