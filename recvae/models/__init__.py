@@ -1,12 +1,19 @@
 """Models: the shared Recommender interface, the VAEs and their building blocks."""
 
 from recvae.models.annealing import AnnealConfig
+from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, load_baseline
 from recvae.models.base import NotFittedError, Recommendations, Recommender
 from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.models.mult_vae import MultDAE, MultVAE
 from recvae.models.vae import VAE, VAEConfig
 
 __all__ = [
+    "ALS",
+    "BPR",
+    "EASE",
+    "ItemKNN",
+    "Popularity",
+    "load_baseline",
     "AnnealConfig",
     "NotFittedError",
     "Recommendations",
