@@ -18,29 +18,18 @@ numbers: machines are shared and noisy, so read ratios, not seconds.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from recvae.data import ML20M_SHAPE, load_movielens, strong_generalization, synthetic_interactions
+from recvae.data import ML20M_SHAPE, strong_generalization, synthetic_interactions
 from recvae.evaluation import evaluate
 from recvae.models import MultVAE, VAEConfig
 from recvae.training import TrainingConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
-RESULTS = ROOT / "experiments" / "results"
-
-#: name -> (file under ../shared/datasets, held-out users per set), as its README prescribes.
-DATASETS = {
-    "ml-1m-half": ("ml-1m-half/ratings.dat.gz", 300),
-    "ml-1m-implicit": ("ml-1m-implicit/ratings.csv.gz", 600),
-    "ml-100k": ("ml-100k/u.data", 90),
-}
+from protocol_datasets import DATASETS, RESULTS, load_protocol_split
 
 
 def decoder_bound_seconds(batch: int, hidden: int, n_items: int, repeats: int = 5) -> float:
@@ -68,13 +57,10 @@ def epoch_bound(n_users: int, batch: int, hidden: int, n_items: int) -> float:
 def quality(datasets: list[str], likelihoods: list[str], epochs: int, progress: bool) -> pd.DataFrame:
     rows = []
     for name in datasets:
-        file, n_heldout = DATASETS[name]
-        path = SHARED / file
-        if not path.exists():
-            print(f"skip {name}: {path} not found")
+        loaded = load_protocol_split(name)
+        if loaded is None:
             continue
-        data = load_movielens(path)
-        split = strong_generalization(data, n_heldout)
+        data, split = loaded
         print(f"\n{name}: {data.report}\n{split}")
         for likelihood in likelihoods:
             training = TrainingConfig(epochs=epochs, progress=progress)

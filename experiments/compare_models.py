@@ -18,26 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import pandas as pd
 
-from recvae.data import load_movielens, strong_generalization
 from recvae.evaluation import evaluate, paired_comparison
 from recvae.models import MultDAE, MultVAE
 from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity
 from recvae.training import TrainingConfig
 from recvae.tuning import grid_search
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
-RESULTS = ROOT / "experiments" / "results"
-
-DATASETS = {
-    "ml-1m-half": ("ml-1m-half/ratings.dat.gz", 300),
-    "ml-1m-implicit": ("ml-1m-implicit/ratings.csv.gz", 600),
-    "ml-100k": ("ml-100k/u.data", 90),
-}
+from protocol_datasets import DATASETS, RESULTS, load_protocol_split
 
 
 def model_grids(vae_epochs: int) -> dict[str, tuple]:
@@ -57,13 +47,10 @@ def model_grids(vae_epochs: int) -> dict[str, tuple]:
 
 
 def run_dataset(name: str, vae_epochs: int, models: list[str]) -> pd.DataFrame | None:
-    file, n_heldout = DATASETS[name]
-    path = SHARED / file
-    if not path.exists():
-        print(f"skip {name}: {path} not found")
+    loaded = load_protocol_split(name)
+    if loaded is None:
         return None
-    data = load_movielens(path)
-    split = strong_generalization(data, n_heldout)
+    data, split = loaded
     print(f"\n== {name}: {data.report}\n{split}")
     rows, trials, results = [], [], {}
     for model_name, (factory, grid) in model_grids(vae_epochs).items():

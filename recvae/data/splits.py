@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recvae.data.interactions import Interactions
+from recvae.sparse import csr_from_arrays, csr_to_arrays
 
 __all__ = [
     "HeldOut",
@@ -99,8 +100,7 @@ class Split:
         directory.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {}
         for name, m in self._matrices().items():
-            arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"] = m.data, m.indices, m.indptr
-            arrays[f"{name}_shape"] = np.asarray(m.shape)
+            arrays.update(csr_to_arrays(name, m))
         arrays["item_ids"] = self.item_ids
         arrays["train_user_ids"] = self.train_user_ids
         arrays["validation_user_ids"] = self.validation.user_ids
@@ -140,23 +140,17 @@ class Split:
         with np.load(npz_path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
 
-        def matrix(name: str) -> sp.csr_matrix:
-            shape = tuple(int(x) for x in arrays[f"{name}_shape"])
-            return sp.csr_matrix(
-                (arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"]), shape=shape
-            )
-
         held = {
             which: HeldOut(
-                fold_in=matrix(f"{which}_fold_in"),
-                target=matrix(f"{which}_target"),
+                fold_in=csr_from_arrays(f"{which}_fold_in", arrays),
+                target=csr_from_arrays(f"{which}_target", arrays),
                 user_ids=arrays[f"{which}_user_ids"],
                 train_rows=arrays.get(f"{which}_train_rows"),
             )
             for which in ("validation", "test")
         }
         return cls(
-            train=matrix("train"),
+            train=csr_from_arrays("train", arrays),
             validation=held["validation"],
             test=held["test"],
             item_ids=arrays["item_ids"],

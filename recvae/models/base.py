@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Recommender", "Recommendations", "NotFittedError", "as_user_rows"]
+__all__ = ["Recommender", "Recommendations", "NotFittedError", "as_user_rows", "ids_to_array", "ids_from_array"]
 
 
 class NotFittedError(RuntimeError):
@@ -194,3 +194,22 @@ def _item_lookup(item_ids: np.ndarray):
     import pandas as pd
 
     return pd.Index(item_ids)
+
+
+def ids_to_array(ids: np.ndarray | None) -> tuple[str | None, np.ndarray | None]:
+    """Raw ids as (kind, plain array) for pickle-free files: int64, float64 or unicode."""
+    if ids is None:
+        return None, None
+    ids = np.asarray(ids)
+    if np.issubdtype(ids.dtype, np.integer) or ids.dtype == bool:
+        return "int", ids.astype(np.int64)
+    if np.issubdtype(ids.dtype, np.floating):
+        return "float", ids.astype(np.float64)
+    return "str", np.asarray([str(v) for v in ids.tolist()], dtype=str)
+
+
+def ids_from_array(kind: str | None, values: np.ndarray | None) -> np.ndarray | None:
+    """Inverse of :func:`ids_to_array` (string ids come back as an object array)."""
+    if kind is None or values is None:
+        return None
+    return values.astype(object) if kind == "str" else values

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recvae.models.base import Recommender, as_user_rows
+from recvae.models.base import Recommender, as_user_rows, ids_from_array, ids_to_array
 from recvae.models.mult_vae import training_inputs
+from recvae.sparse import csr_from_arrays, csr_to_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -88,39 +89,6 @@ def _single_threaded_blas():
         yield
 
 
-def _ids_to_array(ids: np.ndarray | None) -> tuple[str | None, np.ndarray | None]:
-    if ids is None:
-        return None, None
-    ids = np.asarray(ids)
-    if np.issubdtype(ids.dtype, np.integer) or ids.dtype == bool:
-        return "int", ids.astype(np.int64)
-    if np.issubdtype(ids.dtype, np.floating):
-        return "float", ids.astype(np.float64)
-    return "str", np.asarray([str(v) for v in ids.tolist()], dtype=str)
-
-
-def _ids_from_array(kind: str | None, values: np.ndarray | None) -> np.ndarray | None:
-    if kind is None or values is None:
-        return None
-    return values.astype(object) if kind == "str" else values
-
-
-def _sparse_to_arrays(name: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
-    return {
-        f"{name}_data": matrix.data,
-        f"{name}_indices": matrix.indices,
-        f"{name}_indptr": matrix.indptr,
-        f"{name}_shape": np.asarray(matrix.shape, dtype=np.int64),
-    }
-
-
-def _sparse_from_arrays(name: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
-    shape = tuple(int(x) for x in arrays[f"{name}_shape"])
-    return sp.csr_matrix(
-        (arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"]), shape=shape
-    )
-
-
 class _ArrayRecommender(Recommender):
     """A recommender whose learned state is a few numpy arrays, saved as one ``.npz``.
 
@@ -154,7 +122,7 @@ class _ArrayRecommender(Recommender):
         self._check_fitted()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        ids_kind, ids = _ids_to_array(self.item_ids_)
+        ids_kind, ids = ids_to_array(self.item_ids_)
         meta = {
             "format": _SAVE_FORMAT,
             "class": type(self).__name__,
@@ -186,7 +154,7 @@ class _ArrayRecommender(Recommender):
     def _from_saved(cls, meta: dict, arrays: dict[str, np.ndarray]) -> _ArrayRecommender:
         model = cls(**meta["params"])
         model.n_items_ = int(meta["n_items"])
-        model.item_ids_ = _ids_from_array(meta["item_ids_kind"], arrays.pop("item_ids", None))
+        model.item_ids_ = ids_from_array(meta["item_ids_kind"], arrays.pop("item_ids", None))
         model._set_state(arrays)
         return model
 
@@ -777,10 +745,10 @@ class ItemKNN(_ArrayRecommender):
         return (rows @ self.similarity_).toarray().astype(np.float32, copy=False)
 
     def _state(self) -> dict[str, np.ndarray]:
-        return _sparse_to_arrays("similarity", self.similarity_)
+        return csr_to_arrays("similarity", self.similarity_)
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.similarity_ = _sparse_from_arrays("similarity", arrays)
+        self.similarity_ = csr_from_arrays("similarity", arrays)
 
 
 #: The baselines by short name (for command lines and experiment configs).

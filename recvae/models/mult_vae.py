@@ -13,7 +13,7 @@ import torch
 from recvae.data.interactions import Interactions
 from recvae.data.splits import HeldOut, Split
 from recvae.models.annealing import AnnealConfig
-from recvae.models.base import Recommender, as_user_rows
+from recvae.models.base import Recommender, as_user_rows, ids_from_array, ids_to_array
 from recvae.models.vae import VAE, VAEConfig
 from recvae.sparse import SparseRows
 from recvae.training import TrainingConfig, TrainingResult, resolve_device, sparse_rows, train_vae
@@ -219,18 +219,14 @@ def _plain(value):
 
 
 def _ids_to_payload(ids: np.ndarray | None):
-    if ids is None:
+    kind, values = ids_to_array(ids)
+    if kind is None:
         return None
-    if np.issubdtype(ids.dtype, np.integer):
-        return {"kind": "int", "values": torch.from_numpy(ids.astype(np.int64))}
-    if np.issubdtype(ids.dtype, np.floating):
-        return {"kind": "float", "values": torch.from_numpy(ids.astype(np.float64))}
-    return {"kind": "str", "values": [str(v) for v in ids.tolist()]}
+    return {"kind": kind, "values": values.tolist() if kind == "str" else torch.from_numpy(values)}
 
 
 def _ids_from_payload(payload) -> np.ndarray | None:
     if payload is None:
         return None
-    if payload["kind"] == "str":
-        return np.asarray(payload["values"], dtype=object)
-    return payload["values"].numpy()
+    values = payload["values"]
+    return ids_from_array(payload["kind"], np.asarray(values, dtype=str) if payload["kind"] == "str" else values.numpy())
