@@ -215,3 +215,16 @@ def test_validation_without_targets_is_refused(split):
     empty = dataclasses.replace(split.validation, target=sp.csr_matrix(split.validation.target.shape, dtype=np.float32))
     with pytest.raises(ValueError, match="no validation user has a target"):
         MultVAE(training=FAST).fit(split.train, empty)
+
+
+def test_bf16_autocast_trains_close_to_fp32(split):
+    # bf16 matmuls are slow on CPUs without AVX-512 BF16, so this stays tiny.
+    cfg = dataclasses.replace(FAST, epochs=6)
+    fp32 = MultVAE(training=cfg).fit(split)
+    bf16 = MultVAE(training=dataclasses.replace(cfg, precision="bf16")).fit(split)
+    assert np.isfinite(bf16.history_["loss"]).all()
+    a = evaluate(fp32, split, "validation")["ndcg@100"]
+    b = evaluate(bf16, split, "validation")["ndcg@100"]
+    assert abs(a - b) < 0.05, (a, b)
+    with pytest.raises(ValueError, match="precision"):
+        TrainingConfig(precision="fp16")
