@@ -69,9 +69,10 @@ def parameter_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """Every combination of ``grid``'s values, in a deterministic order.
 
     Keys vary in the order given, the last one fastest (``itertools.product``).
+    An empty grid has one combination, ``{}``: the model's defaults.
     """
-    if not isinstance(grid, Mapping) or not grid:
-        raise ValueError("grid must be a non-empty dict of parameter name -> list of values")
+    if not isinstance(grid, Mapping):
+        raise TypeError(f"grid must be a dict of parameter name -> list of values; got {type(grid).__name__}")
     grid = {n: v.tolist() if isinstance(v, np.ndarray) else v for n, v in grid.items()}
     for name, values in grid.items():
         if not isinstance(name, str):

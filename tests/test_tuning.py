@@ -84,7 +84,7 @@ def test_no_finite_validation_score_is_an_error(split):
 @pytest.mark.parametrize(
     "grid, metric, error",
     [
-        ({}, "ndcg@100", ValueError),
+        ([("l2", [1.0])], "ndcg@100", TypeError),
         ({"l2": 5.0}, "ndcg@100", TypeError),
         ({"l2": "abc"}, "ndcg@100", TypeError),
         ({"l2": []}, "ndcg@100", ValueError),
@@ -100,3 +100,9 @@ def test_bad_arguments(split, grid, metric, error):
 
 def test_parameter_grid_is_the_product():
     assert parameter_grid({"x": [1, 2], "y": [3]}) == [{"x": 1, "y": 3}, {"x": 2, "y": 3}]
+
+
+def test_empty_grid_is_one_trial_with_the_defaults():
+    assert parameter_grid({}) == [{}]
+    with pytest.raises(TypeError, match="dict"):
+        parameter_grid([("k", [1])])
