@@ -28,7 +28,7 @@ from recvae.sparse import DeviceCSR, SparseRows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingConfig", "TrainingResult", "resolve_device", "train_vae", "sparse_rows"]
+__all__ = ["TrainingConfig", "TrainingResult", "resolve_device", "train_step", "train_vae", "sparse_rows", "make_optimizer"]
 
 _CHECKPOINT_FORMAT = 1
 
@@ -122,13 +122,32 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def _make_optimizer(net: torch.nn.Module, params, config: TrainingConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(params, config: TrainingConfig) -> torch.optim.Optimizer:
+    """Adam with weight decay on weight matrices only (not biases or norms)."""
     params = list(params)
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused implementation is several times faster on the large item matrices.
     return torch.optim.Adam(groups, lr=config.lr, fused=True)
+
+
+def train_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: SparseRows,
+    beta: float,
+    generator: torch.Generator,
+    device: torch.device,
+    precision: str = "fp32",
+) -> dict[str, torch.Tensor]:
+    """One gradient step on the negative ELBO of a batch; returns its parts (loss, nll, kl)."""
+    with _autocast(device, precision):
+        parts = net.loss(x, beta, generator)
+    optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    optimizer.step()
+    return parts
 
 
 def train_vae(
@@ -154,7 +173,7 @@ def train_vae(
     active_t = torch.from_numpy(active).to(device)
     steps_per_epoch = math.ceil(len(active) / config.batch_size)
     schedule = BetaSchedule(config.anneal, config.epochs * steps_per_epoch)
-    optimizer = _make_optimizer(net, net.parameters(), config, device)
+    optimizer = make_optimizer(net.parameters(), config)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
 
@@ -179,13 +198,8 @@ def train_vae(
             sums = torch.zeros(3, device=device, dtype=torch.float64)
             order = active_t[torch.randperm(len(active_t), generator=generator, device=device)]
             for batch in order.split(config.batch_size):
-                beta = schedule.beta(state["step"])
-                x = data.rows(batch)
-                with _autocast(device, config.precision):
-                    parts = net.loss(x, beta, generator)
-                optimizer.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                optimizer.step()
+                parts = train_step(net, optimizer, data.rows(batch), schedule.beta(state["step"]),
+                                   generator, device, config.precision)
                 state["step"] += 1
                 sums += torch.stack([parts["loss"].detach(), parts["nll"].detach(), parts["kl"].detach()]).double() * len(batch)
                 bar.update(1)

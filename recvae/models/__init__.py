@@ -5,6 +5,7 @@ from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, load_ba
 from recvae.models.base import NotFittedError, Recommendations, Recommender
 from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.models.mult_vae import MultDAE, MultVAE
+from recvae.models.rec_vae import RecVAE, RecVAEConfig, RecVAENet
 from recvae.models.vae import VAE, VAEConfig
 
 __all__ = [
@@ -22,6 +23,9 @@ __all__ = [
     "make_likelihood",
     "MultVAE",
     "MultDAE",
+    "RecVAE",
+    "RecVAEConfig",
+    "RecVAENet",
     "VAE",
     "VAEConfig",
 ]
