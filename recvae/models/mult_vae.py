@@ -20,7 +20,7 @@ from recvae.training import TrainingConfig, TrainingResult, resolve_device, spar
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MultVAE", "MultDAE", "training_inputs"]
+__all__ = ["TorchVAERecommender", "MultVAE", "MultDAE", "training_inputs"]
 
 _SAVE_FORMAT = "recvae.vae/1"
 
@@ -56,7 +56,73 @@ def training_inputs(train, validation=None) -> tuple[sp.csr_matrix, HeldOut | No
     return matrix, validation, item_ids
 
 
-class MultVAE(Recommender):
+class TorchVAERecommender(Recommender):
+    """What every torch VAE recommender shares: configs, seeded fit, fold-in scoring.
+
+    Subclasses give ``default_config``, ``default_training``, ``_build_net`` and
+    ``_train`` (plus embeddings and persistence).
+    """
+
+    def __init__(self, config=None, training: TrainingConfig | None = None) -> None:
+        self.config = config if config is not None else self.default_config()
+        self.training = training if training is not None else self.default_training()
+        self.net_: torch.nn.Module | None = None
+        self.training_: TrainingResult | None = None
+        self.device_: torch.device | None = None
+
+    @staticmethod
+    def default_config():
+        raise NotImplementedError
+
+    @staticmethod
+    def default_training() -> TrainingConfig:
+        return TrainingConfig()
+
+    def _build_net(self, n_items: int) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None) -> TrainingResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config}, {self.training})"
+
+    @property
+    def history_(self):
+        return None if self.training_ is None else self.training_.history
+
+    def fit(self, train, validation: HeldOut | None = None):
+        """Train on ``train`` (Split, Interactions or CSR); selects the best epoch on ``validation``.
+
+        With a Split, its validation users are used unless ``validation`` is given.
+        Returns self.
+        """
+        matrix, validation, item_ids = training_inputs(train, validation)
+        self.device_ = resolve_device(self.training.device)
+        with torch.random.fork_rng(devices=[]):
+            # Initialisation is seeded without touching the caller's global RNG.
+            torch.manual_seed(self.training.seed)
+            net = self._build_net(matrix.shape[1])
+        self.net_ = net.to(self.device_)
+        self.item_ids_ = item_ids
+        self.n_items_ = matrix.shape[1]
+        self.training_ = self._train(matrix, validation)
+        return self
+
+    def _rows(self, user_rows) -> SparseRows:
+        self._check_fitted()
+        return sparse_rows(as_user_rows(user_rows, self.n_items_), self.device_)
+
+    def score_tensor(self, user_rows) -> torch.Tensor:
+        """Scores as a torch tensor on the model's device (used by the evaluation harness)."""
+        return self.net_.scores(self._rows(user_rows))
+
+    def score(self, user_rows) -> np.ndarray:
+        """(users, items) scores for CSR user rows (fold-in: no retraining)."""
+        return self.score_tensor(user_rows).cpu().numpy()
+
+
+class MultVAE(TorchVAERecommender):
     """A VAE for collaborative filtering (Liang et al. 2018), any of four likelihoods.
 
     Example::
@@ -69,59 +135,15 @@ class MultVAE(Recommender):
     DataFrame), ``training_`` (a :class:`TrainingResult`), ``item_ids_``, ``n_items_``.
     """
 
-    def __init__(self, config: VAEConfig | None = None, training: TrainingConfig | None = None) -> None:
-        self.config = config if config is not None else self.default_config()
-        self.training = training if training is not None else self.default_training()
-        self.net_: VAE | None = None
-        self.training_: TrainingResult | None = None
-        self.device_: torch.device | None = None
-
     @staticmethod
     def default_config() -> VAEConfig:
         return VAEConfig()
 
-    @staticmethod
-    def default_training() -> TrainingConfig:
-        return TrainingConfig()
+    def _build_net(self, n_items: int) -> VAE:
+        return VAE(n_items, self.config)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config}, {self.training})"
-
-    @property
-    def history_(self):
-        return None if self.training_ is None else self.training_.history
-
-    # ------------------------------------------------------------------ fit
-    def fit(self, train, validation: HeldOut | None = None) -> MultVAE:
-        """Train on ``train`` (Split, Interactions or CSR); selects the best epoch on ``validation``.
-
-        With a Split, its validation users are used unless ``validation`` is given.
-        Returns self.
-        """
-        matrix, validation, item_ids = training_inputs(train, validation)
-        self.device_ = resolve_device(self.training.device)
-        with torch.random.fork_rng(devices=[]):
-            # Initialisation is seeded without touching the caller's global RNG.
-            torch.manual_seed(self.training.seed)
-            net = VAE(matrix.shape[1], self.config)
-        self.net_ = net.to(self.device_)
-        self.item_ids_ = item_ids
-        self.n_items_ = matrix.shape[1]
-        self.training_ = train_vae(self.net_, matrix, validation, self.training, self.device_)
-        return self
-
-    # ------------------------------------------------------------------ inference
-    def _rows(self, user_rows) -> SparseRows:
-        self._check_fitted()
-        return sparse_rows(as_user_rows(user_rows, self.n_items_), self.device_)
-
-    def score_tensor(self, user_rows) -> torch.Tensor:
-        """Scores as a torch tensor on the model's device (used by the evaluation harness)."""
-        return self.net_.scores(self._rows(user_rows))
-
-    def score(self, user_rows) -> np.ndarray:
-        """(users, items) scores for CSR user rows (fold-in: no retraining)."""
-        return self.score_tensor(user_rows).cpu().numpy()
+    def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None) -> TrainingResult:
+        return train_vae(self.net_, matrix, validation, self.training, self.device_)
 
     @torch.no_grad()
     def embed_users(self, user_rows) -> tuple[np.ndarray, np.ndarray]:

@@ -34,9 +34,8 @@ from tqdm.auto import tqdm
 from recvae.data.splits import HeldOut
 from recvae.evaluation import evaluate_heldout
 from recvae.models.annealing import AnnealConfig
-from recvae.models.base import Recommender, as_user_rows
 from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
-from recvae.models.mult_vae import _ids_from_payload, _ids_to_payload, _plain, training_inputs
+from recvae.models.mult_vae import TorchVAERecommender, _ids_from_payload, _ids_to_payload, _plain
 from recvae.models.vae import SparseLinear
 from recvae.sparse import DeviceCSR, SparseRows
 from recvae.training import (
@@ -471,7 +470,7 @@ def _load_checkpoint(path, net, optimizers, generator, state, device) -> None:
 
 
 # ---------------------------------------------------------------------- recommender
-class RecVAE(Recommender):
+class RecVAE(TorchVAERecommender):
     """RecVAE (Shenbin et al. 2020) as a recommender.
 
     Example::
@@ -484,55 +483,20 @@ class RecVAE(Recommender):
     ``training_`` (a :class:`TrainingResult`), ``item_ids_``, ``n_items_``, ``device_``.
     """
 
-    def __init__(self, config: RecVAEConfig | None = None, training: TrainingConfig | None = None) -> None:
-        self.config = config if config is not None else RecVAEConfig()
-        self.training = training if training is not None else self.default_training()
-        self.net_: RecVAENet | None = None
-        self.training_: TrainingResult | None = None
-        self.device_: torch.device | None = None
+    @staticmethod
+    def default_config() -> RecVAEConfig:
+        return RecVAEConfig()
 
     @staticmethod
     def default_training() -> TrainingConfig:
         """The authors' schedule: 50 epochs, batch 500, Adam lr 5e-4."""
         return TrainingConfig(epochs=50, batch_size=500, lr=5e-4)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config}, {self.training})"
+    def _build_net(self, n_items: int) -> RecVAENet:
+        return RecVAENet(n_items, self.config)
 
-    @property
-    def history_(self):
-        return None if self.training_ is None else self.training_.history
-
-    def fit(self, train, validation: HeldOut | None = None) -> RecVAE:
-        """Train on ``train`` (Split, Interactions or CSR); selects the best epoch on ``validation``.
-
-        With a Split, its validation users are used unless ``validation`` is given.
-        Returns self.
-        """
-        matrix, validation, item_ids = training_inputs(train, validation)
-        self.device_ = resolve_device(self.training.device)
-        with torch.random.fork_rng(devices=[]):
-            # Initialisation is seeded without touching the caller's global RNG.
-            torch.manual_seed(self.training.seed)
-            net = RecVAENet(matrix.shape[1], self.config)
-        self.net_ = net.to(self.device_)
-        self.item_ids_ = item_ids
-        self.n_items_ = matrix.shape[1]
-        self.training_ = train_recvae(self.net_, matrix, validation, self.training, self.device_)
-        return self
-
-    # ------------------------------------------------------------------ inference
-    def _rows(self, user_rows) -> SparseRows:
-        self._check_fitted()
-        return sparse_rows(as_user_rows(user_rows, self.n_items_), self.device_)
-
-    def score_tensor(self, user_rows) -> torch.Tensor:
-        """Scores as a torch tensor on the model's device (used by the evaluation harness)."""
-        return self.net_.scores(self._rows(user_rows))
-
-    def score(self, user_rows) -> np.ndarray:
-        """(users, items) scores for CSR user rows (fold-in: no retraining)."""
-        return self.score_tensor(user_rows).cpu().numpy()
+    def _train(self, matrix, validation: HeldOut | None) -> TrainingResult:
+        return train_recvae(self.net_, matrix, validation, self.training, self.device_)
 
     @torch.no_grad()
     def embed_users(self, user_rows) -> tuple[np.ndarray, np.ndarray]:
