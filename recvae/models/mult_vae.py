@@ -7,6 +7,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
@@ -59,9 +60,12 @@ def training_inputs(train, validation=None) -> tuple[sp.csr_matrix, HeldOut | No
 class TorchVAERecommender(Recommender):
     """What every torch VAE recommender shares: configs, seeded fit, fold-in scoring.
 
-    Subclasses give ``default_config``, ``default_training``, ``_build_net`` and
-    ``_train`` (plus embeddings and persistence).
+    Subclasses give ``default_config``, ``default_training``, ``_build_net``,
+    ``_train``, ``_config_from_dict``, ``embed_users`` and their file format.
     """
+
+    save_format: str = ""
+    file_kind: str = ""
 
     def __init__(self, config=None, training: TrainingConfig | None = None) -> None:
         self.config = config if config is not None else self.default_config()
@@ -121,6 +125,60 @@ class TorchVAERecommender(Recommender):
         """(users, items) scores for CSR user rows (fold-in: no retraining)."""
         return self.score_tensor(user_rows).cpu().numpy()
 
+    def item_embeddings(self) -> np.ndarray:
+        """(items, d) rows of the decoder's output layer."""
+        self._check_fitted()
+        return self.net_.item_embeddings().cpu().numpy()
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def _config_from_dict(cls, values: dict):
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> Path:
+        """Weights, configs, id map and history in one torch file (loadable with weights_only=True)."""
+        self._check_fitted()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": self.save_format,
+            "class": type(self).__name__,
+            "config": _plain(asdict(self.config)),
+            "training": _plain(asdict(self.training)),
+            "n_items": int(self.n_items_),
+            "state_dict": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
+            "item_ids": _ids_to_payload(self.item_ids_),
+            "history": None if self.history_ is None else self.history_.to_dict(orient="list"),
+            "best_epoch": None if self.training_ is None else self.training_.best_epoch,
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto"):
+        """Read a model written by :meth:`save` (no pickled objects are executed)."""
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != cls.save_format:
+            raise ValueError(f"{path} is not a recvae {cls.file_kind} file (format {cls.save_format})")
+        training = payload["training"]
+        training["anneal"] = AnnealConfig(**training["anneal"])
+        config = cls._config_from_dict(payload["config"])
+        model = cls(config, replace(TrainingConfig(**training), device=device))
+        model.device_ = resolve_device(device)
+        model.net_ = model._build_net(payload["n_items"])
+        model.net_.load_state_dict(payload["state_dict"])
+        model.net_.to(model.device_).eval()
+        model.n_items_ = payload["n_items"]
+        model.item_ids_ = _ids_from_payload(payload["item_ids"])
+        if payload["history"] is not None:
+            model.training_ = TrainingResult(
+                history=pd.DataFrame(payload["history"]), best_epoch=payload["best_epoch"], best_score=None,
+                best_beta=None, final_beta=float("nan"), steps=0, stopped_early=False,
+            )
+        return model
+
 
 class MultVAE(TorchVAERecommender):
     """A VAE for collaborative filtering (Liang et al. 2018), any of four likelihoods.
@@ -135,9 +193,16 @@ class MultVAE(TorchVAERecommender):
     DataFrame), ``training_`` (a :class:`TrainingResult`), ``item_ids_``, ``n_items_``.
     """
 
+    save_format = _SAVE_FORMAT
+    file_kind = "VAE"
+
     @staticmethod
     def default_config() -> VAEConfig:
         return VAEConfig()
+
+    @classmethod
+    def _config_from_dict(cls, values: dict) -> VAEConfig:
+        return VAEConfig(**{**values, "hidden_dims": tuple(values["hidden_dims"])})
 
     def _build_net(self, n_items: int) -> VAE:
         return VAE(n_items, self.config)
@@ -160,58 +225,6 @@ class MultVAE(TorchVAERecommender):
             self.net_.train(was_training)
         sigma = torch.zeros_like(mu) if log_var is None else torch.exp(0.5 * log_var)
         return mu.cpu().numpy(), sigma.cpu().numpy()
-
-    def item_embeddings(self) -> np.ndarray:
-        """(items, d) rows of the decoder's output layer (d = last hidden width)."""
-        self._check_fitted()
-        return self.net_.item_embeddings().cpu().numpy()
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> Path:
-        """Weights, configs, id map and history in one torch file (loadable with weights_only=True)."""
-        self._check_fitted()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format": _SAVE_FORMAT,
-            "class": type(self).__name__,
-            "config": _plain(asdict(self.config)),
-            "training": _plain(asdict(self.training)),
-            "n_items": int(self.n_items_),
-            "state_dict": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
-            "item_ids": _ids_to_payload(self.item_ids_),
-            "history": None if self.history_ is None else self.history_.to_dict(orient="list"),
-            "best_epoch": None if self.training_ is None else self.training_.best_epoch,
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> MultVAE:
-        """Read a model written by :meth:`save` (no pickled objects are executed)."""
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != _SAVE_FORMAT:
-            raise ValueError(f"{path} is not a recvae VAE file (format {_SAVE_FORMAT})")
-        training = payload["training"]
-        training["anneal"] = AnnealConfig(**training["anneal"])
-        config = VAEConfig(**{**payload["config"], "hidden_dims": tuple(payload["config"]["hidden_dims"])})
-        model = cls(config, replace(TrainingConfig(**training), device=device))
-        model.device_ = resolve_device(device)
-        model.net_ = VAE(payload["n_items"], config)
-        model.net_.load_state_dict(payload["state_dict"])
-        model.net_.to(model.device_).eval()
-        model.n_items_ = payload["n_items"]
-        model.item_ids_ = _ids_from_payload(payload["item_ids"])
-        if payload["history"] is not None:
-            import pandas as pd
-
-            model.training_ = TrainingResult(
-                history=pd.DataFrame(payload["history"]), best_epoch=payload["best_epoch"], best_score=None,
-                best_beta=None, final_beta=float("nan"), steps=0, stopped_early=False,
-            )
-        return model
 
 
 class MultDAE(MultVAE):

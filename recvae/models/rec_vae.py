@@ -20,7 +20,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +33,8 @@ from tqdm.auto import tqdm
 
 from recvae.data.splits import HeldOut
 from recvae.evaluation import evaluate_heldout
-from recvae.models.annealing import AnnealConfig
 from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
-from recvae.models.mult_vae import TorchVAERecommender, _ids_from_payload, _ids_to_payload, _plain
+from recvae.models.mult_vae import TorchVAERecommender
 from recvae.models.vae import SparseLinear
 from recvae.sparse import DeviceCSR, SparseRows
 from recvae.training import (
@@ -43,7 +42,6 @@ from recvae.training import (
     TrainingResult,
     _autocast,
     make_optimizer,
-    resolve_device,
     sparse_rows,
 )
 
@@ -483,9 +481,16 @@ class RecVAE(TorchVAERecommender):
     ``training_`` (a :class:`TrainingResult`), ``item_ids_``, ``n_items_``, ``device_``.
     """
 
+    save_format = _SAVE_FORMAT
+    file_kind = "RecVAE"
+
     @staticmethod
     def default_config() -> RecVAEConfig:
         return RecVAEConfig()
+
+    @classmethod
+    def _config_from_dict(cls, values: dict) -> RecVAEConfig:
+        return RecVAEConfig(**values)
 
     @staticmethod
     def default_training() -> TrainingConfig:
@@ -504,53 +509,3 @@ class RecVAE(TorchVAERecommender):
         x = self._rows(user_rows)
         mu, log_var = self.net_.encode(x, dropout=False)
         return mu.cpu().numpy(), torch.exp(0.5 * log_var).cpu().numpy()
-
-    def item_embeddings(self) -> np.ndarray:
-        """(items, latent_dim) rows of the decoder weight."""
-        self._check_fitted()
-        return self.net_.item_embeddings().cpu().numpy()
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> Path:
-        """Weights, configs, id map and history in one torch file (loadable with weights_only=True)."""
-        self._check_fitted()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format": _SAVE_FORMAT,
-            "class": type(self).__name__,
-            "config": _plain(asdict(self.config)),
-            "training": _plain(asdict(self.training)),
-            "n_items": int(self.n_items_),
-            "state_dict": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
-            "item_ids": _ids_to_payload(self.item_ids_),
-            "history": None if self.history_ is None else self.history_.to_dict(orient="list"),
-            "best_epoch": None if self.training_ is None else self.training_.best_epoch,
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> RecVAE:
-        """Read a model written by :meth:`save` (no pickled objects are executed)."""
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != _SAVE_FORMAT:
-            raise ValueError(f"{path} is not a recvae RecVAE file (format {_SAVE_FORMAT})")
-        training = payload["training"]
-        training["anneal"] = AnnealConfig(**training["anneal"])
-        config = RecVAEConfig(**payload["config"])
-        model = cls(config, replace(TrainingConfig(**training), device=device))
-        model.device_ = resolve_device(device)
-        model.net_ = RecVAENet(payload["n_items"], config)
-        model.net_.load_state_dict(payload["state_dict"])
-        model.net_.to(model.device_).eval()
-        model.n_items_ = payload["n_items"]
-        model.item_ids_ = _ids_from_payload(payload["item_ids"])
-        if payload["history"] is not None:
-            model.training_ = TrainingResult(
-                history=pd.DataFrame(payload["history"]), best_epoch=payload["best_epoch"], best_score=None,
-                best_beta=None, final_beta=float("nan"), steps=0, stopped_early=False,
-            )
-        return model
