@@ -150,15 +150,8 @@ def train_step(
     return parts
 
 
-def train_vae(
-    net: torch.nn.Module,
-    train: sp.csr_matrix,
-    validation: HeldOut | None,
-    config: TrainingConfig,
-    device: torch.device,
-) -> TrainingResult:
-    """Train ``net`` (a :class:`recvae.models.vae.VAE`) in place; loads the best weights at the end."""
-    n_users = train.shape[0]
+def _active_users(train: sp.csr_matrix, validation: HeldOut | None) -> np.ndarray:
+    """Rows of ``train`` with interactions; refuses inputs that cannot train or select a model."""
     active = np.flatnonzero(np.diff(train.indptr) > 0)
     if len(active) == 0:
         raise ValueError("the training matrix has no interactions")
@@ -167,8 +160,40 @@ def train_vae(
             "no validation user has a target (all have fewer than 5 events?): model selection would "
             "compare NaNs; pass validation=None or hold out more active users"
         )
-    if len(active) < n_users:
-        logger.info("skipping %d training users with no interactions", n_users - len(active))
+    if len(active) < train.shape[0]:
+        logger.info("skipping %d training users with no interactions", train.shape[0] - len(active))
+    return active
+
+
+def _validate_epoch(net, score_fn, validation: HeldOut, config: TrainingConfig, epoch: int,
+                    state: dict, row: dict, postfix: dict) -> float:
+    """Validation NDCG@k of an epoch: recorded in ``row``/``postfix``; best weights and patience in ``state``."""
+    started = time.perf_counter()
+    result = evaluate_heldout(score_fn, validation, ks=(config.eval_k,), metrics=("ndcg",),
+                              batch_size=config.eval_batch_size)
+    score = result[f"ndcg@{config.eval_k}"]
+    row[f"val_ndcg@{config.eval_k}"] = score
+    row["eval_seconds"] = time.perf_counter() - started
+    postfix[f"val@{config.eval_k}"] = f"{score:.4f}"
+    if state["best_score"] is None or score > state["best_score"]:
+        state.update(best_score=score, best_epoch=epoch, best_beta=row["beta"], since_best=0,
+                     best_state={k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()})
+    else:
+        state["since_best"] += 1
+        if config.patience is not None and state["since_best"] >= config.patience:
+            state["stopped_early"] = True
+    return score
+
+
+def train_vae(
+    net: torch.nn.Module,
+    train: sp.csr_matrix,
+    validation: HeldOut | None,
+    config: TrainingConfig,
+    device: torch.device,
+) -> TrainingResult:
+    """Train ``net`` (a :class:`recvae.models.vae.VAE`) in place; loads the best weights at the end."""
+    active = _active_users(train, validation)
     data = DeviceCSR(train, device)
     active_t = torch.from_numpy(active).to(device)
     steps_per_epoch = math.ceil(len(active) / config.batch_size)
@@ -212,21 +237,8 @@ def train_vae(
                    "loss": loss, "nll": nll, "kl": kl, "train_seconds": time.perf_counter() - started}
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}", "beta": f"{row['beta']:.3f}"}
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                t0 = time.perf_counter()
-                result = evaluate_heldout(score_fn, validation, ks=(config.eval_k,), metrics=("ndcg",),
-                                          batch_size=config.eval_batch_size)
-                score = result[f"ndcg@{config.eval_k}"]
-                row[f"val_ndcg@{config.eval_k}"] = score
-                row["eval_seconds"] = time.perf_counter() - t0
-                postfix[f"val@{config.eval_k}"] = f"{score:.4f}"
+                score = _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
                 schedule.observe(score, row["beta"])
-                if state["best_score"] is None or score > state["best_score"]:
-                    state.update(best_score=score, best_epoch=epoch, best_beta=row["beta"], since_best=0,
-                                 best_state={k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()})
-                else:
-                    state["since_best"] += 1
-                    if config.patience is not None and state["since_best"] >= config.patience:
-                        state["stopped_early"] = True
             state["history"].append(row)
             state["epoch"] = epoch
             bar.set_postfix(postfix, refresh=False)

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recvae.data.splits import HeldOut
-from recvae.evaluation import evaluate_heldout
 from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.models.mult_vae import TorchVAERecommender
 from recvae.models.vae import SparseLinear
@@ -40,7 +39,9 @@ from recvae.sparse import DeviceCSR, SparseRows
 from recvae.training import (
     TrainingConfig,
     TrainingResult,
+    _active_users,
     _autocast,
+    _validate_epoch,
     make_optimizer,
     sparse_rows,
 )
@@ -347,14 +348,7 @@ def train_recvae(
     History: ``loss``/``nll``/``kl`` are the decoder passes' means (no dropout, refreshed
     prior), ``encoder_loss`` the encoder passes' mean, ``beta`` the mean beta_u.
     """
-    active = np.flatnonzero(np.diff(train.indptr) > 0)
-    if len(active) == 0:
-        raise ValueError("the training matrix has no interactions")
-    if validation is not None and (np.diff(validation.target.indptr) > 0).sum() == 0:
-        raise ValueError(
-            "no validation user has a target (all have fewer than 5 events?): model selection would "
-            "compare NaNs; pass validation=None or hold out more active users"
-        )
+    active = _active_users(train, validation)
     rc = net.config
     data = DeviceCSR(train, device)
     users = torch.from_numpy(active).to(device)
@@ -364,7 +358,7 @@ def train_recvae(
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
     state = {"epoch": 0, "step": 0, "history": [], "best_state": None, "best_epoch": None,
-             "best_score": None, "since_best": 0, "stopped_early": False}
+             "best_score": None, "best_beta": None, "since_best": 0, "stopped_early": False}
     if config.resume and config.checkpoint and Path(config.checkpoint).exists():
         _load_checkpoint(config.checkpoint, net, optimizers, generator, state, device)
         logger.info("resumed from %s at epoch %d", config.checkpoint, state["epoch"])
@@ -397,20 +391,7 @@ def train_recvae(
                    "encoder_loss": encoder_loss, "train_seconds": time.perf_counter() - started}
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}"}
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                t0 = time.perf_counter()
-                result = evaluate_heldout(score_fn, validation, ks=(config.eval_k,), metrics=("ndcg",),
-                                          batch_size=config.eval_batch_size)
-                score = result[f"ndcg@{config.eval_k}"]
-                row[f"val_ndcg@{config.eval_k}"] = score
-                row["eval_seconds"] = time.perf_counter() - t0
-                postfix[f"val@{config.eval_k}"] = f"{score:.4f}"
-                if state["best_score"] is None or score > state["best_score"]:
-                    state.update(best_score=score, best_epoch=epoch, since_best=0,
-                                 best_state={k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()})
-                else:
-                    state["since_best"] += 1
-                    if config.patience is not None and state["since_best"] >= config.patience:
-                        state["stopped_early"] = True
+                _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
             state["history"].append(row)
             state["epoch"] = epoch
             bar.set_postfix(postfix, refresh=False)
