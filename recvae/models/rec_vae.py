@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from recvae.data.splits import HeldOut
 from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.models.mult_vae import TorchVAERecommender
-from recvae.models.vae import SparseLinear
+from recvae.models.vae import SparseLinear, dropout_values, l2_normalised_values
 from recvae.sparse import DeviceCSR, SparseRows
 from recvae.training import (
     TrainingConfig,
@@ -156,21 +156,6 @@ def composite_prior_log_prob(
 
 
 # ---------------------------------------------------------------------- modules
-def _normalised_values(x: SparseRows) -> torch.Tensor:
-    """Each row's values divided by its L2 norm (the normalisation of ``VAE.encoder_input``)."""
-    sq = torch.zeros(x.n_rows, dtype=x.values.dtype, device=x.values.device)
-    sq.index_add_(0, x.row_of_entry, x.values * x.values)
-    return x.values * torch.rsqrt(sq.clamp_min(1e-12))[x.row_of_entry]
-
-
-def _dropout_values(values: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Inverted dropout on the CSR values, drawn like ``VAE.encoder_input`` (one uniform per nonzero)."""
-    if p == 0:
-        return values
-    keep = torch.rand(values.shape, generator=generator, device=values.device) >= p
-    return values * keep / (1.0 - p)
-
-
 class RecVAEEncoder(nn.Module):
     """Sparse input layer, then layers whose input is the sum of all earlier outputs.
 
@@ -225,12 +210,12 @@ class RecVAENet(nn.Module):
         self, x: SparseRows, generator: torch.Generator | None = None, *, dropout: bool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, log_var). Input dropout when ``dropout`` (default: in training mode)."""
-        return self._encode(x, _normalised_values(x), generator, dropout)
+        return self._encode(x, l2_normalised_values(x), generator, dropout)
 
     def _encode(self, x, normalised, generator, dropout):
         if dropout is None:
             dropout = self.training
-        values = _dropout_values(normalised, self.config.input_dropout, generator) if dropout else normalised
+        values = dropout_values(normalised, self.config.input_dropout, generator) if dropout else normalised
         return self.encoder(x.to_sparse_csr(values))
 
     def reparameterize(
@@ -255,7 +240,7 @@ class RecVAENet(nn.Module):
         self, x: SparseRows, generator: torch.Generator | None = None, *, dropout: bool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-user NLL and single-sample KL estimate log q(z|x) - log p(z), each (batch,)."""
-        normalised = _normalised_values(x)
+        normalised = l2_normalised_values(x)
         mu, log_var = self._encode(x, normalised, generator, dropout)
         z = self.reparameterize(mu, log_var, generator)
         nll = self.likelihood.nll(self.decode(z), x)

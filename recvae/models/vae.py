@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.sparse import SparseRows
 
-__all__ = ["VAEConfig", "SparseLinear", "VAE", "gaussian_kl"]
+__all__ = ["VAEConfig", "SparseLinear", "VAE", "gaussian_kl", "l2_normalised_values", "dropout_values"]
 
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "swish": F.silu, "sigmoid": torch.sigmoid}
 
@@ -90,6 +90,21 @@ class SparseLinear(nn.Module):
         return out + self.bias
 
 
+def l2_normalised_values(x: SparseRows) -> torch.Tensor:
+    """The batch's values with each row divided by its L2 norm."""
+    sq = torch.zeros(x.n_rows, dtype=x.values.dtype, device=x.values.device)
+    sq.index_add_(0, x.row_of_entry, x.values * x.values)
+    return x.values * torch.rsqrt(sq.clamp_min(1e-12))[x.row_of_entry]
+
+
+def dropout_values(values: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Inverted dropout on sparse values: one uniform draw per nonzero, kept ones scaled by 1 / (1 - p)."""
+    if p == 0:
+        return values
+    keep = torch.rand(values.shape, generator=generator, device=values.device) >= p
+    return values * keep / (1.0 - p)
+
+
 def gaussian_kl(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag exp(log_var)) || N(0, I)) per row, in closed form.
 
@@ -126,15 +141,9 @@ class VAE(nn.Module):
     # ------------------------------------------------------------------ encoder
     def encoder_input(self, x: SparseRows, generator: torch.Generator | None = None) -> torch.Tensor:
         """The sparse CSR input of the first layer: normalised, with dropout in training."""
-        values = x.values
-        if self.config.normalize_input:
-            sq = torch.zeros(x.n_rows, dtype=values.dtype, device=values.device)
-            sq.index_add_(0, x.row_of_entry, values * values)
-            values = values * torch.rsqrt(sq.clamp_min(1e-12))[x.row_of_entry]
-        p = self.config.input_dropout
-        if self.training and p > 0:
-            keep = torch.rand(values.shape, generator=generator, device=values.device) >= p
-            values = values * keep / (1.0 - p)
+        values = l2_normalised_values(x) if self.config.normalize_input else x.values
+        if self.training:
+            values = dropout_values(values, self.config.input_dropout, generator)
         return x.to_sparse_csr(values)
 
     def encode(self, x: SparseRows, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
