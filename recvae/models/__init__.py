@@ -7,6 +7,7 @@ from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.models.mult_vae import MultDAE, MultVAE
 from recvae.models.rec_vae import RecVAE, RecVAEConfig, RecVAENet
 from recvae.models.vae import VAE, VAEConfig
+from recvae.models.registry import MODELS, VAE_MODELS, load_model, make_model, model_names
 
 __all__ = [
     "ALS",
@@ -28,4 +29,9 @@ __all__ = [
     "RecVAENet",
     "VAE",
     "VAEConfig",
+    "MODELS",
+    "VAE_MODELS",
+    "load_model",
+    "make_model",
+    "model_names",
 ]

@@ -1,0 +1,108 @@
+"""Models by name: build one from plain parameters (a config file, the CLI) and load any saved model.
+
+Names are lower-case and stable: they appear in experiment configs and on the
+command line. Parameters are flat: for the torch VAEs, keys of the model's
+config dataclass (e.g. ``latent_dim``) and of :class:`TrainingConfig` (e.g.
+``epochs``, ``lr``, ``anneal = {kind = "linear", cap = 0.2}``) may be mixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from recvae.models.annealing import AnnealConfig
+from recvae.models.base import Recommender
+from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, load_baseline
+from recvae.models.mult_vae import MultDAE, MultVAE, TorchVAERecommender
+from recvae.models.rec_vae import RecVAE
+from recvae.training import TrainingConfig
+
+__all__ = ["MODELS", "VAE_MODELS", "make_model", "load_model", "model_names"]
+
+#: name -> model class. Every class implements :class:`recvae.models.Recommender`.
+MODELS: dict[str, type[Recommender]] = {
+    "popularity": Popularity,
+    "itemknn": ItemKNN,
+    "als": ALS,
+    "bpr": BPR,
+    "ease": EASE,
+    "mult-dae": MultDAE,
+    "mult-vae": MultVAE,
+    "recvae": RecVAE,
+}
+
+#: the names whose models are variational autoencoders (Mult-DAE is not: it has no posterior).
+VAE_MODELS: frozenset[str] = frozenset({"mult-vae", "recvae"})
+
+
+def model_names() -> list[str]:
+    """The registered model names, in registry order."""
+    return list(MODELS)
+
+
+def _lookup(name: str) -> type[Recommender]:
+    key = str(name).strip().lower()
+    if key not in MODELS:
+        raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[key]
+
+
+def make_model(name: str, params: dict[str, Any] | None = None) -> Recommender:
+    """An unfitted model from its registry name and flat parameters.
+
+    For the torch VAEs, each key goes to the model config when it is one of its
+    fields, else to the training config (starting from the model's own defaults,
+    e.g. Mult-DAE's weight decay). Unknown keys raise ``TypeError`` naming them.
+    """
+    cls = _lookup(name)
+    params = dict(params or {})
+    if not issubclass(cls, TorchVAERecommender):
+        try:
+            return cls(**params)
+        except TypeError as err:
+            raise TypeError(f"bad parameters for model {name!r}: {err}") from None
+    config = cls.default_config()
+    training = cls.default_training()
+    config_fields = {f.name for f in dataclasses.fields(config)}
+    training_fields = {f.name for f in dataclasses.fields(training)}
+    config_values = {k: v for k, v in params.items() if k in config_fields}
+    training_values = {k: v for k, v in params.items() if k in training_fields and k not in config_fields}
+    unknown = sorted(set(params) - set(config_values) - set(training_values))
+    if unknown:
+        raise TypeError(
+            f"unknown parameter(s) {unknown} for model {name!r}; model parameters: {sorted(config_fields)}; "
+            f"training parameters: {sorted(training_fields)}"
+        )
+    for key in ("hidden_dims",):
+        if key in config_values and isinstance(config_values[key], list):
+            config_values[key] = tuple(config_values[key])
+    if isinstance(training_values.get("anneal"), dict):
+        training_values["anneal"] = AnnealConfig(**training_values["anneal"])
+    return cls(dataclasses.replace(config, **config_values), dataclasses.replace(training, **training_values))
+
+
+def load_model(path: str | Path, device: str = "auto") -> Recommender:
+    """Load any model written by ``save``: a baseline ``.npz`` or a torch VAE file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no saved model at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"PK\x03\x04":
+        # Both formats are zip archives: numpy's npz holds .npy members, torch's a data.pkl.
+        import zipfile
+
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names):
+            return load_baseline(path)
+    import torch
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    cls_name = payload.get("class") if isinstance(payload, dict) else None
+    classes: dict[str, Callable] = {c.__name__: c for c in MODELS.values() if issubclass(c, TorchVAERecommender)}
+    if cls_name not in classes:
+        raise ValueError(f"{path} is not a saved recvae model (class {cls_name!r})")
+    return classes[cls_name].load(path, device=device)
