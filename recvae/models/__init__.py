@@ -7,7 +7,8 @@ from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.models.mult_vae import MultDAE, MultVAE
 from recvae.models.rec_vae import RecVAE, RecVAEConfig, RecVAENet
 from recvae.models.vae import VAE, VAEConfig
-from recvae.models.registry import MODELS, VAE_MODELS, load_model, make_model, model_names
+from recvae.models.hybrid import Blend
+from recvae.models.registry import MODELS, VAE_MODELS, is_vae_model, load_model, make_model, model_names
 
 __all__ = [
     "ALS",
@@ -29,7 +30,9 @@ __all__ = [
     "RecVAENet",
     "VAE",
     "VAEConfig",
+    "Blend",
     "MODELS",
+    "is_vae_model",
     "VAE_MODELS",
     "load_model",
     "make_model",

@@ -15,11 +15,12 @@ from typing import Any, Callable
 from recvae.models.annealing import AnnealConfig
 from recvae.models.base import Recommender
 from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, load_baseline
+from recvae.models.hybrid import Blend, is_blend_dir
 from recvae.models.mult_vae import MultDAE, MultVAE, TorchVAERecommender
 from recvae.models.rec_vae import RecVAE
 from recvae.training import TrainingConfig
 
-__all__ = ["MODELS", "VAE_MODELS", "make_model", "load_model", "model_names"]
+__all__ = ["MODELS", "VAE_MODELS", "is_vae_model", "make_model", "load_model", "model_names"]
 
 #: name -> model class. Every class implements :class:`recvae.models.Recommender`.
 MODELS: dict[str, type[Recommender]] = {
@@ -31,10 +32,23 @@ MODELS: dict[str, type[Recommender]] = {
     "mult-dae": MultDAE,
     "mult-vae": MultVAE,
     "recvae": RecVAE,
+    "blend": Blend,
 }
 
 #: the names whose models are variational autoencoders (Mult-DAE is not: it has no posterior).
 VAE_MODELS: frozenset[str] = frozenset({"mult-vae", "recvae"})
+
+
+def is_vae_model(name: str, params: dict[str, Any] | None = None) -> bool:
+    """Whether a registry entry is VAE-based: a VAE, or a blend with a VAE component."""
+    key = str(name).strip().lower()
+    if key in VAE_MODELS:
+        return True
+    if key == "blend":
+        components = (params or {}).get("components") or []
+        return any(isinstance(c, dict) and is_vae_model(c.get("name", ""), c.get("params")) or
+                   isinstance(c, (MultVAE, RecVAE)) and not isinstance(c, MultDAE) for c in components)
+    return False
 
 
 def model_names() -> list[str]:
@@ -84,10 +98,14 @@ def make_model(name: str, params: dict[str, Any] | None = None) -> Recommender:
 
 
 def load_model(path: str | Path, device: str = "auto") -> Recommender:
-    """Load any model written by ``save``: a baseline ``.npz`` or a torch VAE file."""
+    """Load any model written by ``save``: a baseline ``.npz``, a torch VAE file or a Blend directory."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no saved model at {path}")
+    if path.is_dir():
+        if is_blend_dir(path):
+            return Blend.load(path, device=device)
+        raise ValueError(f"{path} is a directory but not a saved Blend; give the model file inside it")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"PK\x03\x04":
