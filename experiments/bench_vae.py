@@ -32,23 +32,8 @@ from recvae.models import VAE, MultVAE, VAEConfig
 from recvae.sparse import DeviceCSR
 from recvae.training import TrainingConfig, make_optimizer, train_step
 
+from decoder_bound import DecoderMatmuls, decoder_bound_seconds
 from protocol_datasets import DATASETS, RESULTS, load_protocol_split
-
-
-def decoder_bound_seconds(batch: int, hidden: int, n_items: int, repeats: int = 5) -> float:
-    """Seconds for the decoder output layer's three matmuls (forward, grad input, grad weight)."""
-    a, w, g = torch.randn(batch, hidden), torch.randn(n_items, hidden), torch.randn(batch, n_items)
-
-    def run():
-        _ = a @ w.T
-        _ = g @ w
-        _ = g.T @ a
-
-    run()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    return (time.perf_counter() - started) / repeats
 
 
 def epoch_bound(n_users: int, batch: int, hidden: int, n_items: int) -> float:
@@ -103,22 +88,20 @@ def interleaved_speed(split, steps: int, batch: int = 500, seed: int = 0) -> dic
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(split.train.shape[0], generator=generator)
     batches = [b for b in order.split(batch) if len(b) == batch][: steps + 2]
-    a, w, g = torch.randn(batch, 600), torch.randn(split.n_items, 600), torch.randn(batch, split.n_items)
+    matmuls = DecoderMatmuls(batch, 600, split.n_items, device)
     train_s = bound_s = 0.0
     for i, index in enumerate(batches):
         t0 = time.perf_counter()
         train_step(net, optimizer, data.rows(index), 0.2, generator, device)
         t1 = time.perf_counter()
-        _ = a @ w.T
-        _ = g @ w
-        _ = g.T @ a
+        matmuls.run()
         t2 = time.perf_counter()
         if i >= 2:  # the first steps allocate optimizer state and warm caches
             train_s += t1 - t0
             bound_s += t2 - t1
     n = len(batches) - 2
     steps_per_epoch = split.train.shape[0] / batch
-    flops = 3 * 2 * batch * 600 * split.n_items
+    flops = matmuls.flops
     return {
         "train users x items": f"{split.train.shape[0]:,} x {split.n_items:,} ({split.train.nnz:,} events)",
         "steps measured": n, "s/step": train_s / n, "decoder bound s/step": bound_s / n,

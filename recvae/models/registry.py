@@ -18,7 +18,6 @@ from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, load_ba
 from recvae.models.hybrid import Blend, is_blend_dir
 from recvae.models.mult_vae import MultDAE, MultVAE, TorchVAERecommender
 from recvae.models.rec_vae import RecVAE
-from recvae.training import TrainingConfig
 
 __all__ = ["MODELS", "VAE_MODELS", "is_vae_model", "make_model", "load_model", "model_names"]
 

@@ -1,0 +1,337 @@
+"""Training and evaluation speed and memory of recvae's Mult-VAE at ML-1M and ML-20M shapes.
+
+For each shape, in its own subprocess (so its peak memory is its own):
+
+1. seconds per training step of Mult-VAE (the trainer's own pieces: ``DeviceCSR``
+   batches of 500 users and ``recvae.training.train_step``), and the decoder's
+   matmul lower bound at the same batch shape (the output layer's three
+   B x 600 x I matmuls, see ``decoder_bound.py``), with their ratio;
+2. the same step with a densified input (each batch made a dense B x I tensor,
+   L2-normalised and dropped out densely, and a dense first layer starting from
+   the same weights, as common PyTorch ports do) against our sparse input;
+3. evaluation throughput: users per second for full-catalogue top-100 with the
+   fold-in items masked (``recvae.evaluation.evaluate_heldout`` on the test users);
+4. peak memory: the subprocess's peak RSS (and ``torch.cuda.max_memory_allocated``
+   on a GPU), beside the size a dense users x items float32 matrix would take.
+
+The three step kinds are interleaved (step by step, their order rotating), so
+machine noise hits all of them alike; read the ratios, not the seconds. Seconds
+per epoch are N timed steps extrapolated to an epoch (the mean step time times
+the number of batches of an epoch), not a timed epoch. Runs on CUDA when it is
+available (``--device`` to choose).
+
+Shapes: ``ml-1m`` is ../shared/datasets/ml-1m-implicit (when present; else
+synthetic data of ML1M_SHAPE), 600 + 600 held-out users; ``ml-20m`` is synthetic
+data of ML20M_SHAPE (136,677 x 20,108 at 0.37%, ~20 s to generate), 10,000 +
+10,000 held-out users.
+
+    python experiments/bench_speed.py                       # both shapes -> experiments/results/speed.json, speed.md
+    python experiments/bench_speed.py --shapes ml-1m --steps 10 --threads 2
+    python experiments/bench_speed.py --quick               # tiny shapes, a smoke test -> speed_quick.*
+
+Prints the figures and writes them; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from recvae.data import (
+    ML1M_SHAPE,
+    ML20M_SHAPE,
+    SyntheticConfig,
+    load_movielens,
+    strong_generalization,
+    synthetic_interactions,
+)
+from recvae.evaluation import evaluate_heldout, top_k_for_rows
+from recvae.models import VAE, VAEConfig
+from recvae.sparse import DeviceCSR, SparseRows
+from recvae.training import TrainingConfig, make_optimizer, resolve_device, sparse_rows, train_step
+
+from decoder_bound import DecoderMatmuls
+
+ROOT = Path(__file__).resolve().parents[1]
+ML1M_FILE = ROOT.parent / "shared" / "datasets" / "ml-1m-implicit" / "ratings.csv.gz"
+SHAPES = ("ml-1m", "ml-20m")
+BATCH = 500
+HIDDEN = 600  # Mult-VAE's I-600-200-600-I: the decoder's last layer is 600 x I
+WARMUP = 2  # untimed steps of each kind first: optimizer state, allocator, caches
+
+
+class DenseInputVAE(VAE):
+    """Mult-VAE with the input densified, as common PyTorch ports write it.
+
+    Each batch becomes a dense B x I tensor, normalised and dropped out densely,
+    and the first layer is a dense matmul with the same (I x 600) weight as
+    recvae's sparse first layer. Everything after the first layer is recvae's.
+    For speed comparison only.
+    """
+
+    def encode(self, x: SparseRows, generator: torch.Generator | None = None):
+        dense = x.to_dense()  # B x I: what recvae never builds
+        if self.config.normalize_input:
+            dense = F.normalize(dense, dim=1)
+        dense = F.dropout(dense, p=self.config.input_dropout, training=self.training)
+        h = dense @ self.input_layer.weight + self.input_layer.bias
+        for layer in self.encoder:
+            h = layer(self._act(h))
+        d = self.config.latent_dim
+        return h[:, :d], h[:, d:]
+
+
+# =============================================================================== the child: one shape
+def make_split(shape: str, quick: bool):
+    """(split, description) of a shape."""
+    if quick:
+        config = {"ml-1m": SyntheticConfig(n_users=1200, n_items=400, mean_events_per_user=40.0, with_ratings=False),
+                  "ml-20m": SyntheticConfig(n_users=2400, n_items=1000, mean_events_per_user=30.0,
+                                            with_ratings=False)}[shape]
+        return strong_generalization(synthetic_interactions(config), 100), f"tiny synthetic stand-in for {shape} (--quick)"
+    if shape == "ml-1m":
+        if ML1M_FILE.exists():
+            return strong_generalization(load_movielens(ML1M_FILE), 600), f"ml-1m-implicit ({ML1M_FILE.name}), 600 + 600 held out"
+        return (strong_generalization(synthetic_interactions(ML1M_SHAPE), 600),
+                "synthetic ML1M_SHAPE (ml-1m-implicit not found), 600 + 600 held out")
+    return strong_generalization(synthetic_interactions(ML20M_SHAPE), 10_000), "synthetic ML20M_SHAPE, 10,000 + 10,000 held out"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_rss_bytes() -> int:
+    # ru_maxrss is in kilobytes on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def measure(shape: str, steps: int, device: torch.device, quick: bool) -> dict:
+    """Every figure of one shape, measured in this process."""
+    started = time.perf_counter()
+    split, description = make_split(shape, quick)
+    data_seconds = time.perf_counter() - started
+    peak_after_data = _peak_rss_bytes()
+    n_train, n_items = split.train.shape
+    n_users_all = n_train + split.validation.n_users + split.test.n_users
+    print(f"{shape}: {description}; {split}; data {data_seconds:.1f}s", flush=True)
+
+    # (1) + (2): sparse step, dense-input step and decoder bound, interleaved
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        sparse_net = VAE(n_items, VAEConfig()).to(device)
+    dense_net = DenseInputVAE(n_items, VAEConfig()).to(device)
+    dense_net.load_state_dict(sparse_net.state_dict())  # the same starting weights
+    training = TrainingConfig()
+    optimizers = {"sparse": make_optimizer(sparse_net.parameters(), training),
+                  "dense": make_optimizer(dense_net.parameters(), training)}
+    nets = {"sparse": sparse_net, "dense": dense_net}
+    data = DeviceCSR(split.train, device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    active = torch.from_numpy((split.train.getnnz(axis=1) > 0).nonzero()[0]).to(device)
+    order = active[torch.randperm(len(active), generator=generator, device=device)]
+    batches = [b for b in order.split(BATCH) if len(b) == BATCH] or [order]
+    batch_size = len(batches[0])
+    matmuls = DecoderMatmuls(batch_size, HIDDEN, n_items, device)
+    kinds = ("sparse", "dense", "bound")
+    seconds: dict[str, list[float]] = {k: [] for k in kinds}
+    for rep in range(WARMUP + steps):
+        x = data.rows(batches[rep % len(batches)])
+        for kind in kinds[rep % 3:] + kinds[: rep % 3]:  # rotate the order: no kind always runs first
+            _sync(device)
+            t0 = time.perf_counter()
+            if kind == "bound":
+                matmuls.run()
+            else:
+                train_step(nets[kind], optimizers[kind], x, 0.2, generator, device)
+                _sync(device)
+            if rep >= WARMUP:
+                seconds[kind].append(time.perf_counter() - t0)
+    mean = {k: sum(v) / len(v) for k, v in seconds.items()}
+    median = {k: sorted(v)[len(v) // 2] for k, v in seconds.items()}
+    steps_per_epoch = math.ceil(len(active) / BATCH)
+    del dense_net, optimizers, nets
+
+    # (3): evaluation throughput on the test users (scores of the briefly trained sparse net)
+    sparse_net.eval()
+
+    def score_fn(rows):
+        return sparse_net.scores(sparse_rows(rows, device))
+
+    top_k_for_rows(score_fn, split.test.fold_in[:50], min(100, n_items))  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    result = evaluate_heldout(score_fn, split.test, ks=(min(100, n_items),), metrics=("ndcg",), batch_size=1000)
+    _sync(device)
+    eval_seconds = time.perf_counter() - t0
+
+    figures = {
+        "shape": shape,
+        "data": description,
+        "train users": n_train,
+        "items": n_items,
+        "train events": int(split.train.nnz),
+        "density": split.train.nnz / (n_train * n_items),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "data seconds": data_seconds,
+        "batch": batch_size,
+        "steps timed (per kind)": steps,
+        "steps per epoch": steps_per_epoch,
+        "sparse s/step": mean["sparse"],
+        "dense-input s/step": mean["dense"],
+        "decoder bound s/step": mean["bound"],
+        "sparse s/step (median)": median["sparse"],
+        "dense-input s/step (median)": median["dense"],
+        "decoder bound s/step (median)": median["bound"],
+        "sparse s/epoch (extrapolated)": mean["sparse"] * steps_per_epoch,
+        "dense-input s/epoch (extrapolated)": mean["dense"] * steps_per_epoch,
+        "decoder bound s/epoch (extrapolated)": mean["bound"] * steps_per_epoch,
+        "sparse / decoder bound": mean["sparse"] / mean["bound"],
+        "dense-input / decoder bound": mean["dense"] / mean["bound"],
+        "dense-input / sparse": mean["dense"] / mean["sparse"],
+        "decoder matmul GFLOP/s": matmuls.flops / mean["bound"] / 1e9,
+        "eval users": split.test.n_users,
+        "eval seconds": eval_seconds,
+        "eval users/s (top-100, seen masked)": split.test.n_users / eval_seconds,
+        "eval ndcg (after the timed steps; not a result)": float(result.summary["mean"].iloc[0]),
+        "peak RSS bytes after data": peak_after_data,
+        "peak RSS bytes": _peak_rss_bytes(),
+        "dense users x items float32 bytes": 4 * n_users_all * n_items,
+    }
+    if device.type == "cuda":
+        figures["cuda max_memory_allocated bytes"] = torch.cuda.max_memory_allocated(device)
+        figures["gpu"] = torch.cuda.get_device_name(device)
+    return figures
+
+
+def child(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    figures = measure(args.child, args.steps, device, args.quick)
+    Path(args.result_file).write_text(json.dumps(figures, indent=1))
+
+
+# =============================================================================== the parent: run, print, write
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.0f} MiB"
+
+
+ROWS = [  # (label, key, format)
+    ("data", "data", "{}"),
+    ("train users x items (density)", None, None),
+    ("device, threads", None, None),
+    ("Mult-VAE step, sparse input (s)", "sparse s/step", "{:.4f}"),
+    ("Mult-VAE step, dense input (s)", "dense-input s/step", "{:.4f}"),
+    ("decoder matmul bound (s/step)", "decoder bound s/step", "{:.4f}"),
+    ("sparse / decoder bound", "sparse / decoder bound", "{:.2f}x"),
+    ("dense input / decoder bound", "dense-input / decoder bound", "{:.2f}x"),
+    ("dense input / sparse", "dense-input / sparse", "{:.2f}x"),
+    ("s/epoch sparse (extrapolated)", "sparse s/epoch (extrapolated)", "{:.3g}"),
+    ("s/epoch dense input (extrapolated)", "dense-input s/epoch (extrapolated)", "{:.3g}"),
+    ("s/epoch decoder bound (extrapolated)", "decoder bound s/epoch (extrapolated)", "{:.3g}"),
+    ("decoder matmul GFLOP/s", "decoder matmul GFLOP/s", "{:.0f}"),
+    ("evaluation users/s (top-100, seen masked)", "eval users/s (top-100, seen masked)", "{:,.0f}"),
+    ("peak RSS of the run", "peak RSS bytes", "bytes"),
+    ("peak RSS after building the data", "peak RSS bytes after data", "bytes"),
+    ("CUDA max memory allocated", "cuda max_memory_allocated bytes", "bytes"),
+    ("dense users x items float32 matrix", "dense users x items float32 bytes", "bytes"),
+]
+
+
+def table(results: dict[str, dict]) -> str:
+    shapes = list(results)
+    lines = ["| | " + " | ".join(shapes) + " |", "|---|" + "---|" * len(shapes)]
+    for label, key, fmt in ROWS:
+        cells = []
+        for shape in shapes:
+            r = results[shape]
+            if label.startswith("train users"):
+                cells.append(f"{r['train users']:,} x {r['items']:,} ({r['density']:.2%})")
+            elif label.startswith("device"):
+                cells.append(f"{r.get('gpu', r['device'])}, threads={r['threads']}")
+            elif key not in r:
+                cells.append("—")
+            elif fmt == "bytes":
+                cells.append(_gib(r[key]))
+            else:
+                cells.append(fmt.format(r[key]))
+        if any(c != "—" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps of each kind (default 20; 3 with --quick)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and few steps: a smoke test")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "experiments" / "results")
+    parser.add_argument("--child", choices=SHAPES, help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.steps is None:
+        args.steps = 3 if args.quick else 20
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
+    if args.child:
+        child(args)
+        return
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape in args.shapes:
+            result_file = Path(tmp) / f"{shape}.json"
+            command = [sys.executable, str(Path(__file__).resolve()), "--child", shape, "--steps", str(args.steps),
+                       "--device", args.device, "--result-file", str(result_file)]
+            command += ["--threads", str(args.threads)] if args.threads else []
+            command += ["--quick"] if args.quick else []
+            started = time.perf_counter()
+            subprocess.run(command, check=True, cwd=Path(__file__).resolve().parent)
+            results[shape] = json.loads(result_file.read_text())
+            results[shape]["subprocess seconds"] = time.perf_counter() - started
+    children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+    text = table(results)
+    header = (f"# Mult-VAE speed and memory ({'--quick smoke test, tiny shapes' if args.quick else 'ML-1M and ML-20M shapes'})\n\n"
+              f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, torch {torch.__version__}, Python "
+              f"{platform.python_version()}, {platform.machine()}; batch {BATCH}, {args.steps} timed steps of each kind "
+              f"after {WARMUP} untimed, interleaved with rotating order. Seconds per epoch = mean step time x batches "
+              "per epoch (extrapolated, not a timed epoch). Each shape ran in its own subprocess; its peak RSS "
+              "includes building the data. Read ratios, not seconds: the machine may be shared.\n")
+    notes = ("\n- Sparse: recvae's trainer step (`DeviceCSR` batch, `train_step`, fused Adam). Dense input: the same "
+             "step with the batch densified to B x I, normalised and dropped out densely, and a dense first layer "
+             "with the same starting weights.\n- Decoder bound: the output layer's forward and two backward matmuls "
+             "(B x 600 x I each), the work no Mult-VAE step can avoid.\n- Evaluation: all test users, full "
+             f"catalogue, fold-in items masked, top-100, batches of 1,000.\n- Max peak RSS over the subprocesses "
+             f"(RUSAGE_CHILDREN): {_gib(children_peak)}.\n")
+    print("\n" + header + "\n" + text + "\n" + notes)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "speed_quick" if args.quick else "speed"
+    payload = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                        if k not in ("child", "result_file")},
+               "torch": torch.__version__, "children peak RSS bytes": children_peak, "shapes": results}
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (args.out_dir / f"{stem}.md").write_text(header + "\n" + text + "\n" + notes)
+    print(f"wrote {args.out_dir / (stem + '.json')} and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
