@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recvae.data.interactions import Interactions
-from recvae.sparse import csr_from_arrays, csr_to_arrays
+from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
 
 __all__ = [
     "HeldOut",
