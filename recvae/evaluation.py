@@ -3,7 +3,9 @@
 Works for any model with ``score(user_rows)`` (numpy out); models that can
 score on their torch device expose ``score_tensor(user_rows)`` and then masking
 and top-k run there too, in batches. Every metric is computed per user; users
-with an empty target are excluded from the means and counted.
+with an empty target are excluded from the means and counted. Under a
+torch.distributed process group the users are sharded over the ranks and the
+per-user metrics gathered (identical to one process).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from recvae import metrics as M
 from recvae.data.splits import HeldOut, Split
+from recvae.distributed import DistributedContext, all_reduce_sum, batch_aligned_range, gather_rows, parallel_context
 
 __all__ = ["EvaluationResult", "evaluate", "evaluate_heldout", "top_k_for_rows", "paired_comparison"]
 
@@ -86,16 +89,33 @@ def evaluate_heldout(
     ks: Sequence[int] = (20, 50, 100),
     metrics: Sequence[str] = ("ndcg", "recall"),
     batch_size: int = 1000,
+    distributed: bool | None = None,
 ) -> EvaluationResult:
-    """Evaluate a score function on a held-out user set."""
+    """Evaluate a score function on a held-out user set.
+
+    Sharding: with ``distributed=None`` (default) the users are sharded when a
+    torch.distributed process group of more than one rank is initialised; True
+    requires one, False evaluates all users here. Sharded, each rank scores a
+    contiguous run of whole batches (the batches one process would score, so every
+    score is the same), and the per-user metrics are gathered: every rank gets the
+    result of single-process evaluation, value for value. It is then a collective:
+    every rank must call it; evaluate on one rank alone with ``distributed=False``.
+    """
     unknown = [m for m in metrics if m not in M.METRICS and m != "coverage"]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {sorted(M.METRICS) + ['coverage']}")
     ks = sorted({int(k) for k in ks})
     if not ks:
         raise ValueError("give at least one cut-off k")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    ctx = _sharding_context(distributed)
     started = time.perf_counter()
-    top = top_k_for_rows(score_fn, heldout.fold_in, max(ks), batch_size=batch_size)
+    start, stop = batch_aligned_range(heldout.n_users, batch_size, ctx)
+    fold_in, target = heldout.fold_in, heldout.target
+    if ctx is not None:
+        fold_in, target = fold_in[start:stop], target[start:stop]
+    top = top_k_for_rows(score_fn, fold_in, max(ks), batch_size=batch_size)
     per_user = pd.DataFrame(
         {
             "user_id": heldout.user_ids,
@@ -103,17 +123,45 @@ def evaluate_heldout(
             "n_target": np.diff(heldout.target.indptr),
         }
     )
+    columns = [(name, k) for name in metrics if name != "coverage" for k in ks]
+    if columns:
+        local = np.empty((stop - start, len(columns)), dtype=np.float64)
+        if stop > start:
+            for j, (name, k) in enumerate(columns):
+                local[:, j] = M.METRICS[name](top, target, k)
+        values = gather_rows(local, ctx)
+        for j, (name, k) in enumerate(columns):
+            per_user[f"{name}@{k}"] = values[:, j]
     rows = []
     for name in metrics:
         for k in ks:
             column = f"{name}@{k}"
             if name == "coverage":
-                rows.append({"metric": column, "mean": M.coverage_at_k(top, heldout.fold_in.shape[1], k)})
-                continue
-            per_user[column] = M.METRICS[name](top, heldout.target, k)
-            rows.append({"metric": column, **M.summarize(per_user[column].to_numpy())})
+                rows.append({"metric": column, "mean": _coverage(top, heldout.fold_in.shape[1], k, ctx)})
+            else:
+                rows.append({"metric": column, **M.summarize(per_user[column].to_numpy())})
     summary = pd.DataFrame(rows).set_index("metric")
     return EvaluationResult(per_user=per_user, summary=summary, seconds=time.perf_counter() - started)
+
+
+def _sharding_context(distributed: bool | None) -> DistributedContext | None:
+    """The context to shard over: see ``evaluate_heldout``'s ``distributed``."""
+    if distributed is False:
+        return None
+    ctx = parallel_context()
+    if distributed and ctx is None:
+        raise RuntimeError("distributed=True needs an initialised torch.distributed process group of 2+ ranks")
+    return ctx
+
+
+def _coverage(top: np.ndarray, n_items: int, k: int, ctx: DistributedContext | None) -> float:
+    """Catalogue coverage at k over every rank's top-k lists."""
+    if ctx is None:
+        return M.coverage_at_k(top, n_items, k)
+    hit = torch.zeros(n_items, dtype=torch.int64)
+    hit[torch.from_numpy(np.ascontiguousarray(top[:, :k]).ravel())] = 1
+    hit = all_reduce_sum(hit.to(ctx.device), ctx)
+    return float((hit > 0).sum().item() / n_items)
 
 
 def evaluate(
@@ -124,12 +172,15 @@ def evaluate(
     ks: Sequence[int] = (20, 50, 100),
     metrics: Sequence[str] = ("ndcg", "recall"),
     batch_size: int = 1000,
+    distributed: bool | None = None,
 ) -> EvaluationResult:
     """Evaluate a fitted model on ``split.validation`` or ``split.test``.
 
     Each user's fold-in row is scored (the model folds the user in), fold-in
     items are excluded, the full catalogue is ranked (no sampled negatives),
-    and NDCG@k / Recall@k ... are computed against the user's target.
+    and NDCG@k / Recall@k ... are computed against the user's target. Under a
+    torch.distributed process group the users are sharded over the ranks (every
+    rank must call it; see :func:`evaluate_heldout`'s ``distributed``).
     """
     if which not in ("validation", "test"):
         raise ValueError(f"which must be 'validation' or 'test'; got {which!r}")
@@ -137,7 +188,7 @@ def evaluate(
         raise TypeError(f"{type(model).__name__} has no score(user_rows) method; it is not a recvae model")
     heldout: HeldOut = getattr(split, which)
     score_fn = getattr(model, "score_tensor", None) or model.score
-    return evaluate_heldout(score_fn, heldout, ks=ks, metrics=metrics, batch_size=batch_size)
+    return evaluate_heldout(score_fn, heldout, ks=ks, metrics=metrics, batch_size=batch_size, distributed=distributed)
 
 
 def paired_comparison(a: EvaluationResult, b: EvaluationResult, metric: str = "ndcg@100") -> dict:

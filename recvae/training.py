@@ -4,6 +4,14 @@ Each epoch: shuffle users, take batches of sparse rows on the device, minimise
 the negative ELBO (NLL + beta * KL) with Adam, step the beta schedule; then
 score the validation users (NDCG@100), keep the best weights, and stop early
 when the score has not improved for ``patience`` epochs.
+
+Under an initialised torch.distributed process group of several ranks
+(``torchrun``, :func:`recvae.distributed.spawn`) the same loop runs data-parallel:
+every rank draws the same permutation, takes its slice of each global batch of
+``batch_size`` users, and DistributedDataParallel all-reduces the gradients, scaled
+so that they equal the one-process gradient of the global batch. Validation is
+sharded over the ranks; rank 0 alone writes the history, the checkpoint and the
+progress bar.
 """
 
 from __future__ import annotations
@@ -22,13 +30,16 @@ import torch
 from tqdm.auto import tqdm
 
 from recvae.data.splits import HeldOut
+from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
 from recvae.evaluation import evaluate_heldout
 from recvae.models.annealing import AnnealConfig, BetaSchedule
+from recvae.models.vae import gaussian_kl
 from recvae.sparse import DeviceCSR, SparseRows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingConfig", "TrainingResult", "resolve_device", "train_step", "train_vae", "sparse_rows", "make_optimizer"]
+__all__ = ["TrainingConfig", "TrainingResult", "resolve_device", "train_step", "parallel_train_step", "train_vae",
+           "sparse_rows", "make_optimizer"]
 
 _CHECKPOINT_FORMAT = 1
 
@@ -38,7 +49,8 @@ class TrainingConfig:
     """How to train. Defaults follow Liang et al. (Adam 1e-3, batch 500, 200 epochs).
 
     Attributes:
-        epochs, batch_size, lr: as in the paper.
+        epochs, batch_size, lr: as in the paper. ``batch_size`` is the global batch:
+            under data-parallel training each rank takes a slice of it.
         weight_decay: L2 weight decay on weight matrices (not biases); 0 for
             Mult-VAE, 0.01 / batch_size for Mult-DAE.
         anneal: the beta schedule (see :class:`AnnealConfig`).
@@ -46,7 +58,8 @@ class TrainingConfig:
             score (None: train all epochs; the best weights are kept either way).
         eval_k: validation metric is NDCG@eval_k.
         eval_every: validate every this many epochs.
-        seed: seeds initialisation, shuffling, dropout and noise.
+        seed: seeds initialisation, shuffling, dropout and noise (data-parallel:
+            every rank shuffles alike; dropout and noise streams differ per rank).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         precision: ``"fp32"`` or ``"bf16"`` (autocast of matrix products; the
             loss and log-softmax stay in fp32).
@@ -150,6 +163,84 @@ def train_step(
     return parts
 
 
+class _PerUserTerms(torch.nn.Module):
+    """A VAE's loss terms per user, (NLL_u, KL_u), not their means: the module DDP wraps.
+
+    ``VAE.loss`` is the mean of NLL_u + beta * KL_u over the batch; a data-parallel
+    step needs the sums over the rank's slice instead, weighted by the slice's share
+    of the global batch (which also makes an empty slice contribute zero).
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: SparseRows, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        output, mu, log_var = self.net(x, generator)
+        nll = self.net.likelihood.nll(output, x)
+        kl = gaussian_kl(mu.float(), log_var.float()) if log_var is not None else torch.zeros_like(nll)
+        return nll, kl
+
+
+def parallel_train_step(
+    model: torch.nn.parallel.DistributedDataParallel,
+    optimizer: torch.optim.Optimizer,
+    x: SparseRows,
+    beta: float,
+    global_batch_size: int,
+    generator: torch.Generator,
+    ctx: DistributedContext,
+    device: torch.device,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """One data-parallel step on this rank's slice ``x`` of a global batch; returns the slice's sums.
+
+    The rank minimises world_size / global_batch_size * sum over its users of
+    (NLL_u + beta * KL_u). DDP averages gradients over the ranks, so every rank
+    applies the gradient of the mean over the global batch, the one-process update,
+    however unevenly the batch was split. Returns (loss, nll, kl) summed over the slice.
+    """
+    with _autocast(device, precision):
+        nll, kl = model(x, generator)
+    nll_sum, kl_sum = nll.sum(), kl.sum()
+    loss_sum = nll_sum + beta * kl_sum
+    optimizer.zero_grad(set_to_none=True)
+    (loss_sum * (ctx.world_size / global_batch_size)).backward()
+    optimizer.step()
+    return torch.stack([loss_sum, nll_sum, kl_sum]).detach()
+
+
+def rank_noise_generator(seed: int, epoch: int, ctx: DistributedContext, device: torch.device) -> torch.Generator:
+    """The dropout / noise generator of a rank for an epoch, seeded from (seed, epoch, rank).
+
+    Data-parallel ranks shuffle with one shared generator but draw dropout masks
+    and noise for their own slices from their own streams; seeding per epoch makes
+    a resumed run draw what an uninterrupted one would, with no per-rank state saved.
+    """
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np.random.SeedSequence([seed % 2**32, epoch, ctx.rank]).generate_state(1)[0]))
+    return g
+
+
+def check_parallel_device(ctx: DistributedContext, device: torch.device) -> None:
+    """Refuses a device the process group cannot communicate from (nccl needs CUDA)."""
+    if ctx.backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"the process group uses nccl, which needs CUDA tensors, but training runs on {device}; "
+                         "train on device='cuda' (each rank takes its LOCAL_RANK GPU) or use gloo for CPU")
+
+
+def resume_agreed(config: TrainingConfig, ctx: DistributedContext | None) -> bool:
+    """Whether to resume from ``config.checkpoint``; under data parallelism every rank must see the file."""
+    found = bool(config.resume and config.checkpoint and Path(config.checkpoint).exists())
+    if ctx is None:
+        return found
+    seen = int(all_reduce_sum(torch.tensor([int(found)], device=ctx.device), ctx).item())
+    if seen not in (0, ctx.world_size):
+        raise RuntimeError(f"only {seen} of {ctx.world_size} ranks see the checkpoint {config.checkpoint}: "
+                           "put it on a file system every node shares")
+    return found
+
+
 def _active_users(train: sp.csr_matrix, validation: HeldOut | None) -> np.ndarray:
     """Rows of ``train`` with interactions; refuses inputs that cannot train or select a model."""
     active = np.flatnonzero(np.diff(train.indptr) > 0)
@@ -192,7 +283,16 @@ def train_vae(
     config: TrainingConfig,
     device: torch.device,
 ) -> TrainingResult:
-    """Train ``net`` (a :class:`recvae.models.vae.VAE`) in place; loads the best weights at the end."""
+    """Train ``net`` (a :class:`recvae.models.vae.VAE`) in place; loads the best weights at the end.
+
+    Under a torch.distributed process group of several ranks it trains data-parallel
+    (see the module docstring); every rank must call it with the same arguments, and
+    every rank returns the same result and the same weights.
+    """
+    ctx = parallel_context()
+    if ctx is not None:
+        check_parallel_device(ctx, device)
+    is_main = ctx is None or ctx.is_main
     active = _active_users(train, validation)
     data = DeviceCSR(train, device)
     active_t = torch.from_numpy(active).to(device)
@@ -204,16 +304,20 @@ def train_vae(
 
     state = {"epoch": 0, "step": 0, "history": [], "best_state": None, "best_epoch": None,
              "best_score": None, "best_beta": None, "since_best": 0, "stopped_early": False}
-    if config.resume and config.checkpoint and Path(config.checkpoint).exists():
+    if resume_agreed(config, ctx):
         _load_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state, device)
         logger.info("resumed from %s at epoch %d", config.checkpoint, state["epoch"])
+    model = None
+    if ctx is not None:
+        # Ranks hold identical weights (same seed; DDP also broadcasts rank 0's at construction).
+        model = torch.nn.parallel.DistributedDataParallel(_PerUserTerms(net))
 
     def score_fn(rows: sp.csr_matrix) -> torch.Tensor:
         with _autocast(device, config.precision):
             return net.scores(sparse_rows(rows, device))
 
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch,
-               disable=not config.progress, unit="batch", dynamic_ncols=True)
+               disable=not (config.progress and is_main), unit="batch", dynamic_ncols=True)
     try:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             if state["stopped_early"]:
@@ -222,13 +326,19 @@ def train_vae(
             started = time.perf_counter()
             sums = torch.zeros(3, device=device, dtype=torch.float64)
             order = active_t[torch.randperm(len(active_t), generator=generator, device=device)]
+            noise = None if ctx is None else rank_noise_generator(config.seed, epoch, ctx, device)
             for batch in order.split(config.batch_size):
-                parts = train_step(net, optimizer, data.rows(batch), schedule.beta(state["step"]),
-                                   generator, device, config.precision)
+                beta = schedule.beta(state["step"])
+                if ctx is None:
+                    parts = train_step(net, optimizer, data.rows(batch), beta, generator, device, config.precision)
+                    detached = torch.stack([parts["loss"].detach(), parts["nll"].detach(), parts["kl"].detach()])
+                    sums += detached.double() * len(batch)
+                else:
+                    sums += parallel_train_step(model, optimizer, data.rows(shard_batch(batch, ctx)), beta, len(batch),
+                                                noise, ctx, device, config.precision).double()
                 state["step"] += 1
-                sums += torch.stack([parts["loss"].detach(), parts["nll"].detach(), parts["kl"].detach()]).double() * len(batch)
                 bar.update(1)
-            loss, nll, kl = (sums / len(active)).tolist()
+            loss, nll, kl = (all_reduce_sum(sums, ctx) / len(active)).tolist()
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became {loss} at epoch {epoch}: training diverged; lower lr (now {config.lr})"
@@ -243,15 +353,17 @@ def train_vae(
             state["epoch"] = epoch
             bar.set_postfix(postfix, refresh=False)
             bar.set_description(f"epoch {epoch}/{config.epochs}")
-            if config.history_csv:
+            if config.history_csv and is_main:
                 pd.DataFrame(state["history"]).to_csv(config.history_csv, index=False)
-            if config.checkpoint:
+            if config.checkpoint and is_main:
                 _save_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state)
             if state["stopped_early"]:
                 logger.info("early stop at epoch %d (best epoch %s)", epoch, state["best_epoch"])
                 break
     finally:
         bar.close()
+    if ctx is not None:
+        torch.distributed.barrier()  # rank 0's files are complete when any rank returns
     if state["best_state"] is not None:
         net.load_state_dict(state["best_state"])
     net.eval()

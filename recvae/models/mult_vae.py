@@ -13,6 +13,7 @@ import torch
 
 from recvae.data.interactions import Interactions
 from recvae.data.splits import HeldOut, Split
+from recvae.distributed import rank_device
 from recvae.models.annealing import AnnealConfig
 from recvae.models.base import Recommender, as_user_rows, ids_from_array, ids_to_array
 from recvae.models.vae import VAE, VAEConfig
@@ -99,10 +100,13 @@ class TorchVAERecommender(Recommender):
         """Train on ``train`` (Split, Interactions or CSR); selects the best epoch on ``validation``.
 
         With a Split, its validation users are used unless ``validation`` is given.
+        Under a torch.distributed process group of several ranks every rank calls
+        ``fit`` alike and training is data-parallel (see :mod:`recvae.training`).
         Returns self.
         """
         matrix, validation, item_ids = training_inputs(train, validation)
-        self.device_ = resolve_device(self.training.device)
+        # Under data-parallel CUDA training each rank takes its own GPU (LOCAL_RANK).
+        self.device_ = rank_device(resolve_device(self.training.device))
         with torch.random.fork_rng(devices=[]):
             # Initialisation is seeded without touching the caller's global RNG.
             torch.manual_seed(self.training.seed)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recvae.data.splits import HeldOut
+from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
 from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.models.mult_vae import TorchVAERecommender
 from recvae.models.vae import SparseLinear, dropout_values, l2_normalised_values
@@ -42,7 +43,10 @@ from recvae.training import (
     _active_users,
     _autocast,
     _validate_epoch,
+    check_parallel_device,
     make_optimizer,
+    rank_noise_generator,
+    resume_agreed,
     sparse_rows,
 )
 
@@ -289,35 +293,63 @@ def _train_phase(
     batch_size: int,
     precision: str = "fp32",
     bar=None,
+    ctx: DistributedContext | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``passes`` shuffled passes over ``users`` updating only ``net.<phase>``.
 
     The other part is frozen (requires_grad off, so no gradient is even computed
     for it); input dropout only in the encoder phase, as in the authors' code.
     Returns the mean (loss, nll, kl) over the passes.
+
+    With ``ctx`` (data parallel) ``generator`` shuffles, alike on every rank; each
+    rank takes its slice of each global batch, draws dropout and noise from
+    ``noise_generator``, and the phase's gradients are summed over the ranks, each
+    rank's loss being its slice's sum over the global batch size (the one-process
+    mean). DDP does not fit here: the trained part changes every phase.
     """
     if phase not in ("encoder", "decoder"):
         raise ValueError(f"phase must be 'encoder' or 'decoder'; got {phase!r}")
     net.train()
     net.encoder.requires_grad_(phase == "encoder")
     net.decoder.requires_grad_(phase == "decoder")
+    trained = list(getattr(net, phase).parameters())
     sums = torch.zeros(3, dtype=torch.float64, device=users.device)
     try:
         for _ in range(passes):
             order = users[torch.randperm(len(users), generator=generator, device=users.device)]
             for batch in order.split(batch_size):
-                with _autocast(users.device, precision):
-                    parts = net.loss(data.rows(batch), generator, dropout=phase == "encoder")
-                optimizer.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                optimizer.step()
-                sums += torch.stack([parts[k].detach() for k in ("loss", "nll", "kl")]).double() * len(batch)
+                if ctx is None:
+                    with _autocast(users.device, precision):
+                        parts = net.loss(data.rows(batch), generator, dropout=phase == "encoder")
+                    optimizer.zero_grad(set_to_none=True)
+                    parts["loss"].backward()
+                    optimizer.step()
+                    sums += torch.stack([parts[k].detach() for k in ("loss", "nll", "kl")]).double() * len(batch)
+                else:
+                    x = data.rows(shard_batch(batch, ctx))
+                    with _autocast(users.device, precision):
+                        nll, kl = net.terms(x, noise_generator, dropout=phase == "encoder")
+                    loss_sum = (nll + net.kl_weight(x) * kl).sum()
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss_sum / len(batch)).backward()
+                    _sum_gradients(trained, ctx)
+                    optimizer.step()
+                    sums += torch.stack([loss_sum, nll.sum(), kl.sum()]).detach().double()
                 if bar is not None:
                     bar.update(1)
     finally:
         net.encoder.requires_grad_(True)
         net.decoder.requires_grad_(True)
-    return sums / (passes * len(users))
+    return all_reduce_sum(sums, ctx) / (passes * len(users))
+
+
+def _sum_gradients(params: list[torch.Tensor], ctx: DistributedContext) -> None:
+    """Sum the gradients of ``params`` over the ranks (one all-reduce of a flat buffer)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]), ctx)
+    for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = chunk.view_as(p)
 
 
 def train_recvae(
@@ -330,9 +362,15 @@ def train_recvae(
     """Train ``net`` in place with alternating encoder / decoder phases; loads the best weights.
 
     ``config.anneal`` is not used: RecVAE's beta is per user (``RecVAEConfig.gamma``).
+    Under a torch.distributed process group of several ranks it trains data-parallel,
+    like :func:`recvae.training.train_vae` (gradients summed by hand, see ``_train_phase``).
     History: ``loss``/``nll``/``kl`` are the decoder passes' means (no dropout, refreshed
     prior), ``encoder_loss`` the encoder passes' mean, ``beta`` the mean beta_u.
     """
+    ctx = parallel_context()
+    if ctx is not None:
+        check_parallel_device(ctx, device)
+    is_main = ctx is None or ctx.is_main
     active = _active_users(train, validation)
     rc = net.config
     data = DeviceCSR(train, device)
@@ -344,7 +382,7 @@ def train_recvae(
     generator.manual_seed(config.seed)
     state = {"epoch": 0, "step": 0, "history": [], "best_state": None, "best_epoch": None,
              "best_score": None, "best_beta": None, "since_best": 0, "stopped_early": False}
-    if config.resume and config.checkpoint and Path(config.checkpoint).exists():
+    if resume_agreed(config, ctx):
         _load_checkpoint(config.checkpoint, net, optimizers, generator, state, device)
         logger.info("resumed from %s at epoch %d", config.checkpoint, state["epoch"])
 
@@ -353,20 +391,22 @@ def train_recvae(
             return net.scores(sparse_rows(rows, device))
 
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch,
-               disable=not config.progress, unit="batch", dynamic_ncols=True)
+               disable=not (config.progress and is_main), unit="batch", dynamic_ncols=True)
 
-    def phase(part: str, passes: int) -> torch.Tensor:
+    def phase(part: str, passes: int, noise: torch.Generator | None) -> torch.Tensor:
         return _train_phase(net, part, optimizers[part], data, users, generator, passes=passes,
-                            batch_size=config.batch_size, precision=config.precision, bar=bar)
+                            batch_size=config.batch_size, precision=config.precision, bar=bar,
+                            ctx=ctx, noise_generator=noise)
 
     try:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             if state["stopped_early"]:
                 break
             started = time.perf_counter()
-            encoder_loss = float(phase("encoder", rc.encoder_epochs)[0])
+            noise = None if ctx is None else rank_noise_generator(config.seed, epoch, ctx, device)
+            encoder_loss = float(phase("encoder", rc.encoder_epochs, noise)[0])
             net.update_prior()
-            loss, nll, kl = phase("decoder", rc.decoder_epochs).tolist()
+            loss, nll, kl = phase("decoder", rc.decoder_epochs, noise).tolist()
             state["step"] += steps_per_epoch
             if not (math.isfinite(loss) and math.isfinite(encoder_loss)):
                 raise FloatingPointError(
@@ -381,15 +421,17 @@ def train_recvae(
             state["epoch"] = epoch
             bar.set_postfix(postfix, refresh=False)
             bar.set_description(f"epoch {epoch}/{config.epochs}")
-            if config.history_csv:
+            if config.history_csv and is_main:
                 pd.DataFrame(state["history"]).to_csv(config.history_csv, index=False)
-            if config.checkpoint:
+            if config.checkpoint and is_main:
                 _save_checkpoint(config.checkpoint, net, optimizers, generator, state)
             if state["stopped_early"]:
                 logger.info("early stop at epoch %d (best epoch %s)", epoch, state["best_epoch"])
                 break
     finally:
         bar.close()
+    if ctx is not None:
+        torch.distributed.barrier()  # rank 0's files are complete when any rank returns
     if state["best_state"] is not None:
         net.load_state_dict(state["best_state"])
     net.eval()
