@@ -267,7 +267,9 @@ def _add_train(sub) -> None:
                         f"(default: the model's own seed, and {LIANG_SEED} for the split as Liang et al.)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument("--nproc", metavar="N", type=int, default=1,
-                   help="training processes (default 1; multi-process training is not available yet)")
+                   help="data-parallel training processes on this machine (torch.distributed: gloo on CPU, "
+                        "nccl on CUDA; default 1). Same as: torchrun --nproc-per-node N -m recvae train ... "
+                        "(use torchrun directly for several machines)")
     d = p.add_argument_group("data and split")
     d.add_argument("--split", choices=("strong", "weak", "temporal"), default="strong",
                    help="strong: held-out users never train (Liang et al.); weak: every user trains and "
@@ -445,19 +447,50 @@ def run_train(args: argparse.Namespace) -> int:
     """``recvae train``: model -> data and split -> fit -> evaluate -> write the run directory."""
     if args.nproc < 1:
         _fail(f"--nproc {args.nproc}: give a number of processes >= 1")
-    if args.nproc > 1:
-        _fail(f"--nproc {args.nproc}: multi-process (torch.distributed) training is not available yet; "
-              "use --nproc 1")
     output = _check_output_dir(Path(args.output), args.overwrite)
     name, params = model_params(args)
     model = build_model(name, params)
-    data, split = prepare_data(args)
-    fit_seconds = fit_model(model, split)
-    results = evaluate_run(model, split, test=not args.no_test)
-    config = run_config(args, name, params, data, split, fit_seconds)
-    write_run(output, model, split, results, config)
-    _print_train_summary(output, name, model, results, fit_seconds)
+    if args.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from recvae.models.mult_vae import TorchVAERecommender
+
+        if not isinstance(model, TorchVAERecommender):
+            _fail(f"--nproc / torchrun: data-parallel training applies to the torch models "
+                  f"({', '.join(TORCH_MODEL_NAMES)}), not to {name!r}; run it with one process")
+    if args.nproc > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _fail("--nproc under torchrun: torchrun already started the processes; drop --nproc")
+        from recvae.distributed import launch_torchrun
+
+        return launch_torchrun(_without_nproc(args.argv), args.nproc)
+    from recvae.distributed import setup_from_env, teardown
+
+    ctx = setup_from_env(getattr(model.training, "device", "auto") if hasattr(model, "training") else "auto")
+    is_main = ctx is None or ctx.is_main
+    try:
+        data, split = prepare_data(args, quiet=not is_main)
+        fit_seconds = fit_model(model, split)
+        results = evaluate_run(model, split, test=not args.no_test)  # sharded over the ranks: all must call it
+        if is_main:
+            config = run_config(args, name, params, data, split, fit_seconds)
+            config["processes"] = 1 if ctx is None else ctx.world_size
+            write_run(output, model, split, results, config)
+            _print_train_summary(output, name, model, results, fit_seconds)
+    finally:
+        teardown()
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus ``--nproc N`` / ``--nproc=N`` (the workers must not launch again)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def _check_output_dir(output: Path, overwrite: bool) -> Path:
@@ -654,12 +687,13 @@ def make_split(data, args: argparse.Namespace):
         _fail(f"{flag}: {_message(err)}")
 
 
-def prepare_data(args: argparse.Namespace):
+def prepare_data(args: argparse.Namespace, *, quiet: bool = False):
     """Load DATA and split it; prints what preprocessing kept and the split. Returns (data, split)."""
     data = load_interactions(args)
-    print(f"Data {args.data}: {data.report if data.report is not None else data}")
     split = make_split(data, args)
-    print(f"Split: {split}")
+    if not quiet:
+        print(f"Data {args.data}: {data.report if data.report is not None else data}")
+        print(f"Split: {split}")
     return data, split
 
 

@@ -170,7 +170,7 @@ def test_embed_users_to_parquet_and_npy_and_items_to_csv(vae_run, tmp_path):
         (["--param", "latent_dim"], ["--param 'latent_dim'", "KEY=VALUE"]),
         (["--param", "bogus=1"], ["bogus", "unknown parameter"]),
         (["--param", "latent_dim=-3"], ["latent_dim"]),
-        (["--nproc", "2"], ["--nproc 2", "not available yet"]),
+        (["--model", "ease", "--nproc", "2"], ["--nproc", "torch models", "'ease'"]),
         (["--model", "recvae", "--anneal", "constant"], ["--anneal", "gamma"]),
         (["--model", "als", "--epochs", "3"], ["--epochs", "iterations"]),
         (["--param", "epochs=3", "--epochs", "2"], ["epochs", "once"]),
@@ -183,6 +183,24 @@ def test_train_errors_name_the_argument(log_csv, tmp_path, argv, expected):
     for text in expected:
         assert text in message
     assert not (tmp_path / "run").exists()
+
+
+def test_train_with_two_processes_under_torchrun(log_csv, tmp_path):
+    """``--nproc 2`` relaunches itself under torchrun (gloo); rank 0 alone writes the run."""
+    import subprocess
+
+    pytest.importorskip("torch.distributed.run")
+    run = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "recvae", "train", str(log_csv), "-o", str(run), "--device", "cpu", "--nproc", "2",
+         *VAE_ARGS],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((run / "config.json").read_text())
+    assert config["processes"] == 2 and "--nproc" not in config["argv"]
+    assert len(pd.read_csv(run / "history.csv")) == 2
+    assert result.stdout.count("Run written to") == 1  # rank 0 only
 
 
 def test_train_errors_on_missing_data_and_occupied_output(vae_run, tmp_path, log_csv):
