@@ -1,11 +1,13 @@
-"""Training and evaluation speed and memory of recvae's Mult-VAE at ML-1M and ML-20M shapes.
+"""Training and evaluation speed and memory of recvae's Mult-VAE (and RecVAE) at ML-1M and ML-20M shapes.
 
 For each shape, in its own subprocess (so its peak memory is its own):
 
 1. seconds per training step of Mult-VAE (the trainer's own pieces: ``DeviceCSR``
    batches of 500 users and ``recvae.training.train_step``), and the decoder's
    matmul lower bound at the same batch shape (the output layer's three
-   B x 600 x I matmuls, see ``decoder_bound.py``), with their ratio;
+   B x 600 x I matmuls, see ``decoder_bound.py``), with their ratio; likewise
+   RecVAE, whose epoch is 3 encoder passes and 1 decoder pass (per batch: 3 + 1
+   steps against 4 forward, 3 input-gradient and 1 weight-gradient B x 200 x I matmuls);
 2. the same step with a densified input (each batch made a dense B x I tensor,
    L2-normalised and dropped out densely, and a dense first layer starting from
    the same weights, as common PyTorch ports do) against our sparse input;
@@ -58,7 +60,8 @@ from recvae.data import (
     synthetic_interactions,
 )
 from recvae.evaluation import evaluate_heldout, top_k_for_rows
-from recvae.models import VAE, VAEConfig
+from recvae.models import VAE, RecVAENet, VAEConfig
+from recvae.models.rec_vae import RecVAEConfig, _train_phase
 from recvae.sparse import DeviceCSR, SparseRows
 from recvae.training import TrainingConfig, make_optimizer, resolve_device, sparse_rows, train_step
 
@@ -147,15 +150,39 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool) -> dict:
     batches = [b for b in order.split(BATCH) if len(b) == BATCH] or [order]
     batch_size = len(batches[0])
     matmuls = DecoderMatmuls(batch_size, HIDDEN, n_items, device)
-    kinds = ("sparse", "dense", "bound")
+    # RecVAE: one batch's share of an epoch is 3 encoder-phase steps and 1 decoder-phase step;
+    # its decoder is latent (200) x I, and each phase skips the frozen part's gradients.
+    recvae_config = RecVAEConfig()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        recvae_net = RecVAENet(n_items, recvae_config).to(device)
+    recvae_optimizers = {part: make_optimizer(getattr(recvae_net, part).parameters(), TrainingConfig(lr=5e-4))
+                         for part in ("encoder", "decoder")}
+    recvae_matmuls = DecoderMatmuls(batch_size, recvae_config.latent_dim, n_items, device)
+
+    def recvae_batch_epoch(batch: torch.Tensor) -> None:
+        for part, passes in (("encoder", recvae_config.encoder_epochs), ("decoder", recvae_config.decoder_epochs)):
+            _train_phase(recvae_net, part, recvae_optimizers[part], data, batch, generator, passes=passes,
+                         batch_size=len(batch))
+        recvae_net.update_prior()
+
+    kinds = ("sparse", "dense", "bound", "recvae", "recvae bound")
     seconds: dict[str, list[float]] = {k: [] for k in kinds}
     for rep in range(WARMUP + steps):
-        x = data.rows(batches[rep % len(batches)])
-        for kind in kinds[rep % 3:] + kinds[: rep % 3]:  # rotate the order: no kind always runs first
+        batch = batches[rep % len(batches)]
+        x = data.rows(batch)
+        shift = rep % len(kinds)
+        for kind in kinds[shift:] + kinds[:shift]:  # rotate the order: no kind always runs first
             _sync(device)
             t0 = time.perf_counter()
             if kind == "bound":
                 matmuls.run()
+            elif kind == "recvae bound":
+                recvae_matmuls.run(forward=recvae_config.encoder_epochs + recvae_config.decoder_epochs,
+                                   grad_input=recvae_config.encoder_epochs, grad_weight=recvae_config.decoder_epochs)
+            elif kind == "recvae":
+                recvae_batch_epoch(batch)
+                _sync(device)
             else:
                 train_step(nets[kind], optimizers[kind], x, 0.2, generator, device)
                 _sync(device)
@@ -205,6 +232,11 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool) -> dict:
         "dense-input / decoder bound": mean["dense"] / mean["bound"],
         "dense-input / sparse": mean["dense"] / mean["sparse"],
         "decoder matmul GFLOP/s": matmuls.flops / mean["bound"] / 1e9,
+        "RecVAE s/batch (3 encoder + 1 decoder steps)": mean["recvae"],
+        "RecVAE decoder bound s/batch": mean["recvae bound"],
+        "RecVAE s/epoch (extrapolated)": mean["recvae"] * steps_per_epoch,
+        "RecVAE decoder bound s/epoch (extrapolated)": mean["recvae bound"] * steps_per_epoch,
+        "RecVAE / decoder bound": mean["recvae"] / mean["recvae bound"],
         "eval users": split.test.n_users,
         "eval seconds": eval_seconds,
         "eval users/s (top-100, seen masked)": split.test.n_users / eval_seconds,
@@ -246,6 +278,11 @@ ROWS = [  # (label, key, format)
     ("s/epoch dense input (extrapolated)", "dense-input s/epoch (extrapolated)", "{:.3g}"),
     ("s/epoch decoder bound (extrapolated)", "decoder bound s/epoch (extrapolated)", "{:.3g}"),
     ("decoder matmul GFLOP/s", "decoder matmul GFLOP/s", "{:.0f}"),
+    ("RecVAE, one batch's epoch: 3 encoder + 1 decoder steps (s)", "RecVAE s/batch (3 encoder + 1 decoder steps)", "{:.4f}"),
+    ("RecVAE decoder matmul bound (s/batch)", "RecVAE decoder bound s/batch", "{:.4f}"),
+    ("RecVAE / its decoder bound", "RecVAE / decoder bound", "{:.2f}x"),
+    ("RecVAE s/epoch (extrapolated)", "RecVAE s/epoch (extrapolated)", "{:.3g}"),
+    ("RecVAE s/epoch decoder bound (extrapolated)", "RecVAE decoder bound s/epoch (extrapolated)", "{:.3g}"),
     ("evaluation users/s (top-100, seen masked)", "eval users/s (top-100, seen masked)", "{:,.0f}"),
     ("peak RSS of the run", "peak RSS bytes", "bytes"),
     ("peak RSS after building the data", "peak RSS bytes after data", "bytes"),
@@ -319,7 +356,9 @@ def main() -> None:
     notes = ("\n- Sparse: recvae's trainer step (`DeviceCSR` batch, `train_step`, fused Adam). Dense input: the same "
              "step with the batch densified to B x I, normalised and dropped out densely, and a dense first layer "
              "with the same starting weights.\n- Decoder bound: the output layer's forward and two backward matmuls "
-             "(B x 600 x I each), the work no Mult-VAE step can avoid.\n- Evaluation: all test users, full "
+             "(B x 600 x I each), the work no Mult-VAE step can avoid. RecVAE's: per batch and epoch, 4 forward "
+             "logits, 3 input gradients (encoder phases, decoder frozen) and 1 weight gradient (decoder phase), "
+             "B x 200 x I each.\n- Evaluation: all test users, full "
              f"catalogue, fold-in items masked, top-100, batches of 1,000.\n- Max peak RSS over the subprocesses "
              f"(RUSAGE_CHILDREN): {_gib(children_peak)}.\n")
     print("\n" + header + "\n" + text + "\n" + notes)

@@ -32,10 +32,16 @@ class DecoderMatmuls:
         self.g = torch.randn(batch, n_items, generator=generator, dtype=dtype).to(self.device)
         self.flops = 3 * 2 * batch * hidden * n_items
 
-    def run(self) -> None:
-        _ = self.a @ self.w.T  # forward logits
-        _ = self.g @ self.w  # gradient w.r.t. the layer input
-        _ = self.g.T @ self.a  # gradient w.r.t. the weight
+    def run(self, forward: int = 1, grad_input: int = 1, grad_weight: int = 1) -> None:
+        """The matmuls once each by default; RecVAE's epoch of 3 encoder passes (decoder frozen: no
+        weight gradient) and 1 decoder pass (encoder frozen: no input gradient) per batch is
+        ``run(forward=4, grad_input=3, grad_weight=1)``."""
+        for _ in range(forward):
+            _ = self.a @ self.w.T  # forward logits
+        for _ in range(grad_input):
+            _ = self.g @ self.w  # gradient w.r.t. the layer input
+        for _ in range(grad_weight):
+            _ = self.g.T @ self.a  # gradient w.r.t. the weight
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
