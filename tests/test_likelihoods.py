@@ -39,6 +39,49 @@ def test_multinomial_matches_torch_up_to_count_coefficient(counts):
         torch.testing.assert_close(ours[u], -(log_prob - coefficient), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("counts", [False, True])
+def test_multinomial_gradient_matches_autograd_of_log_softmax(counts):
+    """The hand-written gradient equals autograd's of -sum x * log_softmax(logits), with any upstream weights."""
+    x, dense = _batch(seed=2, counts=counts)
+    logits = torch.randn(dense.shape, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    weights = torch.rand(dense.shape[0], generator=torch.Generator().manual_seed(4))
+    (make_likelihood("multinomial").nll(logits, x) * weights).sum().backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    (-(dense * torch.log_softmax(logits, dim=1)).sum(1) * weights).sum().backward()
+    torch.testing.assert_close(ours, logits.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_multinomial_gradient_matches_finite_differences():
+    from recvae.models.likelihoods import _MultinomialNLL
+
+    x, dense = _batch(seed=5, counts=True)
+    values = x.values.double()
+
+    def loss(l):
+        return _MultinomialNLL.apply(l, x.row_of_entry, x.col_indices, values, x.row_sums().double()).sum()
+
+    logits = torch.randn(dense.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6),
+                         requires_grad=True)
+    loss(logits).backward()
+    eps = 1e-6
+    with torch.no_grad():
+        for u, i in [(0, 0), (1, 7), (3, 5), (3, 6), (6, 29)]:
+            step = torch.zeros_like(logits)
+            step[u, i] = eps
+            numeric = (loss(logits + step) - loss(logits - step)) / (2 * eps)
+            assert abs(float(numeric) - float(logits.grad[u, i])) < 1e-6
+
+
+def test_multinomial_gradient_is_refused_twice():
+    x, dense = _batch(seed=7)
+    logits = torch.randn(dense.shape, generator=torch.Generator().manual_seed(8), requires_grad=True)
+    loss = make_likelihood("multinomial").nll(logits, x).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="once"):
+        loss.backward()
+
+
 def test_bernoulli_matches_torch():
     x, dense = _batch()
     logits = 3 * torch.randn(dense.shape, generator=torch.Generator().manual_seed(2))
