@@ -276,6 +276,15 @@ def _validate_epoch(net, score_fn, validation: HeldOut, config: TrainingConfig, 
     return score
 
 
+def _restore_best(net: torch.nn.Module, state: dict, ctx) -> None:
+    """End of training: wait for rank 0's files, load the best validated weights, switch to eval mode."""
+    if ctx is not None:
+        torch.distributed.barrier()  # rank 0's files are complete when any rank returns
+    if state["best_state"] is not None:
+        net.load_state_dict(state["best_state"])
+    net.eval()
+
+
 def train_vae(
     net: torch.nn.Module,
     train: sp.csr_matrix,
@@ -362,11 +371,7 @@ def train_vae(
                 break
     finally:
         bar.close()
-    if ctx is not None:
-        torch.distributed.barrier()  # rank 0's files are complete when any rank returns
-    if state["best_state"] is not None:
-        net.load_state_dict(state["best_state"])
-    net.eval()
+    _restore_best(net, state, ctx)
     return TrainingResult(
         history=pd.DataFrame(state["history"]),
         best_epoch=state["best_epoch"],

@@ -35,13 +35,14 @@ from recvae.data.splits import HeldOut
 from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
 from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.models.mult_vae import TorchVAERecommender
-from recvae.models.vae import SparseLinear, dropout_values, l2_normalised_values
+from recvae.models.vae import SparseLinear, dropout_values, l2_normalised_values, posterior_mean_scores
 from recvae.sparse import DeviceCSR, SparseRows
 from recvae.training import (
     TrainingConfig,
     TrainingResult,
     _active_users,
     _autocast,
+    _restore_best,
     _validate_epoch,
     check_parallel_device,
     make_optimizer,
@@ -264,16 +265,9 @@ class RecVAENet(nn.Module):
         nll, kl = self.terms(x, generator, dropout=dropout)
         return {"loss": (nll + self.kl_weight(x) * kl).mean(), "nll": nll.mean(), "kl": kl.mean()}
 
-    @torch.no_grad()
     def scores(self, x: SparseRows) -> torch.Tensor:
         """Ranking scores: the decoder at the posterior mean (no dropout, no noise)."""
-        was_training = self.training
-        self.eval()
-        try:
-            mu, _ = self.encode(x)
-            return self.likelihood.scores(self.decode(mu)).float()
-        finally:
-            self.train(was_training)
+        return posterior_mean_scores(self, x)
 
     def item_embeddings(self) -> torch.Tensor:
         """Rows of the decoder weight: one latent-sized vector per item."""
@@ -430,11 +424,7 @@ def train_recvae(
                 break
     finally:
         bar.close()
-    if ctx is not None:
-        torch.distributed.barrier()  # rank 0's files are complete when any rank returns
-    if state["best_state"] is not None:
-        net.load_state_dict(state["best_state"])
-    net.eval()
+    _restore_best(net, state, ctx)
     return TrainingResult(
         history=pd.DataFrame(state["history"]),
         best_epoch=state["best_epoch"],

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.sparse import SparseRows
 
-__all__ = ["VAEConfig", "SparseLinear", "VAE", "gaussian_kl", "l2_normalised_values", "dropout_values"]
+__all__ = [
+    "VAEConfig", "SparseLinear", "VAE", "gaussian_kl", "l2_normalised_values", "dropout_values", "posterior_mean_scores"]
 
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "swish": F.silu, "sigmoid": torch.sigmoid}
 
@@ -185,17 +186,23 @@ class VAE(nn.Module):
         kl = gaussian_kl(mu.float(), log_var.float()).mean() if log_var is not None else nll.new_zeros(())
         return {"loss": nll + beta * kl, "nll": nll, "kl": kl}
 
-    @torch.no_grad()
     def scores(self, x: SparseRows) -> torch.Tensor:
         """Ranking scores from the posterior mean (no dropout, no noise)."""
-        was_training = self.training
-        self.eval()
-        try:
-            mu, _ = self.encode(x)
-            return self.likelihood.scores(self.decode(mu)).float()
-        finally:
-            self.train(was_training)
+        return posterior_mean_scores(self, x)
 
     def item_embeddings(self) -> torch.Tensor:
         """Rows of the decoder's output weight: one vector per item (its mean output)."""
         return self.decoder[-1].weight[: self.n_items].detach()
+
+
+@torch.no_grad()
+def posterior_mean_scores(net: nn.Module, x: SparseRows) -> torch.Tensor:
+    """Ranking scores of a VAE with ``encode``/``decode``/``likelihood``: the decoder at the
+    posterior mean, in eval mode (no dropout, no noise); the module's mode is restored."""
+    was_training = net.training
+    net.eval()
+    try:
+        mu, _ = net.encode(x)
+        return net.likelihood.scores(net.decode(mu)).float()
+    finally:
+        net.train(was_training)
