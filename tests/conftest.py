@@ -16,3 +16,14 @@ def shared_file(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not present")
     return path
+
+
+def random_rows(seed: int = 0, n: int = 6, items: int = 50):
+    """A small random binary CSR batch with no empty rows (the first item is in every row)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n, items)) < 0.15).astype(np.float32)
+    dense[:, 0] = 1.0
+    return sp.csr_matrix(dense)

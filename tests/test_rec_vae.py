@@ -7,10 +7,12 @@ import scipy.sparse as sp
 import torch
 import torch.distributions as D
 import torch.nn.functional as F
+from conftest import random_rows
 
 from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
 from recvae.evaluation import evaluate
 from recvae.models.base import NotFittedError
+from recvae.models.baselines import Popularity
 from recvae.models.rec_vae import RecVAE, RecVAEConfig, RecVAENet, _train_phase, composite_prior_log_prob
 from recvae.sparse import DeviceCSR, SparseRows
 from recvae.training import TrainingConfig
@@ -44,19 +46,9 @@ def small(split):
     return RecVAE(SMALL, dataclasses.replace(FAST, epochs=3)).fit(split)
 
 
-class _Popularity:
-    def __init__(self, train):
-        self.counts = np.asarray(train.sum(axis=0), dtype=np.float32).ravel()
-
-    def score(self, rows):
-        return np.tile(self.counts, (rows.shape[0], 1))
-
-
-def _rows(seed=0, n=6, items=50):
-    rng = np.random.default_rng(seed)
-    dense = (rng.random((n, items)) < 0.15).astype(np.float32)
-    dense[:, 0] = 1.0  # no empty rows
-    return sp.csr_matrix(dense)
+def _popularity(split):
+    """The popularity baseline every VAE must beat."""
+    return Popularity().fit(split)
 
 
 def _tiny_net(items=50, **kw):
@@ -86,7 +78,7 @@ def test_composite_prior_matches_torch_distributions(mixture):
 
 def test_phases_update_only_their_part():
     net = _tiny_net()
-    data, users = DeviceCSR(_rows(n=30), "cpu"), torch.arange(30)
+    data, users = DeviceCSR(random_rows(n=30), "cpu"), torch.arange(30)
     g = torch.Generator().manual_seed(0)
 
     def snapshot():
@@ -110,7 +102,7 @@ def test_update_prior_copies_the_encoder_and_its_posterior_is_dropout_free():
     with torch.no_grad():
         for p in net.encoder.parameters():
             p.add_(0.1)
-    x = SparseRows.from_scipy(_rows())
+    x = SparseRows.from_scipy(random_rows())
     net.update_prior()
     expected = net.encode(x, dropout=False)
     got = net.prior_encoder(x.to_sparse_csr(x.values / x.row_sums().sqrt()[x.row_of_entry]))
@@ -133,7 +125,7 @@ def test_beta_is_gamma_times_row_size():
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_sparse_encoder_equals_dense_reference(dropout):
-    m = _rows()
+    m = random_rows()
     net = _tiny_net(input_dropout=dropout).train()
     mu, log_var = net.encode(SparseRows.from_scipy(m), torch.Generator().manual_seed(7))
     # Dense reference: the same mask, drawn over the nonzeros in CSR order from the same seed.
@@ -163,7 +155,7 @@ def test_beats_popularity_by_a_wide_margin(fitted, split):
     assert {"epoch", "loss", "nll", "kl", "train_seconds", "val_ndcg@100", "eval_seconds"} <= set(history.columns)
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     ours = evaluate(fitted, split, "validation")["ndcg@100"]
-    popularity = evaluate(_Popularity(split.train), split, "validation")["ndcg@100"]
+    popularity = evaluate(_popularity(split), split, "validation")["ndcg@100"]
     assert ours > popularity + 0.1, (ours, popularity)
     assert ours == pytest.approx(history["val_ndcg@100"].max())
     assert fitted.training_.best_epoch == int(history["val_ndcg@100"].idxmax()) + 1

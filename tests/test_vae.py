@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import random_rows
 
 from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
 from recvae.evaluation import evaluate
-from recvae.models import AnnealConfig, MultDAE, MultVAE, NotFittedError, VAE, VAEConfig
+from recvae.models import VAE, AnnealConfig, MultDAE, MultVAE, NotFittedError, Popularity, VAEConfig
 from recvae.sparse import DeviceCSR, SparseRows
 from recvae.training import TrainingConfig
 
@@ -25,23 +26,13 @@ def fitted(split):
     return MultVAE(training=FAST).fit(split)
 
 
-class _Popularity:
-    def __init__(self, train):
-        self.counts = np.asarray(train.sum(axis=0), dtype=np.float32).ravel()
-
-    def score(self, rows):
-        return np.tile(self.counts, (rows.shape[0], 1))
-
-
-def _rows(seed=0, n=6, items=50):
-    rng = np.random.default_rng(seed)
-    dense = (rng.random((n, items)) < 0.15).astype(np.float32)
-    dense[:, 0] = 1.0  # no empty rows
-    return sp.csr_matrix(dense)
+def _popularity(split):
+    """The popularity baseline every VAE must beat."""
+    return Popularity().fit(split)
 
 
 def test_device_csr_gathers_rows_like_scipy():
-    m = _rows(items=40, n=20)
+    m = random_rows(items=40, n=20)
     index = torch.tensor([5, 0, 19, 5, 7])
     batch = DeviceCSR(m, "cpu").rows(index)
     np.testing.assert_array_equal(batch.to_dense().numpy(), m[index.numpy()].toarray())
@@ -49,7 +40,7 @@ def test_device_csr_gathers_rows_like_scipy():
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_sparse_encoder_equals_dense_reference(dropout):
-    m = _rows()
+    m = random_rows()
     torch.manual_seed(0)
     net = VAE(m.shape[1], VAEConfig(hidden_dims=(16,), latent_dim=4, input_dropout=dropout)).train()
     x = SparseRows.from_scipy(m)
@@ -75,7 +66,7 @@ def test_encoder_never_densifies_the_batch(monkeypatch):
     real_to_dense = torch.Tensor.to_dense
     monkeypatch.setattr(torch.Tensor, "to_dense", lambda self, *a, **k: calls.append(2) or real_to_dense(self, *a, **k))
     net = VAE(50, VAEConfig(hidden_dims=(8,), latent_dim=4))
-    net.loss(SparseRows.from_scipy(_rows()), beta=0.2)["loss"].backward()
+    net.loss(SparseRows.from_scipy(random_rows()), beta=0.2)["loss"].backward()
     assert calls == []
 
 
@@ -83,13 +74,13 @@ def test_gradients_flow_through_the_reparameterisation():
     torch.manual_seed(0)
     net = VAE(50, VAEConfig(hidden_dims=(8,), latent_dim=4, input_dropout=0.0)).train()
     # NLL only (beta = 0): the log-variance head gets gradient only through z = mu + sigma * eps.
-    net.loss(SparseRows.from_scipy(_rows()), beta=0.0, generator=torch.Generator().manual_seed(0))["loss"].backward()
+    net.loss(SparseRows.from_scipy(random_rows()), beta=0.0, generator=torch.Generator().manual_seed(0))["loss"].backward()
     head = net.encoder[-1].weight.grad
     assert head[:4].abs().sum() > 0 and head[4:].abs().sum() > 0
     assert net.input_layer.weight.grad.abs().sum() > 0
     net.zero_grad()
     net.eval()  # no noise at inference: the log-variance head gets no NLL gradient
-    net.loss(SparseRows.from_scipy(_rows()), beta=0.0)["loss"].backward()
+    net.loss(SparseRows.from_scipy(random_rows()), beta=0.0)["loss"].backward()
     assert net.encoder[-1].weight.grad[4:].abs().sum() == 0
 
 
@@ -98,7 +89,7 @@ def test_training_lowers_loss_and_beats_popularity(fitted, split):
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     assert history["val_ndcg@100"].max() > history["val_ndcg@100"].iloc[0]
     ours = evaluate(fitted, split, "test")["ndcg@100"]
-    popularity = evaluate(_Popularity(split.train), split, "test")["ndcg@100"]
+    popularity = evaluate(_popularity(split), split, "test")["ndcg@100"]
     assert ours > popularity + 0.1, (ours, popularity)
     assert fitted.training_.best_epoch == int(history["val_ndcg@100"].idxmax()) + 1
     assert 0 < history["beta"].iloc[-1] <= 0.2
@@ -177,7 +168,7 @@ def test_other_likelihoods_train_and_beat_popularity(split, likelihood):
     model = MultVAE(VAEConfig(likelihood=likelihood), dataclasses.replace(FAST, epochs=20, lr=3e-3)).fit(split)
     assert np.isfinite(model.history_["loss"]).all()
     ours = evaluate(model, split, "validation")["ndcg@100"]
-    popularity = evaluate(_Popularity(split.train), split, "validation")["ndcg@100"]
+    popularity = evaluate(_popularity(split), split, "validation")["ndcg@100"]
     assert ours > popularity + 0.05, (likelihood, ours, popularity)
 
 
@@ -186,7 +177,7 @@ def test_mult_dae(split):
     assert (model.history_["kl"] == 0).all()
     mu, sigma = model.embed_users(split.test.fold_in[:5])
     assert mu.shape == (5, 200) and (sigma == 0).all()
-    assert evaluate(model, split, "validation")["ndcg@100"] > evaluate(_Popularity(split.train), split, "validation")["ndcg@100"]
+    assert evaluate(model, split, "validation")["ndcg@100"] > evaluate(_popularity(split), split, "validation")["ndcg@100"]
     with pytest.raises(ValueError, match="deterministic"):
         MultDAE(VAEConfig())
 
