@@ -276,6 +276,26 @@ def _validate_epoch(net, score_fn, validation: HeldOut, config: TrainingConfig, 
     return score
 
 
+def _end_epoch(state: dict, epoch: int, row: dict, postfix: dict, bar, config: TrainingConfig, is_main: bool,
+               save_checkpoint) -> bool:
+    """Record an epoch: history, progress bar, history CSV and checkpoint (rank 0 only).
+
+    Returns True when early stopping ends training.
+    """
+    state["history"].append(row)
+    state["epoch"] = epoch
+    bar.set_postfix(postfix, refresh=False)
+    bar.set_description(f"epoch {epoch}/{config.epochs}")
+    if config.history_csv and is_main:
+        pd.DataFrame(state["history"]).to_csv(config.history_csv, index=False)
+    if config.checkpoint and is_main:
+        save_checkpoint()
+    if state["stopped_early"]:
+        logger.info("early stop at epoch %d (best epoch %s)", epoch, state["best_epoch"])
+        return True
+    return False
+
+
 def _restore_best(net: torch.nn.Module, state: dict, ctx) -> None:
     """End of training: wait for rank 0's files, load the best validated weights, switch to eval mode."""
     if ctx is not None:
@@ -358,16 +378,8 @@ def train_vae(
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 score = _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
                 schedule.observe(score, row["beta"])
-            state["history"].append(row)
-            state["epoch"] = epoch
-            bar.set_postfix(postfix, refresh=False)
-            bar.set_description(f"epoch {epoch}/{config.epochs}")
-            if config.history_csv and is_main:
-                pd.DataFrame(state["history"]).to_csv(config.history_csv, index=False)
-            if config.checkpoint and is_main:
-                _save_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state)
-            if state["stopped_early"]:
-                logger.info("early stop at epoch %d (best epoch %s)", epoch, state["best_epoch"])
+            if _end_epoch(state, epoch, row, postfix, bar, config, is_main,
+                          lambda: _save_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state)):
                 break
     finally:
         bar.close()

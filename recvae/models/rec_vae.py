@@ -42,6 +42,7 @@ from recvae.training import (
     TrainingResult,
     _active_users,
     _autocast,
+    _end_epoch,
     _restore_best,
     _validate_epoch,
     check_parallel_device,
@@ -411,16 +412,8 @@ def train_recvae(
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}"}
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
-            state["history"].append(row)
-            state["epoch"] = epoch
-            bar.set_postfix(postfix, refresh=False)
-            bar.set_description(f"epoch {epoch}/{config.epochs}")
-            if config.history_csv and is_main:
-                pd.DataFrame(state["history"]).to_csv(config.history_csv, index=False)
-            if config.checkpoint and is_main:
-                _save_checkpoint(config.checkpoint, net, optimizers, generator, state)
-            if state["stopped_early"]:
-                logger.info("early stop at epoch %d (best epoch %s)", epoch, state["best_epoch"])
+            if _end_epoch(state, epoch, row, postfix, bar, config, is_main,
+                          lambda: _save_checkpoint(config.checkpoint, net, optimizers, generator, state)):
                 break
     finally:
         bar.close()
