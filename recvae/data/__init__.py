@@ -9,7 +9,7 @@ from recvae.data.movielens import (
     read_movielens_file,
 )
 from recvae.data.interactions import Interactions, PreprocessingReport, read_interactions_file
-from recvae.data.splits import HeldOut, Split, strong_generalization, temporal_split, weak_generalization
+from recvae.data.splits import HeldOut, Split, all_users_split, strong_generalization, temporal_split, weak_generalization
 from recvae.data.synthetic import ML1M_SHAPE, ML20M_SHAPE, SyntheticConfig, synthetic_interactions, synthetic_log
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "HeldOut",
     "Split",
     "strong_generalization",
+    "all_users_split",
     "weak_generalization",
     "temporal_split",
     "SyntheticConfig",

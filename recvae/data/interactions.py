@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recvae.data.ids import lookup_ids, normalise_ids
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Interactions", "PreprocessingReport", "read_interactions_file"]
@@ -25,13 +27,15 @@ __all__ = ["Interactions", "PreprocessingReport", "read_interactions_file"]
 class PreprocessingReport:
     """What preprocessing kept and dropped, in counts. Nothing is dropped silently.
 
-    The order of the steps is the order of the fields: events at or below the
-    rating threshold are dropped, duplicate (user, item) events are merged, then
+    The order of the steps is the order of the fields: ratings that are negative
+    or outside the declared scale are dropped (never positives), events at or
+    below the rating threshold are dropped, duplicate (user, item) events are merged, then
     one pass of the item filter followed by one pass of the user filter (as in
     Liang et al.'s published code; the filters are not iterated to a fixed point).
     """
 
     raw_events: int
+    invalid_ratings: int
     below_rating_threshold: int
     duplicates_merged: int
     dropped_by_item_filter: int
@@ -57,7 +61,8 @@ class PreprocessingReport:
             f"{self.raw_events:,} raw events -> {self.events:,} kept "
             f"({self.users:,} users x {self.items:,} items, density {self.density:.4%}); "
             f"dropped: {self.below_rating_threshold:,} at or below the rating threshold, "
-            f"{self.duplicates_merged:,} duplicates merged, "
+            + (f"{self.invalid_ratings:,} negative or out-of-scale ratings, " if self.invalid_ratings else "")
+            + f"{self.duplicates_merged:,} duplicates merged, "
             f"{self.dropped_by_item_filter:,} events of {self.dropped_items:,} rare items, "
             f"{self.dropped_by_user_filter:,} events of {self.dropped_users:,} inactive users"
         )
@@ -98,8 +103,8 @@ class Interactions:
         matrix.sum_duplicates()
         matrix.sort_indices()
         n_users, n_items = matrix.shape
-        user_ids = np.asarray(user_ids)
-        item_ids = np.asarray(item_ids)
+        user_ids = normalise_ids(user_ids, "user")
+        item_ids = normalise_ids(item_ids, "item")
         if user_ids.shape != (n_users,) or item_ids.shape != (n_items,):
             raise ValueError(
                 f"id maps do not match the matrix: matrix is {n_users} x {n_items}, "
@@ -205,6 +210,8 @@ class Interactions:
         rating_threshold: float | None = 3.5,
         min_user_interactions: int = 5,
         min_item_interactions: int = 0,
+        rating_scale: tuple[float, float] | None = None,
+        strict: bool = False,
     ) -> Interactions:
         """Build binary interactions from a log, with Liang et al.'s preprocessing.
 
@@ -220,6 +227,11 @@ class Interactions:
             min_item_interactions: drop items with fewer kept events, applied
                 before the user filter (default 0: the published code has no
                 item filter, although the paper's text mentions 5).
+            rating_scale: (lowest, highest) valid rating, e.g. (0.5, 5.0) for
+                MovieLens. Ratings outside it, and negative ratings whatever the
+                scale, are never positives: they are dropped, counted in
+                ``report.invalid_ratings`` and logged as a warning.
+            strict: refuse (``ValueError``) a log with such ratings instead.
 
         Duplicate (user, item) events are merged into one, keeping the earliest
         log position and the earliest time. :attr:`report` counts every drop.
@@ -248,21 +260,36 @@ class Interactions:
             raise ValueError("min_user_interactions and min_item_interactions must be >= 0")
 
         raw_events = len(df)
-        users = df[user_col].to_numpy()
-        items = df[item_col].to_numpy()
+        users = normalise_ids(df[user_col].to_numpy(), "user")
+        items = normalise_ids(df[item_col].to_numpy(), "item")
         position = np.arange(raw_events, dtype=np.int64)
         times = df[timestamp_col].to_numpy() if use_time else None
 
-        below = 0
-        if use_rating and rating_threshold is not None:
+        below = invalid = 0
+        if use_rating:
             ratings = df[rating_col].to_numpy()
-            if not np.issubdtype(ratings.dtype, np.number):
+            if not np.issubdtype(ratings.dtype, np.number) or ratings.dtype == bool:
                 raise ValueError(
                     f"rating column {rating_col!r} is not numeric (dtype {ratings.dtype}); "
                     "convert it with pd.to_numeric or pass rating_col=None for implicit data"
                 )
-            keep = ratings > rating_threshold
-            below = int(raw_events - keep.sum())
+            valid = ratings >= 0
+            if rating_scale is not None:
+                low, high = rating_scale
+                valid &= (ratings >= low) & (ratings <= high)
+            invalid = int(raw_events - valid.sum())
+            if invalid:
+                bad = ratings[~valid]
+                scale = f" on the scale {rating_scale[0]:g}-{rating_scale[1]:g}" if rating_scale else ""
+                message = (
+                    f"{invalid:,} rating(s) in column {rating_col!r} are negative or out of range{scale} "
+                    f"(e.g. {', '.join(f'{v:g}' for v in np.unique(bad)[:3])})"
+                )
+                if strict:
+                    raise ValueError(f"{message}; fix the log or drop --strict to skip them")
+                logger.warning("%s; they are dropped, never positives", message)
+            keep = valid if rating_threshold is None else valid & (ratings > rating_threshold)
+            below = int(valid.sum() - keep.sum())
             users, items, position = users[keep], items[keep], position[keep]
             times = times[keep] if times is not None else None
 
@@ -316,6 +343,7 @@ class Interactions:
         )
         report = PreprocessingReport(
             raw_events=raw_events,
+            invalid_ratings=invalid,
             below_rating_threshold=below,
             duplicates_merged=duplicates,
             dropped_by_item_filter=dropped_by_item,
@@ -345,33 +373,9 @@ class Interactions:
         return cls.from_dataframe(read_interactions_file(path, sep=sep), **kwargs)
 
 
-def read_interactions_file(path: str | Path, *, sep: str | None = None) -> pd.DataFrame:
-    """Read an interaction log from CSV/TSV (optionally gzip-compressed) or Parquet.
-
-    The separator of a text file is sniffed from its first line unless ``sep``
-    is given. The header line names the columns.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"interaction log not found: {path}")
-    suffixes = [s.lower() for s in path.suffixes]
-    if ".parquet" in suffixes or ".pq" in suffixes:
-        return pd.read_parquet(path)
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty: expected a header line and one event per line")
-    if sep is None:
-        import gzip
-
-        opener = gzip.open if suffixes and suffixes[-1] == ".gz" else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-            header = fh.readline()
-        sep = max(("\t", ",", ";", "|"), key=header.count)
-        if header.count(sep) == 0:
-            raise ValueError(
-                f"could not find a separator in the first line of {path} ({header.strip()[:80]!r}); "
-                "pass sep=... explicitly"
-            )
-    return pd.read_csv(path, sep=sep)
+# read_interactions_file lives in recvae.data.files (content sniffing, one-line errors); it is
+# re-exported here, where it has always been importable from.
+from recvae.data.files import read_interactions_file  # noqa: E402
 
 
 def _factorize_sorted(values: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -386,11 +390,4 @@ def _factorize_sorted(values: np.ndarray, what: str) -> tuple[np.ndarray, np.nda
 
 
 def _lookup(index: pd.Index, raw_ids, what: str) -> np.ndarray:
-    raw = np.atleast_1d(np.asarray(raw_ids))
-    positions = index.get_indexer(raw)
-    if (positions < 0).any():
-        unknown = raw[positions < 0]
-        shown = ", ".join(map(repr, unknown[:5].tolist()))
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise KeyError(f"unknown {what} id(s): {shown}{more}; they are not in this dataset's id map")
-    return positions.astype(np.int64)
+    return lookup_ids(index, raw_ids, what)

@@ -46,6 +46,15 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
+from recvae.data.files import (
+    LogFileError,
+    LogFileNotFoundError,
+    check_text_head,
+    damaged_gzip_error,
+    read_zipped_ratings,
+    sniff_file,
+)
+
 try:
     from tqdm.auto import tqdm as _tqdm
 except ImportError:  # pragma: no cover - tqdm is a declared dependency
@@ -94,17 +103,28 @@ class ChecksumMismatchError(RuntimeError):
 
 
 def _check_file(path: str | os.PathLike[str], fmt: str) -> tuple[Path, str | None]:
-    """Existence / emptiness checks; returns the path and pandas' ``compression`` argument."""
+    """Existence, emptiness and content checks; returns the path and pandas' ``compression`` argument.
+
+    The content decides (see :func:`recvae.data.files.sniff_file`): a zip archive,
+    a Parquet file or a binary file is refused with what it is, not misread as text
+    with the wrong separator; a gzip file must decompress to UTF-8 text.
+    """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"MovieLens ratings file not found: {path}; {_LOAD_HINT}")
+        raise LogFileNotFoundError(f"MovieLens ratings file not found: {path}; {_LOAD_HINT}")
     if path.is_dir():
-        raise ValueError(f"{path} is a directory; pass the ratings file inside it (expected {fmt})")
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if not magic:
-        raise ValueError(f"{path} is empty (0 bytes): expected {fmt}; re-download or re-extract it")
-    if magic == _GZIP_MAGIC:
+        raise LogFileError(f"{path} is a directory; pass the ratings file inside it (expected {fmt})")
+    if path.stat().st_size == 0:
+        raise LogFileError(f"{path} is empty (0 bytes): expected {fmt}; re-download or re-extract it")
+    kind = sniff_file(path)
+    if kind == "zip":
+        raise LogFileError(f"{path} is a zip archive, not a ratings file (expected {fmt}); extract it, or read it "
+                           "with read_movielens_file / load_movielens, which take a zip holding one ratings file")
+    if kind == "parquet":
+        raise LogFileError(f"{path} is a Parquet file, not a MovieLens ratings file (expected {fmt}); "
+                           "read it with recvae.data.read_interactions_file")
+    check_text_head(path, compressed=kind == "gzip")  # binary, non-UTF-8 or a damaged gzip: refused
+    if kind == "gzip":
         return path, "gzip"
     if path.suffix.lower() == ".gz":
         logger.warning("%s has a .gz suffix but is not gzip-compressed; reading it as plain text", path)
@@ -135,7 +155,7 @@ def _first_line(path: Path, compression: str | None, fmt: str) -> str:
                     raise ValueError(f"{path} is empty: it {what}; expected {fmt}; re-download or re-extract it")
                 raise ValueError(f"line 1 of {path} is blank; expected {fmt}; remove the blank line")
     except _DECOMPRESS_ERRORS as err:
-        raise ValueError(f"{path} is not a valid gzip file ({err}); re-download it or decompress it by hand") from err
+        raise damaged_gzip_error(path, err) from None
     return raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
 
 
@@ -182,9 +202,10 @@ def _read_table(path: Path, compression: str | None, fmt: str, **kwargs: object)
         msg = str(err).replace("Error tokenizing data. C error: ", "")
         raise ValueError(f"{path}: malformed line ({msg.strip()}); expected {fmt}") from err
     except _DECOMPRESS_ERRORS as err:
-        raise ValueError(f"{path} is not a valid gzip file ({err}); re-download it or decompress it by hand") from err
+        raise damaged_gzip_error(path, err) from None
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not a text file ({err}); expected {fmt}") from err
+        raise LogFileError(f"{path} is not UTF-8 text ({err.reason} at offset {err.start} of a chunk); "
+                           f"expected {fmt}; re-save it as UTF-8") from None
 
 
 def _drop_trailing_blank_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -754,8 +775,11 @@ def read_movielens_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a MovieLens ratings file of any published format, chosen by its name.
 
     ``u.data`` (100K), ``*.dat`` (1M, 10M: ``::``-separated) and ``*.csv``
-    (20M, 25M, latest), each plain or ``.gz``.
+    (20M, 25M, latest), each plain or ``.gz``; or a zip archive holding exactly
+    one of them (e.g. a GroupLens release zip), read from inside it.
     """
+    if Path(path).is_file() and sniff_file(path) == "zip":
+        return read_zipped_ratings(Path(path), read_movielens_file)
     name = Path(path).name.lower().removesuffix(".gz")
     if name == "u.data" or name.endswith(".data"):
         return read_ml100k(path)

@@ -28,6 +28,7 @@ __all__ = [
     "HeldOut",
     "Split",
     "strong_generalization",
+    "all_users_split",
     "weak_generalization",
     "temporal_split",
 ]
@@ -73,11 +74,13 @@ class Split:
     ``item_ids[i]`` is the raw id of column ``i`` in every matrix;
     ``train_user_ids[u]`` the raw id of row ``u`` of ``train``.
     ``info`` records how the split was made (kind, seed, sizes, what was dropped).
+    ``validation`` and ``test`` are None for a production fit on every user
+    (:func:`all_users_split`).
     """
 
     train: sp.csr_matrix
-    validation: HeldOut
-    test: HeldOut
+    validation: HeldOut | None
+    test: HeldOut | None
     item_ids: np.ndarray
     train_user_ids: np.ndarray
     info: dict
@@ -87,10 +90,10 @@ class Split:
         return self.train.shape[1]
 
     def __repr__(self) -> str:
+        held = "; ".join(f"{w} {getattr(self, w)!r}" for w in ("validation", "test") if getattr(self, w) is not None)
         return (
             f"Split({self.info.get('kind', '?')}: train {self.train.shape[0]:,} users x "
-            f"{self.n_items:,} items ({self.train.nnz:,} events); validation {self.validation!r}; "
-            f"test {self.test!r})"
+            f"{self.n_items:,} items ({self.train.nnz:,} events); {held or 'no held-out users'})"
         )
 
     # ------------------------------------------------------------------ persistence
@@ -103,10 +106,12 @@ class Split:
             arrays.update(csr_to_arrays(name, m))
         arrays["item_ids"] = self.item_ids
         arrays["train_user_ids"] = self.train_user_ids
-        arrays["validation_user_ids"] = self.validation.user_ids
-        arrays["test_user_ids"] = self.test.user_ids
         for which in ("validation", "test"):
-            rows = getattr(self, which).train_rows
+            held = getattr(self, which)
+            if held is None:
+                continue
+            arrays[f"{which}_user_ids"] = held.user_ids
+            rows = held.train_rows
             if rows is not None:
                 arrays[f"{which}_train_rows"] = rows
         for key, value in arrays.items():
@@ -147,6 +152,7 @@ class Split:
                 user_ids=arrays[f"{which}_user_ids"],
                 train_rows=arrays.get(f"{which}_train_rows"),
             )
+            if f"{which}_user_ids" in arrays else None
             for which in ("validation", "test")
         }
         return cls(
@@ -159,13 +165,42 @@ class Split:
         )
 
     def _matrices(self) -> dict[str, sp.csr_matrix]:
-        return {
-            "train": self.train,
-            "validation_fold_in": self.validation.fold_in,
-            "validation_target": self.validation.target,
-            "test_fold_in": self.test.fold_in,
-            "test_target": self.test.target,
-        }
+        matrices = {"train": self.train}
+        for which in ("validation", "test"):
+            held = getattr(self, which)
+            if held is not None:
+                matrices[f"{which}_fold_in"] = held.fold_in
+                matrices[f"{which}_target"] = held.target
+        return matrices
+
+    def held_out(self, which: str) -> HeldOut:
+        """``validation`` or ``test``; a clear error when this split has none (a fit on every user)."""
+        if which not in ("validation", "test"):
+            raise ValueError(f"which must be 'validation' or 'test'; got {which!r}")
+        held = getattr(self, which)
+        if held is None:
+            raise ValueError(
+                f"this split has no {which} users: it trains on every user ({self.info.get('kind')}); "
+                "evaluate a run made with held-out users"
+            )
+        return held
+
+
+# ---------------------------------------------------------------------- every user
+def all_users_split(data: Interactions) -> Split:
+    """A production "split": every user and every item trains; nothing is held out.
+
+    There are no validation users to select an epoch, so give the number of
+    epochs (e.g. the best epoch of an earlier run on a held-out split).
+    """
+    return Split(
+        train=data.matrix.copy(),
+        validation=None,
+        test=None,
+        item_ids=data.item_ids,
+        train_user_ids=data.user_ids,
+        info={"kind": "all_users", "n_heldout_users": 0, "users": int(data.n_users), "items": int(data.n_items)},
+    )
 
 
 # ---------------------------------------------------------------------- strong generalization

@@ -1,0 +1,145 @@
+"""Tables to files by suffix (.parquet, .csv, .json, .jsonl), written atomically, streamed when large.
+
+Every writer honours the suffix of the path it is given or refuses it; nothing
+is written under a name whose suffix says another format. A file appears only
+when complete: rows go to a temporary sibling that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["TABLE_SUFFIXES", "table_format", "check_output_path", "write_table", "TableWriter"]
+
+TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
+
+
+def table_format(path: str | os.PathLike, allowed: dict[str, str] | None = None) -> str:
+    """The format named by ``path``'s suffix; ValueError listing the accepted suffixes otherwise."""
+    allowed = TABLE_SUFFIXES if allowed is None else allowed
+    suffix = Path(path).suffix.lower()
+    if suffix not in allowed:
+        raise ValueError(
+            f"{path}: unknown output format {suffix or '(no suffix)'!r}; end the name with "
+            f"{', '.join(sorted(allowed))}"
+        )
+    return allowed[suffix]
+
+
+def check_output_path(path: str | os.PathLike, *, directory: bool = False) -> Path:
+    """Check, before any work, that ``path`` can be written: no file on its way, a writable parent.
+
+    Creates nothing. Raises ValueError with a one-line reason.
+    """
+    path = Path(path).expanduser()
+    if path.exists():
+        if directory and not path.is_dir():
+            raise ValueError(f"{path}: is a file; give a directory")
+        if not directory and path.is_dir():
+            raise ValueError(f"{path}: is a directory; give a file name")
+    parent = path.parent if not path.exists() or not directory else path
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{path}: cannot be created, {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: cannot be written, {probe} is not writable")
+    return path
+
+
+def _json_value(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    columns = list(frame.columns)
+    return [{c: _json_value(v) for c, v in zip(columns, row)} for row in frame.itertuples(index=False, name=None)]
+
+
+class TableWriter:
+    """Append DataFrames with the same columns to one file, as its suffix says; atomic on close.
+
+    Use as a context manager; on an exception the partial file is removed and
+    nothing appears at ``path``.
+    """
+
+    def __init__(self, path: str | os.PathLike, allowed: dict[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self.format = table_format(self.path, allowed)
+        self.rows = 0
+        self._parquet = None
+        self._started = False
+        self._tmp: Path | None = None
+        self._handle = None
+
+    def __enter__(self) -> TableWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(name)
+        if self.format in ("csv", "json", "jsonl"):
+            self._handle = open(self._tmp, "w", encoding="utf-8", newline="")
+            if self.format == "json":
+                self._handle.write("[")
+        return self
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.format == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self._tmp, table.schema)
+            self._parquet.write_table(table.cast(self._parquet.schema))
+        elif self.format == "csv":
+            frame.to_csv(self._handle, index=False, header=not self._started)
+        else:
+            for record in _records(frame):
+                if self.format == "json":
+                    self._handle.write(("," if self.rows else "") + "\n" + json.dumps(record))
+                else:
+                    self._handle.write(json.dumps(record) + "\n")
+                self.rows += 1
+            self._started = True
+            return
+        self._started = True
+        self.rows += len(frame)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._handle is not None:
+                if self.format == "json" and exc_type is None:
+                    self._handle.write("\n]\n")
+                self._handle.close()
+            if self._parquet is not None:
+                self._parquet.close()
+            if exc_type is None:
+                if self.format == "parquet" and self._parquet is None:
+                    raise ValueError(f"{self.path}: no table was written (no columns known); nothing to save")
+                os.replace(self._tmp, self.path)
+        finally:
+            if self._tmp is not None and self._tmp.exists():
+                self._tmp.unlink()
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike, allowed: dict[str, str] | None = None) -> Path:
+    """Write one DataFrame to ``path`` in the format of its suffix, atomically."""
+    with TableWriter(path, allowed) as writer:
+        writer.write(frame)
+    return Path(path)
