@@ -58,17 +58,22 @@ class EvaluationResult:
         return f"EvaluationResult({cells}; {n} users)"
 
 
-def top_k_for_rows(score_fn: ScoreFn, fold_in: sp.csr_matrix, k: int, *, batch_size: int = 1000) -> np.ndarray:
+def top_k_for_rows(score_fn: ScoreFn, fold_in: sp.csr_matrix, k: int, *, batch_size: int = 1000,
+                   progress: bool | None = False) -> np.ndarray:
     """(users, k) best items per row, fold-in items excluded, scored in batches.
 
     ``score_fn`` returns scores for a CSR batch, as a torch tensor (on any
-    device: masking and top-k stay there) or a numpy array.
+    device: masking and top-k stay there) or a numpy array. ``progress``: a bar
+    over the batches (None: on a terminal only).
     """
     n_users, n_items = fold_in.shape
     if not 1 <= k <= n_items:
         raise ValueError(f"k must lie in [1, {n_items}] (the number of items); got {k}")
     out = np.empty((n_users, k), dtype=np.int64)
-    for start in range(0, n_users, batch_size):
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, n_users, batch_size), desc="evaluate", unit="batch", leave=False,
+                      disable=True if progress is False else None):
         rows = fold_in[start : start + batch_size]
         scores = score_fn(rows)
         scores = torch.from_numpy(np.asarray(scores, dtype=np.float32)) if isinstance(scores, np.ndarray) else scores
@@ -90,6 +95,7 @@ def evaluate_heldout(
     metrics: Sequence[str] = ("ndcg", "recall"),
     batch_size: int = 1000,
     distributed: bool | None = None,
+    progress: bool | None = False,
 ) -> EvaluationResult:
     """Evaluate a score function on a held-out user set.
 
@@ -115,7 +121,7 @@ def evaluate_heldout(
     fold_in, target = heldout.fold_in, heldout.target
     if ctx is not None:
         fold_in, target = fold_in[start:stop], target[start:stop]
-    top = top_k_for_rows(score_fn, fold_in, max(ks), batch_size=batch_size)
+    top = top_k_for_rows(score_fn, fold_in, max(ks), batch_size=batch_size, progress=progress)
     per_user = pd.DataFrame(
         {
             "user_id": heldout.user_ids,
@@ -173,6 +179,7 @@ def evaluate(
     metrics: Sequence[str] = ("ndcg", "recall"),
     batch_size: int = 1000,
     distributed: bool | None = None,
+    progress: bool | None = False,
 ) -> EvaluationResult:
     """Evaluate a fitted model on ``split.validation`` or ``split.test``.
 
@@ -186,9 +193,10 @@ def evaluate(
         raise ValueError(f"which must be 'validation' or 'test'; got {which!r}")
     if not hasattr(model, "score"):
         raise TypeError(f"{type(model).__name__} has no score(user_rows) method; it is not a recvae model")
-    heldout: HeldOut = getattr(split, which)
+    heldout: HeldOut = split.held_out(which)
     score_fn = getattr(model, "score_tensor", None) or model.score
-    return evaluate_heldout(score_fn, heldout, ks=ks, metrics=metrics, batch_size=batch_size, distributed=distributed)
+    return evaluate_heldout(score_fn, heldout, ks=ks, metrics=metrics, batch_size=batch_size, distributed=distributed,
+                            progress=progress)
 
 
 def paired_comparison(a: EvaluationResult, b: EvaluationResult, metric: str = "ndcg@100") -> dict:

@@ -732,7 +732,7 @@ def run_experiment(config_path: str | Path, *, output_dir: str | Path | None = N
     ks = sorted({k for _, k in parsed})
 
     outcomes: list[_Outcome] = []
-    bar = tqdm(config.models, desc="models", unit="model", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(config.models, desc="models", unit="model", disable=None if progress else True, dynamic_ncols=True)
     for spec in bar:
         bar.set_description(f"model {spec.label}")
         outcome = _run_model(spec, split, config, ks, names, progress,

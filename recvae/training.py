@@ -17,9 +17,12 @@ progress bar.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,15 +36,48 @@ from recvae.data.splits import HeldOut
 from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
 from recvae.evaluation import evaluate_heldout
 from recvae.models.annealing import AnnealConfig, BetaSchedule
+from recvae.models.files import CHECKPOINT_FIX, ModelFileError, read_torch_payload, require_keys
 from recvae.models.vae import gaussian_kl
 from recvae.sparse import DeviceCSR, SparseRows
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainingConfig", "TrainingResult", "resolve_device", "train_step", "parallel_train_step", "train_vae",
-           "sparse_rows", "make_optimizer"]
+           "sparse_rows", "make_optimizer", "RecvaeWarning", "TrainingDivergedError", "CheckpointMismatchError",
+           "DIVERGENCE_FACTOR", "divergence", "run_fingerprint", "data_fingerprint"]
 
-_CHECKPOINT_FORMAT = 1
+# 2: the checkpoint records the run it belongs to (see run_fingerprint); format 1 did not.
+_CHECKPOINT_FORMAT = 2
+
+#: an epoch whose mean loss exceeds the run's first batch's by this factor has diverged (see :func:`divergence`).
+DIVERGENCE_FACTOR = 100.0
+
+#: TrainingConfig fields a resumed run may change: how long and how it runs, where it
+#: writes, and how often and patiently it validates; none of them alters the
+#: trajectory of the weights. ``lr`` may change too, with a warning (it does).
+RESUMABLE_FIELDS = frozenset({"epochs", "progress", "history_csv", "checkpoint", "resume", "device", "patience",
+                              "eval_every", "eval_batch_size"})
+
+
+class RecvaeWarning(UserWarning):
+    """A setting recvae can run with but that is probably a mistake (e.g. a learning rate above 1)."""
+
+
+class TrainingDivergedError(RuntimeError, FloatingPointError):
+    """Training stopped because the loss became non-finite or exploded (see :func:`divergence`).
+
+    ``result`` is the :class:`TrainingResult` of the epochs before the divergence;
+    the network holds the best validated weights (or, when no epoch was validated,
+    the last ones). Also a ``FloatingPointError``, which recvae raised before.
+    """
+
+    def __init__(self, message: str, result: TrainingResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint asked to resume belongs to another run (other data, architecture or settings)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +137,61 @@ class TrainingConfig:
             raise ValueError(f"precision must be 'fp32' or 'bf16'; got {self.precision!r}")
         if self.resume and not self.checkpoint:
             raise ValueError("resume=True needs checkpoint=<path>")
+
+
+def warn_degenerate(config: TrainingConfig) -> None:
+    """Warn (:class:`RecvaeWarning`) about settings that train but almost surely diverge."""
+    if config.lr > 1:
+        warnings.warn(f"lr={config.lr:g} is above 1: Adam at that rate almost always diverges "
+                      "(recvae's defaults are 1e-3 for Mult-VAE / Mult-DAE, 5e-4 for RecVAE)", RecvaeWarning,
+                      stacklevel=3)
+
+
+def divergence(loss: float, reference: float | None) -> str | None:
+    """Why an epoch's mean loss means training diverged, or None when it does not.
+
+    ``reference`` is the loss of the run's first batch: the loss at
+    initialisation, which a healthy run only improves on. (The first epoch's
+    mean would not do: at a huge lr the weights blow up within the first epoch,
+    whose mean is then already astronomical.) The rule: a non-finite loss, or a
+    loss that exceeds ``reference`` by more than ``(DIVERGENCE_FACTOR - 1) *
+    |reference|``. recvae's losses are negative ELBOs, positive for the discrete
+    likelihoods, and there this reads "more than 100 times the first batch's";
+    written with ``|reference|`` it keeps its meaning for a negative reference (a
+    Gaussian likelihood with learned variance). A reference of 0, none yet or a
+    non-finite one gives no scale, so only finiteness is checked.
+    """
+    if not math.isfinite(loss):
+        return f"loss {loss}"
+    if reference is None or not math.isfinite(reference) or reference == 0:
+        return None
+    if loss - reference > (DIVERGENCE_FACTOR - 1) * abs(reference):
+        return f"loss {loss:.3g}, over {DIVERGENCE_FACTOR:g}x the first batch's {reference:.3g}"
+    return None
+
+
+def first_batch_loss(first: tuple[torch.Tensor, int] | None, ctx) -> float | None:
+    """The mean loss of a first batch kept as (summed (loss, nll, kl) of this rank's slice, global batch size).
+
+    Read once, at the end of the first epoch, so that training needs no extra host
+    synchronisation; under data parallelism the slices are summed (all ranks call it).
+    """
+    if first is None:
+        return None
+    sums, size = first
+    return float(all_reduce_sum(sums.clone(), ctx)[0]) / size
+
+
+def _diverged(epoch: int, problem: str, config: TrainingConfig, state: dict, net: torch.nn.Module, ctx,
+              result) -> TrainingDivergedError:
+    """Restore the best weights so far and build the error for a diverged epoch (rank-symmetric)."""
+    _restore_best(net, state, ctx)
+    kept = (f"the weights of the best epoch so far ({state['best_epoch']}) are restored" if state["best_state"]
+            is not None else "no epoch was validated, so the net keeps the diverged weights")
+    return TrainingDivergedError(
+        f"training diverged at epoch {epoch} ({problem}): lower lr (now {config.lr:g}) and train again; {kept}",
+        result(state),
+    )
 
 
 @dataclass
@@ -333,9 +424,13 @@ def train_vae(
 
     state = {"epoch": 0, "step": 0, "history": [], "best_state": None, "best_epoch": None,
              "best_score": None, "best_beta": None, "since_best": 0, "stopped_early": False}
+    warn_degenerate(config)
+    # The run's identity, stored in the checkpoint and compared on resume (hashing the data costs one pass).
+    fingerprint = run_fingerprint(net, config, train, validation) if config.checkpoint else None
     if resume_agreed(config, ctx):
-        _load_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state, device)
+        _load_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state, device, fingerprint, config)
         logger.info("resumed from %s at epoch %d", config.checkpoint, state["epoch"])
+        warn_if_finished(config, state)
     model = None
     if ctx is not None:
         # Ranks hold identical weights (same seed; DDP also broadcasts rank 0's at construction).
@@ -346,7 +441,7 @@ def train_vae(
             return net.scores(sparse_rows(rows, device))
 
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch,
-               disable=not (config.progress and is_main), unit="batch", dynamic_ncols=True)
+               disable=None if (config.progress and is_main) else True, unit="batch", dynamic_ncols=True)
     try:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             if state["stopped_early"]:
@@ -356,22 +451,28 @@ def train_vae(
             sums = torch.zeros(3, device=device, dtype=torch.float64)
             order = active_t[torch.randperm(len(active_t), generator=generator, device=device)]
             noise = None if ctx is None else rank_noise_generator(config.seed, epoch, ctx, device)
+            first = None
             for batch in order.split(config.batch_size):
                 beta = schedule.beta(state["step"])
                 if ctx is None:
                     parts = train_step(net, optimizer, data.rows(batch), beta, generator, device, config.precision)
                     detached = torch.stack([parts["loss"].detach(), parts["nll"].detach(), parts["kl"].detach()])
-                    sums += detached.double() * len(batch)
+                    batch_sums = detached.double() * len(batch)
                 else:
-                    sums += parallel_train_step(model, optimizer, data.rows(shard_batch(batch, ctx)), beta, len(batch),
-                                                noise, ctx, device, config.precision).double()
+                    batch_sums = parallel_train_step(model, optimizer, data.rows(shard_batch(batch, ctx)), beta,
+                                                     len(batch), noise, ctx, device, config.precision).double()
+                sums += batch_sums
+                if first is None:
+                    first = (batch_sums, len(batch))
                 state["step"] += 1
                 bar.update(1)
             loss, nll, kl = (all_reduce_sum(sums, ctx) / len(active)).tolist()
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {loss} at epoch {epoch}: training diverged; lower lr (now {config.lr})"
-                )
+            if "first_loss" not in state:
+                state["first_loss"] = first_batch_loss(first, ctx)
+            # Before validation and the checkpoint: diverged weights are neither selected nor saved.
+            problem = divergence(loss, state["first_loss"])
+            if problem:
+                raise _diverged(epoch, problem, config, state, net, ctx, lambda st: _vae_result(st, schedule))
             row = {"epoch": epoch, "step": state["step"], "beta": schedule.beta(state["step"]),
                    "loss": loss, "nll": nll, "kl": kl, "train_seconds": time.perf_counter() - started}
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}", "beta": f"{row['beta']:.3f}"}
@@ -379,11 +480,16 @@ def train_vae(
                 score = _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
                 schedule.observe(score, row["beta"])
             if _end_epoch(state, epoch, row, postfix, bar, config, is_main,
-                          lambda: _save_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state)):
+                          lambda: _save_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state,
+                                                   fingerprint)):
                 break
     finally:
         bar.close()
     _restore_best(net, state, ctx)
+    return _vae_result(state, schedule)
+
+
+def _vae_result(state: dict, schedule: BetaSchedule) -> TrainingResult:
     return TrainingResult(
         history=pd.DataFrame(state["history"]),
         best_epoch=state["best_epoch"],
@@ -395,11 +501,154 @@ def train_vae(
     )
 
 
-def _save_checkpoint(path, net, optimizer, schedule, generator, state) -> None:
+# ---------------------------------------------------------------------- checkpoints
+def _plain(value):
+    """Configs as plain containers (tuples -> lists, dataclasses -> dicts) for files and comparison."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def data_fingerprint(*matrices: sp.spmatrix | None) -> str:
+    """sha256 over the shape, indptr, indices and values of CSR matrices (order and dtype independent of storage)."""
+    digest = hashlib.sha256()
+    for matrix in matrices:
+        if matrix is None:
+            digest.update(b"none")
+            continue
+        m = sp.csr_matrix(matrix)
+        if not m.has_sorted_indices:
+            m = m.sorted_indices()
+        digest.update(np.asarray(m.shape, dtype=np.int64).tobytes())
+        for array, dtype in ((m.indptr, np.int64), (m.indices, np.int64), (m.data, np.float64)):
+            digest.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    return digest.hexdigest()
+
+
+def run_fingerprint(net: torch.nn.Module, config: TrainingConfig, train: sp.csr_matrix,
+                    validation: HeldOut | None) -> dict:
+    """What identifies a training run, stored in its checkpoint and compared on resume.
+
+    The network's config and parameter shapes, the training config (all of it;
+    :data:`RESUMABLE_FIELDS` and ``lr`` may differ on resume) and sha256
+    fingerprints of the training matrix and of the validation users.
+    """
+    net_config = getattr(net, "config", None)
+    return {
+        "model": _plain(net_config) if dataclasses.is_dataclass(net_config) else None,
+        "training": _plain(config),
+        "shapes": {k: list(v.shape) for k, v in net.state_dict().items()},
+        "train_data": data_fingerprint(train),
+        "train_shape": list(train.shape),
+        "validation_data": None if validation is None else data_fingerprint(validation.fold_in, validation.target),
+    }
+
+
+def _differences(saved: dict, current: dict) -> tuple[list[str], float | None]:
+    """The fields that make a checkpoint another run's, and the checkpoint's lr when only that changed."""
+    diffs = []
+    saved_model, model = saved.get("model") or {}, current.get("model") or {}
+    diffs += [f"model {k} ({saved_model.get(k)!r} in the checkpoint, {model.get(k)!r} now)"
+              for k in sorted(set(saved_model) | set(model)) if saved_model.get(k) != model.get(k)]
+    saved_training, training = saved["training"], current["training"]
+    diffs += [f"{k} ({saved_training.get(k)!r} in the checkpoint, {training.get(k)!r} now)"
+              for k in sorted(set(saved_training) | set(training))
+              if k not in RESUMABLE_FIELDS and k != "lr" and saved_training.get(k) != training.get(k)]
+    if not diffs and saved["shapes"] != current["shapes"]:
+        diffs.append("network parameter shapes")
+    if saved["train_shape"] != current["train_shape"]:
+        diffs.append(f"training data ({saved['train_shape'][0]}x{saved['train_shape'][1]} in the checkpoint, "
+                     f"{current['train_shape'][0]}x{current['train_shape'][1]} now)")
+    elif saved["train_data"] != current["train_data"]:
+        diffs.append("training data (same shape, other interactions)")
+    if saved["validation_data"] != current["validation_data"]:
+        diffs.append("validation users")
+    old_lr = saved_training.get("lr")
+    return diffs, (old_lr if old_lr != training.get("lr") else None)
+
+
+def _read_checkpoint(path, fmt, keys: tuple[str, ...], fingerprint: dict | None) -> tuple[dict, float | None]:
+    """A checked checkpoint payload and its lr when the run now asks for another one.
+
+    Refuses a damaged file (:class:`ModelFileError`), an old format without a run
+    record, and a checkpoint of another run (:class:`CheckpointMismatchError`).
+    """
+    payload = read_torch_payload(path, fix=CHECKPOINT_FIX, what="training checkpoint")
+    found = payload.get("format")
+    if found != fmt:
+        older = "an older recvae's (format {found!r}, without a record of its run)".format(found=found)
+        what = older if found in (1, "recvae.recvae-checkpoint/1") else f"not one this trainer writes (format {str(found)[:40]!r})"
+        raise ModelFileError(f"{path}: this training checkpoint is {what}; {CHECKPOINT_FIX}")
+    require_keys(payload, ("fingerprint", "model", "generator", "state", "best_state", *keys), path,
+                 "training checkpoint", CHECKPOINT_FIX)
+    saved = payload["fingerprint"]
+    if not isinstance(saved, dict) or not {"training", "shapes", "train_data", "train_shape",
+                                           "validation_data"} <= set(saved):
+        raise ModelFileError(f"{path}: the checkpoint's run record is incomplete; {CHECKPOINT_FIX}")
+    if fingerprint is None:
+        return payload, None
+    diffs, old_lr = _differences(saved, fingerprint)
+    if diffs:
+        raise CheckpointMismatchError(
+            f"{path}: the checkpoint belongs to another run: it differs in [{'; '.join(diffs)}]; "
+            "delete the checkpoint or start a new run (another checkpoint path, or resume=False)"
+        )
+    epochs = saved["training"].get("epochs")
+    if epochs != fingerprint["training"]["epochs"]:
+        logger.info("resuming %s (planned for %s epochs) to %s epochs", path, epochs,
+                    fingerprint["training"]["epochs"])
+    return payload, old_lr
+
+
+def _apply_lr(path, optimizers, old_lr: float | None, lr: float) -> None:
+    """The checkpoint's optimizer state carries its own lr: set the requested one, and say so."""
+    if old_lr is None:
+        return
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    logger.warning("resuming %s with lr %g instead of the checkpoint's %g: the optimizer continues at lr %g",
+                   path, lr, old_lr, lr)
+
+
+def warn_if_finished(config: TrainingConfig, state: dict) -> None:
+    """A resumed run that has nothing left to train says so (the best weights are returned as they are)."""
+    if state["epoch"] >= config.epochs:
+        logger.warning("the checkpoint %s already reached epoch %d and %d epochs were asked for: nothing is trained; "
+                       "returning its best weights (epoch %s); raise epochs to train further",
+                       config.checkpoint, state["epoch"], config.epochs, state["best_epoch"])
+    elif state["stopped_early"]:
+        logger.warning("the checkpoint %s stopped early at epoch %d (patience %s): nothing is trained; returning "
+                       "its best weights (epoch %s); delete the checkpoint to train again",
+                       config.checkpoint, state["epoch"], config.patience, state["best_epoch"])
+
+
+def _restore_state(path, payload: dict, net, generator, state) -> None:
+    """Load the checkpoint's weights, generator and bookkeeping (shapes were checked by the fingerprint)."""
+    try:
+        net.load_state_dict(payload["model"])
+        generator.set_state(payload["generator"].cpu())
+        saved_state = copy.deepcopy(payload["state"])
+        best = payload["best_state"]
+        best = None if best is None else {k: v.to("cpu") for k, v in best.items()}
+    except (RuntimeError, KeyError, TypeError, AttributeError) as err:
+        raise ModelFileError(f"{path}: the checkpoint's state does not fit this network "
+                             f"({' '.join(str(err).split())[:160]}); {CHECKPOINT_FIX}") from None
+    state.update(saved_state)
+    state["best_state"] = best
+
+
+def _save_checkpoint(path, net, optimizer, schedule, generator, state, fingerprint: dict) -> None:
+    """Write the checkpoint atomically: a temp file beside it, then ``os.replace`` (``Path.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": _CHECKPOINT_FORMAT,
+        "fingerprint": fingerprint,
         "model": net.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
@@ -412,14 +661,15 @@ def _save_checkpoint(path, net, optimizer, schedule, generator, state) -> None:
     tmp.replace(path)
 
 
-def _load_checkpoint(path, net, optimizer, schedule, generator, state, device) -> None:
-    payload = torch.load(path, map_location=device, weights_only=True)
-    if payload.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a recvae training checkpoint of format {_CHECKPOINT_FORMAT}")
-    net.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    schedule.load_state_dict(payload["schedule"])
-    generator.set_state(payload["generator"].cpu())
-    state.update(copy.deepcopy(payload["state"]))
-    best = payload["best_state"]
-    state["best_state"] = None if best is None else {k: v.to("cpu") for k, v in best.items()}
+def _load_checkpoint(path, net, optimizer, schedule, generator, state, device, fingerprint: dict | None,
+                     config: TrainingConfig) -> None:
+    """Resume from ``path``: checked (see :func:`_read_checkpoint`), the requested lr applied."""
+    payload, old_lr = _read_checkpoint(path, _CHECKPOINT_FORMAT, ("optimizer", "schedule"), fingerprint)
+    _restore_state(path, payload, net, generator, state)
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["schedule"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ModelFileError(f"{path}: the checkpoint's optimizer state does not fit this network "
+                             f"({' '.join(str(err).split())[:160]}); {CHECKPOINT_FIX}") from None
+    _apply_lr(path, [optimizer], old_lr, config.lr)

@@ -138,7 +138,7 @@ def grid_search(
 
     records: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any], Recommender] | None = None
-    bar = tqdm(combos, desc="grid search", unit="trial", disable=not progress)
+    bar = tqdm(combos, desc="grid search", unit="trial", disable=None if progress else True)  # None: terminals only
     for params in bar:
         model = make_model(**params)
         started = time.perf_counter()

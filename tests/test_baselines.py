@@ -131,7 +131,7 @@ def test_recommend_never_returns_fold_in_items(split, fitted, name):
 def test_factor_scores_are_user_times_item_embeddings(split, fitted, name):
     model = fitted[name]
     rows = split.validation.fold_in[:5]
-    users, items = model.embed_users(rows), model.item_embeddings()
+    users, items = model.embed_users(rows).mu, model.item_embeddings()
     assert users.dtype == np.float32 and users.shape[1] == items.shape[1]
     np.testing.assert_allclose(model.score(rows), users @ items.T, rtol=1e-6)
 
@@ -146,7 +146,7 @@ def test_als_fold_in_is_the_exact_als_user_step(split):
     alpha, reg = 5.0, 1.0
     model = ALS(factors=16, regularization=reg, alpha=alpha, iterations=50, use_cg=False).fit(split.train)
     train = split.train
-    folded = model.embed_users(train)
+    folded = model.embed_users(train).mu
 
     # 1. implicit's own solver, given the same confidences 1 + alpha x, agrees to float precision.
     confidence = train.copy()

@@ -21,6 +21,7 @@ _HOMES = {
     "NotFittedError": "base",
     "Recommendations": "base",
     "Recommender": "base",
+    "UserEmbeddings": "base",
     "LIKELIHOODS": "likelihoods",
     "make_likelihood": "likelihoods",
     "MultVAE": "mult_vae",
@@ -56,7 +57,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from recvae.models.annealing import AnnealConfig
-    from recvae.models.base import NotFittedError, Recommendations, Recommender
+    from recvae.models.base import NotFittedError, Recommendations, Recommender, UserEmbeddings
     from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, load_baseline
     from recvae.models.hybrid import Blend
     from recvae.models.likelihoods import LIKELIHOODS, make_likelihood

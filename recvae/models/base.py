@@ -15,7 +15,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Recommender", "Recommendations", "NotFittedError", "as_user_rows", "ids_to_array", "ids_from_array"]
+__all__ = [
+    "Recommender",
+    "Recommendations",
+    "UserEmbeddings",
+    "NotFittedError",
+    "as_user_rows",
+    "item_mask",
+    "rank_items",
+    "ids_to_array",
+    "ids_from_array",
+]
 
 
 class NotFittedError(RuntimeError):
@@ -25,6 +35,11 @@ class NotFittedError(RuntimeError):
 @dataclass
 class Recommendations:
     """Top-k items per user, best first.
+
+    A user with fewer than ``k`` candidate items (everything else seen,
+    excluded or outside the allowed candidates) gets padding at the end of
+    the row: item ``-1`` with score ``-inf`` (``valid`` is False there).
+    :meth:`to_frame` leaves padding out.
 
     Attributes:
         items: (users, k) item column indices.
@@ -36,8 +51,13 @@ class Recommendations:
     scores: np.ndarray
     item_ids: np.ndarray | None = None
 
+    @property
+    def valid(self) -> np.ndarray:
+        """(users, k) bool: True where a real item stands (False on padding)."""
+        return self.items >= 0
+
     def to_frame(self):
-        """A long pandas DataFrame: user row, rank (1-based), item, raw item id, score."""
+        """A long pandas DataFrame: user row, rank (1-based), item, raw item id, score (no padding)."""
         import pandas as pd
 
         n, k = self.items.shape
@@ -51,7 +71,98 @@ class Recommendations:
         )
         if self.item_ids is not None:
             frame.insert(3, "item_id", self.item_ids.ravel())
-        return frame
+        return frame[self.valid.ravel()].reset_index(drop=True)
+
+
+@dataclass
+class UserEmbeddings:
+    """Users' embeddings, the same type for every model.
+
+    Attributes:
+        mu: (users, d) float32: the posterior mean of z (VAEs), the user code
+            (Mult-DAE), or the user factors folded in from the row (ALS, BPR).
+        sigma: (users, d) float32 posterior standard deviation (variational
+            models), or None for models with point embeddings.
+
+    Unpacks as ``mu, sigma = model.embed_users(rows)``.
+    """
+
+    mu: np.ndarray
+    sigma: np.ndarray | None = None
+
+    def __iter__(self):
+        return iter((self.mu, self.sigma))
+
+    def __getitem__(self, index: int) -> np.ndarray | None:
+        return (self.mu, self.sigma)[index]
+
+    @property
+    def dim(self) -> int:
+        return int(self.mu.shape[1])
+
+    def to_frame(self, user_ids=None):
+        """One row per user: ``user_id`` (when given), ``mu_0..``, and ``sigma_0..`` when present."""
+        import pandas as pd
+
+        columns = {} if user_ids is None else {"user_id": np.asarray(user_ids)}
+        columns.update({f"mu_{j}": self.mu[:, j] for j in range(self.mu.shape[1])})
+        if self.sigma is not None:
+            columns.update({f"sigma_{j}": self.sigma[:, j] for j in range(self.sigma.shape[1])})
+        return pd.DataFrame(columns)
+
+
+def item_mask(spec, n_users: int, n_items: int, what: str) -> sp.csr_matrix | None:
+    """Exclusion or candidate items as a (users, items) 0/1 CSR: from column indices for every user,
+    a per-user sparse matrix, or None."""
+    if spec is None:
+        return None
+    if sp.issparse(spec):
+        mask = sp.csr_matrix(spec, dtype=np.float32)
+        if mask.shape != (n_users, n_items):
+            raise ValueError(f"{what} must be ({n_users}, {n_items}) (users x items); got {mask.shape}")
+        mask.eliminate_zeros()
+        mask.data[:] = 1.0
+        return mask
+    columns = np.unique(np.asarray(spec, dtype=np.int64).ravel())
+    if len(columns) and (columns.min() < 0 or columns.max() >= n_items):
+        raise ValueError(f"{what} holds item columns outside 0..{n_items - 1}")
+    indptr = np.arange(n_users + 1, dtype=np.int64) * len(columns)
+    return sp.csr_matrix((np.ones(n_users * len(columns), np.float32), np.tile(columns, n_users), indptr),
+                         shape=(n_users, n_items))
+
+
+def rank_items(
+    scores: np.ndarray,
+    k: int,
+    *,
+    exclude: sp.csr_matrix | None = None,
+    candidates: sp.csr_matrix | None = None,
+    restricted: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(items, scores) of each row's top ``k``, excluded items removed and only candidates kept.
+
+    ``restricted`` (bool per row, default all) says which rows the candidate
+    lists apply to; the other rows may get any item. ``scores`` is modified in
+    place. Rows with fewer than ``k`` eligible items are padded with item -1 and
+    score -inf.
+    """
+    from recvae.metrics import mask_seen, top_k
+
+    scores = np.asarray(scores, dtype=np.float32)
+    if candidates is not None:
+        allowed = np.zeros(scores.shape, dtype=bool)
+        rows = np.repeat(np.arange(scores.shape[0]), np.diff(candidates.indptr))
+        allowed[rows, candidates.indices] = True
+        if restricted is not None:
+            allowed[~np.asarray(restricted, dtype=bool)] = True
+        scores[~allowed] = -np.inf
+    if exclude is not None and exclude.nnz:
+        mask_seen(scores, exclude)
+    k = min(int(k), scores.shape[1])
+    items = top_k(scores, k)
+    top_scores = np.take_along_axis(scores, items, axis=1)
+    items[~np.isfinite(top_scores) & (top_scores < 0)] = -1
+    return items, top_scores
 
 
 def as_user_rows(user_rows: Any, n_items: int, *, allow_empty_rows: bool = False) -> sp.csr_matrix:
@@ -125,40 +236,133 @@ class Recommender(ABC):
         """Read a model written by :meth:`save`."""
 
     # ---------------------------------------------------------------- shared
-    def embed_users(self, user_rows):
-        """User factors, for models that have them."""
+    def get_params(self) -> dict[str, Any]:
+        """The hyper-parameters: keyword arguments that rebuild an unfitted copy (scikit-learn style)."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its hyper-parameters")
+
+    def set_params(self, **params: Any) -> Recommender:
+        """Change hyper-parameters (validated as the constructor does); returns self. Refit afterwards."""
+        current = self.get_params()
+        unknown = sorted(set(params) - set(current))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {unknown} for {type(self).__name__}; its parameters are {sorted(current)}"
+            )
+        fresh = type(self)(**{**current, **params})
+        self._take_params(fresh)
+        return self
+
+    def _take_params(self, fresh: Recommender) -> None:
+        for name in self.get_params():
+            setattr(self, name, getattr(fresh, name))
+
+    def embed_users(self, user_rows) -> UserEmbeddings:
+        """User embeddings (:class:`UserEmbeddings`), for models that have them."""
         raise NotImplementedError(f"{type(self).__name__} has no user embeddings")
 
     def item_embeddings(self) -> np.ndarray:
         """Item factors, for models that have them."""
         raise NotImplementedError(f"{type(self).__name__} has no item embeddings")
 
+    def item_similarities(self, items: np.ndarray) -> np.ndarray:
+        """(len(items), n_items) similarity of each given item column to every item.
+
+        The default is the cosine similarity of :meth:`item_embeddings` rows;
+        models with an item-item matrix (EASE, item-KNN) use it instead.
+        """
+        self._check_fitted()
+        try:
+            embeddings = np.asarray(self.item_embeddings(), dtype=np.float32)
+        except NotImplementedError:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no item representation, so no similar items; "
+                "use a model with item embeddings or item-item weights (ease, itemknn, als, bpr, the VAEs)"
+            ) from None
+        norms = np.linalg.norm(embeddings, axis=1)
+        norms[norms == 0] = 1.0
+        unit = embeddings / norms[:, None]
+        return unit[np.asarray(items)] @ unit.T
+
+    def similar_items(self, item_ids, k: int = 10, *, by_column: bool = False) -> Recommendations:
+        """The ``k`` items most similar to each given item (itself excluded), best first.
+
+        Args:
+            item_ids: raw item ids (or item columns with ``by_column=True``).
+            k: items per query item.
+
+        Each model uses its own item space; see :meth:`item_similarities`.
+        """
+        self._check_fitted()
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive integer; got {k!r}")
+        if by_column or self.item_ids_ is None:
+            columns = np.atleast_1d(np.asarray(item_ids, dtype=np.int64))
+            if len(columns) and (columns.min() < 0 or columns.max() >= self.n_items_):
+                raise ValueError(f"item columns must lie in 0..{self.n_items_ - 1}")
+        else:
+            from recvae.data.ids import lookup_ids
+
+            columns = lookup_ids(_item_lookup(self.item_ids_), item_ids, "item")
+        similarity = np.asarray(self.item_similarities(columns), dtype=np.float32)
+        own = sp.csr_matrix((np.ones(len(columns), np.float32), columns, np.arange(len(columns) + 1)),
+                            shape=(len(columns), self.n_items_))
+        items, scores = rank_items(similarity, min(k, self.n_items_ - 1), exclude=own)
+        return Recommendations(items=items, scores=scores, item_ids=self._item_ids_of(items))
+
+    def _item_ids_of(self, items: np.ndarray) -> np.ndarray | None:
+        if self.item_ids_ is None:
+            return None
+        ids = self.item_ids_[np.maximum(items, 0)]
+        if (items < 0).any():
+            ids = ids.astype(object)
+            ids[items < 0] = None
+        return ids
+
     def _check_fitted(self) -> None:
         if self.n_items_ is None:
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(train) first")
 
-    def recommend(self, user_rows, k: int = 10, *, filter_seen: bool = True) -> Recommendations:
-        """Top-k items for each user row, excluding the row's own items by default."""
+    def recommend(
+        self,
+        user_rows,
+        k: int = 10,
+        *,
+        filter_seen: bool = True,
+        seen=None,
+        exclude=None,
+        candidates=None,
+    ) -> Recommendations:
+        """Top-k items for each user row, best first.
+
+        Args:
+            user_rows: (users, items) CSR of the users' histories (the model's input).
+            k: items per user (at most the number of items).
+            filter_seen: never recommend an item of the user's row (nor of ``seen``).
+            seen: optional (users, items) sparse matrix of further items each user
+                already has (e.g. every raw interaction, ratings under the positive
+                threshold included), masked like the row's own items.
+            exclude: items never to recommend: item columns (for every user) or a
+                (users, items) sparse matrix (per user), as implicit's ``filter_items``.
+            candidates: the only items that may be recommended: item columns or a
+                (users, items) sparse matrix, as implicit's ``items``.
+
+        Users with fewer than ``k`` eligible items get padding (see :class:`Recommendations`).
+        """
         self._check_fitted()
         rows = as_user_rows(user_rows, self.n_items_)
-        n_candidates = self.n_items_ - (int(np.diff(rows.indptr).max()) if filter_seen and rows.nnz else 0)
-        if not isinstance(k, (int, np.integer)) or k < 1:
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer; got {k!r}")
-        if k > n_candidates:
-            raise ValueError(
-                f"k={k} exceeds the {n_candidates} items that can be recommended to every user "
-                f"({self.n_items_} items{', minus the most active user’s seen items' if filter_seen else ''}); "
-                "ask for fewer"
-            )
-        from recvae.metrics import mask_seen, top_k
-
-        scores = np.asarray(self.score(rows), dtype=np.float32)
-        if filter_seen:
-            mask_seen(scores, rows)
-        items = top_k(scores, k)
-        top_scores = np.take_along_axis(scores, items, axis=1)
-        item_ids = self.item_ids_[items] if self.item_ids_ is not None else None
-        return Recommendations(items=items, scores=top_scores, item_ids=item_ids)
+        if k > self.n_items_:
+            raise ValueError(f"k={k} exceeds the model's {self.n_items_} items; ask for fewer")
+        n = rows.shape[0]
+        masks = [m for m in (rows if filter_seen else None,
+                             item_mask(seen, n, self.n_items_, "seen") if filter_seen else None,
+                             item_mask(exclude, n, self.n_items_, "exclude")) if m is not None]
+        excluded = None if not masks else sum(masks[1:], masks[0]).tocsr()
+        allowed = item_mask(candidates, n, self.n_items_, "candidates")
+        scores = np.array(self.score(rows), dtype=np.float32)
+        items, top_scores = rank_items(scores, k, exclude=excluded, candidates=allowed)
+        return Recommendations(items=items, scores=top_scores, item_ids=self._item_ids_of(items))
 
     def rows_from_item_ids(self, raw_item_ids) -> sp.csr_matrix:
         """One user row from raw item ids (the model must hold the item id map)."""
@@ -171,29 +375,29 @@ class Recommender(ABC):
         raw = np.atleast_1d(np.asarray(raw_item_ids))
         if raw.size == 0:
             raise ValueError("a new user needs at least one item in their history")
-        positions = _item_lookup(self.item_ids_).get_indexer(raw)
-        if (positions < 0).any():
-            unknown = raw[positions < 0][:5].tolist()
-            raise KeyError(
-                f"unknown item id(s) {unknown}: not in the training catalogue of {self.n_items_} items"
-            )
-        positions = np.unique(positions)
+        from recvae.data.ids import UnknownIdError, lookup_ids
+
+        try:
+            positions = np.unique(lookup_ids(_item_lookup(self.item_ids_), raw, "item"))
+        except UnknownIdError as err:
+            raise UnknownIdError(f"{err}: not in the training catalogue of {self.n_items_} items", err.unknown) from None
         return sp.csr_matrix(
             (np.ones(len(positions), np.float32), positions, [0, len(positions)]), shape=(1, self.n_items_)
         )
 
-    def recommend_for_items(self, raw_item_ids, k: int = 10) -> Recommendations:
+    def recommend_for_items(self, raw_item_ids, k: int = 10, **options) -> Recommendations:
         """Top-k for a new user given the raw ids of the items they interacted with.
 
         The user is folded in (no retraining); their items are never recommended back.
+        ``options`` (``exclude``, ``candidates``) are those of :meth:`recommend`.
         """
-        return self.recommend(self.rows_from_item_ids(raw_item_ids), k=k, filter_seen=True)
+        return self.recommend(self.rows_from_item_ids(raw_item_ids), k=k, filter_seen=True, **options)
 
 
 def _item_lookup(item_ids: np.ndarray):
     import pandas as pd
 
-    return pd.Index(item_ids)
+    return pd.Index(np.asarray(item_ids))
 
 
 def ids_to_array(ids: np.ndarray | None) -> tuple[str | None, np.ndarray | None]:

@@ -28,14 +28,18 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
-from recvae.models.base import Recommender, as_user_rows, ids_from_array, ids_to_array
+from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array
+from recvae.models.files import MODEL_FIX, ModelFileError, read_npz_arrays
 from recvae.models.mult_vae import training_inputs
+from recvae.training import RecvaeWarning
 from recvae.sparse import csr_from_arrays, csr_to_arrays
 
 logger = logging.getLogger(__name__)
@@ -141,48 +145,98 @@ class _ArrayRecommender(Recommender):
 
     @classmethod
     def load(cls, path: str | Path) -> _ArrayRecommender:
-        """Read a model written by :meth:`save` (no pickled objects are read)."""
+        """Read a model written by :meth:`save` (no pickled objects are read).
+
+        Raises:
+            ModelFileError: the file is damaged, foreign, or holds another model class.
+        """
         meta, arrays = _read_npz(path)
         if meta["class"] != cls.__name__:
-            raise ValueError(
-                f"{path} holds a {meta['class']} model, not a {cls.__name__}; "
-                f"load it with {meta['class']}.load(path) or recvae.models.baselines.load_baseline(path)"
+            raise ModelFileError(
+                f"{path}: holds a {meta['class']} model, not a {cls.__name__}; "
+                f"load it with {meta['class']}.load(path) or recvae.models.load_model(path)"
             )
-        return cls._from_saved(meta, arrays)
+        return cls._from_saved(meta, arrays, path)
 
     @classmethod
-    def _from_saved(cls, meta: dict, arrays: dict[str, np.ndarray]) -> _ArrayRecommender:
-        model = cls(**meta["params"])
+    def _from_saved(cls, meta: dict, arrays: dict[str, np.ndarray], path: str | Path) -> _ArrayRecommender:
+        try:
+            model = cls(**meta["params"])
+        except (TypeError, ValueError) as err:
+            raise ModelFileError(f"{path}: its parameters do not fit this recvae's {cls.__name__} ({err}); "
+                                 f"{MODEL_FIX}") from None
         model.n_items_ = int(meta["n_items"])
-        model.item_ids_ = ids_from_array(meta["item_ids_kind"], arrays.pop("item_ids", None))
-        model._set_state(arrays)
+        try:
+            model.item_ids_ = ids_from_array(meta["item_ids_kind"], arrays.pop("item_ids", None))
+            model._set_state(arrays)
+        except (KeyError, ValueError, TypeError) as err:
+            raise ModelFileError(f"{path}: not a complete {cls.__name__} file (bad or missing array {err}); "
+                                 f"{MODEL_FIX}") from None
+        _check_loaded(model, path)
         return model
 
 
+def _check_loaded(model: _ArrayRecommender, path: str | Path) -> None:
+    """Refuse learned arrays whose shapes do not fit the saved item count and parameters, or are not finite."""
+    n = model.n_items_
+    if model.item_ids_ is not None and len(model.item_ids_) != n:
+        raise ModelFileError(f"{path}: its item id map has {len(model.item_ids_)} ids for {n} items; {MODEL_FIX}")
+    if isinstance(model, ItemKNN):
+        arrays = {"similarity": model.similarity_}
+        expected = {"similarity": (n, n)}
+    else:
+        arrays = model._state()
+        expected = {
+            Popularity: {"item_counts": (n,)},
+            EASE: {"weights": (n, n)},
+            ALS: {"item_factors": (n, getattr(model, "factors", 0))},
+            BPR: {"item_factors": (n, getattr(model, "factors", 0) + 1)},
+        }.get(type(model), {})
+    for name, shape in expected.items():
+        value = arrays.get(name)
+        if value is None or tuple(value.shape) != shape:
+            found = "missing" if value is None else f"of shape {tuple(value.shape)}"
+            raise ModelFileError(f"{path}: its {name} array is {found}, expected {shape} for {n} items; {MODEL_FIX}")
+        data = value.data if sp.issparse(value) else value
+        if not np.issubdtype(data.dtype, np.number) or not np.isfinite(data).all():
+            raise ModelFileError(f"{path}: its {name} array holds non-finite or non-numeric values; {MODEL_FIX}")
+
+
 def _read_npz(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The checked ``meta`` and the arrays of a baseline file (see :func:`recvae.models.files.check_model_file`)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no saved model at {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{path} is not a recvae baseline file ({_SAVE_FORMAT}): {err}") from err
+    arrays = read_npz_arrays(path)
     if "meta" not in arrays:
-        raise ValueError(f"{path} is not a recvae baseline file ({_SAVE_FORMAT}): it has no 'meta' entry")
-    meta = json.loads(str(arrays.pop("meta")))
+        raise ModelFileError(f"{path}: not a recvae baseline file ({_SAVE_FORMAT}): it has no 'meta' entry; "
+                             "give a file written by model.save")
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except ValueError:  # json.JSONDecodeError, or a meta entry that is not text
+        meta = None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: its 'meta' entry is not recvae's JSON header; {MODEL_FIX}")
     if meta.get("format") != _SAVE_FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}; this recvae reads {_SAVE_FORMAT!r}")
+        raise ModelFileError(f"{path}: format {meta.get('format')!r}, but this recvae reads {_SAVE_FORMAT!r}; "
+                             f"{MODEL_FIX}")
+    missing = [k for k in ("class", "params", "n_items", "item_ids_kind") if k not in meta]
+    if missing or not isinstance(meta["params"], dict) or not isinstance(meta["n_items"], int) or meta["n_items"] < 1:
+        raise ModelFileError(f"{path}: its 'meta' header is incomplete ({', '.join(missing) or 'params, n_items'}); "
+                             f"{MODEL_FIX}")
     return meta, arrays
 
 
 def load_baseline(path: str | Path) -> _ArrayRecommender:
-    """Load any baseline written by ``save``, whatever its class."""
+    """Load any baseline written by ``save``, whatever its class.
+
+    Raises:
+        ModelFileError: the file is damaged, foreign or of an unknown class.
+    """
     meta, arrays = _read_npz(path)
     cls = {c.__name__: c for c in BASELINES.values()}.get(meta["class"])
     if cls is None:
-        raise ValueError(f"{path} holds an unknown model class {meta['class']!r}")
-    return cls._from_saved(meta, arrays)
+        raise ModelFileError(f"{path}: holds an unknown model class {str(meta['class'])[:40]!r}; "
+                             "give a file written by a recvae baseline's save")
+    return cls._from_saved(meta, arrays, path)
 
 
 # =============================================================================== popularity
@@ -301,15 +355,21 @@ class EASE(_ArrayRecommender):
         n = matrix.shape[1]
         _check_ease_memory(n)
         started = time.perf_counter()
+        # A bar over the three dense stages (terminals only): the inverse dominates on large catalogues.
+        bar = tqdm(total=3, desc=f"EASE {n:,} items", unit="stage", disable=None, leave=False)
         gram = _dense_gram(matrix)
         gram[np.arange(n), np.arange(n)] += self.l2
+        bar.update()
         precision = _spd_inverse_in_place(gram)
         del gram
+        bar.update()
         diag = precision.diagonal().copy()
         precision /= -diag[None, :]  # column j divided by -P_jj: B = I - P diagMat(1/diag(P))
         precision[np.arange(n), np.arange(n)] = 0.0
         self.weights_ = np.ascontiguousarray(precision, dtype=np.float32)
         del precision
+        bar.update()
+        bar.close()
         self.item_ids_, self.n_items_ = item_ids, n
         logger.info("EASE fitted on %d users x %d items in %.2fs", matrix.shape[0], n, time.perf_counter() - started)
         return self
@@ -318,6 +378,11 @@ class EASE(_ArrayRecommender):
         """``x_u B`` for each user row (a sparse-dense product)."""
         rows = self._rows(user_rows)
         return np.asarray(rows @ self.weights_, dtype=np.float32)
+
+    def item_similarities(self, items: np.ndarray) -> np.ndarray:
+        """Rows of ``B``: how much having item ``i`` raises each other item's score (``B_ii = 0``)."""
+        self._check_fitted()
+        return self.weights_[np.asarray(items)]
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights_}
@@ -459,6 +524,7 @@ class ALS(_ArrayRecommender):
         from implicit.cpu.als import AlternatingLeastSquares
 
         matrix, item_ids = _training_matrix(train, validation)
+        _warn_degenerate_als(self.factors, self.regularization, matrix.shape[1])
         confidence = matrix.copy()
         confidence.data = (1.0 + self.alpha * confidence.data).astype(np.float32)
         started = time.perf_counter()
@@ -484,8 +550,11 @@ class ALS(_ArrayRecommender):
         )
         return self
 
-    def embed_users(self, user_rows) -> np.ndarray:
-        """(users, factors) float32 factors solved from the rows (exact ALS user step)."""
+    def embed_users(self, user_rows) -> UserEmbeddings:
+        """``mu``: (users, factors) float32 factors solved from the rows (exact ALS user step); no sigma."""
+        return UserEmbeddings(self._user_factors(user_rows))
+
+    def _user_factors(self, user_rows) -> np.ndarray:
         rows = self._rows(user_rows)
         y = self.item_factors_.astype(np.float64)
         gram = y.T @ y
@@ -499,13 +568,24 @@ class ALS(_ArrayRecommender):
 
     def score(self, user_rows) -> np.ndarray:
         """Folded-in user factors times the item factors."""
-        return self.embed_users(user_rows) @ self.item_factors_.T
+        return self._user_factors(user_rows) @ self.item_factors_.T
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"item_factors": self.item_factors_}
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.item_factors_ = arrays["item_factors"]
+
+
+def _warn_degenerate_als(factors: int, regularization: float, n_items: int) -> None:
+    """Warn about ALS settings that fit but cannot generalise (an exact interpolation of the data)."""
+    if factors >= n_items:
+        warnings.warn(f"ALS with factors={factors} >= {n_items} items can reproduce the training matrix exactly "
+                      f"and rank unseen items arbitrarily; use fewer factors (< {n_items})", RecvaeWarning,
+                      stacklevel=3)
+    if regularization == 0:
+        warnings.warn("ALS with regularization=0 is unregularised: the factors overfit and the fold-in solve can be "
+                      "singular; use regularization > 0 (e.g. 0.01)", RecvaeWarning, stacklevel=3)
 
 
 def _als_fold_in(
@@ -653,8 +733,11 @@ class BPR(_ArrayRecommender):
         )
         return self
 
-    def embed_users(self, user_rows) -> np.ndarray:
-        """(users, factors + 1) float32 ridge fold-in coefficients (last: the bias coefficient)."""
+    def embed_users(self, user_rows) -> UserEmbeddings:
+        """``mu``: (users, factors + 1) float32 ridge fold-in coefficients (last: the bias coefficient); no sigma."""
+        return UserEmbeddings(self._user_factors(user_rows))
+
+    def _user_factors(self, user_rows) -> np.ndarray:
         rows = self._rows(user_rows)
         y = self.item_factors_.astype(np.float64)
         gram = y.T @ y
@@ -669,7 +752,7 @@ class BPR(_ArrayRecommender):
 
     def score(self, user_rows) -> np.ndarray:
         """Ridge fold-in coefficients times the item factors (bias column included)."""
-        return self.embed_users(user_rows) @ self.item_factors_.T
+        return self._user_factors(user_rows) @ self.item_factors_.T
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"item_factors": self.item_factors_}
@@ -747,6 +830,11 @@ class ItemKNN(_ArrayRecommender):
             self.similarity, self.k, matrix.shape[0], matrix.shape[1], time.perf_counter() - started,
         )
         return self
+
+    def item_similarities(self, items: np.ndarray) -> np.ndarray:
+        """Rows of the neighbour matrix ``S``: item ``i``'s k nearest neighbours, 0 elsewhere."""
+        self._check_fitted()
+        return self.similarity_[np.asarray(items)].toarray()
 
     def score(self, user_rows) -> np.ndarray:
         """``x S`` for each user row (a sparse product, densified per batch)."""

@@ -36,6 +36,7 @@ import scipy.sparse as sp
 
 from recvae.data.splits import HeldOut, Split
 from recvae.models.base import Recommender, as_user_rows
+from recvae.models.files import MODEL_FIX, ModelFileError, ModelFileNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -275,24 +276,72 @@ class Blend(Recommender):
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> Blend:
-        """Read a Blend written by :meth:`save`."""
+        """Read a Blend written by :meth:`save`; each component file is checked as it is loaded.
+
+        Raises:
+            ModelFileError: ``blend.json`` or a component file is missing, damaged,
+                foreign, or holds another model than the one ``blend.json`` lists.
+        """
         from recvae.models.registry import load_model
 
         path = Path(path)
         meta_file = path / _META_FILE
-        if not meta_file.exists():
-            raise ValueError(f"{path} is not a saved Blend (no {_META_FILE} in it)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != _SAVE_FORMAT:
-            raise ValueError(f"{meta_file} has format {meta.get('format')!r}; this recvae reads {_SAVE_FORMAT!r}")
-        components = [load_model(path / name, device=device) for name in meta["components"]]
-        blend = cls(components, normalization=meta["normalization"], weights=meta["weights"],
-                    weight_step=meta["weight_step"], eval_k=meta["eval_k"])
+        if not path.is_dir():
+            raise ModelFileNotFoundError(f"{path}: no saved Blend directory there; check the path")
+        if not meta_file.is_file():
+            raise ModelFileError(f"{path}: not a saved Blend (no {_META_FILE} in it); give a directory written by "
+                                 "Blend.save")
+        meta = _read_blend_meta(meta_file)
+        components = []
+        for i, name in enumerate(meta["components"]):
+            component = load_model(path / name, device=device)
+            # save() names each file after its model class: a swapped file shows here.
+            expected = name.rsplit("_", 1)[-1]
+            if expected != type(component).__name__.lower():
+                raise ModelFileError(f"{path / name}: holds a {type(component).__name__} model, but {_META_FILE} "
+                                     f"lists component {i} as a {expected}; {MODEL_FIX}")
+            components.append(component)
+        n_items = {m.n_items_ for m in components}
+        if len(n_items) != 1:
+            raise ModelFileError(f"{path}: its components have different item counts {sorted(n_items)}; "
+                                 "a component file was replaced; re-save the Blend")
+        if len(meta["weights"]) != len(components):
+            raise ModelFileError(f"{meta_file}: {len(meta['weights'])} weights for {len(components)} components; "
+                                 "re-save the Blend")
+        try:
+            blend = cls(components, normalization=meta["normalization"], weights=meta["weights"],
+                        weight_step=meta["weight_step"], eval_k=meta["eval_k"])
+        except (TypeError, ValueError) as err:
+            raise ModelFileError(f"{meta_file}: its settings are invalid ({err}); re-save the Blend") from None
         blend.components_ = components
         blend.weights_ = np.asarray(meta["weights"], dtype=np.float64)
         blend.n_items_ = components[0].n_items_
         blend.item_ids_ = next((m.item_ids_ for m in components if m.item_ids_ is not None), None)
         return blend
+
+
+def _read_blend_meta(meta_file: Path) -> dict:
+    """``blend.json``, checked: recvae's format, every key, component files named inside the directory."""
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
+        meta = None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{meta_file}: not valid JSON (damaged or truncated); re-save the Blend")
+    if meta.get("format") != _SAVE_FORMAT:
+        raise ModelFileError(f"{meta_file}: format {meta.get('format')!r}, but this recvae reads {_SAVE_FORMAT!r}; "
+                             "re-save the Blend")
+    missing = [k for k in ("normalization", "weights", "components", "eval_k", "weight_step") if k not in meta]
+    if missing:
+        raise ModelFileError(f"{meta_file}: lacks {', '.join(missing)}; re-save the Blend")
+    names = meta["components"]
+    if (not isinstance(names, list) or not names or
+            not all(isinstance(n, str) and n and Path(n).name == n and n not in (".", "..") for n in names)):
+        raise ModelFileError(f"{meta_file}: 'components' must list file names inside the Blend directory; "
+                             "re-save the Blend")
+    if not isinstance(meta["weights"], list) or not all(isinstance(w, (int, float)) for w in meta["weights"]):
+        raise ModelFileError(f"{meta_file}: 'weights' must be a list of numbers; re-save the Blend")
+    return meta
 
 
 def is_blend_dir(path: str | Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,10 +16,18 @@ from recvae.data.interactions import Interactions
 from recvae.data.splits import HeldOut, Split
 from recvae.distributed import rank_device
 from recvae.models.annealing import AnnealConfig
-from recvae.models.base import Recommender, as_user_rows, ids_from_array, ids_to_array
+from recvae.models.files import read_vae_payload
+from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array
 from recvae.models.vae import VAE, VAEConfig
 from recvae.sparse import SparseRows
-from recvae.training import TrainingConfig, TrainingResult, resolve_device, sparse_rows, train_vae
+from recvae.training import (
+    TrainingConfig,
+    TrainingDivergedError,
+    TrainingResult,
+    resolve_device,
+    sparse_rows,
+    train_vae,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +77,18 @@ class TorchVAERecommender(Recommender):
     save_format: str = ""
     file_kind: str = ""
 
-    def __init__(self, config=None, training: TrainingConfig | None = None) -> None:
-        self.config = config if config is not None else self.default_config()
-        self.training = training if training is not None else self.default_training()
+    def __init__(self, config=None, training: TrainingConfig | None = None, **params: Any) -> None:
+        """Hyper-parameters as flat keywords (``MultVAE(latent_dim=100, epochs=50, lr=1e-3)``),
+        or as the config dataclasses (``MultVAE(VAEConfig(...), TrainingConfig(...))``), or both:
+        each keyword goes to the model config when it names one of its fields, else to the
+        training config. Unknown keywords raise ``TypeError`` naming them.
+        """
+        config = config if config is not None else self.default_config()
+        training = training if training is not None else self.default_training()
+        if params:
+            config, training = _split_flat_params(type(self).__name__, config, training, params)
+        self.config = config
+        self.training = training
         self.net_: torch.nn.Module | None = None
         self.training_: TrainingResult | None = None
         self.device_: torch.device | None = None
@@ -91,6 +109,13 @@ class TorchVAERecommender(Recommender):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config}, {self.training})"
+
+    def get_params(self) -> dict[str, Any]:
+        """Every model and training hyper-parameter as one flat dict (``anneal`` as a dict)."""
+        return {**_plain(asdict(self.training)), **_plain(asdict(self.config))}
+
+    def _take_params(self, fresh: Recommender) -> None:
+        self.config, self.training = fresh.config, fresh.training
 
     @property
     def history_(self):
@@ -114,7 +139,11 @@ class TorchVAERecommender(Recommender):
         self.net_ = net.to(self.device_)
         self.item_ids_ = item_ids
         self.n_items_ = matrix.shape[1]
-        self.training_ = self._train(matrix, validation)
+        try:
+            self.training_ = self._train(matrix, validation)
+        except TrainingDivergedError as err:
+            self.training_ = err.result  # the net holds the best weights so far; the caller decides
+            raise
         return self
 
     def _rows(self, user_rows) -> SparseRows:
@@ -163,9 +192,7 @@ class TorchVAERecommender(Recommender):
     @classmethod
     def load(cls, path: str | Path, device: str = "auto"):
         """Read a model written by :meth:`save` (no pickled objects are executed)."""
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != cls.save_format:
-            raise ValueError(f"{path} is not a recvae {cls.file_kind} file (format {cls.save_format})")
+        payload = read_vae_payload(path, cls)  # CRC, no pickles, format, class, keys, shapes, finite values
         training = payload["training"]
         training["anneal"] = AnnealConfig(**training["anneal"])
         config = cls._config_from_dict(payload["config"])
@@ -215,8 +242,8 @@ class MultVAE(TorchVAERecommender):
         return train_vae(self.net_, matrix, validation, self.training, self.device_)
 
     @torch.no_grad()
-    def embed_users(self, user_rows) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and standard deviation of z for each user row.
+    def embed_users(self, user_rows) -> UserEmbeddings:
+        """Posterior mean and standard deviation of z for each user row (``mu, sigma = ...`` unpacks).
 
         For Mult-DAE (deterministic) sigma is all zeros.
         """
@@ -228,7 +255,7 @@ class MultVAE(TorchVAERecommender):
         finally:
             self.net_.train(was_training)
         sigma = torch.zeros_like(mu) if log_var is None else torch.exp(0.5 * log_var)
-        return mu.cpu().numpy(), sigma.cpu().numpy()
+        return UserEmbeddings(mu.cpu().numpy(), sigma.cpu().numpy())
 
 
 class MultDAE(MultVAE):
@@ -242,10 +269,29 @@ class MultDAE(MultVAE):
     def default_training() -> TrainingConfig:
         return TrainingConfig(weight_decay=0.01 / 500, anneal=AnnealConfig(kind="constant", cap=0.0))
 
-    def __init__(self, config: VAEConfig | None = None, training: TrainingConfig | None = None) -> None:
-        super().__init__(config, training)
+    def __init__(self, config: VAEConfig | None = None, training: TrainingConfig | None = None, **params: Any) -> None:
+        super().__init__(config, training, **params)
         if self.config.variational:
             raise ValueError("MultDAE needs a deterministic encoder: VAEConfig(variational=False)")
+
+
+def _split_flat_params(name: str, config, training: TrainingConfig, params: dict[str, Any]):
+    """Flat keyword hyper-parameters applied to (model config, training config)."""
+    import dataclasses
+
+    config_fields = {f.name for f in dataclasses.fields(config)}
+    training_fields = {f.name for f in dataclasses.fields(training)}
+    unknown = sorted(set(params) - config_fields - training_fields)
+    if unknown:
+        raise TypeError(
+            f"unknown parameter(s) {unknown} for {name}; model parameters: {sorted(config_fields)}; "
+            f"training parameters: {sorted(training_fields)}"
+        )
+    config_values = {k: v for k, v in params.items() if k in config_fields}
+    training_values = {k: v for k, v in params.items() if k in training_fields and k not in config_fields}
+    if isinstance(training_values.get("anneal"), dict):
+        training_values["anneal"] = AnnealConfig(**training_values["anneal"])
+    return dataclasses.replace(config, **config_values), dataclasses.replace(training, **training_values)
 
 
 def _plain(value):

@@ -33,7 +33,9 @@ from tqdm.auto import tqdm
 
 from recvae.data.splits import HeldOut
 from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
+from recvae.models.files import CHECKPOINT_FIX, ModelFileError
 from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
+from recvae.models.base import UserEmbeddings
 from recvae.models.mult_vae import TorchVAERecommender
 from recvae.models.vae import SparseLinear, dropout_values, l2_normalised_values, posterior_mean_scores
 from recvae.sparse import DeviceCSR, SparseRows
@@ -41,15 +43,24 @@ from recvae.training import (
     TrainingConfig,
     TrainingResult,
     _active_users,
+    _apply_lr,
     _autocast,
+    _diverged,
     _end_epoch,
+    _read_checkpoint,
     _restore_best,
+    _restore_state,
     _validate_epoch,
     check_parallel_device,
+    divergence,
+    first_batch_loss,
     make_optimizer,
     rank_noise_generator,
     resume_agreed,
+    run_fingerprint,
     sparse_rows,
+    warn_degenerate,
+    warn_if_finished,
 )
 
 logger = logging.getLogger(__name__)
@@ -57,7 +68,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["RecVAEConfig", "RecVAENet", "RecVAE", "composite_prior_log_prob", "gaussian_log_density", "train_recvae"]
 
 _SAVE_FORMAT = "recvae.recvae/1"
-_CHECKPOINT_FORMAT = "recvae.recvae-checkpoint/1"
+# 2: the checkpoint records the run it belongs to (see recvae.training.run_fingerprint).
+_CHECKPOINT_FORMAT = "recvae.recvae-checkpoint/2"
 _LOG_2PI = math.log(2.0 * math.pi)
 _PRIOR_MIXTURES = ("per_dim", "joint")
 
@@ -290,6 +302,7 @@ def _train_phase(
     bar=None,
     ctx: DistributedContext | None = None,
     noise_generator: torch.Generator | None = None,
+    first: dict | None = None,
 ) -> torch.Tensor:
     """``passes`` shuffled passes over ``users`` updating only ``net.<phase>``.
 
@@ -302,6 +315,10 @@ def _train_phase(
     ``noise_generator``, and the phase's gradients are summed over the ranks, each
     rank's loss being its slice's sum over the global batch size (the one-process
     mean). DDP does not fit here: the trained part changes every phase.
+
+    ``first``, when given and without an entry for ``phase`` yet, receives the
+    phase's first batch as (summed (loss, nll, kl) of this rank's slice, batch
+    size), read later by :func:`recvae.training.first_batch_loss`.
     """
     if phase not in ("encoder", "decoder"):
         raise ValueError(f"phase must be 'encoder' or 'decoder'; got {phase!r}")
@@ -320,7 +337,7 @@ def _train_phase(
                     optimizer.zero_grad(set_to_none=True)
                     parts["loss"].backward()
                     optimizer.step()
-                    sums += torch.stack([parts[k].detach() for k in ("loss", "nll", "kl")]).double() * len(batch)
+                    batch_sums = torch.stack([parts[k].detach() for k in ("loss", "nll", "kl")]).double() * len(batch)
                 else:
                     x = data.rows(shard_batch(batch, ctx))
                     with _autocast(users.device, precision):
@@ -330,7 +347,10 @@ def _train_phase(
                     (loss_sum / len(batch)).backward()
                     _sum_gradients(trained, ctx)
                     optimizer.step()
-                    sums += torch.stack([loss_sum, nll.sum(), kl.sum()]).detach().double()
+                    batch_sums = torch.stack([loss_sum, nll.sum(), kl.sum()]).detach().double()
+                sums += batch_sums
+                if first is not None and phase not in first:
+                    first[phase] = (batch_sums, len(batch))
                 if bar is not None:
                     bar.update(1)
     finally:
@@ -377,21 +397,27 @@ def train_recvae(
     generator.manual_seed(config.seed)
     state = {"epoch": 0, "step": 0, "history": [], "best_state": None, "best_epoch": None,
              "best_score": None, "best_beta": None, "since_best": 0, "stopped_early": False}
+    warn_degenerate(config)
+    # The run's identity, stored in the checkpoint and compared on resume (hashing the data costs one pass).
+    fingerprint = run_fingerprint(net, config, train, validation) if config.checkpoint else None
     if resume_agreed(config, ctx):
-        _load_checkpoint(config.checkpoint, net, optimizers, generator, state, device)
+        _load_checkpoint(config.checkpoint, net, optimizers, generator, state, device, fingerprint, config)
         logger.info("resumed from %s at epoch %d", config.checkpoint, state["epoch"])
+        warn_if_finished(config, state)
 
     def score_fn(rows: sp.csr_matrix) -> torch.Tensor:
         with _autocast(device, config.precision):
             return net.scores(sparse_rows(rows, device))
 
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch,
-               disable=not (config.progress and is_main), unit="batch", dynamic_ncols=True)
+               disable=None if (config.progress and is_main) else True, unit="batch", dynamic_ncols=True)
+
+    first: dict = {}  # each phase's first batch of the run, the divergence reference
 
     def phase(part: str, passes: int, noise: torch.Generator | None) -> torch.Tensor:
         return _train_phase(net, part, optimizers[part], data, users, generator, passes=passes,
                             batch_size=config.batch_size, precision=config.precision, bar=bar,
-                            ctx=ctx, noise_generator=noise)
+                            ctx=ctx, noise_generator=noise, first=None if "first_loss" in state else first)
 
     try:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -403,21 +429,31 @@ def train_recvae(
             net.update_prior()
             loss, nll, kl = phase("decoder", rc.decoder_epochs, noise).tolist()
             state["step"] += steps_per_epoch
-            if not (math.isfinite(loss) and math.isfinite(encoder_loss)):
-                raise FloatingPointError(
-                    f"the loss became {loss} at epoch {epoch}: training diverged; lower lr (now {config.lr})"
-                )
+            if "first_loss" not in state:
+                state["first_loss"] = {part: first_batch_loss(first.get(part), ctx) for part in ("encoder", "decoder")}
+            # Before validation and the checkpoint: diverged weights are neither selected nor saved.
+            encoder_problem = divergence(encoder_loss, state["first_loss"]["encoder"])
+            problem = (f"encoder {encoder_problem}" if encoder_problem
+                       else divergence(loss, state["first_loss"]["decoder"]))
+            if problem:
+                raise _diverged(epoch, problem, config, state, net, ctx,
+                                lambda st: _recvae_result(st, mean_beta))
             row = {"epoch": epoch, "step": state["step"], "beta": mean_beta, "loss": loss, "nll": nll, "kl": kl,
                    "encoder_loss": encoder_loss, "train_seconds": time.perf_counter() - started}
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}"}
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
             if _end_epoch(state, epoch, row, postfix, bar, config, is_main,
-                          lambda: _save_checkpoint(config.checkpoint, net, optimizers, generator, state)):
+                          lambda: _save_checkpoint(config.checkpoint, net, optimizers, generator, state,
+                                                   fingerprint)):
                 break
     finally:
         bar.close()
     _restore_best(net, state, ctx)
+    return _recvae_result(state, mean_beta)
+
+
+def _recvae_result(state: dict, mean_beta: float) -> TrainingResult:
     return TrainingResult(
         history=pd.DataFrame(state["history"]),
         best_epoch=state["best_epoch"],
@@ -429,11 +465,13 @@ def train_recvae(
     )
 
 
-def _save_checkpoint(path, net, optimizers, generator, state) -> None:
+def _save_checkpoint(path, net, optimizers, generator, state, fingerprint: dict) -> None:
+    """Write the checkpoint atomically: a temp file beside it, then ``os.replace`` (``Path.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": _CHECKPOINT_FORMAT,
+        "fingerprint": fingerprint,
         "model": net.state_dict(),  # includes the prior's frozen encoder
         "optimizers": {part: opt.state_dict() for part, opt in optimizers.items()},
         "generator": generator.get_state(),
@@ -445,17 +483,18 @@ def _save_checkpoint(path, net, optimizers, generator, state) -> None:
     tmp.replace(path)
 
 
-def _load_checkpoint(path, net, optimizers, generator, state, device) -> None:
-    payload = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a RecVAE training checkpoint (format {_CHECKPOINT_FORMAT})")
-    net.load_state_dict(payload["model"])
-    for part, opt in optimizers.items():
-        opt.load_state_dict(payload["optimizers"][part])
-    generator.set_state(payload["generator"].cpu())
-    state.update(copy.deepcopy(payload["state"]))
-    best = payload["best_state"]
-    state["best_state"] = None if best is None else {k: v.to("cpu") for k, v in best.items()}
+def _load_checkpoint(path, net, optimizers, generator, state, device, fingerprint: dict | None,
+                     config: TrainingConfig) -> None:
+    """Resume from ``path``: checked (see :func:`recvae.training._read_checkpoint`), the requested lr applied."""
+    payload, old_lr = _read_checkpoint(path, _CHECKPOINT_FORMAT, ("optimizers",), fingerprint)
+    _restore_state(path, payload, net, generator, state)
+    try:
+        for part, opt in optimizers.items():
+            opt.load_state_dict(payload["optimizers"][part])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ModelFileError(f"{path}: the checkpoint's optimizer state does not fit this network "
+                             f"({' '.join(str(err).split())[:160]}); {CHECKPOINT_FIX}") from None
+    _apply_lr(path, optimizers.values(), old_lr, config.lr)
 
 
 # ---------------------------------------------------------------------- recommender
@@ -495,8 +534,8 @@ class RecVAE(TorchVAERecommender):
         return train_recvae(self.net_, matrix, validation, self.training, self.device_)
 
     @torch.no_grad()
-    def embed_users(self, user_rows) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and standard deviation of z for each user row."""
+    def embed_users(self, user_rows) -> UserEmbeddings:
+        """Posterior mean and standard deviation of z for each user row (``mu, sigma = ...`` unpacks)."""
         x = self._rows(user_rows)
         mu, log_var = self.net_.encode(x, dropout=False)
-        return mu.cpu().numpy(), torch.exp(0.5 * log_var).cpu().numpy()
+        return UserEmbeddings(mu.cpu().numpy(), torch.exp(0.5 * log_var).cpu().numpy())

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from recvae.models.annealing import AnnealConfig
 from recvae.models.base import Recommender
 from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, load_baseline
+from recvae.models.files import ModelFileError, check_model_file, check_vae_payload, read_torch_payload
 from recvae.models.hybrid import Blend, is_blend_dir
 from recvae.models.mult_vae import MultDAE, MultVAE, TorchVAERecommender
 from recvae.models.rec_vae import RecVAE
@@ -97,29 +98,28 @@ def make_model(name: str, params: dict[str, Any] | None = None) -> Recommender:
 
 
 def load_model(path: str | Path, device: str = "auto") -> Recommender:
-    """Load any model written by ``save``: a baseline ``.npz``, a torch VAE file or a Blend directory."""
+    """Load any model written by ``save``: a baseline ``.npz``, a torch VAE file or a Blend directory.
+
+    The file is checked before it is read (see :mod:`recvae.models.files`): a
+    damaged, truncated, foreign or pickle-bearing file raises
+    :class:`recvae.models.files.ModelFileError` with a one-line message (a
+    missing one :class:`recvae.models.files.ModelFileNotFoundError`, also a
+    ``FileNotFoundError``).
+    """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no saved model at {path}")
     if path.is_dir():
         if is_blend_dir(path):
             return Blend.load(path, device=device)
-        raise ValueError(f"{path} is a directory but not a saved Blend; give the model file inside it")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"PK\x03\x04":
-        # Both formats are zip archives: numpy's npz holds .npy members, torch's a data.pkl.
-        import zipfile
-
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-        if any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names):
-            return load_baseline(path)
-    import torch
-
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    cls_name = payload.get("class") if isinstance(payload, dict) else None
+        raise ModelFileError(f"{path}: a directory but not a saved Blend (no blend.json); give the model file inside it")
+    if check_model_file(path) == "npz":
+        return load_baseline(path)
+    payload = read_torch_payload(path)
+    cls_name = payload.get("class")
     classes: dict[str, Callable] = {c.__name__: c for c in MODELS.values() if issubclass(c, TorchVAERecommender)}
     if cls_name not in classes:
-        raise ValueError(f"{path} is not a saved recvae model (class {cls_name!r})")
+        raise ModelFileError(f"{path}: not a saved recvae model (it names the class {str(cls_name)[:40]!r}); "
+                             "give a file written by model.save")
+    # Every key, config and weight shape checked here, so that the class's loader,
+    # which trusts its file, meets no surprise.
+    check_vae_payload(payload, path, classes[cls_name])
     return classes[cls_name].load(path, device=device)
