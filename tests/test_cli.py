@@ -60,10 +60,10 @@ def test_train_writes_the_run_directory(vae_run):
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "mult-vae"
     assert config["params"] == {"latent_dim": 16, "hidden_dims": [32], "epochs": 2, "progress": False}
-    assert config["arguments"]["nproc"] == 1 and config["argv"][:2] == ["train", config["arguments"]["data"]]
+    assert config["processes"] == 1 and config["argv"][0] == "train" and config["data"]["source"] == config["argv"][1]
     assert config["split"]["kind"] == "strong_generalization" and config["split"]["seed"] == 98765
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"validation", "test"}
+    assert set(metrics) == {"validation", "test", "status"} and metrics["status"] == "success"
     assert 0.0 <= metrics["test"]["summary"]["ndcg@100"]["mean"] <= 1.0
     assert len(pd.read_csv(run / "history.csv")) == 2
     assert "ndcg@100" in printed and "validation" in printed and "Run written to" in printed
@@ -71,18 +71,20 @@ def test_train_writes_the_run_directory(vae_run):
 
 def test_train_baseline_on_a_generic_log_with_named_columns(log_frame, tmp_path, capsys):
     tsv = tmp_path / "events.tsv"
-    log_frame.rename(columns={"user": "uid", "item": "iid"}).drop(columns="rating").to_csv(tsv, sep="\t", index=False)
-    assert "--user-col" in error_of(["train", tsv, "-o", tmp_path / "x", "--model", "ease"])
+    log_frame.rename(columns={"user": "who", "item": "thing"}).drop(columns="rating").to_csv(tsv, sep="\t",
+                                                                                            index=False)
+    message = error_of(["train", tsv, "-o", tmp_path / "x", "--model", "ease"])
+    assert "--user-col" in message and "--item-col" in message  # every missing column in one message
     run = tmp_path / "ease"
-    assert main(["train", tsv, "-o", run, "--model", "ease", "--param", "l2=50", "--user-col", "uid",
-                 "--item-col", "iid", "--split", "weak", "--no-test"]) == 0
+    assert main(["train", tsv, "-o", run, "--model", "ease", "--param", "l2=50", "--user-col", "who",
+                 "--item-col", "thing", "--split", "weak", "--no-test"]) == 0
     assert "every event counts as positive" in capsys.readouterr().out
-    assert set(json.loads((run / "metrics.json").read_text())) == {"validation"}
+    assert set(json.loads((run / "metrics.json").read_text())) == {"validation", "status"}
     assert not (run / "history.csv").exists()
     # weak split: a user is in every part; the history is their union
     user = int(Split.load(run / "split").train_user_ids[0])
     assert main(["recommend", run, "--user", str(user), "-k", "3"]) == 0
-    assert "train+validation+test" in capsys.readouterr().out
+    assert f"Top 3 for user {user}" in capsys.readouterr().out
     assert "no user embeddings" in error_of(["embed", run, "--output", tmp_path / "e.csv"])
 
 
@@ -119,7 +121,7 @@ def test_recommend_for_known_users_filters_their_history(vae_run, tmp_path, caps
     assert main(["recommend", str(run), "--user", str(train_user), str(test_user), "-k", "5",
                  "--output", str(recs_csv)]) == 0
     out = capsys.readouterr().out
-    assert f"user {train_user} (train" in out and f"user {test_user} (test" in out
+    assert f"Top 5 for user {train_user}:" in out and f"Top 5 for user {test_user}:" in out
     recs = pd.read_csv(recs_csv)
     assert list(recs.columns) == ["user_id", "rank", "item_id", "score"]
     assert len(recs) == 10 and recs.groupby("user_id")["rank"].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 2
@@ -148,16 +150,18 @@ def test_embed_users_to_parquet_and_npy_and_items_to_csv(vae_run, tmp_path):
     split = Split.load(run / "split")
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["embed", str(run), "--output", str(tmp_path / "users.parquet")]) == 0
-        assert main(["embed", str(run), "--which", "test", "--output", str(tmp_path / "test.npy")]) == 0
+        assert main(["embed", str(run), "--user", *map(str, split.test.user_ids), "--output",
+                     str(tmp_path / "test.npy")]) == 0
         assert main(["embed", str(run), "--items", "--output", str(tmp_path / "items.csv")]) == 0
     users = pd.read_parquet(tmp_path / "users.parquet")
-    assert list(users.columns[:4]) == ["user_id", "part", "mu_0", "mu_1"] and "sigma_15" in users.columns
+    assert list(users.columns[:3]) == ["user_id", "mu_0", "mu_1"] and "sigma_15" in users.columns
     assert len(users) == len(split.train_user_ids) + split.validation.n_users + split.test.n_users
     assert (users.filter(like="sigma_").to_numpy() > 0).all()
     mu, sigma = np.load(tmp_path / "test.npy"), np.load(tmp_path / "test_sigma.npy")
     assert mu.shape == sigma.shape == (split.test.n_users, 16)
     np.testing.assert_array_equal(np.load(tmp_path / "test_ids.npy"), split.test.user_ids)
-    np.testing.assert_allclose(users.loc[users.part == "test"].filter(like="mu_").to_numpy(), mu, rtol=1e-5)
+    test_rows = users.set_index("user_id").loc[split.test.user_ids]
+    np.testing.assert_allclose(test_rows.filter(like="mu_").to_numpy(), mu, rtol=1e-5)
     items = pd.read_csv(tmp_path / "items.csv")
     np.testing.assert_array_equal(items.item_id, split.item_ids)
 
@@ -175,7 +179,8 @@ def test_embed_users_to_parquet_and_npy_and_items_to_csv(vae_run, tmp_path):
         (["--model", "als", "--epochs", "3"], ["--epochs", "iterations"]),
         (["--param", "epochs=3", "--epochs", "2"], ["epochs", "once"]),
         (["--heldout-users", "200"], ["--heldout-users", "cannot hold out 200"]),
-        (["--split", "weak", "--heldout-users", "5"], ["--heldout-users applies to --split strong"]),
+        (["--split", "weak", "--heldout-users", "5"], ["--heldout-users", "--split strong"]),
+        (["--heldout-users", "0"], ["--epochs", "--epochs-from"]),
     ],
 )
 def test_train_errors_name_the_argument(log_csv, tmp_path, argv, expected):
@@ -213,14 +218,17 @@ def test_train_errors_on_missing_data_and_occupied_output(vae_run, tmp_path, log
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["recommend", "{run}", "--user", "999999"], ["--user 999999", "unknown user id", "--items"]),
-        (["recommend", "{run}", "--user", "abc"], ["--user 'abc'", "integers"]),
+        (["recommend", "{run}", "--user", "999999"], ["--user", "999999", "not in the log", "--items"]),
+        (["recommend", "{run}", "--user", "abc"], ["--user", "'abc'", "not in the log"]),
+        (["recommend", "{run}", "--user", "{user}", "abc", "--strict"], ["'abc'", "--strict"]),
         (["recommend", "{run}", "--items", "999999"], ["--items", "999999"]),
-        (["recommend", "{run}", "--user", "{user}", "-k", "1000"], ["-k 1000"]),
-        (["evaluate", "{run}", "--k", "1000"], ["--k 1000", "items"]),
+        (["recommend", "{run}", "--user", "{user}", "-k", "0"], ["-k 0"]),
+        (["recommend", "{run}", "--all-users"], ["--output"]),
+        (["recommend", "{run}", "--user", "{user}", "-o", "recs.xlsx"], [".xlsx", ".parquet"]),
+        (["evaluate", "{run}", "--k", "1000"], ["--k", "1000", "items"]),
         (["evaluate", "{run}", "--metrics", "bogus"], ["bogus"]),
         (["embed", "{run}", "--output", "out.txt"], [".txt", ".parquet"]),
-        (["evaluate", "{run}/nowhere"], ["RUN_DIR", "nowhere"]),
+        (["evaluate", "{run}/nowhere"], ["nowhere", "no such run directory"]),
     ],
 )
 def test_run_directory_commands_errors(vae_run, argv, expected):
