@@ -218,6 +218,10 @@ def _add_train(sub, common) -> None:
     d.add_argument("--rating-col", metavar="COL",
                    help="rating column (default 'rating' when present; 'none' = every row positive)")
     d.add_argument("--implicit", action="store_true", help="every row is a positive event; no rating is read")
+    d.add_argument("--weight-col", metavar="COL",
+                   help="positive interaction weights (counts, or the rating column) used as confidence: ALS "
+                        "(1 + alpha*w), the VAEs' input and multinomial/Gaussian likelihoods, EASE, item-KNN, "
+                        "popularity; BPR ignores them (default: every kept pair weighs 1)")
     d.add_argument("--timestamp-col", metavar="COL",
                    help="time column (default: found by name: timestamp, time, ...; needed by --split temporal)")
     d.add_argument("--sep", metavar="S", help="field separator of a text log (default: sniffed)")
@@ -391,7 +395,8 @@ def run_train(args: argparse.Namespace) -> int:
         resume=args.resume, checkpoint=not args.no_checkpoint, split=args.split, heldout_users=args.heldout_users,
         seed=args.seed, epochs_from=args.epochs_from, rating_threshold=args.min_rating,
         min_user_events=args.min_user_events, strict=args.strict, user_col=args.user_col, item_col=args.item_col,
-        rating_col=args.rating_col, timestamp_col=args.timestamp_col, implicit=args.implicit, sep=args.sep,
+        rating_col=args.rating_col, timestamp_col=args.timestamp_col, implicit=args.implicit,
+        weight_col=args.weight_col, sep=args.sep,
         data_dir=args.data_dir, evaluate="validation" if args.no_test else True, report=say, command_line=args.argv,
     )
     if run.path is not None:  # rank 0 of a data-parallel run, or the only process

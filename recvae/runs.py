@@ -278,6 +278,7 @@ class Run:
         rating_col: str | None = None,
         timestamp_col: str | None = None,
         implicit: bool = False,
+        weight_col: str | None = None,
         sep: str | None = None,
         data_dir: str | os.PathLike = "data",
         evaluate: bool | str = True,
@@ -305,7 +306,8 @@ class Run:
                 ``epochs``, and its model and parameters are the default.
             rating_threshold, min_user_events, strict: preprocessing (see
                 :meth:`InteractionLog.interactions`).
-            user_col, item_col, rating_col, timestamp_col, implicit, sep: see :func:`read_log`.
+            user_col, item_col, rating_col, timestamp_col, implicit, weight_col, sep: see :func:`read_log`
+                (``weight_col``: interaction weights used as confidence by ALS, the VAEs, EASE ...).
             evaluate: evaluate on the held-out users after fitting (``"validation"``: those only).
             report: called with each line worth showing a user (default: logged at INFO).
             command_line: the command that made the run, recorded in ``config.json``.
@@ -337,7 +339,8 @@ class Run:
         started = time.perf_counter()
         if not isinstance(log, InteractionLog):
             log = read_log(log, user_col=user_col, item_col=item_col, rating_col=rating_col,
-                           timestamp_col=timestamp_col, implicit=implicit, sep=sep, data_dir=data_dir)
+                           timestamp_col=timestamp_col, implicit=implicit, weight_col=weight_col, sep=sep,
+                           data_dir=data_dir)
         for note in log.notes:
             say(note)
         data = log.interactions(rating_threshold=rating_threshold, min_user_interactions=min_user_events,

@@ -334,3 +334,24 @@ def test_sparse_seen_rows_count_each_pair_once(raw_log):
     seen = log.seen_rows(data.user_ids, data.item_ids)
     assert sp.isspmatrix_csr(seen) and set(np.unique(seen.data)) == {1.0}
     assert seen.nnz >= data.nnz
+
+
+def test_confidence_weights_reach_the_matrix_the_split_and_the_models(raw_log):
+    from recvae.models import ALS
+
+    log = raw_log.assign(plays=np.arange(len(raw_log)) % 4 + 1)
+    weighted = read_log(pd.concat([log, log.iloc[:3]]), **COLUMNS, weight_col="plays").interactions()
+    binary = read_log(log, **COLUMNS).interactions()
+    assert weighted.nnz == binary.nnz and set(np.unique(weighted.matrix.data)) <= {1, 2, 3, 4, 5, 6, 7, 8}
+    first = log.iloc[0]
+    u, i = weighted.user_index([first.customer])[0], weighted.item_index([first.sku])[0]
+    if first.stars > 3.5:
+        assert weighted.matrix[u, i] == 2 * first.plays  # a duplicated event's weights add up
+    split = strong_generalization(weighted, 20)
+    assert split.test.fold_in.data.max() > 1 and split.train.data.max() > 1
+    rows = split.test.fold_in[:5]
+    plain = ALS(factors=4, iterations=3, alpha=5.0).fit(strong_generalization(binary, 20))
+    heavy = ALS(factors=4, iterations=3, alpha=5.0).fit(split)
+    assert not np.allclose(plain.item_factors_, heavy.item_factors_)
+    with pytest.raises(ValueError, match="positive"):
+        read_log(log.assign(plays=0), **COLUMNS, weight_col="plays").interactions()

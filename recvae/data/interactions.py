@@ -74,7 +74,7 @@ class Interactions:
     Row ``u`` belongs to the raw user id ``user_ids[u]`` and column ``i`` to the
     raw item id ``item_ids[i]``; both id arrays are sorted. The matrix is
     float32, canonical (sorted indices, no duplicates) and holds 1.0 for every
-    kept event.
+    kept event (or its weight, when built with ``weight_col``).
 
     ``timestamps`` and ``event_order`` (when present) are aligned with
     ``matrix.data``: the time of each kept event, and its position in the raw
@@ -212,6 +212,7 @@ class Interactions:
         min_item_interactions: int = 0,
         rating_scale: tuple[float, float] | None = None,
         strict: bool = False,
+        weight_col: str | None = None,
     ) -> Interactions:
         """Build binary interactions from a log, with Liang et al.'s preprocessing.
 
@@ -232,6 +233,12 @@ class Interactions:
                 scale, are never positives: they are dropped, counted in
                 ``report.invalid_ratings`` and logged as a warning.
             strict: refuse (``ValueError``) a log with such ratings instead.
+            weight_col: a column of positive interaction weights (counts, play
+                time, or the rating column itself): the matrix holds each kept
+                pair's weight, summed over its duplicate events, instead of 1.0.
+                Models that read values use them as confidence (ALS: 1 + alpha*w;
+                the multinomial/Gaussian likelihoods and the encoders of the VAEs;
+                EASE, item-KNN, popularity); BPR uses only which pairs exist.
 
         Duplicate (user, item) events are merged into one, keeping the earliest
         log position and the earliest time. :attr:`report` counts every drop.
@@ -260,6 +267,17 @@ class Interactions:
             raise ValueError("min_user_interactions and min_item_interactions must be >= 0")
 
         raw_events = len(df)
+        weights = None
+        if weight_col is not None:
+            if weight_col not in df.columns:
+                raise ValueError(f"no weight column {weight_col!r}; the frame has {list(df.columns)}")
+            weights = pd.to_numeric(df[weight_col], errors="coerce").to_numpy(np.float64)
+            bad = ~np.isfinite(weights) | (weights <= 0)
+            if bad.any():
+                raise ValueError(
+                    f"weight column {weight_col!r} has {int(bad.sum()):,} missing, non-numeric or non-positive "
+                    f"value(s), the first at row {int(np.flatnonzero(bad)[0])}; weights must be positive numbers"
+                )
         users = normalise_ids(df[user_col].to_numpy(), "user")
         items = normalise_ids(df[item_col].to_numpy(), "item")
         position = np.arange(raw_events, dtype=np.int64)
@@ -292,6 +310,7 @@ class Interactions:
             below = int(valid.sum() - keep.sum())
             users, items, position = users[keep], items[keep], position[keep]
             times = times[keep] if times is not None else None
+            weights = weights[keep] if weights is not None else None
 
         user_codes, user_ids = _factorize_sorted(users, "user")
         item_codes, item_ids = _factorize_sorted(items, "item")
@@ -305,6 +324,9 @@ class Interactions:
         if times is not None:
             # a merged pair keeps the earliest time of its events
             times = np.minimum.reduceat(times[order], np.flatnonzero(first))
+        if weights is not None:
+            # a merged pair's weight is the sum of its events' (play counts add up)
+            weights = np.add.reduceat(weights[order], np.flatnonzero(first))
         user_codes, item_codes, position = user_codes[first], item_codes[first], position[first]
 
         n_events_before_filters = len(user_codes)
@@ -321,6 +343,7 @@ class Interactions:
 
         user_codes, item_codes, position = user_codes[keep], item_codes[keep], position[keep]
         times = times[keep] if times is not None else None
+        weights = weights[keep] if weights is not None else None
         if len(user_codes) == 0:
             raise ValueError(
                 f"no events left after preprocessing ({raw_events:,} raw, {below:,} at or below "
@@ -338,7 +361,8 @@ class Interactions:
         indptr = np.zeros(len(kept_users) + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=len(kept_users)), out=indptr[1:])
         matrix = sp.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32), cols.astype(np.int32), indptr),
+            (np.ones(len(rows), dtype=np.float32) if weights is None else weights.astype(np.float32),
+             cols.astype(np.int32), indptr),
             shape=(len(kept_users), len(kept_items)),
         )
         report = PreprocessingReport(

@@ -124,6 +124,7 @@ class InteractionLog:
             min_item_interactions=min_item_interactions,
             rating_scale=self.rating_scale,
             strict=strict,
+            weight_col="weight" if "weight" in self.frame.columns else None,
         )
 
     def seen_rows(self, user_ids: np.ndarray, item_ids: np.ndarray) -> sp.csr_matrix:
@@ -151,6 +152,7 @@ def read_log(
     rating_col: str | None = None,
     timestamp_col: str | None = None,
     implicit: bool = False,
+    weight_col: str | None = None,
     sep: str | None = None,
     data_dir: str | os.PathLike = "data",
     download: bool = True,
@@ -169,6 +171,9 @@ def read_log(
         timestamp_col: the event-time column (``"none"``: ignore times); found by
             common names when None. Datetime text is converted to epoch seconds.
         implicit: every row is a positive event; no column is read as a rating.
+        weight_col: a column of positive interaction weights (counts, or the rating
+            column itself) used as confidence by the models that read values (see
+            :meth:`Interactions.from_dataframe`); None: every kept pair weighs 1.
         sep: the separator of a text file (sniffed when None).
 
     Raises:
@@ -186,7 +191,7 @@ def read_log(
             from recvae.data.movielens import read_movielens
 
             frame = read_movielens(text.strip().lower(), data_dir=data_dir, download=download)
-            return _movielens_log(frame, text.strip().lower(), rating_col, implicit)
+            return _with_weights(_movielens_log(frame, text.strip().lower(), rating_col, implicit), weight_col)
         if not path.exists():
             raise FileNotFoundError(
                 f"{text}: no such file, and not a MovieLens name ({', '.join(MOVIELENS)}); give a ratings file"
@@ -198,9 +203,29 @@ def read_log(
         if not any((user_col, item_col, rating_col, timestamp_col, sep)):
             movielens = _movielens_frame_or_none(path)
             if movielens is not None:
-                return _movielens_log(movielens, str(path), rating_col, implicit)
+                return _with_weights(_movielens_log(movielens, str(path), rating_col, implicit), weight_col)
         frame, label, scale = read_interactions_file(path, sep=sep), str(path), None
-    return _named_log(frame, label, scale, user_col, item_col, rating_col, timestamp_col, implicit)
+    source_frame = frame
+    log = _named_log(frame, label, scale, user_col, item_col, rating_col, timestamp_col, implicit, weight_col)
+    if weight_col is not None:
+        log.frame["weight"] = source_frame[weight_col].to_numpy()
+        log.columns["weight"] = weight_col
+        log.notes.append(f"weights: column {weight_col!r} (summed over duplicate events)")
+    return log
+
+
+def _with_weights(log: InteractionLog, weight_col: str | None) -> InteractionLog:
+    """A MovieLens log's rating (the only numeric column it has) as weights, when asked."""
+    if weight_col is None:
+        return log
+    role = weight_col if weight_col in log.frame.columns else {v: k for k, v in log.columns.items() if v}.get(weight_col)
+    if role not in ("rating",):
+        raise LogColumnError(f"{log.source}: a MovieLens log can weigh events by its rating only; "
+                             f"--weight-col {weight_col!r} names no such column")
+    log.frame["weight"] = log.frame["rating"].to_numpy()
+    log.columns["weight"] = "rating"
+    log.notes.append("weights: the rating")
+    return log
 
 
 def _movielens_frame_or_none(path: Path) -> pd.DataFrame | None:
@@ -261,7 +286,7 @@ def _looks_like_rating(values: pd.Series) -> bool:
 
 
 def _named_log(frame: pd.DataFrame, label: str, scale, user_col, item_col, rating_col, timestamp_col,
-               implicit: bool) -> InteractionLog:
+               implicit: bool, weight_col: str | None = None) -> InteractionLog:
     columns = list(frame.columns)
     taken: set = set()
     chosen: dict[str, str | None] = {}
@@ -293,6 +318,8 @@ def _named_log(frame: pd.DataFrame, label: str, scale, user_col, item_col, ratin
     time_none = timestamp_col is not None and timestamp_col.strip().lower() == "none"
     if timestamp_col is not None and not time_none and timestamp_col not in columns:
         missing.append(f"timestamp column {timestamp_col!r} (--timestamp-col)")
+    if weight_col is not None and weight_col not in columns:
+        missing.append(f"weight column {weight_col!r} (--weight-col)")
     if missing:
         raise LogColumnError(f"{label}: cannot find {'; '.join(missing)}; the columns are {columns}")
 
@@ -317,7 +344,7 @@ def _named_log(frame: pd.DataFrame, label: str, scale, user_col, item_col, ratin
     if chosen["timestamp"] is not None:
         taken.add(chosen["timestamp"])
 
-    others = [c for c in columns if c not in taken]
+    others = [c for c in columns if c not in taken and c != weight_col]
     if chosen["rating"] is None and not (implicit or rating_none):
         suspects = [c for c in others if _key(c) in _RATING_LIKE_NAMES or _looks_like_rating(frame[c])]
         if suspects:

@@ -295,9 +295,10 @@ def _split_heldout_rows(
     offset_in_user = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     event_pos = log_order[np.repeat(starts, lengths) + offset_in_user]
     new_col = column[m.indices[event_pos]]
+    values = m.data[event_pos]
     keep = new_col >= 0
     dropped = int((~keep).sum())
-    owner, new_col = owner[keep], new_col[keep]
+    owner, new_col, values = owner[keep], new_col[keep], values[keep]
     counts = np.bincount(owner, minlength=len(users))
     kept_users = counts > 0  # a user left with no events disappears, as in the notebook's groupby
     user_start = np.concatenate([[0], np.cumsum(counts)])
@@ -315,8 +316,9 @@ def _split_heldout_rows(
     shape = (int(kept_users.sum()), int((column >= 0).sum()))
 
     def rows(mask: np.ndarray) -> sp.csr_matrix:
+        # values are 1.0, or the interaction weights of a weighted log (kept for fold-in rows)
         out = sp.csr_matrix(
-            (np.ones(int(mask.sum()), dtype=np.float32), (row_of_user[owner[mask]], new_col[mask])), shape=shape
+            (values[mask].astype(np.float32), (row_of_user[owner[mask]], new_col[mask])), shape=shape
         )
         out.sort_indices()
         return out
