@@ -537,9 +537,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _read_ids_table(path: str, flag: str):
-    from recvae.data.interactions import read_interactions_file
+    from recvae.data.tables import read_table
 
-    frame = read_interactions_file(Path(path))
+    frame = read_table(path)
     if "item_id" not in frame.columns and "user_id" not in frame.columns:
         _fail(f"{flag} {path}: expected a user_id and/or item_id column; the columns are {list(frame.columns)}")
     return frame
@@ -572,7 +572,7 @@ def run_recommend(args: argparse.Namespace) -> int:
     else:
         users = args.user
         if args.users_file is not None:
-            users = list(_read_ids_table(args.users_file, "--users-file").get("user_id", []))
+            users = list(dict.fromkeys(_read_ids_table(args.users_file, "--users-file").get("user_id", [])))
             if not users:
                 _fail(f"--users-file {args.users_file}: no user_id column, or no rows")
         frame = run.recommend(users, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,

@@ -355,3 +355,18 @@ def test_confidence_weights_reach_the_matrix_the_split_and_the_models(raw_log):
     assert not np.allclose(plain.item_factors_, heavy.item_factors_)
     with pytest.raises(ValueError, match="positive"):
         read_log(log.assign(plays=0), **COLUMNS, weight_col="plays").interactions()
+
+
+def test_cli_per_user_lists_from_files(production, tmp_path):
+    users = list(production.user_ids[:3])
+    first = production.recommend(users, k=2)
+    exclude = first[first.user_id == users[0]][["user_id", "item_id"]]
+    exclude.to_csv(tmp_path / "exclude.csv", index=False)
+    pd.DataFrame({"user_id": users + [users[0]]}).to_csv(tmp_path / "users.csv", index=False)
+    _cli(["recommend", production.path, "--users-file", tmp_path / "users.csv", "-k", "2",
+          "--exclude-file", tmp_path / "exclude.csv", "-o", tmp_path / "out.parquet"])
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert len(out) == 6  # each user once, although the file names one twice
+    assert not set(exclude.item_id) & set(out.loc[out.user_id == users[0], "item_id"])
+    pd.testing.assert_frame_equal(out[out.user_id != users[0]].reset_index(drop=True),
+                                  first[first.user_id != users[0]].reset_index(drop=True), check_dtype=False)

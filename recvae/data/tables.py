@@ -143,3 +143,29 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike, allowed: dict[str,
     with TableWriter(path, allowed) as writer:
         writer.write(frame)
     return Path(path)
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A small table (ids, lists) by suffix: .csv/.tsv (a single column is fine), .parquet, .json, .jsonl.
+
+    Raises ValueError (one line) for an unknown suffix or a file that does not parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".txt"):
+            return pd.read_csv(path)
+        if suffix == ".tsv":
+            return pd.read_csv(path, sep="\t")
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix == ".json":
+            return pd.read_json(path)
+        if suffix == ".jsonl":
+            return pd.read_json(path, lines=True)
+    except (ValueError, UnicodeDecodeError, OSError) as err:
+        raise ValueError(f"{path}: cannot be read as a {suffix[1:]} table ({' '.join(str(err).split())[:200]})") from None
+    raise ValueError(f"{path}: unknown table format {suffix or '(no suffix)'!r}; use .csv, .tsv, .parquet, .json "
+                     "or .jsonl")
