@@ -13,7 +13,8 @@ from recvae.data.splits import strong_generalization
 from recvae.data.synthetic import SyntheticConfig, synthetic_interactions
 from recvae.evaluation import evaluate
 from recvae.models import NotFittedError
-from recvae.models import baselines
+from recvae.models import ease as ease_module
+from recvae.models import implicit_models
 from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, ease_memory_bytes, load_baseline
 
 # The models compared with popularity. Hyper-parameters are generic small-data
@@ -78,7 +79,7 @@ def test_ease_scores_are_rows_times_weights(split, fitted):
 
 
 def test_ease_refuses_what_does_not_fit_in_memory(split, monkeypatch):
-    monkeypatch.setattr(baselines, "available_memory_bytes", lambda: 10_000)
+    monkeypatch.setattr(ease_module, "available_memory_bytes", lambda: 10_000)
     with pytest.raises(MemoryError) as info:
         EASE().fit(split)
     message = str(info.value)
@@ -87,8 +88,8 @@ def test_ease_refuses_what_does_not_fit_in_memory(split, monkeypatch):
 
 
 def test_ease_warns_when_it_needs_over_half_the_memory(split, monkeypatch, caplog):
-    monkeypatch.setattr(baselines, "available_memory_bytes", lambda: int(1.5 * ease_memory_bytes(400)))
-    with caplog.at_level(logging.WARNING, logger="recvae.models.baselines"):
+    monkeypatch.setattr(ease_module, "available_memory_bytes", lambda: int(1.5 * ease_memory_bytes(400)))
+    with caplog.at_level(logging.WARNING, logger="recvae.models.ease"):
         EASE().fit(split)
     assert any("more than half" in r.getMessage() for r in caplog.records)
 
@@ -174,8 +175,8 @@ def test_als_fold_in_batches_do_not_change_results(split, fitted):
     rows = split.test.fold_in
     y = model.item_factors_.astype(np.float64)
     gram = y.T @ y + model.regularization * np.eye(y.shape[1])
-    whole = baselines._als_fold_in(rows, y, gram, model.alpha)
-    tiny = baselines._als_fold_in(rows, y, gram, model.alpha, budget=1)  # one user per batch
+    whole = implicit_models._als_fold_in(rows, y, gram, model.alpha)
+    tiny = implicit_models._als_fold_in(rows, y, gram, model.alpha, budget=1)  # one user per batch
     np.testing.assert_allclose(whole, tiny, rtol=1e-10, atol=1e-12)
 
 

@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recvae.data.interactions import Interactions
+from recvae.data.splits import HeldOut, Split
+
 __all__ = [
     "Recommender",
     "Recommendations",
@@ -25,6 +28,7 @@ __all__ = [
     "rank_items",
     "ids_to_array",
     "ids_from_array",
+    "training_inputs",
 ]
 
 
@@ -417,3 +421,34 @@ def ids_from_array(kind: str | None, values: np.ndarray | None) -> np.ndarray | 
     if kind is None or values is None:
         return None
     return values.astype(object) if kind == "str" else values
+
+
+def training_inputs(train, validation=None) -> tuple[sp.csr_matrix, HeldOut | None, np.ndarray | None]:
+    """Normalise ``fit``'s arguments: a Split, an Interactions or a CSR matrix.
+
+    A Split brings its own validation users (unless ``validation`` is given) and
+    its item id map; an Interactions brings its item id map.
+    """
+    item_ids = None
+    if isinstance(train, Split):
+        validation = train.validation if validation is None else validation
+        item_ids = train.item_ids
+        matrix = train.train
+    elif isinstance(train, Interactions):
+        item_ids = train.item_ids
+        matrix = train.matrix
+    elif sp.issparse(train):
+        matrix = sp.csr_matrix(train, dtype=np.float32)
+    else:
+        raise TypeError(
+            "train must be a recvae Split, an Interactions or a scipy.sparse CSR matrix (users x items); "
+            f"got {type(train).__name__}"
+        )
+    if validation is not None:
+        if not isinstance(validation, HeldOut):
+            raise TypeError(f"validation must be a recvae HeldOut (e.g. split.validation); got {type(validation).__name__}")
+        if validation.fold_in.shape[1] != matrix.shape[1]:
+            raise ValueError(
+                f"validation rows have {validation.fold_in.shape[1]} items, training has {matrix.shape[1]}"
+            )
+    return matrix, validation, item_ids

@@ -32,10 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
+from recvae import metrics as M
+
 from recvae.data.splits import HeldOut, Split
-from recvae.models.base import Recommender, as_user_rows
+from recvae.models.base import NotFittedError, Recommender, as_user_rows
+from recvae.models.catalog import load_model_file, make_single_model
+from recvae.models.mult_vae import TorchVAERecommender
 from recvae.models.files import MODEL_FIX, ModelFileError, ModelFileNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -151,8 +156,6 @@ class Blend(Recommender):
 
     # ------------------------------------------------------------------ fitting
     def _built_components(self) -> list[Recommender]:
-        from recvae.models.registry import make_model
-
         built = []
         for i, component in enumerate(self.components):
             if isinstance(component, Recommender):
@@ -161,7 +164,7 @@ class Blend(Recommender):
                 extra = set(component) - {"name", "params"}
                 if extra:
                     raise ValueError(f"component {i} has unknown key(s) {sorted(extra)}; use 'name' and 'params'")
-                built.append(make_model(component["name"], dict(component.get("params") or {})))
+                built.append(make_single_model(component["name"], dict(component.get("params") or {})))
             else:
                 raise TypeError(
                     f"component {i} must be a recvae model or a {{'name': ..., 'params': ...}} dict; got {component!r}"
@@ -199,9 +202,6 @@ class Blend(Recommender):
         return self
 
     def _tune_weights(self, validation: HeldOut) -> None:
-        from recvae import metrics as M
-        import pandas as pd
-
         fold_in = as_user_rows(validation.fold_in, self.n_items_, allow_empty_rows=True)
         normalised = [normalise_scores(m.score(fold_in), fold_in, self.normalization) for m in self.components_]
         rows = []
@@ -221,8 +221,6 @@ class Blend(Recommender):
     # ------------------------------------------------------------------ scoring
     def score(self, user_rows) -> np.ndarray:
         """(users, items) blended normalised scores."""
-        from recvae.models.base import NotFittedError
-
         if self.components_ is None:
             raise NotFittedError("this Blend is not fitted yet: call fit(train) first")
         rows = as_user_rows(user_rows, self.n_items_)
@@ -233,11 +231,7 @@ class Blend(Recommender):
         return total.astype(np.float32)
 
     def _vae(self) -> Recommender:
-        from recvae.models.mult_vae import TorchVAERecommender
-
         if self.components_ is None:
-            from recvae.models.base import NotFittedError
-
             raise NotFittedError("this Blend is not fitted yet: call fit(train) first")
         for model in self.components_:
             if isinstance(model, TorchVAERecommender):
@@ -255,8 +249,6 @@ class Blend(Recommender):
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
         """Write a directory: ``blend.json`` plus one file per component (each in its own format)."""
-        from recvae.models.base import NotFittedError
-
         if self.components_ is None:
             raise NotFittedError("this Blend is not fitted yet: call fit(train) first")
         path = Path(path)
@@ -282,8 +274,6 @@ class Blend(Recommender):
             ModelFileError: ``blend.json`` or a component file is missing, damaged,
                 foreign, or holds another model than the one ``blend.json`` lists.
         """
-        from recvae.models.registry import load_model
-
         path = Path(path)
         meta_file = path / _META_FILE
         if not path.is_dir():
@@ -294,7 +284,8 @@ class Blend(Recommender):
         meta = _read_blend_meta(meta_file)
         components = []
         for i, name in enumerate(meta["components"]):
-            component = load_model(path / name, device=device)
+            component = (cls.load(path / name, device=device) if is_blend_dir(path / name)
+                         else load_model_file(path / name, device=device))
             # save() names each file after its model class: a swapped file shows here.
             expected = name.rsplit("_", 1)[-1]
             if expected != type(component).__name__.lower():

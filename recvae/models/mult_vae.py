@@ -12,12 +12,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from recvae.data.interactions import Interactions
-from recvae.data.splits import HeldOut, Split
+from recvae.data.splits import HeldOut
 from recvae.distributed import rank_device
 from recvae.models.annealing import AnnealConfig
 from recvae.models.files import read_vae_payload
-from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array
+from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array, training_inputs
 from recvae.models.vae import VAE, VAEConfig
 from recvae.sparse import SparseRows
 from recvae.training import (
@@ -34,37 +33,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["TorchVAERecommender", "MultVAE", "MultDAE", "training_inputs"]
 
 _SAVE_FORMAT = "recvae.vae/1"
-
-
-def training_inputs(train, validation=None) -> tuple[sp.csr_matrix, HeldOut | None, np.ndarray | None]:
-    """Normalise ``fit``'s arguments: a Split, an Interactions or a CSR matrix.
-
-    A Split brings its own validation users (unless ``validation`` is given) and
-    its item id map; an Interactions brings its item id map.
-    """
-    item_ids = None
-    if isinstance(train, Split):
-        validation = train.validation if validation is None else validation
-        item_ids = train.item_ids
-        matrix = train.train
-    elif isinstance(train, Interactions):
-        item_ids = train.item_ids
-        matrix = train.matrix
-    elif sp.issparse(train):
-        matrix = sp.csr_matrix(train, dtype=np.float32)
-    else:
-        raise TypeError(
-            "train must be a recvae Split, an Interactions or a scipy.sparse CSR matrix (users x items); "
-            f"got {type(train).__name__}"
-        )
-    if validation is not None:
-        if not isinstance(validation, HeldOut):
-            raise TypeError(f"validation must be a recvae HeldOut (e.g. split.validation); got {type(validation).__name__}")
-        if validation.fold_in.shape[1] != matrix.shape[1]:
-            raise ValueError(
-                f"validation rows have {validation.fold_in.shape[1]} items, training has {matrix.shape[1]}"
-            )
-    return matrix, validation, item_ids
 
 
 class TorchVAERecommender(Recommender):

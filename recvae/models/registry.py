@@ -8,32 +8,20 @@ config dataclass (e.g. ``latent_dim``) and of :class:`TrainingConfig` (e.g.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from recvae.models.annealing import AnnealConfig
 from recvae.models.base import Recommender
-from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, load_baseline
-from recvae.models.files import ModelFileError, check_model_file, check_vae_payload, read_torch_payload
+from recvae.models.catalog import SINGLE_MODELS, load_model_file, make_single_model
+from recvae.models.files import ModelFileError
 from recvae.models.hybrid import Blend, is_blend_dir
-from recvae.models.mult_vae import MultDAE, MultVAE, TorchVAERecommender
+from recvae.models.mult_vae import MultDAE, MultVAE
 from recvae.models.rec_vae import RecVAE
 
 __all__ = ["MODELS", "VAE_MODELS", "is_vae_model", "make_model", "load_model", "model_names"]
 
 #: name -> model class. Every class implements :class:`recvae.models.Recommender`.
-MODELS: dict[str, type[Recommender]] = {
-    "popularity": Popularity,
-    "itemknn": ItemKNN,
-    "als": ALS,
-    "bpr": BPR,
-    "ease": EASE,
-    "mult-dae": MultDAE,
-    "mult-vae": MultVAE,
-    "recvae": RecVAE,
-    "blend": Blend,
-}
+MODELS: dict[str, type[Recommender]] = {**SINGLE_MODELS, "blend": Blend}
 
 #: the names whose models are variational autoencoders (Mult-DAE is not: it has no posterior).
 VAE_MODELS: frozenset[str] = frozenset({"mult-vae", "recvae"})
@@ -66,35 +54,12 @@ def _lookup(name: str) -> type[Recommender]:
 def make_model(name: str, params: dict[str, Any] | None = None) -> Recommender:
     """An unfitted model from its registry name and flat parameters.
 
-    For the torch VAEs, each key goes to the model config when it is one of its
-    fields, else to the training config (starting from the model's own defaults,
-    e.g. Mult-DAE's weight decay). Unknown keys raise ``TypeError`` naming them.
+    Every model takes its hyper-parameters as flat keywords (for the torch VAEs,
+    keys of the model config and of :class:`TrainingConfig` mixed). A blend's
+    components may be models or ``{"name": ..., "params": ...}`` dicts. Unknown
+    keys raise ``TypeError`` naming them.
     """
-    cls = _lookup(name)
-    params = dict(params or {})
-    if not issubclass(cls, TorchVAERecommender):
-        try:
-            return cls(**params)
-        except TypeError as err:
-            raise TypeError(f"bad parameters for model {name!r}: {err}") from None
-    config = cls.default_config()
-    training = cls.default_training()
-    config_fields = {f.name for f in dataclasses.fields(config)}
-    training_fields = {f.name for f in dataclasses.fields(training)}
-    config_values = {k: v for k, v in params.items() if k in config_fields}
-    training_values = {k: v for k, v in params.items() if k in training_fields and k not in config_fields}
-    unknown = sorted(set(params) - set(config_values) - set(training_values))
-    if unknown:
-        raise TypeError(
-            f"unknown parameter(s) {unknown} for model {name!r}; model parameters: {sorted(config_fields)}; "
-            f"training parameters: {sorted(training_fields)}"
-        )
-    for key in ("hidden_dims",):
-        if key in config_values and isinstance(config_values[key], list):
-            config_values[key] = tuple(config_values[key])
-    if isinstance(training_values.get("anneal"), dict):
-        training_values["anneal"] = AnnealConfig(**training_values["anneal"])
-    return cls(dataclasses.replace(config, **config_values), dataclasses.replace(training, **training_values))
+    return make_single_model(name, params, MODELS)
 
 
 def load_model(path: str | Path, device: str = "auto") -> Recommender:
@@ -111,15 +76,4 @@ def load_model(path: str | Path, device: str = "auto") -> Recommender:
         if is_blend_dir(path):
             return Blend.load(path, device=device)
         raise ModelFileError(f"{path}: a directory but not a saved Blend (no blend.json); give the model file inside it")
-    if check_model_file(path) == "npz":
-        return load_baseline(path)
-    payload = read_torch_payload(path)
-    cls_name = payload.get("class")
-    classes: dict[str, Callable] = {c.__name__: c for c in MODELS.values() if issubclass(c, TorchVAERecommender)}
-    if cls_name not in classes:
-        raise ModelFileError(f"{path}: not a saved recvae model (it names the class {str(cls_name)[:40]!r}); "
-                             "give a file written by model.save")
-    # Every key, config and weight shape checked here, so that the class's loader,
-    # which trusts its file, meets no surprise.
-    check_vae_payload(payload, path, classes[cls_name])
-    return classes[cls_name].load(path, device=device)
+    return load_model_file(path, device=device)

@@ -1,0 +1,196 @@
+"""EASE (Steck 2019): closed-form item-item weights, with a memory check before the dense solve."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from recvae.models.array_model import ArrayRecommender, check_number, training_matrix
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EASE", "available_memory_bytes", "ease_memory_bytes"]
+
+
+# =============================================================================== EASE
+def available_memory_bytes() -> int:
+    """Bytes of RAM this process can still allocate, as best it can tell.
+
+    ``psutil``'s available memory if psutil is installed, else ``MemAvailable``
+    from /proc/meminfo, else the total physical memory (``os.sysconf``); capped
+    by a cgroup (container) memory limit when one is set.
+    """
+    available = None
+    try:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    except ImportError:
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        available = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    if available is None:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        current = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            available = min(available, int(limit) - int(current))
+    except (OSError, ValueError):
+        pass
+    return int(available)
+
+
+def ease_memory_bytes(n_items: int) -> int:
+    """Peak extra memory EASE's fit needs for ``n_items`` items.
+
+    One dense float64 item x item matrix (the Gram matrix, inverted in place by
+    Cholesky) plus the float32 weights: 12 bytes per item pair.
+    """
+    return 12 * int(n_items) ** 2
+
+
+class EASE(ArrayRecommender):
+    """Embarrassingly Shallow Autoencoder (Steck 2019): closed-form item-item weights.
+
+    ``G = XᵀX + λI``, ``P = G⁻¹``, ``B = I − P·diagMat(1/diag(P))`` (so ``B_ii = 0``),
+    and a user row ``x`` scores ``x B``. Equivalently each column ``b_j`` is the
+    ridge regression of item ``j`` on all other items. Computed in float64 (an
+    in-place Cholesky inverse), stored as float32.
+
+    Memory: ``12 · n_items²`` bytes at peak (checked before allocating: a
+    :class:`MemoryError` names the fix when it does not fit).
+
+    Args:
+        l2: the ridge penalty λ (> 0); Steck uses 500 on ML-20M and Netflix.
+
+    Attributes set by ``fit``: ``weights_`` ((items, items) float32 ``B``),
+    ``item_ids_``, ``n_items_``.
+    """
+
+    def __init__(self, l2: float = 500.0) -> None:
+        check_number("l2", l2, minimum=0.0, strict=True)
+        self.l2 = float(l2)
+        self.weights_: np.ndarray | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return {"l2": self.l2}
+
+    def fit(self, train, validation=None) -> EASE:
+        """Solve for the item-item weights. ``validation`` is ignored. Returns self.
+
+        Raises:
+            MemoryError: the dense item x item matrices do not fit in available RAM.
+        """
+        matrix, item_ids = training_matrix(train, validation)
+        n = matrix.shape[1]
+        _check_ease_memory(n)
+        started = time.perf_counter()
+        # A bar over the three dense stages (terminals only): the inverse dominates on large catalogues.
+        bar = tqdm(total=3, desc=f"EASE {n:,} items", unit="stage", disable=None, leave=False)
+        gram = _dense_gram(matrix)
+        gram[np.arange(n), np.arange(n)] += self.l2
+        bar.update()
+        precision = _spd_inverse_in_place(gram)
+        del gram
+        bar.update()
+        diag = precision.diagonal().copy()
+        precision /= -diag[None, :]  # column j divided by -P_jj: B = I - P diagMat(1/diag(P))
+        precision[np.arange(n), np.arange(n)] = 0.0
+        self.weights_ = np.ascontiguousarray(precision, dtype=np.float32)
+        del precision
+        bar.update()
+        bar.close()
+        self.item_ids_, self.n_items_ = item_ids, n
+        logger.info("EASE fitted on %d users x %d items in %.2fs", matrix.shape[0], n, time.perf_counter() - started)
+        return self
+
+    def score(self, user_rows) -> np.ndarray:
+        """``x_u B`` for each user row (a sparse-dense product)."""
+        rows = self._rows(user_rows)
+        return np.asarray(rows @ self.weights_, dtype=np.float32)
+
+    def item_similarities(self, items: np.ndarray) -> np.ndarray:
+        """Rows of ``B``: how much having item ``i`` raises each other item's score (``B_ii = 0``)."""
+        self._check_fitted()
+        return self.weights_[np.asarray(items)]
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"weights": self.weights_}
+
+    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"weights": (self.n_items_, self.n_items_)}
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.weights_ = arrays["weights"]
+
+
+def _check_ease_memory(n_items: int) -> None:
+    needed = ease_memory_bytes(n_items)
+    available = available_memory_bytes()
+    gib = 2**30
+    if needed > available:
+        raise MemoryError(
+            f"EASE on {n_items:,} items needs about {needed / gib:.2f} GiB ({needed:,} bytes: dense "
+            f"{n_items:,} x {n_items:,} item matrices) but only {available / gib:.2f} GiB is available; "
+            "drop rare items first (e.g. Interactions.from_dataframe(..., min_item_interactions=N)) "
+            "or use a factor model (ALS)"
+        )
+    if needed > 0.5 * available:
+        logger.warning(
+            "EASE on %d items needs about %.2f GiB, more than half of the %.2f GiB available",
+            n_items, needed / gib, available / gib,
+        )
+
+
+def _dense_gram(matrix: sp.csr_matrix, block_bytes: int = 1 << 28) -> np.ndarray:
+    """``XᵀX`` as a dense float64 Fortran-ordered array, built a block of columns at a time.
+
+    Blocking bounds the sparse intermediate (a dense-ish sparse product would
+    need 12 bytes per entry on top of the dense result).
+    """
+    n = matrix.shape[1]
+    x = matrix.astype(np.float64)
+    xt = x.T.tocsr()
+    xc = x.tocsc()
+    gram = np.empty((n, n), dtype=np.float64, order="F")
+    block = max(1, block_bytes // (8 * n))
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        gram[:, start:stop] = (xt @ xc[:, start:stop]).toarray()
+    return gram
+
+
+def _spd_inverse_in_place(a: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive definite Fortran-ordered matrix, overwriting it."""
+    from scipy.linalg import lapack
+
+    factor, info = lapack.dpotrf(a, lower=False, clean=False, overwrite_a=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(
+            f"XᵀX + λI is not positive definite (LAPACK dpotrf info={info}); increase l2"
+        )
+    inverse, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"inverting XᵀX + λI failed (LAPACK dpotri info={info}); increase l2")
+    # dpotri fills the upper triangle: mirror it into the lower one, a block of rows at a time.
+    n = inverse.shape[0]
+    block = max(1, (1 << 26) // max(1, 8 * n))
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        inverse[start:stop, :start] = inverse[:start, start:stop].T
+        diag_block = inverse[start:stop, start:stop]
+        inverse[start:stop, start:stop] = np.triu(diag_block) + np.triu(diag_block, 1).T
+    return inverse
