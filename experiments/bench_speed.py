@@ -61,8 +61,9 @@ from recvae.data import (
 )
 from recvae.evaluation import evaluate_heldout, top_k_for_rows
 from recvae.models import VAE, RecVAENet, VAEConfig
-from recvae.models.rec_vae import RecVAEConfig, _train_phase
-from recvae.sparse import DeviceCSR, SparseRows
+from recvae.nn.rec_vae import RecVAEConfig
+from recvae.training.rec_vae import _train_phase
+from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.training import TrainingConfig, make_optimizer, resolve_device, sparse_rows, train_step
 
 from decoder_bound import DecoderMatmuls

@@ -29,7 +29,7 @@ import torch
 from recvae.data import ML20M_SHAPE, strong_generalization, synthetic_interactions
 from recvae.evaluation import evaluate
 from recvae.models import VAE, MultVAE, VAEConfig
-from recvae.sparse import DeviceCSR
+from recvae.nn.sparse import DeviceCSR
 from recvae.training import TrainingConfig, make_optimizer, train_step
 
 from decoder_bound import DecoderMatmuls, decoder_bound_seconds

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import time
 
+from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
+from recvae.evaluation import evaluate, paired_comparison
+from recvae.models import EASE, MultDAE, MultVAE, Popularity
+from recvae.training import TrainingConfig
+
 __all__ = ["run_demo"]
 
 
@@ -14,10 +19,6 @@ def run_demo(users: int = 3000, items: int = 1500, epochs: int = 40, seed: int =
 
     import pandas as pd
 
-    from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
-    from recvae.evaluation import evaluate, paired_comparison
-    from recvae.models import MultDAE, MultVAE
-    from recvae.training import TrainingConfig
 
     if users < 50 or items < 20:
         raise ValueError("the demo needs users >= 50 and items >= 20 (--users, --items)")
@@ -62,8 +63,4 @@ def run_demo(users: int = 3000, items: int = 1500, epochs: int = 40, seed: int =
 
 def _baselines() -> dict:
     """Baselines available in this installation (popularity, EASE)."""
-    try:
-        from recvae.models import EASE, Popularity
-    except ImportError:
-        return {}
     return {"Popularity": Popularity(), "EASE": EASE()}

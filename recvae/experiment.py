@@ -50,7 +50,7 @@ Config schema (every key is checked; an unknown or malformed key raises
     min_events_for_target = 5        # optional: fewer events -> no target (counted, not scored)
 
     [evaluation]                     # optional; these are the defaults
-    metrics = ["ndcg@100", "recall@20", "recall@50"]   # name@k, name in recvae.metrics.METRICS
+    metrics = ["ndcg@100", "recall@20", "recall@50"]   # name@k, name in recvae.evaluation.metrics.METRICS
     select_by = "ndcg@100"           # the validation metric each grid is tuned on
 
     [[models]]                       # one table per model, in report order
@@ -103,7 +103,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from recvae import __version__
-from recvae import metrics as M
+from recvae.evaluation import metrics as M
 from recvae.data import (
     MOVIELENS,
     Interactions,
@@ -113,7 +113,7 @@ from recvae.data import (
     strong_generalization,
     synthetic_interactions,
 )
-from recvae.data.interactions import read_interactions_file
+from recvae.data.files import read_interactions_file
 from recvae.evaluation import EvaluationResult, evaluate, paired_comparison
 from recvae.models import MODELS, VAE_MODELS, Blend, is_vae_model, make_model
 from recvae.models.mult_vae import TorchVAERecommender

@@ -48,12 +48,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recvae import __version__
+from recvae.distributed import setup_from_env, teardown
+from recvae.evaluation import evaluate as evaluate_model
+from recvae.models.mult_vae import TorchVAERecommender
+from recvae.models.registry import MODELS, load_model, make_model
 from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
-from recvae.data.ids import UnknownIdError, find_ids, lookup_ids, normalise_ids
+from recvae.data.ids import find_ids, lookup_ids, normalise_ids
 from recvae.data.interactions import Interactions
 from recvae.data.logs import InteractionLog, read_log
 from recvae.data.splits import Split, all_users_split, strong_generalization, temporal_split, weak_generalization
-from recvae.data.tables import TableWriter, check_output_path, table_format, write_table
+from recvae.data.tables import TableWriter, check_output_path, table_format
 from recvae.models.base import Recommender, UserEmbeddings, item_mask, rank_items
 
 logger = logging.getLogger(__name__)
@@ -162,8 +167,6 @@ def _files_under(directory: Path) -> list[Path]:
 
 
 def _version() -> str:
-    from recvae import __version__
-
     return __version__
 
 
@@ -353,8 +356,6 @@ class Run:
         work = None
         with contextlib.ExitStack() as stack:
             if ctx is not None:
-                from recvae.distributed import teardown
-
                 stack.callback(teardown)
             if out_path is not None and writes:
                 work = _work_dir(out_path)
@@ -376,8 +377,6 @@ class Run:
             fit_seconds = time.perf_counter() - fit_started
             results = {}
             if evaluate and failure is None:
-                from recvae.evaluation import evaluate as evaluate_model
-
                 ks = _default_ks(the_split.n_items)
                 for which in ("validation", "test") if evaluate is True else (evaluate,):
                     if getattr(the_split, which) is not None:
@@ -479,8 +478,6 @@ class Run:
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "auto", verify: bool = True) -> Run:
         """Read a run directory, checking every file against its manifest."""
-        from recvae.models.registry import load_model
-
         path = Path(path)
         if not path.is_dir():
             raise RunError(f"{path}: no such run directory; give a directory written by 'recvae train' (Run.save)")
@@ -753,8 +750,6 @@ class Run:
 
         ``progress``: a bar over user batches (None: on a terminal only).
         """
-        from recvae.evaluation import evaluate as evaluate_model
-
         self.split.held_out(which)
         ks = _default_ks(self.n_items) if ks is None else list(ks)
         bad = [k for k in ks if not 1 <= int(k) <= self.n_items]
@@ -807,8 +802,6 @@ class Run:
 
 # ============================================================================ fit helpers
 def _is_torch(model: Recommender) -> bool:
-    from recvae.models.mult_vae import TorchVAERecommender
-
     return isinstance(model, TorchVAERecommender)
 
 
@@ -820,14 +813,10 @@ def _distributed_context(model: Recommender):
     """The torch.distributed context when launched by torchrun (WORLD_SIZE > 1), else None."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    from recvae.distributed import setup_from_env
-
     return setup_from_env(getattr(model.training, "device", "auto"))
 
 
 def _make(name: str, params: Mapping[str, Any] | None) -> Recommender:
-    from recvae.models.registry import make_model
-
     try:
         return make_model(name, dict(params or {}))
     except KeyError as err:
@@ -842,8 +831,6 @@ def _resolve_model(model, params, epochs, epochs_from, say) -> tuple[str, dict]:
     if isinstance(model, Recommender):
         if epochs is not None or epochs_from is not None:
             raise RunError("epochs / epochs_from apply to a model given by name; set epochs on the model instead")
-        from recvae.models.registry import MODELS
-
         name = next((n for n, c in MODELS.items() if type(model) is c), type(model).__name__.lower())
         return name, params
     if epochs_from is not None:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from recvae import metrics as M
+from recvae.evaluation import metrics as M
 from recvae.data.splits import Split
 from recvae.evaluation import evaluate
 from recvae.models.base import Recommender

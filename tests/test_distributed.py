@@ -17,8 +17,8 @@ from recvae import distributed as D
 from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
 from recvae.evaluation import evaluate, evaluate_heldout
 from recvae.models import MultDAE, MultVAE, RecVAE, RecVAEConfig, RecVAENet, VAE, VAEConfig
-from recvae.models.rec_vae import _train_phase
-from recvae.sparse import DeviceCSR
+from recvae.training.rec_vae import _train_phase
+from recvae.nn.sparse import DeviceCSR
 from recvae.training import TrainingConfig, make_optimizer, sparse_rows
 
 pytestmark = pytest.mark.skipif(

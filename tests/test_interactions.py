@@ -89,7 +89,7 @@ def test_read_interactions_file_formats(tmp_path, suffix, sep):
         df.to_csv(path, sep=sep, index=False)
     back = read_interactions_file(path)
     pd.testing.assert_frame_equal(back.reset_index(drop=True), df, check_dtype=False)
-    data = Interactions.from_path(path)
+    data = Interactions.from_dataframe(read_interactions_file(path))
     assert data.nnz == 11
 
 

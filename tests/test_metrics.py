@@ -1,4 +1,4 @@
-"""Tests for recvae.metrics: hand-computed cases, a naive reference, properties."""
+"""Tests for recvae.evaluation.metrics: hand-computed cases, a naive reference, properties."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from recvae import metrics
-from recvae.metrics import (
+from recvae.evaluation import metrics
+from recvae.evaluation.metrics import (
     METRICS,
     coverage_at_k,
     hit_rate_at_k,

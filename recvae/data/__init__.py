@@ -8,7 +8,8 @@ from recvae.data.movielens import (
     read_movielens,
     read_movielens_file,
 )
-from recvae.data.interactions import Interactions, PreprocessingReport, read_interactions_file
+from recvae.data.files import read_interactions_file
+from recvae.data.interactions import Interactions, PreprocessingReport
 from recvae.data.splits import HeldOut, Split, all_users_split, strong_generalization, temporal_split, weak_generalization
 from recvae.data.synthetic import ML1M_SHAPE, ML20M_SHAPE, SyntheticConfig, synthetic_interactions, synthetic_log
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,7 @@ from recvae.data.ids import lookup_ids, normalise_ids
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Interactions", "PreprocessingReport", "read_interactions_file"]
+__all__ = ["Interactions", "PreprocessingReport"]
 
 
 @dataclass(frozen=True)
@@ -387,19 +386,6 @@ class Interactions:
             event_order=position,
             report=report,
         )
-
-    @classmethod
-    def from_path(cls, path: str | Path, *, sep: str | None = None, **kwargs) -> Interactions:
-        """Read a CSV / TSV / Parquet log (plain or .gz) and build interactions.
-
-        Keyword arguments go to :meth:`from_dataframe` (column names, filters).
-        """
-        return cls.from_dataframe(read_interactions_file(path, sep=sep), **kwargs)
-
-
-# read_interactions_file lives in recvae.data.files (content sniffing, one-line errors); it is
-# re-exported here, where it has always been importable from.
-from recvae.data.files import read_interactions_file  # noqa: E402
 
 
 def _factorize_sorted(values: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recvae.data.ids import find_ids, normalise_ids
-from recvae.data.interactions import Interactions, read_interactions_file
+from recvae.data.files import read_interactions_file
+from recvae.data.interactions import Interactions
+from recvae.data.movielens import MOVIELENS, read_movielens, read_movielens_file
 
 logger = logging.getLogger(__name__)
 
@@ -180,16 +182,12 @@ def read_log(
         LogColumnError: columns missing, ambiguous or of undeclared meaning.
         ValueError, FileNotFoundError: the file cannot be read.
     """
-    from recvae.data.movielens import MOVIELENS
-
     if isinstance(source, pd.DataFrame):
         frame, label, scale = source, "DataFrame", None
     else:
         text = os.fspath(source)
         path = Path(text).expanduser()
         if text.strip().lower() in MOVIELENS and not path.is_file():
-            from recvae.data.movielens import read_movielens
-
             frame = read_movielens(text.strip().lower(), data_dir=data_dir, download=download)
             return _with_weights(_movielens_log(frame, text.strip().lower(), rating_col, implicit), weight_col)
         if not path.exists():
@@ -231,8 +229,6 @@ def _with_weights(log: InteractionLog, weight_col: str | None) -> InteractionLog
 def _movielens_frame_or_none(path: Path) -> pd.DataFrame | None:
     """The MovieLens reader's frame for u.data / *.dat / a ratings.csv with userId and movieId; else None."""
     import gzip
-
-    from recvae.data.movielens import read_movielens_file
 
     name = path.name.lower().removesuffix(".gz")
     if name.endswith((".data", ".dat")):

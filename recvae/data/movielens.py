@@ -46,7 +46,8 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from recvae.data.files import (
+from recvae.data.interactions import Interactions
+from recvae.data.sniff import (
     LogFileError,
     LogFileNotFoundError,
     check_text_head,
@@ -789,7 +790,7 @@ def read_movielens_file(path: str | os.PathLike[str]) -> pd.DataFrame:
         return read_ratings_csv(path)
     raise ValueError(
         f"cannot tell the MovieLens format of {path}: expected u.data, ratings.dat or ratings.csv "
-        "(optionally .gz); for another log use Interactions.from_path"
+        "(optionally .gz); for another log use recvae.data.read_log"
     )
 
 
@@ -805,8 +806,6 @@ def load_movielens(
     >= 5 events; files without ratings keep every pair). ``preprocessing``
     overrides :meth:`recvae.data.Interactions.from_dataframe`'s keyword arguments.
     """
-    from recvae.data.interactions import Interactions
-
     if isinstance(name_or_path, MovieLensSpec) or str(name_or_path).lower() in MOVIELENS:
         log = read_movielens(name_or_path, data_dir=data_dir, download=download)
     else:

@@ -99,6 +99,9 @@ class TableWriter:
         return self
 
     def write(self, frame: pd.DataFrame) -> None:
+        if frame.attrs:
+            frame = frame.copy(deep=False)
+            frame.attrs = {}  # metadata such as skipped users is not part of the table
         if self.format == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq

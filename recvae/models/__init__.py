@@ -1,8 +1,8 @@
 """Models: the shared Recommender interface, the VAEs, the baselines and their building blocks.
 
-Names are imported on first use (PEP 562), so that ``recvae.training`` can import
-``recvae.models.annealing`` without pulling in the models that import the
-trainer in turn.
+Names are imported on first use (PEP 562): ``import recvae.models`` stays cheap, and the
+network building blocks (``VAE``, ``VAEConfig``, ``AnnealConfig`` ...) that live in
+:mod:`recvae.nn` stay importable from here as they always were.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 _HOMES = {
-    "AnnealConfig": "annealing",
+    "AnnealConfig": "recvae.nn.annealing",
     "ALS": "baselines",
     "BPR": "baselines",
     "EASE": "baselines",
@@ -22,16 +22,17 @@ _HOMES = {
     "Recommendations": "base",
     "Recommender": "base",
     "UserEmbeddings": "base",
-    "LIKELIHOODS": "likelihoods",
-    "make_likelihood": "likelihoods",
+    "LIKELIHOODS": "recvae.nn.likelihoods",
+    "make_likelihood": "recvae.nn.likelihoods",
     "MultVAE": "mult_vae",
     "MultDAE": "mult_vae",
     "RecVAE": "rec_vae",
     "RecVAEConfig": "rec_vae",
     "RecVAENet": "rec_vae",
-    "VAE": "vae",
-    "VAEConfig": "vae",
+    "VAE": "recvae.nn.vae",
+    "VAEConfig": "recvae.nn.vae",
     "Blend": "hybrid",
+    "TorchVAERecommender": "mult_vae",
     "MODELS": "registry",
     "VAE_MODELS": "registry",
     "is_vae_model": "registry",
@@ -46,7 +47,8 @@ __all__ = list(_HOMES)
 def __getattr__(name: str):
     if name not in _HOMES:
         raise AttributeError(f"module 'recvae.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"recvae.models.{_HOMES[name]}"), name)
+    home = _HOMES[name]
+    value = getattr(importlib.import_module(home if "." in home else f"recvae.models.{home}"), name)
     globals()[name] = value
     return value
 
@@ -56,12 +58,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from recvae.models.annealing import AnnealConfig
+    from recvae.nn.annealing import AnnealConfig
     from recvae.models.base import NotFittedError, Recommendations, Recommender, UserEmbeddings
     from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, load_baseline
     from recvae.models.hybrid import Blend
-    from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
+    from recvae.nn.likelihoods import LIKELIHOODS, make_likelihood
     from recvae.models.mult_vae import MultDAE, MultVAE
     from recvae.models.rec_vae import RecVAE, RecVAEConfig, RecVAENet
     from recvae.models.registry import MODELS, VAE_MODELS, is_vae_model, load_model, make_model, model_names
-    from recvae.models.vae import VAE, VAEConfig
+    from recvae.nn.vae import VAE, VAEConfig

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recvae.data.ids import UnknownIdError, lookup_ids
 from recvae.data.interactions import Interactions
+from recvae.evaluation.metrics import mask_seen, top_k
 from recvae.data.splits import HeldOut, Split
 
 __all__ = [
@@ -150,8 +152,6 @@ def rank_items(
     place. Rows with fewer than ``k`` eligible items are padded with item -1 and
     score -inf.
     """
-    from recvae.metrics import mask_seen, top_k
-
     scores = np.asarray(scores, dtype=np.float32)
     if candidates is not None:
         allowed = np.zeros(scores.shape, dtype=bool)
@@ -304,8 +304,6 @@ class Recommender(ABC):
             if len(columns) and (columns.min() < 0 or columns.max() >= self.n_items_):
                 raise ValueError(f"item columns must lie in 0..{self.n_items_ - 1}")
         else:
-            from recvae.data.ids import lookup_ids
-
             columns = lookup_ids(_item_lookup(self.item_ids_), item_ids, "item")
         similarity = np.asarray(self.item_similarities(columns), dtype=np.float32)
         own = sp.csr_matrix((np.ones(len(columns), np.float32), columns, np.arange(len(columns) + 1)),
@@ -379,8 +377,6 @@ class Recommender(ABC):
         raw = np.atleast_1d(np.asarray(raw_item_ids))
         if raw.size == 0:
             raise ValueError("a new user needs at least one item in their history")
-        from recvae.data.ids import UnknownIdError, lookup_ids
-
         try:
             positions = np.unique(lookup_ids(_item_lookup(self.item_ids_), raw, "item"))
         except UnknownIdError as err:

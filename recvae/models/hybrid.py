@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recvae import metrics as M
+from recvae.evaluation import metrics as M
 
 from recvae.data.splits import HeldOut, Split
 from recvae.models.base import NotFittedError, Recommender, as_user_rows

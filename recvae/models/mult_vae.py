@@ -14,11 +14,11 @@ import torch
 
 from recvae.data.splits import HeldOut
 from recvae.distributed import rank_device
-from recvae.models.annealing import AnnealConfig
+from recvae.nn.annealing import AnnealConfig
 from recvae.models.files import read_vae_payload
 from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array, training_inputs
-from recvae.models.vae import VAE, VAEConfig
-from recvae.sparse import SparseRows
+from recvae.nn.vae import VAE, VAEConfig
+from recvae.nn.sparse import SparseRows
 from recvae.training import (
     TrainingConfig,
     TrainingDivergedError,

@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 from recvae.data.splits import HeldOut
 from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
 from recvae.evaluation import evaluate_heldout
-from recvae.models.annealing import AnnealConfig, BetaSchedule
-from recvae.models.files import CHECKPOINT_FIX, ModelFileError, read_torch_payload, require_keys
-from recvae.models.vae import gaussian_kl
-from recvae.sparse import DeviceCSR, SparseRows
+from recvae.nn.annealing import AnnealConfig, BetaSchedule
+from recvae.storage import CHECKPOINT_FIX, ModelFileError, read_torch_payload, require_keys
+from recvae.nn.vae import gaussian_kl
+from recvae.nn.sparse import DeviceCSR, SparseRows
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +403,7 @@ def train_vae(
     config: TrainingConfig,
     device: torch.device,
 ) -> TrainingResult:
-    """Train ``net`` (a :class:`recvae.models.vae.VAE`) in place; loads the best weights at the end.
+    """Train ``net`` (a :class:`recvae.nn.vae.VAE`) in place; loads the best weights at the end.
 
     Under a torch.distributed process group of several ranks it trains data-parallel
     (see the module docstring); every rank must call it with the same arguments, and

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
-from recvae.sparse import SparseRows
+from recvae.nn.sparse import SparseRows
 
 __all__ = [
     "Likelihood",

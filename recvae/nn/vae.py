@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recvae.models.likelihoods import LIKELIHOODS, make_likelihood
-from recvae.sparse import SparseRows
+from recvae.nn.likelihoods import LIKELIHOODS, make_likelihood
+from recvae.nn.sparse import SparseRows
 
 __all__ = [
     "VAEConfig", "SparseLinear", "VAE", "gaussian_kl", "l2_normalised_values", "dropout_values", "posterior_mean_scores"]

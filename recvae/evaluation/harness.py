@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import scipy.stats
 import torch
 
-from recvae import metrics as M
+from recvae.evaluation import metrics as M
 from recvae.data.splits import HeldOut, Split
 from recvae.distributed import DistributedContext, all_reduce_sum, batch_aligned_range, gather_rows, parallel_context
 

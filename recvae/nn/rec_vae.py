@@ -1,0 +1,250 @@
+"""RecVAE (Shenbin et al., WSDM 2020): Mult-VAE with a stronger encoder, a composite prior,
+per-user beta and alternating updates: the network.
+
+x (sparse row) -> L2-normalise -> input dropout -> sparse first layer -> 5 densely
+connected layers (swish, LayerNorm) -> (mu, log sigma^2) -> z -> one linear layer ->
+likelihood p(x | z).
+
+The prior mixes N(0, I), the posterior of a frozen copy of the encoder (refreshed
+after each epoch's encoder passes) and a wide N(0, e^10 I). The KL is estimated with
+the single sample z, and weighted per user by beta_u = gamma * |x_u|. Each epoch
+trains the encoder for ``encoder_epochs`` passes (input dropout on), refreshes the
+prior, then trains the decoder for ``decoder_epochs`` passes (no dropout), each part
+with its own Adam. As in the authors' code, the decoder is a single linear layer and
+scores come from the decoder at the posterior mean.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recvae.nn.likelihoods import LIKELIHOODS, make_likelihood
+from recvae.nn.sparse import SparseRows
+from recvae.nn.vae import SparseLinear, dropout_values, l2_normalised_values, posterior_mean_scores
+
+__all__ = ["RecVAEConfig", "RecVAEEncoder", "RecVAENet", "composite_prior_log_prob", "gaussian_log_density"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_PRIOR_MIXTURES = ("per_dim", "joint")
+
+
+@dataclass(frozen=True)
+class RecVAEConfig:
+    """Architecture, prior and schedule. The defaults are the authors' (ML-20M).
+
+    Attributes:
+        hidden_dim, n_layers: the encoder's densely connected layers (the first is
+            the sparse input layer).
+        latent_dim: size of z.
+        input_dropout: dropout rate on the normalised input (encoder passes only).
+        prior_weights: mixture weights of N(0, I), the frozen previous posterior
+            and the wide N(0, e^wide_prior_log_var I); positive, summing to 1.
+        wide_prior_log_var: log-variance of the wide component.
+        prior_mixture: ``per_dim`` mixes the three components in each latent
+            dimension and sums the log-densities over dimensions, as the authors'
+            code does (``logsumexp`` over components of per-dimension densities);
+            ``joint`` mixes whole latent vectors (the paper's formula).
+        gamma: beta_u = gamma * (sum of user u's row); None to use ``beta``.
+        beta: a constant KL weight, used when ``gamma`` is None.
+        likelihood: any name in :data:`recvae.nn.likelihoods.LIKELIHOODS`.
+        layer_norm_eps: LayerNorm epsilon (0.1 in the authors' code).
+        encoder_epochs, decoder_epochs: passes over the users per epoch for each part.
+    """
+
+    hidden_dim: int = 600
+    n_layers: int = 5
+    latent_dim: int = 200
+    input_dropout: float = 0.5
+    prior_weights: tuple[float, float, float] = (3 / 20, 3 / 4, 1 / 10)
+    wide_prior_log_var: float = 10.0
+    prior_mixture: str = "per_dim"
+    gamma: float | None = 0.005
+    beta: float | None = None
+    likelihood: str = "multinomial"
+    layer_norm_eps: float = 0.1
+    encoder_epochs: int = 3
+    decoder_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prior_weights", tuple(float(w) for w in self.prior_weights))
+        if self.hidden_dim < 1 or self.n_layers < 1 or self.latent_dim < 1:
+            raise ValueError("hidden_dim, n_layers and latent_dim must be positive")
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must lie in [0, 1); got {self.input_dropout}")
+        w = self.prior_weights
+        if len(w) != 3 or min(w) <= 0 or abs(sum(w) - 1.0) > 1e-6:
+            raise ValueError(f"prior_weights must be 3 positive numbers summing to 1; got {w}")
+        if not math.isfinite(self.wide_prior_log_var):
+            raise ValueError("wide_prior_log_var must be finite")
+        if self.prior_mixture not in _PRIOR_MIXTURES:
+            raise ValueError(f"prior_mixture must be one of {_PRIOR_MIXTURES}; got {self.prior_mixture!r}")
+        if (self.gamma is None) == (self.beta is None):
+            raise ValueError("set exactly one of gamma (beta_u = gamma * |x_u|) and beta (a constant); "
+                             f"got gamma={self.gamma}, beta={self.beta}")
+        if self.gamma is not None and not self.gamma > 0:
+            raise ValueError(f"gamma must be positive; got {self.gamma}")
+        if self.beta is not None and not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0; got {self.beta}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be positive; got {self.layer_norm_eps}")
+        if self.encoder_epochs < 1 or self.decoder_epochs < 1:
+            raise ValueError("encoder_epochs and decoder_epochs must be >= 1")
+
+
+# ---------------------------------------------------------------------- densities
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(log_var)) per element (not summed)."""
+    return -0.5 * (log_var + _LOG_2PI + (z - mu) ** 2 * torch.exp(-log_var))
+
+
+def composite_prior_log_prob(
+    z: torch.Tensor,
+    post_mu: torch.Tensor,
+    post_log_var: torch.Tensor,
+    weights: tuple[float, float, float] = (3 / 20, 3 / 4, 1 / 10),
+    wide_log_var: float = 10.0,
+    mixture: str = "per_dim",
+) -> torch.Tensor:
+    """log p(z) per row under w1 N(0, I) + w2 N(post_mu, e^post_log_var) + w3 N(0, e^wide_log_var I).
+
+    ``per_dim``: each dimension is a three-component mixture, the log-densities are
+    summed over dimensions (the authors' code). ``joint``: the mixture is over whole
+    vectors, each component's log-density summed over dimensions first.
+    """
+    zeros = torch.zeros_like(z)
+    components = torch.stack([
+        gaussian_log_density(z, zeros, zeros),
+        gaussian_log_density(z, post_mu, post_log_var),
+        gaussian_log_density(z, zeros, torch.full_like(z, wide_log_var)),
+    ])  # (3, batch, latent)
+    log_w = torch.log(torch.tensor(weights, dtype=z.dtype, device=z.device))
+    if mixture == "per_dim":
+        return torch.logsumexp(components + log_w[:, None, None], dim=0).sum(dim=-1)
+    if mixture == "joint":
+        return torch.logsumexp(components.sum(dim=-1) + log_w[:, None], dim=0)
+    raise ValueError(f"mixture must be one of {_PRIOR_MIXTURES}; got {mixture!r}")
+
+
+# ---------------------------------------------------------------------- modules
+class RecVAEEncoder(nn.Module):
+    """Sparse input layer, then layers whose input is the sum of all earlier outputs.
+
+    h1 = LN(swish(W1 x)); h_k = LN(swish(W_k h_{k-1} + h_1 + ... + h_{k-1})); heads on h_n.
+    """
+
+    def __init__(self, n_items: int, config: RecVAEConfig) -> None:
+        super().__init__()
+        h, eps = config.hidden_dim, config.layer_norm_eps
+        self.input_layer = SparseLinear(n_items, h)
+        self.layers = nn.ModuleList(nn.Linear(h, h) for _ in range(config.n_layers - 1))
+        self.norms = nn.ModuleList(nn.LayerNorm(h, eps=eps) for _ in range(config.n_layers))
+        self.mu = nn.Linear(h, config.latent_dim)
+        self.log_var = nn.Linear(h, config.latent_dim)
+        # nn.Linear's default initialisation (as the authors use), for the (items x h) sparse layer.
+        bound = 1.0 / math.sqrt(n_items)
+        nn.init.uniform_(self.input_layer.weight, -bound, bound)
+        nn.init.uniform_(self.input_layer.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log_var) for a sparse CSR input batch (already normalised / dropped out)."""
+        h = self.norms[0](F.silu(self.input_layer(x)))
+        total = h
+        for layer, norm in zip(self.layers, self.norms[1:]):
+            h = norm(F.silu(layer(h) + total))
+            total = total + h
+        return self.mu(h), self.log_var(h)
+
+
+class RecVAENet(nn.Module):
+    """Encoder, composite prior (with its frozen encoder copy), linear decoder and likelihood."""
+
+    def __init__(self, n_items: int, config: RecVAEConfig = RecVAEConfig()) -> None:
+        super().__init__()
+        if n_items < 2:
+            raise ValueError(f"need at least 2 items; got {n_items}")
+        self.n_items = n_items
+        self.config = config
+        self.likelihood = make_likelihood(config.likelihood)
+        self.encoder = RecVAEEncoder(n_items, config)
+        # The prior's encoder starts as a copy of the initial encoder (the authors' starts
+        # from an independent initialisation); it is refreshed by update_prior().
+        self.prior_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.decoder = nn.Linear(config.latent_dim, n_items * self.likelihood.outputs_per_item)
+
+    @torch.no_grad()
+    def update_prior(self) -> None:
+        """Copy the current encoder into the prior's frozen encoder."""
+        self.prior_encoder.load_state_dict(self.encoder.state_dict())
+
+    def encode(
+        self, x: SparseRows, generator: torch.Generator | None = None, *, dropout: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log_var). Input dropout when ``dropout`` (default: in training mode)."""
+        return self._encode(x, l2_normalised_values(x), generator, dropout)
+
+    def _encode(self, x, normalised, generator, dropout):
+        if dropout is None:
+            dropout = self.training
+        values = dropout_values(normalised, self.config.input_dropout, generator) if dropout else normalised
+        return self.encoder(x.to_sparse_csr(values))
+
+    def reparameterize(
+        self, mu: torch.Tensor, log_var: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """z = mu + sigma * eps in training; mu otherwise."""
+        if not self.training:
+            return mu
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + eps * torch.exp(0.5 * log_var)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def kl_weight(self, x: SparseRows) -> torch.Tensor:
+        """beta_u per user: gamma * (sum of the row), or the constant beta."""
+        if self.config.gamma is not None:
+            return self.config.gamma * x.row_sums()
+        return torch.full((x.n_rows,), float(self.config.beta), device=x.values.device)
+
+    def terms(
+        self, x: SparseRows, generator: torch.Generator | None = None, *, dropout: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-user NLL and single-sample KL estimate log q(z|x) - log p(z), each (batch,)."""
+        normalised = l2_normalised_values(x)
+        mu, log_var = self._encode(x, normalised, generator, dropout)
+        z = self.reparameterize(mu, log_var, generator)
+        nll = self.likelihood.nll(self.decode(z), x)
+        with torch.no_grad():
+            prior_mu, prior_log_var = self.prior_encoder(x.to_sparse_csr(normalised))
+        z, mu, log_var = z.float(), mu.float(), log_var.float()
+        c = self.config
+        log_p = composite_prior_log_prob(z, prior_mu.float(), prior_log_var.float(), c.prior_weights,
+                                         c.wide_prior_log_var, c.prior_mixture)
+        kl = gaussian_log_density(z, mu, log_var).sum(dim=-1) - log_p
+        return nll, kl
+
+    def loss(
+        self, x: SparseRows, generator: torch.Generator | None = None, *, dropout: bool | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Negative ELBO: mean over users of NLL_u + beta_u * KL_u (plus the mean NLL and KL)."""
+        nll, kl = self.terms(x, generator, dropout=dropout)
+        return {"loss": (nll + self.kl_weight(x) * kl).mean(), "nll": nll.mean(), "kl": kl.mean()}
+
+    def scores(self, x: SparseRows) -> torch.Tensor:
+        """Ranking scores: the decoder at the posterior mean (no dropout, no noise)."""
+        return posterior_mean_scores(self, x)
+
+    def item_embeddings(self) -> torch.Tensor:
+        """Rows of the decoder weight: one latent-sized vector per item."""
+        return self.decoder.weight[: self.n_items].detach()
+
+
+# ---------------------------------------------------------------------- training

@@ -1,0 +1,264 @@
+"""RecVAE's training loop (Shenbin et al. 2020): each epoch alternates encoder passes (input dropout
+on, the prior's frozen encoder refreshed after them) and decoder passes, each part with its own Adam.
+Data-parallel like the Mult-VAE loop, with a hand-summed gradient all-reduce per phase.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from recvae.data.splits import HeldOut
+from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
+from recvae.nn.rec_vae import RecVAENet
+from recvae.nn.sparse import DeviceCSR
+from recvae.storage import CHECKPOINT_FIX, ModelFileError
+from recvae.training.loop import (
+    TrainingConfig,
+    TrainingResult,
+    _active_users,
+    _apply_lr,
+    _autocast,
+    _diverged,
+    _end_epoch,
+    _read_checkpoint,
+    _restore_best,
+    _restore_state,
+    _validate_epoch,
+    check_parallel_device,
+    divergence,
+    first_batch_loss,
+    make_optimizer,
+    rank_noise_generator,
+    resume_agreed,
+    run_fingerprint,
+    sparse_rows,
+    warn_degenerate,
+    warn_if_finished,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["train_recvae"]
+
+# 2: the checkpoint records the run it belongs to (see recvae.training.run_fingerprint).
+_CHECKPOINT_FORMAT = "recvae.recvae-checkpoint/2"
+
+
+def _train_phase(
+    net: RecVAENet,
+    phase: str,
+    optimizer: torch.optim.Optimizer,
+    data: DeviceCSR,
+    users: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    passes: int,
+    batch_size: int,
+    precision: str = "fp32",
+    bar=None,
+    ctx: DistributedContext | None = None,
+    noise_generator: torch.Generator | None = None,
+    first: dict | None = None,
+) -> torch.Tensor:
+    """``passes`` shuffled passes over ``users`` updating only ``net.<phase>``.
+
+    The other part is frozen (requires_grad off, so no gradient is even computed
+    for it); input dropout only in the encoder phase, as in the authors' code.
+    Returns the mean (loss, nll, kl) over the passes.
+
+    With ``ctx`` (data parallel) ``generator`` shuffles, alike on every rank; each
+    rank takes its slice of each global batch, draws dropout and noise from
+    ``noise_generator``, and the phase's gradients are summed over the ranks, each
+    rank's loss being its slice's sum over the global batch size (the one-process
+    mean). DDP does not fit here: the trained part changes every phase.
+
+    ``first``, when given and without an entry for ``phase`` yet, receives the
+    phase's first batch as (summed (loss, nll, kl) of this rank's slice, batch
+    size), read later by :func:`recvae.training.first_batch_loss`.
+    """
+    if phase not in ("encoder", "decoder"):
+        raise ValueError(f"phase must be 'encoder' or 'decoder'; got {phase!r}")
+    net.train()
+    net.encoder.requires_grad_(phase == "encoder")
+    net.decoder.requires_grad_(phase == "decoder")
+    trained = list(getattr(net, phase).parameters())
+    sums = torch.zeros(3, dtype=torch.float64, device=users.device)
+    try:
+        for _ in range(passes):
+            order = users[torch.randperm(len(users), generator=generator, device=users.device)]
+            for batch in order.split(batch_size):
+                if ctx is None:
+                    with _autocast(users.device, precision):
+                        parts = net.loss(data.rows(batch), generator, dropout=phase == "encoder")
+                    optimizer.zero_grad(set_to_none=True)
+                    parts["loss"].backward()
+                    optimizer.step()
+                    batch_sums = torch.stack([parts[k].detach() for k in ("loss", "nll", "kl")]).double() * len(batch)
+                else:
+                    x = data.rows(shard_batch(batch, ctx))
+                    with _autocast(users.device, precision):
+                        nll, kl = net.terms(x, noise_generator, dropout=phase == "encoder")
+                    loss_sum = (nll + net.kl_weight(x) * kl).sum()
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss_sum / len(batch)).backward()
+                    _sum_gradients(trained, ctx)
+                    optimizer.step()
+                    batch_sums = torch.stack([loss_sum, nll.sum(), kl.sum()]).detach().double()
+                sums += batch_sums
+                if first is not None and phase not in first:
+                    first[phase] = (batch_sums, len(batch))
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        net.encoder.requires_grad_(True)
+        net.decoder.requires_grad_(True)
+    return all_reduce_sum(sums, ctx) / (passes * len(users))
+
+
+def _sum_gradients(params: list[torch.Tensor], ctx: DistributedContext) -> None:
+    """Sum the gradients of ``params`` over the ranks (one all-reduce of a flat buffer)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]), ctx)
+    for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = chunk.view_as(p)
+
+
+def train_recvae(
+    net: RecVAENet,
+    train: sp.csr_matrix,
+    validation: HeldOut | None,
+    config: TrainingConfig,
+    device: torch.device,
+) -> TrainingResult:
+    """Train ``net`` in place with alternating encoder / decoder phases; loads the best weights.
+
+    ``config.anneal`` is not used: RecVAE's beta is per user (``RecVAEConfig.gamma``).
+    Under a torch.distributed process group of several ranks it trains data-parallel,
+    like :func:`recvae.training.train_vae` (gradients summed by hand, see ``_train_phase``).
+    History: ``loss``/``nll``/``kl`` are the decoder passes' means (no dropout, refreshed
+    prior), ``encoder_loss`` the encoder passes' mean, ``beta`` the mean beta_u.
+    """
+    ctx = parallel_context()
+    if ctx is not None:
+        check_parallel_device(ctx, device)
+    is_main = ctx is None or ctx.is_main
+    active = _active_users(train, validation)
+    rc = net.config
+    data = DeviceCSR(train, device)
+    users = torch.from_numpy(active).to(device)
+    mean_beta = float(rc.beta) if rc.gamma is None else rc.gamma * float(train.sum()) / len(active)
+    steps_per_epoch = math.ceil(len(active) / config.batch_size) * (rc.encoder_epochs + rc.decoder_epochs)
+    optimizers = {part: make_optimizer(getattr(net, part).parameters(), config) for part in ("encoder", "decoder")}
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+    state = {"epoch": 0, "step": 0, "history": [], "best_state": None, "best_epoch": None,
+             "best_score": None, "best_beta": None, "since_best": 0, "stopped_early": False}
+    warn_degenerate(config)
+    # The run's identity, stored in the checkpoint and compared on resume (hashing the data costs one pass).
+    fingerprint = run_fingerprint(net, config, train, validation) if config.checkpoint else None
+    if resume_agreed(config, ctx):
+        _load_checkpoint(config.checkpoint, net, optimizers, generator, state, device, fingerprint, config)
+        logger.info("resumed from %s at epoch %d", config.checkpoint, state["epoch"])
+        warn_if_finished(config, state)
+
+    def score_fn(rows: sp.csr_matrix) -> torch.Tensor:
+        with _autocast(device, config.precision):
+            return net.scores(sparse_rows(rows, device))
+
+    bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch,
+               disable=None if (config.progress and is_main) else True, unit="batch", dynamic_ncols=True)
+
+    first: dict = {}  # each phase's first batch of the run, the divergence reference
+
+    def phase(part: str, passes: int, noise: torch.Generator | None) -> torch.Tensor:
+        return _train_phase(net, part, optimizers[part], data, users, generator, passes=passes,
+                            batch_size=config.batch_size, precision=config.precision, bar=bar,
+                            ctx=ctx, noise_generator=noise, first=None if "first_loss" in state else first)
+
+    try:
+        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+            if state["stopped_early"]:
+                break
+            started = time.perf_counter()
+            noise = None if ctx is None else rank_noise_generator(config.seed, epoch, ctx, device)
+            encoder_loss = float(phase("encoder", rc.encoder_epochs, noise)[0])
+            net.update_prior()
+            loss, nll, kl = phase("decoder", rc.decoder_epochs, noise).tolist()
+            state["step"] += steps_per_epoch
+            if "first_loss" not in state:
+                state["first_loss"] = {part: first_batch_loss(first.get(part), ctx) for part in ("encoder", "decoder")}
+            # Before validation and the checkpoint: diverged weights are neither selected nor saved.
+            encoder_problem = divergence(encoder_loss, state["first_loss"]["encoder"])
+            problem = (f"encoder {encoder_problem}" if encoder_problem
+                       else divergence(loss, state["first_loss"]["decoder"]))
+            if problem:
+                raise _diverged(epoch, problem, config, state, net, ctx,
+                                lambda st: _recvae_result(st, mean_beta))
+            row = {"epoch": epoch, "step": state["step"], "beta": mean_beta, "loss": loss, "nll": nll, "kl": kl,
+                   "encoder_loss": encoder_loss, "train_seconds": time.perf_counter() - started}
+            postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}"}
+            if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
+                _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
+            if _end_epoch(state, epoch, row, postfix, bar, config, is_main,
+                          lambda: _save_checkpoint(config.checkpoint, net, optimizers, generator, state,
+                                                   fingerprint)):
+                break
+    finally:
+        bar.close()
+    _restore_best(net, state, ctx)
+    return _recvae_result(state, mean_beta)
+
+
+def _recvae_result(state: dict, mean_beta: float) -> TrainingResult:
+    return TrainingResult(
+        history=pd.DataFrame(state["history"]),
+        best_epoch=state["best_epoch"],
+        best_score=state["best_score"],
+        best_beta=None if state["best_epoch"] is None else mean_beta,
+        final_beta=mean_beta,
+        steps=state["step"],
+        stopped_early=state["stopped_early"],
+    )
+
+
+def _save_checkpoint(path, net, optimizers, generator, state, fingerprint: dict) -> None:
+    """Write the checkpoint atomically: a temp file beside it, then ``os.replace`` (``Path.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": _CHECKPOINT_FORMAT,
+        "fingerprint": fingerprint,
+        "model": net.state_dict(),  # includes the prior's frozen encoder
+        "optimizers": {part: opt.state_dict() for part, opt in optimizers.items()},
+        "generator": generator.get_state(),
+        "state": {k: v for k, v in state.items() if k != "best_state"},
+        "best_state": state["best_state"],
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path, net, optimizers, generator, state, device, fingerprint: dict | None,
+                     config: TrainingConfig) -> None:
+    """Resume from ``path``: checked (see :func:`recvae.training._read_checkpoint`), the requested lr applied."""
+    payload, old_lr = _read_checkpoint(path, _CHECKPOINT_FORMAT, ("optimizers",), fingerprint)
+    _restore_state(path, payload, net, generator, state)
+    try:
+        for part, opt in optimizers.items():
+            opt.load_state_dict(payload["optimizers"][part])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ModelFileError(f"{path}: the checkpoint's optimizer state does not fit this network "
+                             f"({' '.join(str(err).split())[:160]}); {CHECKPOINT_FIX}") from None
+    _apply_lr(path, optimizers.values(), old_lr, config.lr)
+
+
+# ---------------------------------------------------------------------- recommender
