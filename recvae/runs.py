@@ -346,8 +346,11 @@ class Run:
                            data_dir=data_dir)
         for note in log.notes:
             say(note)
-        data = log.interactions(rating_threshold=rating_threshold, min_user_interactions=min_user_events,
-                                strict=strict)
+        try:
+            data = log.interactions(rating_threshold=rating_threshold, min_user_interactions=min_user_events,
+                                    strict=strict)
+        except ValueError as err:
+            raise RunError(f"{log.source}: {_one_line(err)}") from None
         say(f"data: {data.report if data.report is not None else data}")
         the_split = _make_split(data, split, heldout_users, seed)
         say(f"split: {the_split}")

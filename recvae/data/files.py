@@ -31,6 +31,20 @@ from recvae.data.sniff import (
 __all__ = ["read_interactions_file"]
 
 
+def _read_json(path: Path, *, lines: bool, compressed: bool) -> pd.DataFrame:
+    """A JSON log: an array of records (``.json``) or one object per line (``.jsonl``)."""
+    try:
+        frame = pd.read_json(path, lines=lines, compression="gzip" if compressed else None)
+    except _DECOMPRESS_ERRORS as err:
+        raise damaged_gzip_error(path, err) from None
+    except ValueError as err:
+        layout = "one JSON object per line" if lines else "an array of records"
+        raise LogFileError(f"{path}: not {layout} ({_one_line(err)}); export the log as {layout}") from None
+    if frame.empty:
+        raise LogFileError(f"{path} holds no records: expected one event per record")
+    return frame
+
+
 def _read_parquet(path: Path) -> pd.DataFrame:
     errors: tuple[type[BaseException], ...] = (OSError, ValueError)
     try:
@@ -76,6 +90,9 @@ def read_interactions_file(path: str | os.PathLike[str], *, sep: str | None = No
         check_text_head(path, compressed=False)  # raises, naming the problem
     compressed = kind == "gzip"
     check_text_head(path, compressed)
+    stem_suffixes = [x for x in suffixes if x != ".gz"]
+    if stem_suffixes and stem_suffixes[-1] in (".json", ".jsonl", ".ndjson"):
+        return _read_json(path, lines=stem_suffixes[-1] != ".json", compressed=compressed)
     if sep is None:
         try:
             with (gzip.open(path, "rt", encoding="utf-8", errors="replace") if compressed
@@ -89,8 +106,10 @@ def read_interactions_file(path: str | os.PathLike[str], *, sep: str | None = No
         sep = max(("\t", ",", ";", "|"), key=header.count)
         if header.count(sep) == 0:
             raise LogFileError(
-                f"could not find a separator in the first line of {path} ({header.strip()[:80]!r}); "
-                "pass sep=... explicitly"
+                f"could not find a separator in the first line of {path} ({header.strip()[:80]!r})"
+                + ("; it looks like JSON: name the file .json (records) or .jsonl (one object per line)"
+                   if header.lstrip().startswith(("{", "[")) else
+                   "; a log needs at least a user and an item column: pass the separator with --sep (sep=)")
             )
     try:
         return pd.read_csv(path, sep=sep, compression="gzip" if compressed else None)
@@ -103,4 +122,4 @@ def read_interactions_file(path: str | os.PathLike[str], *, sep: str | None = No
         raise LogFileError(f"{path} is empty: expected a header line and one event per line") from None
     except pd.errors.ParserError as err:
         msg = _one_line(str(err).replace("Error tokenizing data. C error: ", ""))
-        raise LogFileError(f"{path}: malformed line ({msg}); fix or remove it, or pass the right sep=...") from None
+        raise LogFileError(f"{path}: malformed line ({msg}); fix or remove it, or pass the right --sep (sep=)") from None

@@ -345,7 +345,9 @@ class Interactions:
         weights = weights[keep] if weights is not None else None
         if len(user_codes) == 0:
             raise ValueError(
-                f"no events left after preprocessing ({raw_events:,} raw, {below:,} at or below "
+                f"no events left after preprocessing ({raw_events:,} raw, "
+                + (f"{invalid:,} negative or out-of-scale ratings, " if invalid else "")
+                + f"{below:,} at or below "
                 f"rating_threshold={rating_threshold}, then min_user_interactions={min_user_interactions}, "
                 f"min_item_interactions={min_item_interactions}); relax the filters"
             )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,6 +285,13 @@ def _looks_like_rating(values: pd.Series) -> bool:
 def _named_log(frame: pd.DataFrame, label: str, scale, user_col, item_col, rating_col, timestamp_col,
                implicit: bool, weight_col: str | None = None) -> InteractionLog:
     columns = list(frame.columns)
+    # pandas renames a repeated header name 'x' to 'x.1': say so instead of guessing at 'x.1'
+    repeated = [c for c in columns if isinstance(c, str) and re.fullmatch(r"(.+)\.\d+", c)
+                and re.fullmatch(r"(.+)\.\d+", c).group(1) in columns]
+    if repeated:
+        base = re.fullmatch(r"(.+)\.\d+", repeated[0]).group(1)
+        raise LogColumnError(f"{label}: the header names the column {base!r} more than once; give each column "
+                             "a distinct name")
     taken: set = set()
     chosen: dict[str, str | None] = {}
     missing: list[str] = []
