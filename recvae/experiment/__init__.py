@@ -1,0 +1,51 @@
+"""One-command experiments: a TOML config in, a Markdown report with tables and plots out.
+
+``run_experiment("experiments/configs/ml-1m-half.toml")`` loads and splits the
+data, tunes every model of the config on the validation users only
+(:func:`recvae.tuning.grid_search`), evaluates each chosen model once on the
+test users, and writes ``<output_dir>/<name>.md`` (returned), ``<name>.csv``
+(one row per model), ``<name>_trials.csv`` (every grid trial),
+``<name>_history.csv`` (per-epoch histories) and PNG plots beside the report.
+:func:`load_config` parses and validates a config without loading any data.
+
+From the shell: ``recvae experiment CONFIG`` or ``python -m recvae.experiment
+CONFIG [--output-dir DIR] [--no-progress] [--check]`` (``--check`` validates the
+config and looks for its dataset file, without running anything).
+
+The package's rooms:
+
+- :mod:`recvae.experiment.config`: the TOML schema (its docstring lists every
+  key), validated by pydantic; :func:`load_config` returns an :class:`ExperimentConfig`.
+- :mod:`recvae.experiment.runner`: dataset loading, splitting, the per-model
+  tuning and testing loop, :func:`run_experiment` and :func:`main`.
+- :mod:`recvae.experiment.report`: the results table, the Markdown report and the plots.
+
+The paired tests compare every model with the one whose validation
+``select_by`` is best (chosen without looking at the test users), and the best
+VAE with the best non-VAE, both chosen on validation (VAEs:
+:data:`recvae.models.VAE_MODELS` and blends with a VAE component, as
+:func:`recvae.models.is_vae_model` says).
+"""
+
+from recvae.experiment.config import (
+    DatasetConfig,
+    ExperimentConfig,
+    ModelSpec,
+    PublishedTable,
+    SplitConfig,
+    load_config,
+)
+from recvae.experiment.runner import load_dataset, main, resolve_dataset_path, run_experiment
+
+__all__ = [
+    "ExperimentConfig",
+    "DatasetConfig",
+    "SplitConfig",
+    "ModelSpec",
+    "PublishedTable",
+    "load_config",
+    "load_dataset",
+    "resolve_dataset_path",
+    "run_experiment",
+    "main",
+]

@@ -1,0 +1,358 @@
+"""The experiment report: the results table, the Markdown page, the CSV files and the plots.
+
+:func:`write_report` takes the runner's :class:`Outcome` list (one per model,
+in config order) and writes ``<name>.csv`` (one row per model),
+``<name>_trials.csv`` (every grid trial), ``<name>_history.csv`` (per-epoch
+histories), PNG plots and ``<name>.md``, whose path it returns. The Markdown
+tables are built with ``DataFrame.to_markdown`` (tabulate).
+
+The paired tests compare every model with the one whose validation
+``select_by`` is best (chosen without looking at the test users), and the best
+VAE with the best non-VAE, both chosen on validation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recvae import __version__
+from recvae.data import Interactions, Split
+from recvae.evaluation import EvaluationResult, paired_comparison
+from recvae.models import VAE_MODELS
+from recvae.tuning import GridSearchResult
+from recvae.experiment.config import ExperimentConfig, ModelSpec, repo_root
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Outcome", "results_table", "write_report"]
+
+
+@dataclass
+class Outcome:
+    """One model's results, as the runner hands them to the report."""
+
+    spec: ModelSpec
+    search: GridSearchResult
+    test: EvaluationResult
+    history: pd.DataFrame | None
+    fit_seconds: float
+    best_epoch: int | None
+    beta_reached: float | None
+    blend_weights: list[float] | None = None
+
+
+def write_report(config: ExperimentConfig, data: Interactions, split: Split, outcomes: list[Outcome], out: Path,
+                 seconds: float) -> Path:
+    """Write the CSV tables, the plots and the Markdown report into ``out``; returns the report's path.
+
+    ``seconds`` is the run's duration so far, printed in the report's header.
+    """
+    table = results_table(outcomes, config)
+    trials = pd.concat([o.search.trials.assign(model=o.spec.label, registry_name=o.spec.name) for o in outcomes],
+                       ignore_index=True)
+    trials = trials[["model", "registry_name", *[c for c in trials.columns if c not in ("model", "registry_name")]]]
+    histories = [o.history.assign(model=o.spec.label) for o in outcomes if o.history is not None]
+
+    table.to_csv(out / f"{config.name}.csv", index=False)
+    trials.to_csv(out / f"{config.name}_trials.csv", index=False)
+    if histories:
+        pd.concat(histories, ignore_index=True).to_csv(out / f"{config.name}_history.csv", index=False)
+    plots, plot_note = _plots(outcomes, out, config.name)
+    report = _markdown(config, data, split, outcomes, table, plots, plot_note, seconds)
+    md_path = out / f"{config.name}.md"
+    md_path.write_text(report, encoding="utf-8")
+    return md_path
+
+
+# =============================================================================== tables
+def _reference(outcomes: list[Outcome], pool: list[Outcome] | None = None) -> Outcome | None:
+    """The outcome with the best validation score (first on ties)."""
+    pool = outcomes if pool is None else pool
+    scored = [o for o in pool if math.isfinite(o.search.best_score)]
+    return max(scored, key=lambda o: o.search.best_score) if scored else None
+
+
+def _paired(a: Outcome, b: Outcome, metric: str) -> dict | None:
+    try:
+        return paired_comparison(a.test, b.test, metric)
+    except ValueError as err:  # fewer than 2 users with a value under both
+        logger.warning("no paired test of %s vs %s: %s", a.spec.label, b.spec.label, err)
+        return None
+
+
+def results_table(outcomes: list[Outcome], config: ExperimentConfig) -> pd.DataFrame:
+    """One row per model: test means and CIs, validation score, fit time, chosen parameters, paired test."""
+    ref = _reference(outcomes)
+    rows = []
+    for o in outcomes:
+        s = o.test.summary
+        row: dict[str, Any] = {"model": o.spec.label, "registry_name": o.spec.name, "vae": o.spec.is_vae}
+        for m in config.metrics:
+            row[m] = float(s.loc[m, "mean"])
+            row[f"{m} ci95"] = 1.96 * float(s.loc[m, "std_err"])
+        row["test_users"] = int(s.loc[config.select_by, "n_users"])
+        row["test_users_without_target"] = int(s.loc[config.select_by, "n_excluded"]) if "n_excluded" in s.columns else None
+        row[f"validation {config.select_by}"] = o.search.best_score
+        row["fit_seconds"] = o.fit_seconds
+        row["trials"] = len(o.search.trials)
+        row["best_params"] = json.dumps(o.search.best_params, default=str)
+        row["best_epoch"] = o.best_epoch
+        row["beta_reached"] = o.beta_reached
+        row["blend_weights"] = json.dumps(o.blend_weights) if o.blend_weights is not None else None
+        row["paired_reference"] = ref.spec.label if ref is not None else None
+        test = _paired(o, ref, config.select_by) if ref is not None and o is not ref else None
+        row["paired_diff"] = test["mean_diff"] if test else np.nan
+        row["paired_diff_ci95_low"] = test["diff_ci95_low"] if test else np.nan
+        row["paired_diff_ci95_high"] = test["diff_ci95_high"] if test else np.nan
+        row["t_pvalue"] = test["t_pvalue"] if test else np.nan
+        row["wilcoxon_pvalue"] = test["wilcoxon_pvalue"] if test else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(x: Any, spec: str = ".4f") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return format(x, spec)
+
+
+def _p(x: float) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.2g}"
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _markdown_table(cells: list[list[str]], header: list[str]) -> list[str]:
+    """A Markdown table of preformatted cells, one line per row.
+
+    disable_numparse keeps "0.4000" from becoming "0.4"; no alignment keeps cells unpadded
+    ("| EASE | 0.123 |"), so a report diffs and greps cell by cell.
+    """
+    frame = pd.DataFrame(cells, columns=header, dtype=object)
+    return frame.to_markdown(index=False, disable_numparse=True, stralign=None, numalign=None).splitlines()
+
+
+# =============================================================================== Markdown
+def _markdown(config: ExperimentConfig, data: Interactions, split: Split, outcomes: list[Outcome],
+              table: pd.DataFrame, plots: list[tuple[str, str]], plot_note: str, seconds: float) -> str:
+    sel = config.select_by
+    ref = _reference(outcomes)
+    lines = [f"# {config.name}", ""]
+    if config.description:
+        lines += [config.description, ""]
+    threads = torch.get_num_threads()
+    device = "CUDA available" if torch.cuda.is_available() else "CPU only"
+    lines += [
+        f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} in {seconds / 60:.1f} min with recvae "
+        f"{__version__}, torch {torch.__version__} ({device}, {threads} threads), Python {platform.python_version()}. "
+        f"Config `{_display_path(config.path)}`, as run:",
+        "",
+        "```toml",
+        config.text.rstrip("\n"),
+        "```",
+        "",
+        "## Data",
+        "",
+        f"- Source: {config.dataset.describe()}",
+        f"- Preprocessing: {data.report}" if data.report is not None else f"- Data: {data!r}",
+        f"- Split: {split!r}",
+        "",
+        f"## Test results ({split.test.n_users:,} test users)",
+        "",
+        f"Each model's grid was searched on the {split.validation.n_users:,} validation users by {sel}; the chosen "
+        "configuration was evaluated once on the test users. Mean ± 95% CI (1.96 × standard error over test users "
+        "with a target). Paired tests (per-user test " + sel + ", paired t-test and Wilcoxon signed-rank) compare "
+        f"each model with **{ref.spec.label if ref else '—'}**, the model with the best validation {sel}.",
+        "",
+    ]
+    header = ["model", *config.metrics, f"validation {sel}", "fit s", "best params",
+              f"Δ {sel} vs {ref.spec.label if ref else '—'}", "t-test p", "Wilcoxon p"]
+    cells = [_result_cells(row, config, ref) for _, row in table.iterrows()]
+    lines += _markdown_table(cells, header)
+    n_excluded = table["test_users_without_target"].dropna()
+    if len(n_excluded) and int(n_excluded.iloc[0]):
+        lines += ["", f"{int(n_excluded.iloc[0])} test user(s) have no target (fewer than "
+                      f"{config.split.min_events_for_target} events) and are excluded from the means."]
+    lines += ["", "Fit seconds: the chosen configuration's training time (including its per-epoch validation "
+                  "for the torch models). Full trials: " f"`{config.name}_trials.csv`.", ""]
+    lines += _vae_section(outcomes, sel)
+    if config.published is not None:
+        lines += _published_section(config, outcomes)
+    lines += ["## Training curves", ""]
+    if plots:
+        lines += [f"![{alt}]({file})" for alt, file in plots]
+        lines += ["", "Curves of each model's chosen configuration; per-epoch values in "
+                      f"`{config.name}_history.csv`."]
+    if plot_note:
+        lines += [plot_note]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _result_cells(row: pd.Series, config: ExperimentConfig, ref: Outcome | None) -> list[str]:
+    """One row of the test-results table: means ± CI, validation score, chosen parameters, paired test."""
+    is_ref = ref is not None and row["model"] == ref.spec.label
+    cells = [f"**{row['model']}**" if is_ref else str(row["model"])]
+    cells += [f"{row[m]:.4f} ± {row[f'{m} ci95']:.4f}" for m in config.metrics]
+    params = json.loads(row["best_params"])
+    extra = []
+    if row["best_epoch"] is not None and not pd.isna(row["best_epoch"]):
+        extra.append(f"best epoch {int(row['best_epoch'])}")
+    if row["beta_reached"] is not None and not pd.isna(row["beta_reached"]):
+        extra.append(f"β reached {row['beta_reached']:.3g}")
+    if isinstance(row["blend_weights"], str):
+        extra.append(f"blend weights {row['blend_weights']} (tuned on validation)")
+    shown = ", ".join([*(f"{k}={v}" for k, v in params.items()), *extra]) or "defaults"
+    diff = "reference" if is_ref else (
+        f"{_fmt(row['paired_diff'], '+.4f')} [{_fmt(row['paired_diff_ci95_low'], '+.4f')}, "
+        f"{_fmt(row['paired_diff_ci95_high'], '+.4f')}]" if math.isfinite(row["paired_diff"]) else "—")
+    return [*cells, _fmt(row[f"validation {config.select_by}"]), f"{row['fit_seconds']:.1f}", shown, diff,
+            _p(row["t_pvalue"]), _p(row["wilcoxon_pvalue"])]
+
+
+def _display_path(path: Path) -> str:
+    root = repo_root(path.parent)
+    try:
+        return str(path.relative_to(root)) if root is not None else str(path)
+    except ValueError:
+        return str(path)
+
+
+def _vae_section(outcomes: list[Outcome], sel: str) -> list[str]:
+    lines = ["## Best VAE vs best non-VAE", ""]
+    vaes = [o for o in outcomes if o.spec.is_vae]
+    others = [o for o in outcomes if not o.spec.is_vae]
+    if not vaes or not others:
+        missing = "VAE" if not vaes else "non-VAE"
+        return lines + [f"Not compared: the config has no {missing} model "
+                        f"(VAEs: {', '.join(sorted(VAE_MODELS))} and blends with a VAE component).", ""]
+    best_vae, best_other = _reference(outcomes, vaes), _reference(outcomes, others)
+    if best_vae is None or best_other is None:
+        return lines + ["Not compared: no finite validation score.", ""]
+    test = _paired(best_vae, best_other, sel)
+    lines.append(f"Each side's best chosen on validation {sel}: **{best_vae.spec.label}** (validation "
+                 f"{best_vae.search.best_score:.4f}) vs **{best_other.spec.label}** (validation "
+                 f"{best_other.search.best_score:.4f}).")
+    if test is None:
+        return lines + ["", "Too few test users with a value under both models for a paired test.", ""]
+    lines += [
+        "",
+        f"- Test {sel}: {test['mean_a']:.4f} vs {test['mean_b']:.4f}, difference {test['mean_diff']:+.4f} "
+        f"(95% CI [{test['diff_ci95_low']:+.4f}, {test['diff_ci95_high']:+.4f}]), paired t-test p = "
+        f"{test['t_pvalue']:.3g}, Wilcoxon p = {test['wilcoxon_pvalue']:.3g}, n = {test['n_users']} users.",
+        "",
+    ]
+    return lines
+
+
+def _published_section(config: ExperimentConfig, outcomes: list[Outcome]) -> list[str]:
+    pub = config.published
+    keys = list(dict.fromkeys(k for row in pub.rows for k in row if k not in ("model", "note")))
+    by_name: dict[str, Outcome] = {}
+    for o in outcomes:
+        by_name.setdefault(_norm(o.spec.label), o)
+        by_name.setdefault(_norm(o.spec.name), o)
+    header = ["model", *(c for k in keys for c in (f"{k} published", f"{k} ours")), "note"]
+    cells = []
+    for row in pub.rows:
+        ours = by_name.get(_norm(row["model"]))
+        line = [row["model"]]
+        for k in keys:
+            line.append(_fmt(row.get(k), ".3f") if k in row else "—")
+            if ours is not None and k in ours.test.summary.index:
+                s = ours.test.summary.loc[k]
+                line.append(f"{s['mean']:.4f} ± {1.96 * s['std_err']:.4f}")
+            else:
+                line.append("—")
+        line.append(str(row.get("note", "")))
+        cells.append(line)
+    lines = ["## Published numbers beside ours", "", f"Published: {pub.source}. Ours: the test results above "
+             "(mean ± 95% CI); — where the config has no such model. Compare only numbers from the same protocol "
+             "and metric definitions (Recall@k here divides by min(k, |target|)).", ""]
+    return lines + _markdown_table(cells, header) + [""]
+
+
+# =============================================================================== plots
+def _plots(outcomes: list[Outcome], out: Path, name: str) -> tuple[list[tuple[str, str]], str]:
+    """PNG plots of the per-epoch histories; returns (alt text, file name) pairs and a note."""
+    with_history = [o for o in outcomes if o.history is not None]
+    if not with_history:
+        return [], "No model of this config records a per-epoch history (only the torch models do)."
+    try:
+        # imported here, not at the top: matplotlib is slow to import and the report works without it
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+        return [], "Plots skipped: matplotlib is not installed (`pip install matplotlib`)."
+
+    def figure():
+        fig = Figure(figsize=(7, 4.2), dpi=110)
+        FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
+        ax = fig.subplots()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        return fig, ax
+
+    plots, notes = [], []
+    val = [(o, _val_column(o.history)) for o in with_history]
+    val = [(o, c) for o, c in val if c is not None]
+    if val:
+        fig, ax = figure()
+        columns = sorted({c for _, c in val})
+        for o, c in val:
+            h = o.history.dropna(subset=[c])
+            (line,) = ax.plot(h["epoch"], h[c], label=o.spec.label, linewidth=1.4)
+            if o.best_epoch is not None and (h["epoch"] == o.best_epoch).any():
+                best = h.loc[h["epoch"] == o.best_epoch, c].iloc[0]
+                ax.plot([o.best_epoch], [best], "o", color=line.get_color(), markersize=5)
+        metric = columns[0].removeprefix("val_").replace("ndcg", "NDCG") if len(columns) == 1 else "NDCG@k"
+        ax.set(xlabel="epoch", ylabel=f"validation {metric}",
+               title=f"{name}: validation {metric} per epoch (dot: selected epoch)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        file = f"{name}_val_ndcg.png"
+        fig.savefig(out / file)
+        plots.append((f"validation {metric} per epoch", file))
+    beta = [o for o in with_history if "beta" in o.history.columns and o.history["beta"].notna().any()]
+    if beta:
+        fig, ax = figure()
+        for o in beta:
+            ax.plot(o.history["epoch"], o.history["beta"], label=o.spec.label, linewidth=1.4)
+        ax.set(xlabel="epoch", ylabel="β (KL weight) at the end of the epoch", title=f"{name}: β schedule per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        file = f"{name}_beta.png"
+        fig.savefig(out / file)
+        plots.append(("β per epoch", file))
+        if any(o.spec.name == "recvae" for o in beta):
+            notes.append("RecVAE's β is per user (γ·|x_u|); its curve is the mean over training users.")
+    without_beta = [o.spec.label for o in with_history if o not in beta]
+    if without_beta:
+        notes.append(f"No β column in the history of: {', '.join(without_beta)}.")
+    return plots, " ".join(notes)
+
+
+def _val_column(history: pd.DataFrame) -> str | None:
+    if "val_ndcg@100" in history.columns and history["val_ndcg@100"].notna().any():
+        return "val_ndcg@100"
+    for c in history.columns:
+        if str(c).startswith("val_ndcg@") and history[c].notna().any():
+            return c
+    return None

@@ -1,0 +1,241 @@
+"""Running an experiment: load and split the data, tune and test every model, hand the outcomes to the report.
+
+``run_experiment("experiments/configs/ml-1m-half.toml")`` tunes every model of
+the config on the validation users only (:func:`recvae.tuning.grid_search`),
+evaluates each chosen model once on the test users and writes the report
+(:func:`recvae.experiment.report.write_report`). :func:`main` is
+``python -m recvae.experiment``.
+
+The torch VAEs pick their best epoch on validation NDCG@``eval_k`` (a
+training parameter, 100 by default) whatever ``select_by`` is; ``select_by``
+ranks the grid's trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from recvae.data import (
+    Interactions,
+    Split,
+    SyntheticConfig,
+    load_movielens,
+    strong_generalization,
+    synthetic_interactions,
+)
+from recvae.data.files import read_interactions_file
+from recvae.evaluation import evaluate
+from recvae.models import MODELS, Blend, Recommender, TorchVAERecommender, make_model
+from recvae.tuning import grid_search
+from recvae.experiment.config import (
+    ExperimentConfig,
+    ModelSpec,
+    SplitConfig,
+    component_list,
+    load_config,
+    parse_metric,
+)
+from recvae.experiment.report import Outcome, write_report
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_dataset", "resolve_dataset_path", "run_experiment", "main"]
+
+
+# =============================================================================== data
+def _relative_to_repo(config: ExperimentConfig, value: str) -> Path:
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    root = config.repo_root
+    return (root if root is not None else Path.cwd()) / path
+
+
+def resolve_dataset_path(config: ExperimentConfig) -> Path:
+    """The dataset file of a ``path`` config: relative to the config's directory, the repo root, then cwd.
+
+    Raises:
+        FileNotFoundError: naming every place looked at and how to get the data.
+    """
+    if config.dataset.source != "path":
+        raise ValueError(f"{config.path}: the dataset is {config.dataset.source} = ..., not a file path")
+    raw = Path(config.dataset.value).expanduser()
+    candidates = [raw] if raw.is_absolute() else [config.path.parent / raw]
+    if not raw.is_absolute():
+        if config.repo_root is not None:
+            candidates.append(config.repo_root / raw)
+        candidates.append(Path.cwd() / raw)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    tried = ", ".join(dict.fromkeys(str(c.resolve()) for c in candidates))
+    raise FileNotFoundError(
+        f"{config.path}: dataset file {config.dataset.value!r} not found (looked at {tried}). "
+        "Benchmark files live in ../shared/datasets beside the repository (see its README; `recvae datasets` "
+        "lists them); for an official MovieLens release use movielens = \"<name>\" in [dataset] "
+        "(recvae.data.load_movielens downloads it); or set path to your own copy"
+    )
+
+
+def load_dataset(config: ExperimentConfig) -> Interactions:
+    """The config's interactions, preprocessed (see :class:`recvae.experiment.config.DatasetConfig`)."""
+    ds = config.dataset
+    if ds.source == "synthetic":
+        return synthetic_interactions(SyntheticConfig(**ds.value), **ds.preprocessing)
+    if ds.source == "movielens":
+        data_dir = _relative_to_repo(config, ds.data_dir)
+        return load_movielens(ds.value, data_dir=data_dir, download=ds.download, **ds.preprocessing)
+    path = resolve_dataset_path(config)
+    if ds.format == "movielens":
+        return load_movielens(path, **ds.preprocessing)
+    if "names" in ds.read_options:
+        if any(s in (".parquet", ".pq") for s in path.suffixes):
+            raise ValueError(f"{config.path}: [dataset] names applies to text files; a Parquet file names its columns")
+        log = pd.read_csv(path, sep=ds.read_options.get("sep", ","), header=None, names=ds.read_options["names"])
+    else:
+        log = read_interactions_file(path, sep=ds.read_options.get("sep"))
+    return Interactions.from_dataframe(log, **ds.columns, **ds.preprocessing)
+
+
+def _make_split(data: Interactions, config: SplitConfig) -> Split:
+    return strong_generalization(
+        data, config.heldout_users, target_fraction=config.target_fraction,
+        min_events_for_target=config.min_events_for_target, seed=config.seed,
+    )
+
+
+# =============================================================================== models
+def _resolve_references(params: Mapping, fitted: Mapping[str, Any]) -> dict:
+    """``params`` with each ``{ ref = LABEL }`` component replaced by that entry's tuned, fitted model."""
+    if not component_list(params):
+        return dict(params)
+    return {**params, "components": [fitted[c["ref"]] if isinstance(c, Mapping) and "ref" in c else c
+                                     for c in params["components"]]}
+
+
+def _with_progress(name: str, params: Mapping, progress: bool) -> dict:
+    """``params`` with ``progress`` set for models that take it (TrainingConfig.progress), blend components too."""
+    params = dict(params)
+    if issubclass(MODELS[str(name).strip().lower()], TorchVAERecommender):
+        params.setdefault("progress", progress)
+    if isinstance(params.get("components"), list):
+        params["components"] = [
+            {**c, "params": _with_progress(c["name"], c.get("params") or {}, progress)}
+            if isinstance(c, Mapping) and str(c.get("name", "")).strip().lower() in MODELS else c
+            for c in params["components"]
+        ]
+    return params
+
+
+def _model_factory(spec: ModelSpec, progress: bool, fitted: Mapping[str, Any]) -> Callable[..., Recommender]:
+    def factory(**grid_values: Any) -> Recommender:
+        params = _resolve_references({**spec.params, **grid_values}, fitted)
+        return make_model(spec.name, _with_progress(spec.name, params, progress))
+
+    return factory
+
+
+def _run_model(spec: ModelSpec, split: Split, config: ExperimentConfig, ks: list[int], names: list[str],
+               progress: bool, fitted: Mapping[str, Any]) -> Outcome:
+    """Tune ``spec``'s grid on the validation users, then evaluate the chosen model once on the test users.
+
+    ``fitted`` maps the labels of the entries run so far to their tuned models (for ``{ ref }`` components).
+    """
+    _, select_k = parse_metric(config.select_by)
+    search = grid_search(_model_factory(spec, progress, fitted), spec.grid, split, metric=config.select_by,
+                         ks=(select_k,), progress=progress)
+    test = evaluate(search.best_model, split, "test", ks=ks, metrics=names)
+    trials = search.trials
+    best_row = trials[config.select_by].idxmax()
+    history = getattr(search.best_model, "history_", None)
+    if not isinstance(history, pd.DataFrame) or "epoch" not in history.columns or history.empty:
+        history = None
+    training = getattr(search.best_model, "training_", None)
+    return Outcome(
+        spec=spec, search=search, test=test, history=history,
+        fit_seconds=float(trials.loc[best_row, "fit_seconds"]),
+        best_epoch=getattr(training, "best_epoch", None),
+        beta_reached=getattr(training, "final_beta", None),
+        blend_weights=[round(float(w), 4) for w in search.best_model.weights_]
+        if isinstance(search.best_model, Blend) else None,
+    )
+
+
+def run_experiment(config_path: str | Path, *, output_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Run the experiment a TOML config describes; returns the Markdown report's path.
+
+    Loads and splits the data, grid-searches every model on the validation
+    users, evaluates each chosen model once on the test users, and writes the
+    report, CSV tables and plots to ``output_dir`` (default: the config's
+    ``output_dir``). ``progress`` shows progress bars (over models, trials and
+    epochs) and prints the data summary.
+    """
+    started = time.perf_counter()
+    config = load_config(config_path)
+    out = Path(output_dir).expanduser() if output_dir is not None else _relative_to_repo(config, config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def say(message: str) -> None:
+        logger.info(message)
+        if progress:
+            tqdm.write(message)
+
+    data = load_dataset(config)
+    split = _make_split(data, config.split)
+    say(f"{config.name}: {config.dataset.describe()}\n{data.report or data}\n{split}")
+
+    wanted = [*config.metrics, config.select_by]
+    if config.published is not None:
+        wanted += [k for row in config.published.rows for k in row if k not in ("model", "note")]
+    parsed = [parse_metric(m) for m in wanted]  # validated by load_config: cannot raise here
+    names = list(dict.fromkeys(n for n, _ in parsed))
+    ks = sorted({k for _, k in parsed})
+
+    outcomes: list[Outcome] = []
+    bar = tqdm(config.models, desc="models", unit="model", disable=None if progress else True, dynamic_ncols=True)
+    for spec in bar:
+        bar.set_description(f"model {spec.label}")
+        outcome = _run_model(spec, split, config, ks, names, progress,
+                             {o.spec.label: o.search.best_model for o in outcomes})
+        outcomes.append(outcome)
+        s = outcome.test.summary
+        say(f"{spec.label}: test {config.select_by} {s.loc[config.select_by, 'mean']:.4f} ± "
+            f"{1.96 * s.loc[config.select_by, 'std_err']:.4f} (validation {outcome.search.best_score:.4f}, "
+            f"{len(outcome.search.trials)} trial(s), best {outcome.search.best_params}, fit {outcome.fit_seconds:.1f}s)")
+    bar.close()
+
+    md_path = write_report(config, data, split, outcomes, out, time.perf_counter() - started)
+    say(f"wrote {md_path}")
+    return md_path
+
+
+# =============================================================================== command line
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m recvae.experiment CONFIG [--output-dir DIR] [--no-progress] [--check]``."""
+    parser = argparse.ArgumentParser(prog="python -m recvae.experiment", description=run_experiment.__doc__)
+    parser.add_argument("config", help="TOML experiment config (see experiments/configs/)")
+    parser.add_argument("--output-dir", default=None, help="where to write the report (default: the config's)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--check", action="store_true", help="validate the config and exit (loads no data)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.check:
+        config = load_config(args.config)
+        print(f"{config.path}: OK ({len(config.models)} models: {', '.join(m.label for m in config.models)})")
+        if config.dataset.source == "path":
+            try:
+                print(f"dataset file: {resolve_dataset_path(config)}")
+            except FileNotFoundError as err:
+                print(f"dataset file missing: {err}")
+                return 1
+        return 0
+    print(run_experiment(args.config, output_dir=args.output_dir, progress=not args.no_progress))
+    return 0
