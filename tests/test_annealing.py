@@ -1,6 +1,6 @@
 import pytest
 
-from recvae.models.annealing import AnnealConfig, BetaSchedule
+from recvae.nn.annealing import AnnealConfig, BetaSchedule
 
 
 def test_liang_linear_ramp_reaches_cap_at_cap_times_total_steps():

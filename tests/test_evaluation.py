@@ -59,14 +59,25 @@ def test_numpy_and_torch_paths_agree():
 
 
 def test_evaluate_uses_the_requested_users_and_checks_arguments():
+    # Validation and test users differ in ids and in rows, and the model's quality differs between them.
     val, test = _heldout(0), _heldout(1)
+    test = HeldOut(test.fold_in, test.target, np.arange(500, 500 + test.n_users))
     split = Split(sp.csr_matrix((5, 30), dtype=np.float32), val, test, np.arange(30), np.arange(5), {"kind": "x"})
 
     class Model:
-        def score(self, rows):
-            return np.zeros(rows.shape, dtype=np.float32)
+        def score(self, rows):  # an oracle for the test users' targets, noise for anyone else
+            if rows.shape == test.fold_in.shape and (rows != test.fold_in).nnz == 0:
+                return test.target.toarray() + 0.0
+            return np.random.default_rng(0).random(rows.shape).astype(np.float32)
 
-    assert (evaluate(Model(), split, "validation", ks=(10,)).per_user["user_id"] == val.user_ids).all()
+    for which, held in (("validation", val), ("test", test)):
+        result = evaluate(Model(), split, which, ks=(10,))
+        np.testing.assert_array_equal(result.per_user["user_id"], held.user_ids)
+        np.testing.assert_array_equal(result.per_user["n_target"], np.diff(held.target.indptr))
+        expected = evaluate_heldout(Model().score, held, ks=(10,))
+        pd.testing.assert_frame_equal(result.summary, expected.summary)
+    assert evaluate(Model(), split, ks=(10,))["ndcg@10"] == pytest.approx(1.0)  # the default is "test"
+    assert evaluate(Model(), split, "validation", ks=(10,))["ndcg@10"] < 0.9
     with pytest.raises(ValueError, match="which"):
         evaluate(Model(), split, "train", ks=(10,))
     with pytest.raises(ValueError, match="k must lie"):
@@ -87,5 +98,9 @@ def test_paired_comparison_matches_scipy():
     assert out["t_pvalue"] == pytest.approx(scipy.stats.ttest_rel(x, y).pvalue)
     assert out["wilcoxon_pvalue"] == pytest.approx(scipy.stats.wilcoxon(x, y).pvalue)
     assert out["mean_diff"] == pytest.approx(x.mean() - y.mean())
+    # 95% CI of the mean difference: +- 1.96 standard errors, std(ddof=1) / sqrt(n)
+    half = 1.96 * np.std(x.to_numpy() - y.to_numpy(), ddof=1) / np.sqrt(len(x))
+    assert out["diff_ci95_low"] == pytest.approx(x.mean() - y.mean() - half)
+    assert out["diff_ci95_high"] == pytest.approx(x.mean() - y.mean() + half)
     with pytest.raises(KeyError, match="ndcg@7"):
         paired_comparison(a, b, "ndcg@7")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import textwrap
 from pathlib import Path
 
@@ -76,11 +77,43 @@ def test_run_writes_report_tables_and_plots(report: Path):
                    "best_params", "t_pvalue", "wilcoxon_pvalue"):
         assert column in table.columns, column
     assert table["ndcg@100"].between(0, 1).all()
+    assert (table["ndcg@100"] > 0).all()
     trials = pd.read_csv(out / "tiny_trials.csv")
     assert (trials["model"] == "EASE").sum() == 2  # every grid trial is recorded
     assert sorted(trials.loc[trials["model"] == "EASE", "l2"]) == [10.0, 100.0]
     history = pd.read_csv(out / "tiny_history.csv")
     assert set(history["model"]) == {"Mult-VAE"} and list(history["epoch"]) == [1, 2]
+
+
+def test_report_numbers_are_the_chosen_models_measured_on_the_test_users(report: Path):
+    """The table's test columns equal evaluate(model, split, "test") for a model refitted here,
+    on test users whose ids differ from the validation users'; CIs and paired differences follow."""
+    from recvae.data import strong_generalization
+    from recvae.evaluation import evaluate
+    from recvae.models import EASE, Popularity
+
+    config = load_config(report.parent.parent / "config.toml")
+    s = config.split
+    split = strong_generalization(load_dataset(config), s.heldout_users, target_fraction=s.target_fraction,
+                                  min_events_for_target=s.min_events_for_target, seed=s.seed)
+    assert not set(split.test.user_ids.tolist()) & set(split.validation.user_ids.tolist())
+    table = pd.read_csv(report.with_suffix(".csv")).set_index("model")
+    ease_l2 = json.loads(table.loc["EASE", "best_params"])["l2"]
+    for label, model in (("Popularity", Popularity()), ("EASE", EASE(l2=ease_l2))):
+        model.fit(split)
+        test = evaluate(model, split, "test", ks=(20, 50, 100))
+        row = table.loc[label]
+        for metric in ("ndcg@100", "recall@20", "recall@50"):
+            assert row[metric] == pytest.approx(test[metric], abs=1e-6), (label, metric)
+            assert row[f"{metric} ci95"] == pytest.approx(1.96 * test.summary.loc[metric, "std_err"], abs=1e-6)
+        assert row["validation ndcg@100"] == pytest.approx(evaluate(model, split, "validation", ks=(100,))["ndcg@100"],
+                                                           abs=1e-6)
+    # Paired differences are against the model with the best validation score, as (row - reference).
+    reference = table["validation ndcg@100"].idxmax()
+    assert (table["paired_reference"] == reference).all()
+    for label in table.index.drop(reference):
+        diff = table.loc[label, "ndcg@100"] - table.loc[reference, "ndcg@100"]  # every model: the same users
+        assert table.loc[label, "paired_diff"] == pytest.approx(diff, abs=1e-6), label
 
 
 def test_report_has_config_paired_tests_vae_section_and_published(report: Path):
@@ -190,6 +223,24 @@ def test_shipped_configs_validate(path: Path):
         assert resolve_dataset_path(config) == target.resolve()
 
 
+def test_shared_dataset_paths_resolve_beside_the_repository(tmp_path: Path):
+    """Synthetic twin of the shipped-config check above (which skips without ../shared/datasets):
+    a config in <repo>/experiments/configs naming ../shared/datasets/... finds the file beside the repo."""
+    repo = tmp_path / "repo"
+    (repo / "experiments" / "configs").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    data = tmp_path / "shared" / "datasets" / "toy" / "ratings.csv"
+    data.parent.mkdir(parents=True)
+    data.write_text("userId,movieId,rating\n" + "".join(f"{u},{i},5\n" for u in range(12) for i in range(8)))
+    text = SYNTHETIC.replace("synthetic = { n_users = 300, n_items = 100, seed = 0 }",
+                             'path = "../shared/datasets/toy/ratings.csv"')
+    config = load_config(write(repo / "experiments" / "configs", text.replace('name = "tiny"', 'name = "toy"'),
+                               "toy.toml"))
+    assert config.dataset.source == "path" and "shared/datasets" in config.dataset.value
+    assert resolve_dataset_path(config) == data.resolve()
+    assert load_dataset(config).nnz == 96
+
+
 def test_shipped_configs_cover_the_registry_and_the_protocol():
     from recvae.models import MODELS
 
@@ -218,14 +269,14 @@ def test_blend_reuses_the_tuned_models_it_refers_to(tmp_path, monkeypatch):
     config = write(tmp_path, SYNTHETIC + blend)
     assert load_config(config).models[-1].is_vae  # it refers to a VAE, so it counts as one
     seen = {}
-    real = experiment._run_model
+    real = experiment.runner._run_model
 
     def spy(spec, split, cfg, ks, names, progress, fitted):
         outcome = real(spec, split, cfg, ks, names, progress, fitted)
         seen[spec.label] = outcome.search.best_model
         return outcome
 
-    monkeypatch.setattr(experiment, "_run_model", spy)
+    monkeypatch.setattr("recvae.experiment.runner._run_model", spy)
     report = run_experiment(config, output_dir=tmp_path / "results", progress=False)
     parts = seen["Mult-VAE + EASE"].components_
     assert parts[0] is seen["EASE"] and parts[1] is seen["Mult-VAE"]

@@ -62,6 +62,20 @@ def test_fixed_weight_on_one_component_ranks_like_it(split, fitted):
                                   ease.recommend(split.test.fold_in, k=10).items)
 
 
+def test_blend_scores_are_the_weighted_sum_of_per_user_zscores(split, fitted):
+    ease, vae = fitted
+    blend = Blend([ease, vae], weights=[1.0, 3.0]).fit(split)
+    np.testing.assert_allclose(blend.weights_, [0.25, 0.75])
+    rows = split.test.fold_in[:10]
+    expected = np.zeros(rows.shape)
+    for weight, model in ((0.25, ease), (0.75, vae)):
+        scores = model.score(rows).astype(np.float64)
+        for u in range(rows.shape[0]):  # z-scores over the user's unseen items, written out
+            unseen = np.setdiff1d(np.arange(rows.shape[1]), rows[u].indices)
+            expected[u] += weight * (scores[u] - scores[u, unseen].mean()) / scores[u, unseen].std()
+    np.testing.assert_allclose(blend.score(rows), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_tuned_blend_is_at_least_as_good_as_each_part_on_validation(split, fitted):
     ease, vae = fitted
     blend = Blend([ease, vae]).fit(split)

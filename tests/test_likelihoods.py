@@ -4,9 +4,9 @@ import scipy.sparse as sp
 import torch
 from torch.distributions import Bernoulli, Multinomial, Normal, kl_divergence
 
-from recvae.models.likelihoods import LIKELIHOODS, GaussianLearnedVariance, make_likelihood
-from recvae.models.vae import gaussian_kl
-from recvae.sparse import SparseRows
+from recvae.nn.likelihoods import LIKELIHOODS, GaussianLearnedVariance, make_likelihood
+from recvae.nn.vae import gaussian_kl
+from recvae.nn.sparse import SparseRows
 
 
 def _batch(seed=0, counts=False):
@@ -53,7 +53,7 @@ def test_multinomial_gradient_matches_autograd_of_log_softmax(counts):
 
 
 def test_multinomial_gradient_matches_finite_differences():
-    from recvae.models.likelihoods import _MultinomialNLL
+    from recvae.nn.likelihoods import _MultinomialNLL
 
     x, dense = _batch(seed=5, counts=True)
     values = x.values.double()

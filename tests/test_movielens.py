@@ -455,3 +455,47 @@ def test_real_ml1m_implicit() -> None:
     if half.is_file():  # README: its first 487,650 rows are ml-1m-half's (user, movie) columns
         h = read_dat(half)
         pd.testing.assert_frame_equal(df.iloc[: len(h)], h[["user", "item"]])
+
+
+# --------------------------------------------------------------------------- synthetic twins of the real-file checks
+
+
+def _naive(text: str, sep: str, header: bool) -> np.ndarray:
+    """A plain split of every line: the reference the readers must agree with, row by row."""
+    lines = [line for line in text.replace("\r\n", "\n").split("\n") if line]
+    return np.array([line.split(sep) for line in lines[1 if header else 0:]], dtype=np.float64)
+
+
+@pytest.mark.parametrize("layout", ["ml-100k", "ml-latest-small", "ml-1m-half", "ml-1m-implicit"])
+def test_real_file_layouts_on_synthetic_files(tmp_path: Path, layout: str) -> None:
+    """The real-file checks above skip without ../shared/datasets; these run the same checks on
+    generated files of each layout (separator, header, CRLF, gzip, half stars, implicit pairs)."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    rows = list(zip(rng.integers(1, 300, n), rng.integers(1, 900, n), rng.integers(1, 11, n) / 2,
+                    rng.integers(800_000_000, 1_500_000_000, n)))
+    if layout == "ml-100k":
+        rows = [(u, i, float(np.ceil(r)), t) for u, i, r, t in rows]  # whole stars only
+        text, reader, sep, header, gz = ml100k_text(rows), read_ml100k, "\t", False, False
+    elif layout == "ml-latest-small":
+        text, reader, sep, header, gz = csv_text(rows, eol="\r\n"), read_ratings_csv, ",", True, False
+    elif layout == "ml-1m-half":
+        text, reader, sep, header, gz = dat_text(rows), read_dat, "::", False, True
+    else:
+        pairs = list(dict.fromkeys((u, i) for u, i, _, _ in rows))  # implicit: distinct (user, item) pairs
+        text = "userId,movieId\r\n" + "".join(f"{u},{i}\r\n" for u, i in pairs)
+        reader, sep, header, gz = read_ratings_csv, ",", True, True
+    path = write(tmp_path / ("ratings.gz" if gz else "ratings.txt"), text, gz)
+    df = reader(path)
+    naive = _naive(text, sep, header)
+    assert len(df) == len(naive)
+    np.testing.assert_array_equal(df["user"], naive[:, 0])
+    np.testing.assert_array_equal(df["item"], naive[:, 1])
+    if layout == "ml-1m-implicit":
+        assert list(df.columns) == ["user", "item"] and not df.duplicated().any()
+        return
+    np.testing.assert_array_equal(df["rating"], naive[:, 2].astype(np.float32))
+    np.testing.assert_array_equal(df["timestamp"], naive[:, 3].astype(np.int64))
+    expected = pd.Series(naive[:, 2]).value_counts().sort_index()
+    assert df["rating"].value_counts().sort_index().tolist() == expected.tolist()
+    assert counts(df) == (n, len(set(naive[:, 0])), len(set(naive[:, 1])))

@@ -13,8 +13,9 @@ from recvae.data import SyntheticConfig, strong_generalization, synthetic_intera
 from recvae.evaluation import evaluate
 from recvae.models.base import NotFittedError
 from recvae.models.baselines import Popularity
-from recvae.models.rec_vae import RecVAE, RecVAEConfig, RecVAENet, _train_phase, composite_prior_log_prob
-from recvae.sparse import DeviceCSR, SparseRows
+from recvae.models.rec_vae import RecVAE, RecVAEConfig, RecVAENet, composite_prior_log_prob
+from recvae.training.rec_vae import _train_phase
+from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.training import TrainingConfig
 
 FAST = TrainingConfig(epochs=8, batch_size=100, lr=5e-4, progress=False, seed=0)
@@ -241,7 +242,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path, small, split):
     with pytest.raises(ValueError, match="encoder_epochs"):
         RecVAEConfig(encoder_epochs=0)
     torch.save({"format": "recvae.vae/1"}, tmp_path / "mult_vae.pt")
-    with pytest.raises(ValueError, match="not a recvae RecVAE file"):
+    with pytest.raises(ValueError, match="not a RecVAE"):
         RecVAE.load(tmp_path / "mult_vae.pt")
 
 

@@ -88,6 +88,29 @@ def test_strong_generalization_on_ml_1m_half_matches_published_code():
     assert _ours(strong_generalization(Interactions.from_dataframe(log), 300)) == expected
 
 
+def test_strong_generalization_drops_items_only_held_out_users_have():
+    """Synthetic twin of the ml-1m-half check: the item set is the training users' items only.
+
+    Some users (training and held-out alike) get one event on an item nobody else has; the
+    published code keeps those items only when their user trains.
+    """
+    log = _shuffled_log(2)
+    liked = log[log["rating"] > 3.5].drop_duplicates("user")  # one liked event per user, so it survives the threshold
+    solo = liked[liked["user"] % 5 == 0].assign(item=lambda d: 100_000 + d["user"])
+    log = pd.concat([log, solo], ignore_index=True).sample(frac=1.0, random_state=2).reset_index(drop=True)
+    expected, items = _liang_reference(log, n_heldout=60)
+    split = strong_generalization(Interactions.from_dataframe(log), 60)
+    held_out = set(split.validation.user_ids.tolist()) | set(split.test.user_ids.tolist())
+    dropped = {100_000 + u for u in solo["user"] if u in held_out}
+    training = set(split.train_user_ids.tolist())
+    kept = {100_000 + u for u in solo["user"] if u in training}
+    assert dropped and kept  # both cases occur
+    assert split.info["items_dropped_unseen_in_train"] >= len(dropped)
+    assert not dropped & set(split.item_ids.tolist()) and kept <= set(split.item_ids.tolist())
+    assert _ours(split) == expected
+    assert set(split.item_ids.tolist()) == items
+
+
 def test_strong_generalization_invariants():
     data = Interactions.from_dataframe(_shuffled_log())
     split = strong_generalization(data, 0.1)

@@ -9,7 +9,7 @@ from conftest import random_rows
 from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
 from recvae.evaluation import evaluate
 from recvae.models import VAE, AnnealConfig, MultDAE, MultVAE, NotFittedError, Popularity, VAEConfig
-from recvae.sparse import DeviceCSR, SparseRows
+from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.training import TrainingConfig
 
 FAST = TrainingConfig(epochs=12, batch_size=100, progress=False, seed=0)
@@ -73,7 +73,18 @@ def test_encoder_never_densifies_the_batch(monkeypatch):
 def test_gradients_flow_through_the_reparameterisation():
     torch.manual_seed(0)
     net = VAE(50, VAEConfig(hidden_dims=(8,), latent_dim=4, input_dropout=0.0)).train()
-    # NLL only (beta = 0): the log-variance head gets gradient only through z = mu + sigma * eps.
+    # z = mu + sigma * eps with sigma = exp(log_var / 2): dz/dmu = 1, dz/dlog_var = eps * sigma / 2.
+    mu = torch.randn(6, 4, requires_grad=True)
+    log_var = torch.randn(6, 4, requires_grad=True)
+    z = net.reparameterize(mu, log_var, torch.Generator().manual_seed(5))
+    eps = torch.randn(6, 4, generator=torch.Generator().manual_seed(5))
+    sigma = torch.exp(0.5 * log_var.detach())
+    torch.testing.assert_close(z, mu.detach() + eps * sigma)
+    upstream = torch.randn(6, 4)
+    (z * upstream).sum().backward()
+    torch.testing.assert_close(mu.grad, upstream)
+    torch.testing.assert_close(log_var.grad, upstream * eps * sigma / 2)
+    # In the loss, NLL only (beta = 0): the log-variance head gets gradient only through z.
     net.loss(SparseRows.from_scipy(random_rows()), beta=0.0, generator=torch.Generator().manual_seed(0))["loss"].backward()
     head = net.encoder[-1].weight.grad
     assert head[:4].abs().sum() > 0 and head[4:].abs().sum() > 0
@@ -92,6 +103,7 @@ def test_training_lowers_loss_and_beats_popularity(fitted, split):
     popularity = evaluate(_popularity(split), split, "test")["ndcg@100"]
     assert ours > popularity + 0.1, (ours, popularity)
     assert fitted.training_.best_epoch == int(history["val_ndcg@100"].idxmax()) + 1
+    # The history's beta is computed apart from the loss; test_training.py checks the beta the loss used.
     assert 0 < history["beta"].iloc[-1] <= 0.2
 
 
@@ -153,7 +165,7 @@ def test_bad_inputs_raise_clear_errors(fitted, split):
     with pytest.raises(KeyError, match="unknown item id"):
         fitted.recommend_for_items(["no-such-item"])
     with pytest.raises(ValueError, match="exceeds"):
-        fitted.recommend(split.test.fold_in, k=split.n_items)
+        fitted.recommend(split.test.fold_in, k=split.n_items + 1)
     with pytest.raises(TypeError, match="scipy.sparse"):
         fitted.score([[1, 0]])
     with pytest.raises(TypeError, match="Split, an Interactions"):
