@@ -254,3 +254,37 @@ def test_validation_runs_every_eval_every_epochs_and_after_the_last(split):
     result = train_vae(_net(split.n_items), split.train, split.validation, cfg, CPU)
     validated = result.history.loc[result.history["val_ndcg@20"].notna(), "epoch"]
     assert list(validated) == [2, 4, 5]
+
+
+# ----------------------------------------------------------------------------- precision chosen for the hardware
+def test_auto_precision_picks_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from recvae.training import PRECISIONS, TrainingConfig, cpu_has_native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    bf16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    amx = "flags : avx2 amx_tile amx_bf16\n"
+    assert not cpu_has_native_bf16(avx2) and cpu_has_native_bf16(bf16) and cpu_has_native_bf16(amx)
+    assert resolve_precision("auto", cpu, cpuinfo=avx2) == "fp32"
+    assert resolve_precision("auto", cpu, cpuinfo=bf16) == "bf16"
+    assert resolve_precision("fp32", cpu, cpuinfo=bf16) == "fp32" and resolve_precision("bf16", cpu, cpuinfo=avx2) == "bf16"
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", cuda) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", cuda) == "fp32"
+    assert TrainingConfig().precision == "auto" and set(PRECISIONS) == {"auto", "fp32", "bf16"}
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainingConfig(precision="fp16")
+
+
+def test_the_chosen_precision_is_recorded_in_the_history(monkeypatch):
+    import recvae.training.loop as loop_module
+    from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
+    from recvae.models import MultVAE
+
+    split = strong_generalization(synthetic_interactions(SyntheticConfig(n_users=150, n_items=40, seed=4)), 15)
+    for native, expected in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(loop_module, "cpu_has_native_bf16", lambda cpuinfo=None, native=native: native)
+        model = MultVAE(latent_dim=4, hidden_dims=[8], epochs=1, progress=False, eval_k=20, device="cpu").fit(split)
+        assert list(model.history_["precision"]) == [expected]

@@ -37,6 +37,7 @@ from recvae.training.loop import (
     first_batch_loss,
     make_optimizer,
     rank_noise_generator,
+    resolve_precision,
     resume_agreed,
     run_fingerprint,
     sparse_rows,
@@ -162,6 +163,8 @@ def train_recvae(
     state = {"epoch": 0, "step": 0, "history": [], "best_state": None, "best_epoch": None,
              "best_score": None, "best_beta": None, "since_best": 0, "stopped_early": False}
     warn_degenerate(config)
+    precision = resolve_precision(config.precision, device)
+    logger.info("precision: %s (asked: %s, device %s)", precision, config.precision, device)
     # The run's identity, stored in the checkpoint and compared on resume (hashing the data costs one pass).
     fingerprint = run_fingerprint(net, config, train, validation) if config.checkpoint else None
     if resume_agreed(config, ctx):
@@ -170,7 +173,7 @@ def train_recvae(
         warn_if_finished(config, state)
 
     def score_fn(rows: sp.csr_matrix) -> torch.Tensor:
-        with _autocast(device, config.precision):
+        with _autocast(device, precision):
             return net.scores(sparse_rows(rows, device))
 
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch,
@@ -180,7 +183,7 @@ def train_recvae(
 
     def phase(part: str, passes: int, noise: torch.Generator | None) -> torch.Tensor:
         return _train_phase(net, part, optimizers[part], data, users, generator, passes=passes,
-                            batch_size=config.batch_size, precision=config.precision, bar=bar,
+                            batch_size=config.batch_size, precision=precision, bar=bar,
                             ctx=ctx, noise_generator=noise, first=None if "first_loss" in state else first)
 
     try:
@@ -202,7 +205,7 @@ def train_recvae(
             if problem:
                 raise _diverged(epoch, problem, config, state, net, ctx,
                                 lambda st: _recvae_result(st, mean_beta))
-            row = {"epoch": epoch, "step": state["step"], "beta": mean_beta, "loss": loss, "nll": nll, "kl": kl,
+            row = {"epoch": epoch, "step": state["step"], "precision": precision, "beta": mean_beta, "loss": loss, "nll": nll, "kl": kl,
                    "encoder_loss": encoder_loss, "train_seconds": time.perf_counter() - started}
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}"}
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
