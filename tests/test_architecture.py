@@ -13,11 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_layers_only_point_down():
-    command = shutil.which("lint-imports")
+def _lint_imports() -> str:
+    """The lint-imports command of this interpreter's environment (its bin/ may not be on PATH)."""
+    command = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     if command is None:
         pytest.fail("import-linter is not installed: pip install -e '.[dev]'")
-    result = subprocess.run([command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return command
+
+
+def test_layers_only_point_down():
+    result = subprocess.run([_lint_imports()], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout
 
@@ -40,9 +45,7 @@ def test_no_function_level_imports_of_recvae_outside_the_cli():
 
 def test_a_lower_layer_importing_a_higher_one_breaks_the_contract(tmp_path):
     """The check can fail: a copy of the package where data imports models is refused."""
-    command = shutil.which("lint-imports")
-    if command is None:
-        pytest.fail("import-linter is not installed: pip install -e '.[dev]'")
+    command = _lint_imports()
     shutil.copytree(ROOT / "recvae", tmp_path / "recvae")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     bad = tmp_path / "recvae" / "data" / "ids.py"
