@@ -832,6 +832,9 @@ def _resolve_model(model, params, epochs, epochs_from, say) -> tuple[str, dict]:
     """(registry name, flat params) from the arguments, ``epochs`` and an earlier run's best epoch."""
     params = dict(params or {})
     if isinstance(model, Recommender):
+        if params:
+            raise RunError("params apply to a model given by name; set them on the model instance instead "
+                           "(model.set_params(...))")
         if epochs is not None or epochs_from is not None:
             raise RunError("epochs / epochs_from apply to a model given by name; set epochs on the model instead")
         name = next((n for n, c in MODELS.items() if type(model) is c), type(model).__name__.lower())
@@ -1020,9 +1023,13 @@ def _check_run_target(path: Path, *, overwrite: bool, resume: bool) -> None:
     """Refuse, before any work, a target that holds a run (unless overwrite) or a killed run's leftovers."""
     if path.exists() and not path.is_dir():
         raise RunError(f"{path}: is a file; give a directory for the run")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        what = "a run" if (path / MANIFEST_FILE).exists() or (path / MODEL_FILE).exists() else "files"
-        raise RunError(f"{path}: already holds {what}; choose another directory or pass --overwrite (overwrite=True)")
+    if path.is_dir() and any(path.iterdir()):
+        is_run = (path / MANIFEST_FILE).exists() or (path / MODEL_FILE).exists()
+        if not is_run:
+            # --overwrite replaces runs only: never delete a folder of someone's other files
+            raise RunError(f"{path}: holds files that are not a recvae run; choose another (or an empty) directory")
+        if not overwrite:
+            raise RunError(f"{path}: already holds a run; choose another directory or pass --overwrite (overwrite=True)")
     work = _work_dir(path)
     if work.exists() and not resume:
         if (work / CHECKPOINT_FILE).exists():

@@ -122,6 +122,15 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_old_run(ease_run, log_csv, 
     Run.load(old)  # still whole
 
 
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(log_csv, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    with pytest.raises(RunError, match="not a recvae run"):
+        Run.fit(log_csv, "popularity", output=folder, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "precious"
+
+
 def test_overwrite_replaces_the_run_whole(ease_run, log_csv, tmp_path):
     old = _copy_run(ease_run.path, tmp_path, "old")
     Run.fit(log_csv, "popularity", output=old, overwrite=True)
