@@ -10,8 +10,10 @@ Commands (``recvae COMMAND --help`` documents each):
 - ``embed RUN``: :meth:`Run.embed_users` / :meth:`Run.item_embeddings`.
 - ``similar RUN --item ID``: :meth:`Run.similar_items`.
 - ``info RUN``: :meth:`Run.summary`.
+- ``export RUN --format onnx -o FILE``: :func:`recvae.export.export_onnx`, the fold-in scorer as ONNX.
 - ``datasets``: the MovieLens releases recvae knows, and which are cached.
 - ``experiment CONFIG``: :func:`recvae.experiment.run_experiment`.
+- ``serve RUN``: :func:`recvae.serve.serve` -- an HTTP recommendation server (the ``serve`` extra).
 
 Every failure ends with one line naming the problem and the fix (exit status 1);
 ``--debug`` shows the traceback instead. ``-v`` shows the library's log, ``-q``
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_demo, _add_train, _add_evaluate, _add_recommend, _add_embed, _add_similar, _add_info,
-                _add_datasets, _add_experiment):
+                _add_export, _add_datasets, _add_experiment, _add_serve):
         add(sub, common)
     return parser
 
@@ -332,6 +334,22 @@ def _add_info(sub, common) -> None:
     p.set_defaults(handler=run_info)
 
 
+def _add_export(sub, common) -> None:
+    p = _subparser(sub, common, "export", "write a run's fold-in scorer as an ONNX file (onnxruntime serving)",
+                   "Export the fold-in scorer of a run (recvae.export.export_onnx): a user's item\n"
+                   "indices (int64, CSR-style with int64 offsets) and weights (float32) in, the\n"
+                   "score of every item out (float32, users x items), at the posterior mean.\n"
+                   "Mult-VAE, Mult-DAE, RecVAE and EASE export; needs pip install recvae[onnx].\n\n"
+                   "example:\n  recvae export runs/vae --format onnx -o vae.onnx")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'recvae train'")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="the file format (default onnx)")
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="the file to write (replaced if present)")
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: recvae.export.DEFAULT_OPSET)")
+    p.add_argument("--unweighted", action="store_true",
+                   help="a graph without the values input: every item of a user counts 1")
+    p.set_defaults(handler=run_export, device="cpu")
+
+
 def _add_datasets(sub, common) -> None:
     p = _subparser(sub, common, "datasets", "list the MovieLens releases recvae knows and which are cached",
                    "List every MovieLens release 'recvae train NAME' can load: its size, whether\n"
@@ -349,6 +367,26 @@ def _add_experiment(sub, common) -> None:
     p.add_argument("--output", metavar="DIR", help="where to write results (default: the runner's)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(handler=run_experiment_command)
+
+
+def _add_serve(sub, common) -> None:
+    p = _subparser(sub, common, "serve", "serve a run's recommendations over HTTP (FastAPI + uvicorn)",
+                   "Serve a run directory over HTTP (recvae.serve; needs pip install recvae[serve]):\n"
+                   "POST /recommend, /recommend/new-user, /similar; GET /health, /info (JSON).\n"
+                   "Concurrent /recommend requests are scored together in micro-batches (each waits\n"
+                   "at most --max-wait-ms for others); --no-batching scores each request alone.\n\n"
+                   "example:\n  recvae serve runs/prod --port 8000\n"
+                   "  curl -s localhost:8000/recommend -H 'content-type: application/json' "
+                   "-d '{\"user_id\": \"u17\", \"k\": 10}'")
+    _add_run_dir(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each loading the run (default 1)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its batch (default 5)")
+    p.add_argument("--max-batch", type=int, default=256, help="most requests scored in one batch (default 256)")
+    p.add_argument("--no-batching", action="store_true", help="score each /recommend request alone")
+    p.set_defaults(handler=run_serve)
 
 
 # ============================================================================ handlers
@@ -659,6 +697,30 @@ def run_info(args: argparse.Namespace) -> int:
     print(json.dumps(run.info(), indent=2, default=str) if args.json else run.summary())
     return 0
 
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``recvae serve``: :func:`recvae.serve.serve` until interrupted (uvicorn logs the address; -v each request)."""
+    from recvae.serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, workers=args.workers, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, micro_batching=not args.no_batching, device=args.device,
+          log_level="warning" if args.quiet else "info", access_log=args.verbose > 0)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``recvae export``: :func:`recvae.export.export_onnx` on the run's model."""
+    from recvae.export import DEFAULT_OPSET, export_onnx
+
+    run = _load(args)
+    try:
+        path = export_onnx(run, args.output, opset=DEFAULT_OPSET if args.opset is None else args.opset,
+                           weighted=not args.unweighted)
+    except ImportError as err:  # onnx / onnxscript missing: the message says what to install
+        _fail(_message(err))
+    print(f"{type(run.model).__name__} fold-in scorer ({run.n_items:,} items) written to {path}")
+    return 0
 
 
 # ============================================================================ datasets
