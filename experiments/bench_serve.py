@@ -144,6 +144,33 @@ async def load(url: str, users: list, concurrency: int, k: int, timeout_s: float
             "mean_batch": _mean_batch(before, info)}
 
 
+def onnx_vs_torch(run_dir: Path, workdir: Path, n_users: int = 1000, repeats: int = 3) -> list[dict]:
+    """Users/s of the fold-in scorer: torch ``model.score`` beside onnxruntime on the exported graph, same rows."""
+    import onnxruntime
+
+    from recvae.export import export_onnx
+    from recvae.runs import Run
+
+    run = Run.load(run_dir, device="cpu")
+    rows = run.history[:n_users]
+    path = export_onnx(run, workdir / "scorer.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"indices": rows.indices.astype(np.int64), "offsets": rows.indptr.astype(np.int64),
+             "values": rows.data.astype(np.float32)}
+    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in session.get_inputs()}}
+    timings = {}
+    for name, score in (("torch", lambda: run.model.score(rows)), ("onnxruntime", lambda: session.run(None, feeds))):
+        score()  # warm-up
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            score()
+            seconds.append(time.perf_counter() - started)
+        timings[name] = min(seconds)
+    return [{"scorer": name, "users": rows.shape[0], "users_per_s": rows.shape[0] / t, "ms": t * 1000.0}
+            for name, t in timings.items()]
+
+
 def _mean_batch(before: dict, after: dict) -> float | None:
     """/recommend requests per scored micro-batch between two /info answers (None without batching)."""
     if not after.get("batches") or after["batches"] <= before["batches"]:
@@ -165,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         runs, data_name = fit_runs(Path(tmp), epochs)
+        scorer = onnx_vs_torch(runs["mult-vae"], Path(tmp))
+        for row in scorer:
+            print(f"{row['scorer']:12} {row['users_per_s']:10,.0f} users/s ({row['users']} users, {row['ms']:.1f} ms)")
         for model, run_dir in runs.items():
             user_ids = np.load(run_dir / "users.npz", allow_pickle=False)["user_ids"]
             rng = np.random.default_rng(args.seed)
@@ -194,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         f"({os.cpu_count()} CPU cores shared with the server; {platform.processor() or platform.machine()}). "
         f"Micro-batching: max wait 5 ms, max batch 256; mean_batch = requests per scored batch in the cell."
         f"\n\n{text}\n\n"
+        f"The Mult-VAE fold-in scorer, torch `model.score` beside onnxruntime on the exported graph "
+        f"(`recvae export --format onnx`), same rows, best of 3:\n\n"
+        f"{pd.DataFrame(scorer).to_markdown(index=False, floatfmt='.1f')}\n\n"
         f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `python experiments/bench_serve.py"
         f"{' --quick' if args.quick else ''}`.\n")
     print(f"\nwritten to {out}")
