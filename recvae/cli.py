@@ -547,10 +547,9 @@ def _check_output(path: str | None, allowed: dict[str, str] | None = None) -> No
     """Refuse an output with an unknown suffix or an unwritable place before any work."""
     if path is None:
         return
-    from recvae.data.tables import check_output_path, table_format
+    from recvae.data.tables import check_table_output
 
-    table_format(path, allowed)
-    check_output_path(path)
+    check_table_output(path, allowed)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -639,10 +638,9 @@ def run_embed(args: argparse.Namespace) -> int:
     """``recvae embed``: :meth:`Run.embed_users` or :meth:`Run.item_embeddings` to a file."""
     import numpy as np
 
-    from recvae.data.tables import table_format, write_table
+    from recvae.data.tables import check_table_output, write_table
 
-    fmt = table_format(args.output, _EMBED_FORMATS)
-    _check_output(args.output, _EMBED_FORMATS)
+    fmt = check_table_output(args.output, _EMBED_FORMATS)
     run = _load(args)
     try:
         frame = run.item_embeddings() if args.items else run.embed_users(args.user, strict=args.strict)

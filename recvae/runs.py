@@ -54,11 +54,11 @@ from recvae.evaluation import evaluate as evaluate_model
 from recvae.models.mult_vae import TorchVAERecommender
 from recvae.models.registry import MODELS, load_model, make_model
 from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
-from recvae.data.ids import find_ids, lookup_ids, normalise_ids
+from recvae.data.ids import find_ids, lookup_ids
 from recvae.data.interactions import Interactions
 from recvae.data.logs import InteractionLog, read_log
 from recvae.data.splits import Split, all_users_split, strong_generalization, temporal_split, weak_generalization
-from recvae.data.tables import TableWriter, check_output_path, table_format
+from recvae.data.tables import TableWriter, check_output_path, check_table_output
 from recvae.models.base import Recommender, UserEmbeddings, item_mask, rank_items
 
 logger = logging.getLogger(__name__)
@@ -388,7 +388,7 @@ class Run:
             user_ids, history = _known_users(the_split)
             seen = (log.seen_rows(user_ids, the_split.item_ids) + history).tocsr()
             seen.data[:] = 1.0
-            raw_users = np.unique(normalise_ids(log.frame["user"].to_numpy(), "user"))
+            raw_users = np.unique(log.raw_user_ids)
             dropped = raw_users[~pd.Index(raw_users).isin(user_ids)] if len(raw_users) else raw_users
             config = {
                 "format": RUN_FORMAT,
@@ -627,9 +627,7 @@ class Run:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise RunError(f"k must be a positive integer; got {k!r}")
         history = self.history[rows]
-        masks = [m for m in (self.seen[rows] if filter_seen else None,
-                             self._item_filter(exclude, rows, "exclude", strict)[0]) if m is not None]
-        excluded = None if not masks else sum(masks[1:], masks[0]).tocsr()
+        excluded = [self.seen[rows] if filter_seen else None, self._item_filter(exclude, rows, "exclude", strict)[0]]
         allowed, restricted = self._item_filter(candidates, rows, "candidates", strict)
         scores = np.array(self.model.score(history), dtype=np.float32)
         items, top = rank_items(scores, min(int(k), self.n_items), exclude=excluded, candidates=allowed,
@@ -651,18 +649,13 @@ class Run:
             raise RunError(f"items (--items) {_first(list(item_ids))}: none is in the model's catalogue of "
                            f"{self.n_items:,} items (ids look like {_first(self.item_ids[:3].tolist(), 3)}); "
                            "nothing to fold in")
-        row = sp.csr_matrix((np.ones(len(np.unique(items)), np.float32), np.unique(items), [0, len(np.unique(items))]),
-                            shape=(1, self.n_items))
-        masks = [row] + ([item_mask(self._item_columns(exclude, "exclude", strict), 1, self.n_items, "exclude")]
-                         if exclude is not None else [])
-        allowed = None if candidates is None else item_mask(self._item_columns(candidates, "candidates", strict), 1,
-                                                             self.n_items, "candidates")
-        scores = np.array(self.model.score(row), dtype=np.float32)
-        chosen, top = rank_items(scores, min(int(k), self.n_items), exclude=sum(masks[1:], masks[0]).tocsr(),
-                                 candidates=allowed)
-        valid = chosen[0] >= 0
-        return pd.DataFrame({"rank": np.arange(1, chosen.shape[1] + 1)[valid],
-                             "item_id": self.item_ids[chosen[0][valid]], "score": top[0][valid]})
+        items = np.unique(items)
+        row = sp.csr_matrix((np.ones(len(items), np.float32), items, [0, len(items)]), shape=(1, self.n_items))
+        recs = self.model.recommend(
+            row, k=min(int(k), self.n_items),
+            exclude=None if exclude is None else self._item_columns(exclude, "exclude", strict),
+            candidates=None if candidates is None else self._item_columns(candidates, "candidates", strict))
+        return recs.to_frame()[["rank", "item_id", "score"]]
 
     def recommend_all(
         self,
@@ -684,8 +677,7 @@ class Run:
         from tqdm.auto import tqdm
 
         if path is not None:
-            table_format(path)
-            check_output_path(path)
+            check_table_output(path)
         starts = range(0, len(self.user_ids), batch_size)
         bar = tqdm(starts, desc="recommend", unit="batch", disable=None if progress is None else not progress)
         if path is None:

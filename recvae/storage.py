@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from recvae.data.sniff import one_line as _one_line
+
 __all__ = [
     "ModelFileError",
     "ModelFileNotFoundError",
@@ -59,12 +61,6 @@ class ModelFileError(ValueError):
 
 class ModelFileNotFoundError(ModelFileError, FileNotFoundError):
     """No file at the given path (also a :class:`FileNotFoundError`)."""
-
-
-def _one_line(text: object, limit: int = 160) -> str:
-    """An exception's text squeezed into one short line (torch's messages span many)."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _fail(path: Path, cause: str, fix: str) -> ModelFileError:

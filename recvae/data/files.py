@@ -21,7 +21,7 @@ from recvae.data.movielens import read_movielens_file
 from recvae.data.sniff import (
     _DECOMPRESS_ERRORS,
     LogFileError,
-    _one_line,
+    one_line,
     check_text_head,
     damaged_gzip_error,
     read_zipped_ratings,
@@ -39,7 +39,7 @@ def _read_json(path: Path, *, lines: bool, compressed: bool) -> pd.DataFrame:
         raise damaged_gzip_error(path, err) from None
     except ValueError as err:
         layout = "one JSON object per line" if lines else "an array of records"
-        raise LogFileError(f"{path}: not {layout} ({_one_line(err)}); export the log as {layout}") from None
+        raise LogFileError(f"{path}: not {layout} ({one_line(err)}); export the log as {layout}") from None
     if frame.empty:
         raise LogFileError(f"{path} holds no records: expected one event per record")
     return frame
@@ -58,7 +58,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     except ImportError:
         raise
     except errors as err:
-        raise LogFileError(f"{path} is a damaged Parquet file ({_one_line(err)}); export it again") from None
+        raise LogFileError(f"{path} is a damaged Parquet file ({one_line(err)}); export it again") from None
 
 
 def read_interactions_file(path: str | os.PathLike[str], *, sep: str | None = None) -> pd.DataFrame:
@@ -121,5 +121,5 @@ def read_interactions_file(path: str | os.PathLike[str], *, sep: str | None = No
     except pd.errors.EmptyDataError:
         raise LogFileError(f"{path} is empty: expected a header line and one event per line") from None
     except pd.errors.ParserError as err:
-        msg = _one_line(str(err).replace("Error tokenizing data. C error: ", ""))
+        msg = one_line(str(err).replace("Error tokenizing data. C error: ", ""))
         raise LogFileError(f"{path}: malformed line ({msg}); fix or remove it, or pass the right --sep (sep=)") from None

@@ -22,6 +22,7 @@ user has already seen, for filtering recommendations.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -84,6 +85,16 @@ class InteractionLog:
     rating_scale: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
 
+    @functools.cached_property
+    def raw_user_ids(self) -> np.ndarray:
+        """The user of every event as a plain id array (normalised once: text ids cost a Python pass)."""
+        return normalise_ids(self.frame["user"].to_numpy(), "user")
+
+    @functools.cached_property
+    def raw_item_ids(self) -> np.ndarray:
+        """The item of every event as a plain id array."""
+        return normalise_ids(self.frame["item"].to_numpy(), "item")
+
     @property
     def has_ratings(self) -> bool:
         return "rating" in self.frame.columns
@@ -136,8 +147,8 @@ class InteractionLog:
         Events of other users or on items outside ``item_ids`` are left out;
         duplicates count once.
         """
-        users, user_found = find_ids(pd.Index(np.asarray(user_ids)), normalise_ids(self.frame["user"].to_numpy()))
-        items, item_found = find_ids(pd.Index(np.asarray(item_ids)), normalise_ids(self.frame["item"].to_numpy()))
+        users, user_found = find_ids(pd.Index(np.asarray(user_ids)), self.raw_user_ids)
+        items, item_found = find_ids(pd.Index(np.asarray(item_ids)), self.raw_item_ids)
         keep = user_found & item_found
         matrix = sp.csr_matrix(
             (np.ones(int(keep.sum()), np.float32), (users[keep], items[keep])), shape=(len(user_ids), len(item_ids))

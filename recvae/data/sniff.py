@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["LogFileError", "LogFileNotFoundError", "sniff_file", "read_zipped_ratings",
+__all__ = ["LogFileError", "LogFileNotFoundError", "one_line", "sniff_file", "read_zipped_ratings",
            "check_text_head", "damaged_gzip_error", "RATINGS_MEMBERS"]
 
 #: file names inside a zip that are taken for a ratings log (MovieLens's, plain or .gz).
@@ -33,7 +33,8 @@ class LogFileNotFoundError(LogFileError, FileNotFoundError):
     """No file at the given path (also a :class:`FileNotFoundError`)."""
 
 
-def _one_line(text: object, limit: int = 160) -> str:
+def one_line(text: object, limit: int = 160) -> str:
+    """An exception's text squeezed into one short line (library messages can span many)."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
@@ -100,7 +101,7 @@ def check_text_head(path: Path, compressed: bool) -> None:
 def damaged_gzip_error(path: Path, err: BaseException) -> LogFileError:
     """A damaged gzip stream, named: "truncated" when the stream ends early, else "corrupt"."""
     what = "truncated gzip" if isinstance(err, EOFError) else "corrupt gzip"
-    return LogFileError(f"{path} is not a valid gzip file ({what}: {_one_line(err)}); "
+    return LogFileError(f"{path} is not a valid gzip file ({what}: {one_line(err)}); "
                         "re-download it, or decompress what is left by hand")
 
 
@@ -131,9 +132,9 @@ def read_zipped_ratings(path: Path, read: Callable[[Path], pd.DataFrame]) -> pd.
                 except ValueError as err:  # the reader's own message, about the temporary copy
                     raise LogFileError(str(err).replace(str(target), f"{path}!{member}")) from None
     except zipfile.BadZipFile as err:
-        raise LogFileError(f"{path} is a damaged zip archive ({_one_line(err)}, a member fails its CRC check or "
+        raise LogFileError(f"{path} is a damaged zip archive ({one_line(err)}, a member fails its CRC check or "
                            "the file is truncated); download or create it again") from None
     except (EOFError, zlib.error) as err:
-        raise LogFileError(f"{path} is a damaged zip archive ({_one_line(err)}); download or create it again") from None
+        raise LogFileError(f"{path} is a damaged zip archive ({one_line(err)}); download or create it again") from None
 
 

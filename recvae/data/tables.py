@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["TABLE_SUFFIXES", "table_format", "check_output_path", "write_table", "TableWriter"]
+__all__ = ["TABLE_SUFFIXES", "table_format", "check_output_path", "check_table_output", "write_table", "TableWriter",
+           "read_table"]
 
 TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
 
@@ -52,6 +53,13 @@ def check_output_path(path: str | os.PathLike, *, directory: bool = False) -> Pa
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"{path}: cannot be written, {probe} is not writable")
     return path
+
+
+def check_table_output(path: str | os.PathLike, allowed: dict[str, str] | None = None) -> str:
+    """Before any work: the format ``path``'s suffix names (refusing unknown ones) and a writable place for it."""
+    fmt = table_format(path, allowed)
+    check_output_path(path)
+    return fmt
 
 
 def _json_value(value):

@@ -8,6 +8,7 @@ brand-new users are served the same way, without retraining.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,13 +142,14 @@ def rank_items(
     scores: np.ndarray,
     k: int,
     *,
-    exclude: sp.csr_matrix | None = None,
+    exclude: sp.csr_matrix | Sequence[sp.csr_matrix | None] | None = None,
     candidates: sp.csr_matrix | None = None,
     restricted: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(items, scores) of each row's top ``k``, excluded items removed and only candidates kept.
 
-    ``restricted`` (bool per row, default all) says which rows the candidate
+    ``exclude`` is one (rows, items) sparse mask or several (None entries are
+    skipped): seen items, exclusion lists ... each masked in turn. ``restricted`` (bool per row, default all) says which rows the candidate
     lists apply to; the other rows may get any item. ``scores`` is modified in
     place. Rows with fewer than ``k`` eligible items are padded with item -1 and
     score -inf.
@@ -160,8 +162,9 @@ def rank_items(
         if restricted is not None:
             allowed[~np.asarray(restricted, dtype=bool)] = True
         scores[~allowed] = -np.inf
-    if exclude is not None and exclude.nnz:
-        mask_seen(scores, exclude)
+    for mask in [exclude] if sp.issparse(exclude) else exclude or ():
+        if mask is not None and mask.nnz:
+            mask_seen(scores, mask)
     k = min(int(k), scores.shape[1])
     items = top_k(scores, k)
     top_scores = np.take_along_axis(scores, items, axis=1)
@@ -357,10 +360,8 @@ class Recommender(ABC):
         if k > self.n_items_:
             raise ValueError(f"k={k} exceeds the model's {self.n_items_} items; ask for fewer")
         n = rows.shape[0]
-        masks = [m for m in (rows if filter_seen else None,
-                             item_mask(seen, n, self.n_items_, "seen") if filter_seen else None,
-                             item_mask(exclude, n, self.n_items_, "exclude")) if m is not None]
-        excluded = None if not masks else sum(masks[1:], masks[0]).tocsr()
+        excluded = [rows if filter_seen else None, item_mask(seen, n, self.n_items_, "seen") if filter_seen else None,
+                    item_mask(exclude, n, self.n_items_, "exclude")]
         allowed = item_mask(candidates, n, self.n_items_, "candidates")
         scores = np.array(self.score(rows), dtype=np.float32)
         items, top_scores = rank_items(scores, k, exclude=excluded, candidates=allowed)
