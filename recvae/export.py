@@ -3,7 +3,7 @@
 ``export_onnx(model_or_run, "model.onnx")`` writes one ONNX file that reproduces
 ``model.score(rows)`` (Mult-VAE, Mult-DAE, RecVAE: the decoder at the posterior mean,
 in eval mode: no input dropout, no sampling, the input row L2-normalised as in
-training; EASE: ``x B``) for any number of users and items per user, so that
+training; EASE and EDLAE: ``x B``) for any number of users and items per user, so that
 onnxruntime (or any ONNX runtime) can serve it without torch or recvae.
 
 The graph's form (documented for the serving side):
@@ -67,7 +67,7 @@ __all__ = ["export_onnx", "scorer_module", "EXPORTABLE", "DEFAULT_OPSET", "INSTA
 #: The ONNX (ai.onnx) opset the graph targets unless told otherwise (the dynamo exporter's own).
 DEFAULT_OPSET = 18
 #: Display names of the models :func:`export_onnx` accepts (Mult-DAE is a :class:`MultVAE`).
-EXPORTABLE = ("Mult-VAE", "Mult-DAE", "RecVAE", "EASE")
+EXPORTABLE = ("Mult-VAE", "Mult-DAE", "RecVAE", "EASE", "EDLAE")
 INSTALL_HINT = "pip install recvae[onnx]"
 #: Written into the file's metadata (``recvae.format``) so a server can check what it loads.
 ONNX_FORMAT = "recvae.onnx-scorer/1"
@@ -158,7 +158,7 @@ class _RecVAEScorer(_Scorer):
 
 
 class _EASEScorer(_Scorer):
-    """EASE's ``x B``: the rows scattered into a users x items buffer, one product with ``B``."""
+    """EASE's (and EDLAE's) ``x B``: the rows scattered into a users x items buffer, one product with ``B``."""
 
     def __init__(self, weights) -> None:
         super().__init__(int(weights.shape[0]))
@@ -197,7 +197,7 @@ def scorer_module(model_or_run) -> nn.Module:
             scorer = _RecVAEScorer(net)
         else:
             raise ValueError(f"cannot export {name} to ONNX: unknown network {type(net).__name__}; {exportable}")
-    elif isinstance(model, EASE):
+    elif isinstance(model, EASE):  # EDLAE included (a subclass)
         if model.weights_ is None:
             raise ValueError(f"cannot export {name} to ONNX: it is not fitted; call fit() first")
         scorer = _EASEScorer(model.weights_)
@@ -250,7 +250,7 @@ def export_onnx(model_or_run, path: str | os.PathLike, *, opset: int = DEFAULT_O
     is either the old file or the whole new one.
 
     Args:
-        model_or_run: a fitted Mult-VAE, Mult-DAE, RecVAE or EASE, or a run holding one.
+        model_or_run: a fitted Mult-VAE, Mult-DAE, RecVAE, EASE or EDLAE, or a run holding one.
         path: the ``.onnx`` file to write (replaced if it exists).
         opset: the ai.onnx opset version to target (default :data:`DEFAULT_OPSET`).
         weighted: True adds the ``values`` input (interaction weights); False

@@ -2,6 +2,8 @@
 
 - :class:`Popularity`: every user gets the training item counts.
 - :class:`EASE`: Steck's (2019) closed-form item-item linear model.
+- :class:`EDLAE`: Steck's (2020) full-rank emphasised-denoising linear autoencoder, EASE with
+  dropout-emphasised, popularity-scaled regularisation (closed form).
 - :class:`ALS`: implicit-feedback matrix factorisation (Hu, Koren & Volinsky 2008),
   trained by ``implicit``; held-out users are solved exactly from their fold-in rows.
 - :class:`BPR`: Bayesian personalised ranking (Rendle et al. 2009), trained by
@@ -26,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recvae.models.array_model import ArrayRecommender, read_npz
-from recvae.models.ease import EASE, available_memory_bytes, ease_memory_bytes
+from recvae.models.ease import EASE, EDLAE, available_memory_bytes, ease_memory_bytes, edlae_weights
 from recvae.models.files import ModelFileError
 from recvae.models.implicit_models import ALS, BPR, ItemKNN
 from recvae.models.popularity import Popularity
@@ -34,6 +36,7 @@ from recvae.models.popularity import Popularity
 __all__ = [
     "Popularity",
     "EASE",
+    "EDLAE",
     "ALS",
     "BPR",
     "ItemKNN",
@@ -41,6 +44,7 @@ __all__ = [
     "load_baseline",
     "available_memory_bytes",
     "ease_memory_bytes",
+    "edlae_weights",
 ]
 
 
@@ -63,6 +67,7 @@ def load_baseline(path: str | Path) -> ArrayRecommender:
 BASELINES: dict[str, type[ArrayRecommender]] = {
     "popularity": Popularity,
     "ease": EASE,
+    "edlae": EDLAE,
     "als": ALS,
     "bpr": BPR,
     "itemknn": ItemKNN,
