@@ -13,6 +13,7 @@ Commands (``recvae COMMAND --help`` documents each):
 - ``export RUN --format onnx -o FILE``: :func:`recvae.export.export_onnx`, the fold-in scorer as ONNX.
 - ``datasets``: the MovieLens releases recvae knows, and which are cached.
 - ``experiment CONFIG``: :func:`recvae.experiment.run_experiment`.
+- ``tune DATA --search SPACE --trials N -o OUT``: :func:`recvae.runs.tune`, a hyper-parameter search (the ``tune`` extra).
 - ``serve RUN``: :func:`recvae.serve.serve` -- an HTTP recommendation server (the ``serve`` extra).
 
 Every failure ends with one line naming the problem and the fix (exit status 1);
@@ -35,8 +36,9 @@ __all__ = ["main", "build_parser", "parse_params", "parse_value", "model_params"
 
 #: Examples of ``recvae.models.MODELS`` names for help texts (importing the registry would slow
 #: ``--help``; the registry is what validates, and an unknown name lists every model).
-MODEL_NAMES = ("popularity", "itemknn", "als", "bpr", "ease", "mult-dae", "mult-vae", "recvae", "blend")
-TORCH_MODEL_NAMES = ("mult-dae", "mult-vae", "recvae")
+MODEL_NAMES = ("popularity", "itemknn", "als", "bpr", "ease", "edlae", "mult-dae", "mult-vae", "recvae", "joint-vae",
+               "blend")
+TORCH_MODEL_NAMES = ("mult-dae", "mult-vae", "recvae", "joint-vae")
 LIANG_SEED = 98765
 
 
@@ -122,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_demo, _add_train, _add_evaluate, _add_recommend, _add_embed, _add_similar, _add_info,
-                _add_export, _add_datasets, _add_experiment, _add_serve):
+                _add_export, _add_datasets, _add_experiment, _add_serve, _add_tune):
         add(sub, common)
     return parser
 
@@ -759,6 +761,98 @@ def _list_shared(shared: Path) -> None:
         print("  (none)")
     for p in files:
         print(f"  {str(p.relative_to(shared)):<40} {p.stat().st_size / 1e6:9.1f} MB")
+
+# ============================================================================ tune
+def _add_tune(sub, common) -> None:
+    p = _subparser(
+        sub, common, "tune", "search a model's hyper-parameters on the validation users (optuna)",
+        "Read and split a log as 'recvae train' does, then search hyper-parameters on the\n"
+        "validation users (recvae.runs.tune; needs pip install \"recvae[tune]\"): TPE or random\n"
+        "search for --trials trials; a torch trial whose per-epoch validation NDCG falls below\n"
+        "the median of earlier trials at that epoch is pruned. Prints the best parameters and\n"
+        "writes every trial (parameters, state, validation score, epochs, seconds) to -o FILE.\n\n"
+        "A search space maps parameter names to a range {low, high} (ints when both are ints;\n"
+        "optional log = true, or step = N) or to a list of choices, in TOML or JSON.\n\n"
+        "examples:\n"
+        "  recvae tune ratings.csv --model ease --search '{l2 = {low = 10.0, high = 1e4, log = true}}' \\\n"
+        "      --trials 20 -o ease_trials.csv\n"
+        "  recvae tune ratings.csv --model mult-vae --search-file space.toml --trials 30 --param epochs=50 \\\n"
+        "      --sampler random --timeout 3600 -o vae_trials.csv",
+    )
+    p.add_argument("data", metavar="DATA",
+                   help="a log (CSV/TSV/Parquet, plain or .gz; MovieLens files) or a MovieLens name such as ml-1m")
+    p.add_argument("-o", "--output", metavar="FILE", required=True,
+                   help="the trials table to write (.csv, .parquet, .json, .jsonl)")
+    g = p.add_argument_group("search")
+    g.add_argument("--model", metavar="NAME", default="mult-vae",
+                   help=f"a model registry name: {', '.join(MODEL_NAMES)} (default mult-vae)")
+    space = g.add_mutually_exclusive_group(required=True)
+    space.add_argument("--search", metavar="SPACE",
+                       help="the search space, TOML or JSON, e.g. '{lr = {low = 1e-4, high = 3e-3, log = true}, "
+                            "input_dropout = [0.2, 0.5]}'")
+    space.add_argument("--search-file", metavar="FILE",
+                       help="a TOML or JSON (.json) file with the search space at its top level or under [search]")
+    g.add_argument("--trials", metavar="N", type=int, required=True, help="trials to run: the budget")
+    g.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
+                   help="tpe (Bayesian; its first trials are random) or random (default tpe)")
+    g.add_argument("--timeout", metavar="S", type=float, help="start no new trial after S seconds")
+    g.add_argument("--seed", metavar="S", type=int, default=0, help="seed of the sampler (default 0)")
+    g.add_argument("--metric", metavar="M", default="ndcg@100", help="validation metric to maximise (default ndcg@100)")
+    g.add_argument("--param", metavar="KEY=VALUE", action="append", default=[],
+                   help="a fixed parameter of every trial, repeatable (as in 'recvae train'), e.g. --param epochs=50")
+    g.add_argument("--no-prune", action="store_true", help="train every trial to its end")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    d = p.add_argument_group("data and split (as in 'recvae train')")
+    d.add_argument("--split", choices=("strong", "weak", "temporal"), default="strong",
+                   help="strong (held-out users), weak or temporal (default strong)")
+    d.add_argument("--heldout-users", metavar="N", type=int,
+                   help="users in each of validation and test for --split strong (default 10%%, at most 10,000)")
+    d.add_argument("--min-rating", metavar="R", type=_rating_threshold, default=3.5,
+                   help="keep events rated strictly above R (default 3.5); 'none' keeps every rating")
+    d.add_argument("--min-user-events", metavar="N", type=int, default=5, help="drop users with fewer kept events")
+    d.add_argument("--data-dir", metavar="DIR", default="data", help="download cache for MovieLens names")
+    d.add_argument("--user-col", metavar="COL", help="user id column (default: found by name)")
+    d.add_argument("--item-col", metavar="COL", help="item id column (default: found by name)")
+    d.add_argument("--rating-col", metavar="COL", help="rating column ('none' = every row positive)")
+    d.add_argument("--implicit", action="store_true", help="every row is a positive event; no rating is read")
+    d.add_argument("--weight-col", metavar="COL", help="positive interaction weights used as confidence")
+    d.add_argument("--timestamp-col", metavar="COL", help="time column (needed by --split temporal)")
+    d.add_argument("--sep", metavar="S", help="field separator of a text log (default: sniffed)")
+    p.set_defaults(handler=run_tune)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """``recvae tune``: :func:`recvae.runs.tune`; prints the best parameters, writes the trials table."""
+    from recvae.runs import tune
+    from recvae.tuning import read_search_space
+
+    if args.trials < 1:
+        _fail(f"--trials {args.trials}: give a number of trials >= 1")
+    if args.search is not None:
+        space = parse_value(args.search)
+        if not isinstance(space, dict):
+            _fail(f"--search {args.search!r}: expected a table of parameter -> range or list of choices, e.g. "
+                  "--search '{lr = {low = 1e-4, high = 3e-3, log = true}, input_dropout = [0.2, 0.5]}'")
+    else:
+        space = read_search_space(args.search_file)
+    try:
+        result = tune(
+            args.data, args.model, search=space, n_trials=args.trials, params=parse_params(args.param),
+            sampler=args.sampler, seed=args.seed, timeout_s=args.timeout, prune=not args.no_prune,
+            metric=args.metric, output=args.output, split=args.split, heldout_users=args.heldout_users,
+            rating_threshold=args.min_rating, min_user_events=args.min_user_events, user_col=args.user_col,
+            item_col=args.item_col, rating_col=args.rating_col, timestamp_col=args.timestamp_col,
+            implicit=args.implicit, weight_col=args.weight_col, sep=args.sep, data_dir=args.data_dir,
+            progress=_progress(args), report=_say(args),
+        )
+    except ImportError as err:  # optuna missing: the message names the extra to install
+        _fail(_message(err))
+    edge = result.edge_note()
+    print(f"Best parameters (validation {result.metric} {result.best_score:.4f}): "
+          f"{json.dumps(result.best_params, default=str)}" + (f" [{edge}]" if edge else ""))
+    print(f"Trials written to {args.output}")
+    return 0
+
 
 # ============================================================================ experiment
 def run_experiment_command(args: argparse.Namespace) -> int:

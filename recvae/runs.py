@@ -13,6 +13,9 @@ similar / info``; everything the command line does can be done from here::
     prod.embed_users().head()                                                # user_id, mu_*, sigma_*
     prod.similar_items(["m1"], k=5)
 
+:func:`tune` (``recvae tune``) reads and splits a log the same way and searches a
+model's hyper-parameters on the validation users (:func:`recvae.tuning.optuna_search`).
+
 A run directory holds ``model`` (the saved model: a file, or a directory for a
 blend), ``split/`` (the split the model was fitted on), ``users.npz`` (the raw
 ids of the known users, each user's positive history and every item they
@@ -58,12 +61,13 @@ from recvae.data.ids import find_ids, lookup_ids
 from recvae.data.interactions import Interactions
 from recvae.data.logs import InteractionLog, read_log
 from recvae.data.splits import Split, all_users_split, strong_generalization, temporal_split, weak_generalization
-from recvae.data.tables import TableWriter, check_output_path, check_table_output
+from recvae.data.tables import TableWriter, check_output_path, check_table_output, write_table
 from recvae.models.base import Recommender, UserEmbeddings, item_mask, rank_items
+from recvae.tuning import SearchResult, check_optuna, optuna_search, search_space, space_corners
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Run", "RunError", "SkippedUsers", "default_heldout_users", "LIANG_SEED"]
+__all__ = ["Run", "RunError", "SkippedUsers", "default_heldout_users", "tune", "LIANG_SEED"]
 
 RUN_FORMAT = "recvae.run/1"
 MODEL_FILE = "model"
@@ -796,6 +800,124 @@ class Run:
 
 
 # ============================================================================ fit helpers
+# ---------------------------------------------------------------------- hyper-parameter search
+def tune(
+    log: str | os.PathLike | pd.DataFrame | InteractionLog,
+    model: str = "mult-vae",
+    *,
+    search: Mapping[str, Any],
+    n_trials: int,
+    params: Mapping[str, Any] | None = None,
+    sampler: str = "tpe",
+    seed: int = 0,
+    timeout_s: float | None = None,
+    prune: bool = True,
+    metric: str = "ndcg@100",
+    output: str | os.PathLike | None = None,
+    split: str = "strong",
+    heldout_users: int | float | None = None,
+    split_seed: int | None = None,
+    rating_threshold: float | None = 3.5,
+    min_user_events: int = 5,
+    strict: bool = False,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    rating_col: str | None = None,
+    timestamp_col: str | None = None,
+    implicit: bool = False,
+    weight_col: str | None = None,
+    sep: str | None = None,
+    data_dir: str | os.PathLike = "data",
+    progress: bool | None = None,
+    report: Callable[[str], None] | None = None,
+) -> SearchResult:
+    """Read a log, split it, and search a model's hyper-parameters on the validation users.
+
+    The log is read, filtered and split as :meth:`Run.fit` does (same arguments);
+    each trial fits ``model`` with ``params`` plus the sampled values on the training
+    users and is scored by ``metric`` on the validation users
+    (:func:`recvae.tuning.optuna_search`: TPE or random search, median pruning of
+    torch trials on their per-epoch validation NDCG). The test users are never read.
+
+    Args:
+        log: a file, a MovieLens name, a DataFrame or an :class:`InteractionLog`.
+        model: a registry name.
+        search: the search space (see :func:`recvae.tuning.search_space`).
+        n_trials, sampler, seed, timeout_s, prune, metric: the search's budget and
+            settings (``seed`` seeds the sampler).
+        params: fixed parameters of every trial. Torch models train without their
+            per-epoch progress bar unless ``params`` sets ``progress``.
+        output: write the trials table there (``.csv``, ``.parquet``, ``.json``,
+            ``.jsonl``; checked before any work).
+        split, heldout_users, split_seed: the split (``split_seed`` default 98765); it
+            needs validation users, so ``heldout_users=0`` is refused.
+        rating_threshold, min_user_events, strict, user_col, item_col, rating_col,
+            timestamp_col, implicit, weight_col, sep, data_dir: as in :meth:`Run.fit`.
+        progress: show the bar over trials (None: on a terminal only).
+        report: called with each line worth showing a user (default: logged at INFO).
+
+    Returns:
+        The :class:`recvae.tuning.SearchResult`; its ``best_model`` is the best trial's fitted model.
+
+    Raises:
+        RunError, SearchSpaceError (ValueErrors): bad arguments, space or data, one line each.
+        ImportError: optuna is not installed (``pip install "recvae[tune]"``).
+    """
+    say = report or logger.info
+    if output is not None:
+        check_table_output(output)
+    if split not in SPLITS:
+        raise RunError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
+    if heldout_users is not None and heldout_users == 0:
+        raise RunError("tuning scores trials on validation users: heldout_users (--heldout-users) must be above 0")
+    name = str(model).strip().lower()
+    space = search_space(search)
+    fixed = dict(params or {})
+    both = sorted(set(fixed) & set(space))
+    if both:
+        raise RunError(f"{both} are both fixed (params / --param) and searched; keep each in one of them")
+    for corner in space_corners(space):  # parameter names and types, before the data is read
+        _make(name, {**fixed, **corner})
+    check_optuna()
+    if issubclass(MODELS[name], TorchVAERecommender):
+        fixed.setdefault("progress", False)
+
+    if not isinstance(log, InteractionLog):
+        log = read_log(log, user_col=user_col, item_col=item_col, rating_col=rating_col,
+                       timestamp_col=timestamp_col, implicit=implicit, weight_col=weight_col, sep=sep,
+                       data_dir=data_dir)
+    for note in log.notes:
+        say(note)
+    try:
+        data = log.interactions(rating_threshold=rating_threshold, min_user_interactions=min_user_events,
+                                strict=strict)
+    except ValueError as err:
+        raise RunError(f"{log.source}: {_one_line(err)}") from None
+    say(f"data: {data.report if data.report is not None else data}")
+    the_split = _make_split(data, split, heldout_users, split_seed)
+    say(f"split: {the_split}")
+
+    metric_name, _, k = metric.partition("@") if isinstance(metric, str) else (metric, "", "")
+    if k.isdigit() and int(k) > the_split.n_items:
+        metric = f"{metric_name}@{the_split.n_items}"
+        say(f"validation metric: {metric} (the catalogue has only {the_split.n_items} items)")
+
+    def make(**sampled: Any) -> Recommender:
+        estimator = _make(name, {**fixed, **sampled})
+        _fit_eval_k(estimator, the_split, _quiet)
+        return estimator
+
+    result = optuna_search(make, space, the_split, n_trials=n_trials, sampler=sampler, seed=seed, metric=metric,
+                           ks=(), prune=prune, timeout_s=timeout_s, progress=progress is not False)
+    counts, edge = result.counts, result.edge_note()
+    say(f"{len(result.trials)} trials ({counts['complete']} complete, {counts['pruned']} pruned, "
+        f"{counts['failed']} failed) in {result.seconds:.1f}s; best validation {metric} "
+        f"{result.best_score:.4f} with {result.best_params}" + (f" ({edge})" if edge else ""))
+    if output is not None:
+        write_table(result.trials, output)
+    return result
+
+
 def _is_torch(model: Recommender) -> bool:
     return isinstance(model, TorchVAERecommender)
 

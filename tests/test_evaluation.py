@@ -6,7 +6,7 @@ import scipy.stats
 import torch
 
 from recvae.data.splits import HeldOut, Split
-from recvae.evaluation import evaluate, evaluate_heldout, paired_comparison, top_k_for_rows
+from recvae.evaluation import average_results, evaluate, evaluate_heldout, paired_comparison, top_k_for_rows
 
 
 def _heldout(seed=0, n=40, items=30):
@@ -104,3 +104,29 @@ def test_paired_comparison_matches_scipy():
     assert out["diff_ci95_high"] == pytest.approx(x.mean() - y.mean() + half)
     with pytest.raises(KeyError, match="ndcg@7"):
         paired_comparison(a, b, "ndcg@7")
+
+
+def test_average_results_averages_each_user_over_the_fits():
+    """Seeds of one model: each user's metric is the mean over the fits; the summary is recomputed from those."""
+    held = _heldout(5)
+    rng = np.random.default_rng(6)
+    runs = [evaluate_heldout(lambda r, s=rng.random(held.fold_in.shape): s.astype(np.float32), held, ks=(5, 20),
+                             metrics=("ndcg", "recall", "coverage"), batch_size=10_000) for _ in range(3)]
+    mean = average_results(runs)
+    for metric in ("ndcg@5", "ndcg@20", "recall@20"):
+        by_hand = np.mean([r.per_user[metric].to_numpy() for r in runs], axis=0)
+        np.testing.assert_allclose(mean.per_user[metric].to_numpy(), by_hand)
+        kept = by_hand[~np.isnan(by_hand)]
+        # users without a target (user 0 among them) have no value in any fit, and none on average
+        assert np.isnan(by_hand[0])
+        assert mean.summary.loc[metric, "n_excluded"] == runs[0].summary.loc[metric, "n_excluded"]
+        assert mean[metric] == pytest.approx(np.mean([r[metric] for r in runs]))  # = the mean of the fits' means
+        assert mean.summary.loc[metric, "std_err"] == pytest.approx(kept.std() / np.sqrt(len(kept)))
+    assert mean["coverage@20"] == pytest.approx(np.mean([r["coverage@20"] for r in runs]))
+    np.testing.assert_array_equal(mean.per_user["n_target"], runs[0].per_user["n_target"])
+    assert average_results(runs[:1]) is runs[0]
+    other = evaluate_heldout(lambda r: np.ones(r.shape, np.float32), _heldout(5, n=39), ks=(5, 20), batch_size=10_000)
+    with pytest.raises(ValueError, match="different users"):
+        average_results([runs[0], other])
+    with pytest.raises(ValueError, match="at least one"):
+        average_results([])

@@ -5,10 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import textwrap
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 from recvae.experiment import load_config, load_dataset, resolve_dataset_path, run_experiment
 
@@ -27,6 +31,7 @@ heldout_users = 30
 [evaluation]
 metrics = ["ndcg@100", "recall@20", "recall@50"]
 select_by = "ndcg@100"
+seeds = 2
 [[models]]
 name = "popularity"
 label = "Popularity"
@@ -38,6 +43,13 @@ grid = { l2 = [10.0, 100.0] }
 name = "mult-vae"
 label = "Mult-VAE"
 params = { epochs = 2 }
+"""
+
+BLEND = """
+[[models]]
+name = "blend"
+label = "Mult-VAE + EASE"
+params = { components = [ { ref = "EASE" }, { ref = "Mult-VAE" } ], weight_step = 0.5 }
 """
 
 PUBLISHED = """
@@ -55,10 +67,38 @@ def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def run(tmp_path_factory) -> SimpleNamespace:
+    """One end-to-end run (seeds = 2): the report, every fit counted by model class, and what the report got."""
+    import recvae.experiment.runner as runner
+    from recvae.models import EASE, Blend, MultVAE, Popularity
+
     tmp = tmp_path_factory.mktemp("experiment")
-    config = write(tmp, SYNTHETIC + PUBLISHED)
-    return run_experiment(config, output_dir=tmp / "results", progress=False)
+    config = write(tmp, SYNTHETIC + BLEND + PUBLISHED)
+    fits: Counter = Counter()
+    blends: list = []  # every Blend fitted, in order
+    seen: dict = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for cls in (Popularity, EASE, MultVAE, Blend):
+            def counted(self, *args, _fit=cls.fit, _name=cls.__name__, **kwargs):
+                fits[_name] += 1
+                if _name == "Blend":
+                    blends.append(self)
+                return _fit(self, *args, **kwargs)
+
+            mp.setattr(cls, "fit", counted)
+
+        def write_report(config, data, split, outcomes, out, seconds, _write=runner.write_report):
+            seen.update(split=split, outcomes={o.spec.label: o for o in outcomes})
+            return _write(config, data, split, outcomes, out, seconds)
+
+        mp.setattr(runner, "write_report", write_report)
+        report = run_experiment(config, output_dir=tmp / "results", progress=False)
+    return SimpleNamespace(report=report, config=config, fits=fits, blends=blends, **seen)
+
+
+@pytest.fixture(scope="module")
+def report(run) -> Path:
+    return run.report
 
 
 def test_run_writes_report_tables_and_plots(report: Path):
@@ -67,12 +107,12 @@ def test_run_writes_report_tables_and_plots(report: Path):
     for file in ("tiny.csv", "tiny_trials.csv", "tiny_history.csv"):
         assert (out / file).stat().st_size > 0, file
     if HAS_MATPLOTLIB:  # matplotlib is optional: without it the report says the plots were skipped
-        for file in ("tiny_val_ndcg.png", "tiny_beta.png"):
+        for file in ("tiny_val_ndcg.png", "tiny_beta.png", "tiny_test_ci.png"):
             assert (out / file).read_bytes()[:4] == b"\x89PNG", file
     else:
         assert "matplotlib is not installed" in report.read_text()
     table = pd.read_csv(out / "tiny.csv")
-    assert list(table["model"]) == ["Popularity", "EASE", "Mult-VAE"]
+    assert list(table["model"]) == ["Popularity", "EASE", "Mult-VAE", "Mult-VAE + EASE"]
     for column in ("ndcg@100", "ndcg@100 ci95", "recall@20", "recall@50", "validation ndcg@100", "fit_seconds",
                    "best_params", "t_pvalue", "wilcoxon_pvalue"):
         assert column in table.columns, column
@@ -120,15 +160,19 @@ def test_report_has_config_paired_tests_vae_section_and_published(report: Path):
     md = report.read_text()
     assert 'name = "tiny"' in md  # the config, copied into the header
     assert "paired t-test" in md and "Wilcoxon" in md
-    reference = pd.read_csv(report.with_suffix(".csv")).sort_values("validation ndcg@100").iloc[-1]["model"]
+    table = pd.read_csv(report.with_suffix(".csv"))
+    reference = table.loc[table["validation ndcg@100"].idxmax(), "model"]  # the first best on ties
     assert f"compare each model with **{reference}**" in md
-    assert "## Best VAE vs best non-VAE" in md and "**Mult-VAE**" in md
+    vaes = table[table["vae"]]
+    best_vae = vaes.loc[vaes["validation ndcg@100"].idxmax(), "model"]
+    assert "## Best VAE vs best non-VAE" in md and f"**{best_vae}**" in md
     assert "Made-up paper, Table 9" in md
     published = md.split("## Published numbers beside ours")[1]
     assert "| Mult-VAE | 0.123 |" in published and "| SLIM |" in published
     if HAS_MATPLOTLIB:
         assert "![validation NDCG@100 per epoch](tiny_val_ndcg.png)" in md
         assert "](tiny_beta.png)" in md
+        assert "![test ndcg@100 with 95% CIs](tiny_test_ci.png)" in md
 
 
 def test_unknown_key_names_it_and_the_fix(tmp_path: Path):
@@ -257,30 +301,117 @@ def test_shipped_configs_cover_the_registry_and_the_protocol():
     assert ml20m.dataset.value == "ml-20m" and ml20m.published is not None
 
 
-def test_blend_reuses_the_tuned_models_it_refers_to(tmp_path, monkeypatch):
-    import recvae.experiment as experiment
+def test_blend_reuses_each_seeds_fits_of_the_models_it_refers_to(run):
+    """Seed 0 blends the tuned fits; seed 1 the seed-1 fit of the seeded Mult-VAE and EASE's only fit,
+    with the weights tuned on validation with seed 0."""
+    assert load_config(run.config).models[-1].is_vae  # it refers to a VAE, so it counts as one
+    ease, vae, blend = (run.outcomes[k] for k in ("EASE", "Mult-VAE", "Mult-VAE + EASE"))
+    assert len(run.blends) == 2  # the search's one trial, then seed 1
+    tuned, seed1 = run.blends
+    assert tuned is blend.search.best_model
+    assert tuned.components_[0] is ease.search.best_model and tuned.components_[1] is vae.search.best_model
+    vae_seed1 = vae.seed_runs[1].model  # kept because the blend reuses Mult-VAE
+    assert vae_seed1.training.seed == vae.search.best_model.training.seed + 1
+    assert seed1.components_[0] is ease.search.best_model and seed1.components_[1] is vae_seed1
+    np.testing.assert_array_equal(seed1.weights_, tuned.weights_)
+    assert blend.seed_runs[1].model is None  # nothing later reuses the blend: its seed-1 fit is not kept
+    assert blend.component_fit_seconds == pytest.approx(ease.fit_seconds + vae.fit_seconds)
+    row = pd.read_csv(run.report.with_suffix(".csv")).set_index("model").loc["Mult-VAE + EASE"]
+    assert row["component_fit_seconds"] == pytest.approx(blend.component_fit_seconds)
+    assert f"{row['fit_seconds']:.1f} + components {blend.component_fit_seconds:.1f}" in run.report.read_text()
+    assert "reused for every seed" in run.report.read_text()
 
-    blend = """
-    [[models]]
-    name = "blend"
-    label = "Mult-VAE + EASE"
-    params = { components = [ { ref = "EASE" }, { ref = "Mult-VAE" } ], weight_step = 0.5 }
-    """
-    config = write(tmp_path, SYNTHETIC + blend)
-    assert load_config(config).models[-1].is_vae  # it refers to a VAE, so it counts as one
-    seen = {}
-    real = experiment.runner._run_model
 
-    def spy(spec, split, cfg, ks, names, progress, fitted):
-        outcome = real(spec, split, cfg, ks, names, progress, fitted)
-        seen[spec.label] = outcome.search.best_model
-        return outcome
+def test_seeded_models_are_refit_and_deterministic_ones_fit_once(run):
+    # Popularity once; EASE once per grid value (2) and never again; Mult-VAE and the blend once more for seed 1.
+    # The blend fits none of its components: it reuses the fitted ones.
+    assert run.fits == {"Popularity": 1, "EASE": 2, "MultVAE": 2, "Blend": 2}
+    table = pd.read_csv(run.report.with_suffix(".csv")).set_index("model")
+    expected_seeds = {"Popularity": [0], "EASE": [0], "Mult-VAE": [0, 1], "Mult-VAE + EASE": [0, 1]}
+    for label, seeds in expected_seeds.items():
+        row, outcome = table.loc[label], run.outcomes[label]
+        assert json.loads(row["seeds"]) == seeds == [r.seed for r in outcome.seed_runs], label
+        for metric in ("ndcg@100", "recall@20", "recall@50"):
+            per_seed = json.loads(row[f"{metric} per seed"])
+            assert per_seed == pytest.approx([r.test[metric] for r in outcome.seed_runs])
+            assert row[metric] == pytest.approx(np.mean(per_seed)), (label, metric)
+            if len(seeds) > 1:
+                assert row[f"{metric} sd"] == pytest.approx(np.std(per_seed, ddof=1)), (label, metric)
+            else:
+                assert np.isnan(row[f"{metric} sd"]), (label, metric)
+        per_seed_seconds = json.loads(row["fit_seconds per seed"])
+        assert len(per_seed_seconds) == len(seeds)
+        assert row["fit_seconds"] == pytest.approx(np.mean(per_seed_seconds), abs=1e-3)
+    # another seed gives another Mult-VAE: the seed-averaged numbers are not seed 0's
+    vae = run.outcomes["Mult-VAE"]
+    assert not np.allclose(vae.seed_runs[0].test.per_user["ndcg@100"], vae.seed_runs[1].test.per_user["ndcg@100"])
+    assert json.loads(table.loc["Mult-VAE", "best_epoch per seed"]) == [r.best_epoch for r in vae.seed_runs]
+    md = run.report.read_text()
+    assert "| Mult-VAE | 2 | " in md and "| Popularity | 1 | " in md
+    cell = f"{table.loc['Mult-VAE', 'ndcg@100']:.4f} ± {table.loc['Mult-VAE', 'ndcg@100 sd']:.4f} "
+    assert cell + f"(±{table.loc['Mult-VAE', 'ndcg@100 ci95']:.4f})" in md
 
-    monkeypatch.setattr("recvae.experiment.runner._run_model", spy)
-    report = run_experiment(config, output_dir=tmp_path / "results", progress=False)
-    parts = seen["Mult-VAE + EASE"].components_
-    assert parts[0] is seen["EASE"] and parts[1] is seen["Mult-VAE"]
-    assert "Mult-VAE + EASE" in report.read_text()
+
+def test_paired_tests_use_per_user_metrics_averaged_over_seeds(run):
+    """Refit every model here, seed by seed, average each user's NDCG@100 over the seeds by hand, and
+    recompute the report's paired t-tests and Wilcoxon tests with scipy."""
+    from recvae.evaluation import evaluate
+    from recvae.models import EASE, Blend, MultVAE, Popularity
+
+    split, table = run.split, pd.read_csv(run.report.with_suffix(".csv")).set_index("model")
+    metric = "ndcg@100"
+
+    def per_user(model):
+        return evaluate(model, split, "test", ks=(100,), metrics=("ndcg",)).per_user[metric].to_numpy()
+
+    ease = EASE(l2=json.loads(table.loc["EASE", "best_params"])["l2"]).fit(split)
+    vaes = [MultVAE(epochs=2, seed=s, progress=False).fit(split) for s in (0, 1)]
+    weights = json.loads(table.loc["Mult-VAE + EASE", "blend_weights"])
+    values = {
+        "Popularity": [per_user(Popularity().fit(split))],
+        "EASE": [per_user(ease)],
+        "Mult-VAE": [per_user(v) for v in vaes],
+        "Mult-VAE + EASE": [per_user(Blend([ease, v], weights=weights).fit(split)) for v in vaes],
+    }
+    for label, runs in values.items():  # the runner's fits are these, seed by seed
+        for s, mine in enumerate(runs):
+            theirs = run.outcomes[label].seed_runs[s].test.per_user[metric].to_numpy()
+            np.testing.assert_allclose(theirs, mine, atol=1e-6, err_msg=f"{label} seed {s}")
+    averaged = {label: np.mean(runs, axis=0) for label, runs in values.items()}
+    reference = table["paired_reference"].iloc[0]
+    for label in table.index.drop(reference):
+        x, y = averaged[label], averaged[reference]
+        keep = ~(np.isnan(x) | np.isnan(y))
+        x, y = x[keep], y[keep]
+        row = table.loc[label]
+        assert row["paired_diff"] == pytest.approx(np.mean(x - y), abs=1e-9), label
+        if np.any(x != y):
+            assert row["t_pvalue"] == pytest.approx(scipy.stats.ttest_rel(x, y).pvalue, rel=1e-6), label
+            assert row["wilcoxon_pvalue"] == pytest.approx(scipy.stats.wilcoxon(x, y).pvalue, rel=1e-6), label
+        else:
+            assert row["wilcoxon_pvalue"] == 1.0, label
+    # the headline: best VAE vs best non-VAE, both chosen on validation, on the seed-averaged values
+    by_validation = table.sort_values(f"validation {metric}", ascending=False, kind="stable")
+    best_vae = by_validation[by_validation["vae"]].index[0]
+    best_other = by_validation[~by_validation["vae"]].index[0]
+    x, y = averaged[best_vae], averaged[best_other]
+    section = run.report.read_text().split("## Best VAE vs best non-VAE")[1].split("##")[0]
+    assert f"Test {metric}: {x.mean():.4f} vs {y.mean():.4f}" in section
+    if np.any(x != y):
+        assert f"paired t-test p = {scipy.stats.ttest_rel(x, y).pvalue:.3g}" in section
+    assert "averaged over 2 and 1 seed(s)" in section
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "true", '"2"'])
+def test_seeds_must_be_a_positive_integer(tmp_path, value):
+    with pytest.raises(ValueError, match=r"evaluation\.seeds: must be an integer >= 1") as err:
+        load_config(write(tmp_path, SYNTHETIC.replace("seeds = 2", f"seeds = {value}")))
+    assert "\n" not in str(err.value)
+
+
+def test_seeds_default_to_three(tmp_path):
+    assert load_config(write(tmp_path, SYNTHETIC.replace("seeds = 2\n", ""))).seeds == 3
+    assert load_config(write(tmp_path, SYNTHETIC.replace("seeds = 2", "seeds = 1"))).seeds == 1
 
 
 @pytest.mark.parametrize("component", ['{ ref = "Nope" }', '{ ref = "EASE", name = "ease" }'])

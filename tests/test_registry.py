@@ -60,3 +60,15 @@ def test_every_registered_class_is_a_recommender():
     from recvae.models import Recommender
     assert all(issubclass(c, Recommender) for c in MODELS.values())
     assert MODELS["ease"] is EASE
+
+
+def test_seeded_models_take_a_seed_and_rebuild_with_another():
+    """Recommender.seeded: the experiment runner refits these with further seeds, rebuilding each as
+    type(model)(**{**model.get_params(), "seed": seed + s}); the others are fit once."""
+    seeded = {name for name, cls in MODELS.items() if cls.seeded}
+    assert {"mult-vae", "mult-dae", "recvae", "als", "bpr"} <= seeded
+    assert not seeded & {"popularity", "itemknn", "ease", "blend"}  # a blend is seeded through its components
+    for name in seeded:
+        params = make_model(name).get_params()
+        again = type(make_model(name))(**{**params, "seed": params["seed"] + 1})
+        assert again.get_params() == {**params, "seed": params["seed"] + 1}, name

@@ -4,6 +4,14 @@ that folds held-out users in, masks their fold-in items, ranks the full catalogu
 """
 
 from recvae.evaluation import metrics
-from recvae.evaluation.harness import EvaluationResult, evaluate, evaluate_heldout, paired_comparison, top_k_for_rows
+from recvae.evaluation.harness import (
+    EvaluationResult,
+    average_results,
+    evaluate,
+    evaluate_heldout,
+    paired_comparison,
+    top_k_for_rows,
+)
 
-__all__ = ["metrics", "EvaluationResult", "evaluate", "evaluate_heldout", "paired_comparison", "top_k_for_rows"]
+__all__ = ["metrics", "EvaluationResult", "average_results", "evaluate", "evaluate_heldout", "paired_comparison",
+           "top_k_for_rows"]

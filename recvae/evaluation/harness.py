@@ -24,7 +24,8 @@ from recvae.evaluation import metrics as M
 from recvae.data.splits import HeldOut, Split
 from recvae.distributed import DistributedContext, all_reduce_sum, batch_aligned_range, gather_rows, parallel_context
 
-__all__ = ["EvaluationResult", "evaluate", "evaluate_heldout", "top_k_for_rows", "paired_comparison"]
+__all__ = ["EvaluationResult", "evaluate", "evaluate_heldout", "top_k_for_rows", "paired_comparison",
+           "average_results"]
 
 ScoreFn = Callable[[sp.csr_matrix], "torch.Tensor | np.ndarray"]
 
@@ -197,6 +198,43 @@ def evaluate(
     score_fn = getattr(model, "score_tensor", None) or model.score
     return evaluate_heldout(score_fn, heldout, ks=ks, metrics=metrics, batch_size=batch_size, distributed=distributed,
                             progress=progress)
+
+
+def average_results(results: Sequence[EvaluationResult]) -> EvaluationResult:
+    """The per-user metrics of several evaluations of the same users, averaged user by user.
+
+    For one model fit with several seeds: each user's value is the mean over the
+    results (NaN where the user has no target, as in every result), and the
+    summary is recomputed from these averages, so its mean is the mean of the
+    results' means and its standard error is over users. Metrics without
+    per-user values (coverage) are averaged. ``seconds`` is the sum.
+
+    Raises:
+        ValueError: no results, or results over different users or metrics.
+    """
+    results = list(results)
+    if not results:
+        raise ValueError("give at least one evaluation result to average")
+    first = results[0]
+    if len(results) == 1:
+        return first
+    for r in results[1:]:
+        if not np.array_equal(r.per_user["user_id"].to_numpy(), first.per_user["user_id"].to_numpy()):
+            raise ValueError("the results cover different users (or orders); evaluate every fit on the same split")
+        if (list(r.per_user.columns) != list(first.per_user.columns)
+                or list(r.summary.index) != list(first.summary.index)):
+            raise ValueError("the results have different metrics; evaluate every fit with the same metrics and ks")
+    per_user = first.per_user.copy()
+    columns = [c for c in first.summary.index if c in per_user.columns]
+    per_user[columns] = np.mean([r.per_user[columns].to_numpy(dtype=np.float64) for r in results], axis=0)
+    rows = []
+    for metric in first.summary.index:
+        if metric in columns:
+            rows.append({"metric": metric, **M.summarize(per_user[metric].to_numpy())})
+        else:
+            rows.append({"metric": metric, "mean": float(np.mean([r.summary.loc[metric, "mean"] for r in results]))})
+    summary = pd.DataFrame(rows).set_index("metric")
+    return EvaluationResult(per_user=per_user, summary=summary, seconds=float(sum(r.seconds for r in results)))
 
 
 def paired_comparison(a: EvaluationResult, b: EvaluationResult, metric: str = "ndcg@100") -> dict:

@@ -18,11 +18,15 @@ The package's rooms:
   key), validated by pydantic; :func:`load_config` returns an :class:`ExperimentConfig`.
 - :mod:`recvae.experiment.runner`: dataset loading, splitting, the per-model
   tuning and testing loop, :func:`run_experiment` and :func:`main`.
+- :mod:`recvae.experiment.seeds`: each seeded model's chosen configuration refit
+  with further seeds (``[evaluation] seeds``, 3 by default), its per-user test
+  metrics averaged over the seeds.
 - :mod:`recvae.experiment.report`: the results table, the Markdown report and the plots.
 
-The paired tests compare every model with the one whose validation
-``select_by`` is best (chosen without looking at the test users), and the best
-VAE with the best non-VAE, both chosen on validation (VAEs:
+The paired tests, on per-user test metrics averaged over each model's seeds,
+compare every model with the one whose validation ``select_by`` is best (chosen
+without looking at the test users), and the best VAE with the best non-VAE, both
+chosen on validation (VAEs:
 :data:`recvae.models.VAE_MODELS` and blends with a VAE component, as
 :func:`recvae.models.is_vae_model` says).
 """

@@ -44,12 +44,26 @@ key's path such as ``models[2].grid.l2`` (indexes count from 0) and the fix)::
     [evaluation]                     # optional; these are the defaults
     metrics = ["ndcg@100", "recall@20", "recall@50"]   # name@k, name in recvae.evaluation.metrics.METRICS
     select_by = "ndcg@100"           # the validation metric each grid is tuned on
+    seeds = 3                        # fits per seeded model (torch VAEs, ALS, BPR: Recommender.seeded):
+                                     # tuned once with its seed, then refit with seed + 1, ... on the
+                                     # chosen parameters; test metrics averaged per user over the fits
 
     [[models]]                       # one table per model, in report order
     name = "ease"                    # a name of recvae.models.MODELS
     label = "EASE"                   # optional display name (default: name); unique
     params = { }                     # optional fixed parameters, flat (see recvae.models.make_model)
     grid = { l2 = [100.0, 500.0] }   # optional: every combination is tried on validation
+    # search = { lr = { low = 1e-4, high = 3e-3, log = true }, latent_dim = { low = 64, high = 400, step = 8 },
+    #            input_dropout = [0.2, 0.5, 0.7] }
+    #                                # optional, instead of grid: sampled on validation by optuna
+    #                                # (pip install "recvae[tune]"); a range { low, high } (ints when both
+    #                                # are ints; optional log = true or step = ...) or a list of choices
+    # budget = { trials = 20, sampler = "tpe", timeout_s = 1800 }
+    #                                # required with search: trials to run; optional sampler ("tpe", the
+    #                                # default, or "random"), seed = 0 (of the sampler), timeout_s (no new
+    #                                # trial after it), prune = true (torch trials stop when their per-epoch
+    #                                # validation NDCG is below the median of earlier trials' at that epoch),
+    #                                # prune_warmup_epochs = 5, prune_startup_trials = 3
 
     [[models]]                       # a blend (recvae.models.Blend) of earlier entries:
     name = "blend"                   # { ref = LABEL } reuses that entry's tuned, fitted model
@@ -89,13 +103,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from recvae.data import MOVIELENS, SyntheticConfig
 from recvae.evaluation import metrics as M
 from recvae.models import MODELS, is_vae_model, make_model
-from recvae.tuning import parameter_grid
+from recvae.tuning import SearchSpaceError, check_optuna, parameter_grid, search_space, space_corners
 
 __all__ = [
     "ExperimentConfig",
     "DatasetConfig",
     "SplitConfig",
     "ModelSpec",
+    "SearchBudget",
     "PublishedTable",
     "DEFAULT_METRICS",
     "DEFAULT_OUTPUT_DIR",
@@ -169,14 +184,29 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class SearchBudget:
+    """A ``[[models]]`` entry's ``budget``: the arguments of :func:`recvae.tuning.optuna_search` for its search."""
+
+    trials: int
+    sampler: str = "tpe"
+    seed: int = 0
+    timeout_s: float | None = None
+    prune: bool = True
+    prune_warmup_epochs: int = 5
+    prune_startup_trials: int = 3
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """One ``[[models]]`` entry: registry name, display label, fixed params and grid."""
+    """One ``[[models]]`` entry: registry name, display label, fixed params, and a grid or a search with its budget."""
 
     name: str
     label: str
     params: dict
     grid: dict
     refers_to_vae: bool = False
+    search: dict = field(default_factory=dict)
+    budget: SearchBudget | None = None
 
     @property
     def is_vae(self) -> bool:
@@ -210,6 +240,7 @@ class ExperimentConfig:
     select_by: str
     models: tuple[ModelSpec, ...]
     published: PublishedTable | None = None
+    seeds: int = 3  # fits of each seeded model: the tuned one, then seed + 1 ... (see the runner)
 
     @property
     def repo_root(self) -> Path | None:
@@ -362,6 +393,7 @@ class _EvaluationTable(_Table):
     metrics: Annotated[list[str], Field(min_length=1)] = Field(
         list(DEFAULT_METRICS), description='must be a non-empty list of metrics, e.g. ["ndcg@100", "recall@20"]')
     select_by: str = Field("ndcg@100", description=_METRIC_RULE)
+    seeds: int = Field(3, ge=1, description="must be an integer >= 1 (fits per seeded model), e.g. seeds = 3")
 
     @field_validator("select_by")
     @classmethod
@@ -383,6 +415,19 @@ class _EvaluationTable(_Table):
         return metrics
 
 
+class _BudgetTable(_Table):
+    trials: int = Field(ge=1, description="must be an integer >= 1 (trials to run), e.g. budget = { trials = 20 }")
+    sampler: Literal["tpe", "random"] = Field("tpe", description='must be "tpe" (Bayesian) or "random"')
+    seed: int = Field(0, description="must be an integer (it seeds the sampler)")
+    timeout_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="must be a positive number of seconds (no new trial starts after it)")
+    prune: bool = Field(True, description="must be true or false")
+    prune_warmup_epochs: int = Field(5, ge=0, description="must be an integer >= 0 (epochs before a trial "
+                                                          "can be pruned)")
+    prune_startup_trials: int = Field(3, ge=0, description="must be an integer >= 0 (complete trials before "
+                                                           "any trial is pruned)")
+
+
 class _ModelTable(_Table):
     name: str = Field(description=f"must be a model name, one of: {', '.join(MODELS)}")
     label: str | None = Field(None, description="must be a non-empty string (the model's name in the report)")
@@ -391,6 +436,42 @@ class _ModelTable(_Table):
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
         default_factory=dict, description="must be a table of non-empty lists of values to try (wrap a "
                                           "single value: [value]), e.g. grid = { l2 = [100.0, 500.0] }")
+    search: dict[str, Any] | None = Field(
+        None, description="must be a table of parameter -> range or list of choices, e.g. "
+                          "search = { lr = { low = 1e-4, high = 3e-3, log = true }, input_dropout = [0.2, 0.5] }")
+    budget: _BudgetTable | None = Field(
+        None, description='must be a table, e.g. budget = { trials = 20, sampler = "tpe", timeout_s = 1800 }')
+
+    @field_validator("search")
+    @classmethod
+    def _a_search_space(cls, search: dict[str, Any] | None) -> dict[str, Any] | None:
+        if search is None:
+            return None
+        try:
+            search_space(search)
+        except SearchSpaceError as err:
+            raise _ConfigError(err.problem, (err.key,) if err.key is not None else ()) from None
+        try:
+            check_optuna()
+        except ImportError as err:
+            raise _ConfigError(str(err)) from None
+        return search
+
+    @model_validator(mode="after")
+    def _search_and_budget(self) -> _ModelTable:
+        label = self.shown_label
+        if self.search is not None and self.grid:
+            raise _ConfigError(f"[[models]] {label!r} has both grid and search; keep one (grid tries every "
+                               "combination, search samples budget.trials of them)")
+        if self.search is not None and self.budget is None:
+            raise _ConfigError(f"[[models]] {label!r} has a search but no budget; add e.g. budget = {{ trials = 20 }}")
+        if self.budget is not None and self.search is None:
+            raise _ConfigError(f"[[models]] {label!r} has a budget but no search; add search = {{ ... }} or drop "
+                               "the budget")
+        both = sorted(set(self.params) & set(self.search or {}))
+        if both:
+            raise _ConfigError(f"[[models]] {label!r} sets {both} in both params and search; keep each in one of them")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -474,7 +555,8 @@ class _ConfigFile(_Table):
             if label in labels:
                 raise _ConfigError(f"repeats the label {label!r}; give each model a unique label", (i, "label"))
             # References are checked before the parameters: make_model cannot tell a bad { ref } from a bad model.
-            combos = parameter_grid(entry.grid)
+            # a search is checked at the two corners of its space (every dimension at its low / high end)
+            combos = space_corners(entry.search) if entry.search is not None else parameter_grid(entry.grid)
             for combo in combos:
                 for component in component_list({**entry.params, **combo}):
                     if isinstance(component, Mapping) and "ref" in component and (
@@ -527,7 +609,9 @@ def _experiment_config(table: _ConfigFile, path: Path, text: str) -> ExperimentC
             for combo in parameter_grid(entry.grid)
             for c in component_list({**entry.params, **combo}) if isinstance(c, Mapping) and "ref" in c)
         specs.append(ModelSpec(name=entry.name, label=entry.shown_label, params=dict(entry.params),
-                               grid=dict(entry.grid), refers_to_vae=refers_to_vae))
+                               grid=dict(entry.grid), refers_to_vae=refers_to_vae,
+                               search=dict(entry.search or {}),
+                               budget=None if entry.budget is None else SearchBudget(**entry.budget.model_dump())))
     published = None
     if table.published is not None:
         published = PublishedTable(source=table.published.source,
@@ -540,7 +624,7 @@ def _experiment_config(table: _ConfigFile, path: Path, text: str) -> ExperimentC
                           target_fraction=float(split.target_fraction),
                           min_events_for_target=split.min_events_for_target),
         metrics=tuple(dict.fromkeys(table.evaluation.metrics)), select_by=table.evaluation.select_by,
-        models=tuple(specs), published=published,
+        models=tuple(specs), published=published, seeds=table.evaluation.seeds,
     )
 
 

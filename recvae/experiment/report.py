@@ -2,13 +2,17 @@
 
 :func:`write_report` takes the runner's :class:`Outcome` list (one per model,
 in config order) and writes ``<name>.csv`` (one row per model),
-``<name>_trials.csv`` (every grid trial), ``<name>_history.csv`` (per-epoch
+``<name>_trials.csv`` (every trial of a grid or a search, a search's with its
+state: complete, pruned or failed), ``<name>_history.csv`` (per-epoch
 histories), PNG plots and ``<name>.md``, whose path it returns. The Markdown
 tables are built with ``DataFrame.to_markdown`` (tabulate).
 
 The paired tests compare every model with the one whose validation
 ``select_by`` is best (chosen without looking at the test users), and the best
-VAE with the best non-VAE, both chosen on validation.
+VAE with the best non-VAE, both chosen on validation. They use each user's test
+metric averaged over the model's seeds (:attr:`Outcome.test`); the table gives
+mean ± sd across seeds beside the 95% CI over users, and ``<name>_test_ci.png``
+plots the ``select_by`` CIs.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import math
 import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,17 +35,40 @@ from recvae import __version__
 from recvae.data import Interactions, Split
 from recvae.evaluation import EvaluationResult, paired_comparison
 from recvae.models import VAE_MODELS
-from recvae.tuning import GridSearchResult
+from recvae.tuning import EDGE_FRACTION, GridSearchResult, SearchResult
 from recvae.experiment.config import ExperimentConfig, ModelSpec, repo_root
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Outcome", "results_table", "write_report"]
+__all__ = ["Outcome", "SeedRun", "results_table", "write_report"]
+
+
+@dataclass
+class SeedRun:
+    """One fit of a model's chosen configuration: seed ``seed`` is the model's configured seed + ``seed``.
+
+    ``model`` is kept only while a later blend refers to it (None otherwise).
+    """
+
+    seed: int
+    test: EvaluationResult
+    fit_seconds: float
+    best_epoch: int | None = None
+    beta_reached: float | None = None
+    model: Any = None
 
 
 @dataclass
 class Outcome:
-    """One model's results, as the runner hands them to the report."""
+    """One model's results, as the runner hands them to the report.
+
+    ``search``, ``history``, ``best_epoch`` and ``beta_reached`` are the tuned fit's (seed 0).
+    ``seed_runs`` holds every fit (seed 0 first; one for a deterministic model), ``test``
+    their per-user test metrics averaged over the seeds (see
+    :func:`recvae.evaluation.average_results`) and ``fit_seconds`` their mean. A blend's
+    ``component_fit_seconds`` is the mean per-seed fit time of the earlier entries it
+    reuses (``{ ref }``), which its own ``fit_seconds`` excludes.
+    """
 
     spec: ModelSpec
     search: GridSearchResult
@@ -51,6 +78,8 @@ class Outcome:
     best_epoch: int | None
     beta_reached: float | None
     blend_weights: list[float] | None = None
+    seed_runs: list[SeedRun] = field(default_factory=list)
+    component_fit_seconds: float | None = None
 
 
 def write_report(config: ExperimentConfig, data: Interactions, split: Split, outcomes: list[Outcome], out: Path,
@@ -70,7 +99,8 @@ def write_report(config: ExperimentConfig, data: Interactions, split: Split, out
     if histories:
         pd.concat(histories, ignore_index=True).to_csv(out / f"{config.name}_history.csv", index=False)
     plots, plot_note = _plots(outcomes, out, config.name)
-    report = _markdown(config, data, split, outcomes, table, plots, plot_note, seconds)
+    ci_plot = _test_ci_plot(outcomes, out, config)
+    report = _markdown(config, data, split, outcomes, table, plots, plot_note, seconds, ci_plot=ci_plot)
     md_path = out / f"{config.name}.md"
     md_path.write_text(report, encoding="utf-8")
     return md_path
@@ -102,11 +132,13 @@ def results_table(outcomes: list[Outcome], config: ExperimentConfig) -> pd.DataF
         for m in config.metrics:
             row[m] = float(s.loc[m, "mean"])
             row[f"{m} ci95"] = 1.96 * float(s.loc[m, "std_err"])
+        row.update(_seed_columns(o, config))
         row["test_users"] = int(s.loc[config.select_by, "n_users"])
         row["test_users_without_target"] = int(s.loc[config.select_by, "n_excluded"]) if "n_excluded" in s.columns else None
         row[f"validation {config.select_by}"] = o.search.best_score
         row["fit_seconds"] = o.fit_seconds
         row["trials"] = len(o.search.trials)
+        row.update(_search_columns(o))
         row["best_params"] = json.dumps(o.search.best_params, default=str)
         row["best_epoch"] = o.best_epoch
         row["beta_reached"] = o.beta_reached
@@ -120,6 +152,28 @@ def results_table(outcomes: list[Outcome], config: ExperimentConfig) -> pd.DataF
         row["wilcoxon_pvalue"] = test["wilcoxon_pvalue"] if test else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _runs(o: Outcome) -> list[SeedRun]:
+    """The outcome's fits, seed 0 first (an outcome built without ``seed_runs`` is its one fit)."""
+    return o.seed_runs or [SeedRun(seed=0, test=o.test, fit_seconds=o.fit_seconds, best_epoch=o.best_epoch,
+                                   beta_reached=o.beta_reached)]
+
+
+def _seed_columns(o: Outcome, config: ExperimentConfig) -> dict[str, Any]:
+    """The per-seed columns of a results row: seeds, each metric's sd across seeds and per-seed values, times."""
+    runs = _runs(o)
+    row: dict[str, Any] = {"seeds": json.dumps([r.seed for r in runs])}
+    for m in config.metrics:
+        values = [float(r.test.summary.loc[m, "mean"]) for r in runs]
+        row[f"{m} sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
+        row[f"{m} per seed"] = json.dumps(values)
+    row["fit_seconds per seed"] = json.dumps([round(r.fit_seconds, 3) for r in runs])
+    row["component_fit_seconds"] = o.component_fit_seconds
+    row["best_epoch per seed"] = json.dumps([r.best_epoch for r in runs])
+    row["beta_reached per seed"] = json.dumps([None if r.beta_reached is None else round(float(r.beta_reached), 4)
+                                               for r in runs])
+    return row
 
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
@@ -148,7 +202,8 @@ def _markdown_table(cells: list[list[str]], header: list[str]) -> list[str]:
 
 # =============================================================================== Markdown
 def _markdown(config: ExperimentConfig, data: Interactions, split: Split, outcomes: list[Outcome],
-              table: pd.DataFrame, plots: list[tuple[str, str]], plot_note: str, seconds: float) -> str:
+              table: pd.DataFrame, plots: list[tuple[str, str]], plot_note: str, seconds: float,
+              ci_plot: str | None = None) -> str:
     sel = config.select_by
     ref = _reference(outcomes)
     lines = [f"# {config.name}", ""]
@@ -173,13 +228,13 @@ def _markdown(config: ExperimentConfig, data: Interactions, split: Split, outcom
         "",
         f"## Test results ({split.test.n_users:,} test users)",
         "",
-        f"Each model's grid was searched on the {split.validation.n_users:,} validation users by {sel}; the chosen "
-        "configuration was evaluated once on the test users. Mean ± 95% CI (1.96 × standard error over test users "
-        "with a target). Paired tests (per-user test " + sel + ", paired t-test and Wilcoxon signed-rank) compare "
+        f"Each model's grid (or search space) was searched on the {split.validation.n_users:,} validation users by {sel}; the chosen "
+        f"configuration was evaluated once on the test users. {_seeds_sentence(outcomes, config)} Paired tests "
+        f"(per-user test {sel} averaged over the model's seeds, paired t-test and Wilcoxon signed-rank) compare "
         f"each model with **{ref.spec.label if ref else '—'}**, the model with the best validation {sel}.",
         "",
     ]
-    header = ["model", *config.metrics, f"validation {sel}", "fit s", "best params",
+    header = ["model", "seeds", *config.metrics, f"validation {sel}", "fit s (mean per seed)", "best params",
               f"Δ {sel} vs {ref.spec.label if ref else '—'}", "t-test p", "Wilcoxon p"]
     cells = [_result_cells(row, config, ref) for _, row in table.iterrows()]
     lines += _markdown_table(cells, header)
@@ -188,14 +243,21 @@ def _markdown(config: ExperimentConfig, data: Interactions, split: Split, outcom
         lines += ["", f"{int(n_excluded.iloc[0])} test user(s) have no target (fewer than "
                       f"{config.split.min_events_for_target} events) and are excluded from the means."]
     lines += ["", "Fit seconds: the chosen configuration's training time (including its per-epoch validation "
-                  "for the torch models). Full trials: " f"`{config.name}_trials.csv`.", ""]
+                  "for the torch models), mean per seed; a blend's own time (tuning its weights on validation, "
+                  "seed 0 only) + the mean per-seed time of the fitted models it reuses. Per-seed values: "
+                  f"`{config.name}.csv`. Full trials: " f"`{config.name}_trials.csv`.", ""]
+    if ci_plot is not None:
+        lines += [f"![test {sel} with 95% CIs]({ci_plot})", "",
+                  f"Test {sel} per model (seed-averaged mean, bar: 95% CI over test users; ticks: each seed's mean).",
+                  ""]
+    lines += _budget_section(outcomes)
     lines += _vae_section(outcomes, sel)
     if config.published is not None:
         lines += _published_section(config, outcomes)
     lines += ["## Training curves", ""]
     if plots:
         lines += [f"![{alt}]({file})" for alt, file in plots]
-        lines += ["", "Curves of each model's chosen configuration; per-epoch values in "
+        lines += ["", "Curves of each model's chosen configuration (its seed-0 fit); per-epoch values in "
                       f"`{config.name}_history.csv`."]
     if plot_note:
         lines += [plot_note]
@@ -206,22 +268,110 @@ def _markdown(config: ExperimentConfig, data: Interactions, split: Split, outcom
 def _result_cells(row: pd.Series, config: ExperimentConfig, ref: Outcome | None) -> list[str]:
     """One row of the test-results table: means ± CI, validation score, chosen parameters, paired test."""
     is_ref = ref is not None and row["model"] == ref.spec.label
-    cells = [f"**{row['model']}**" if is_ref else str(row["model"])]
-    cells += [f"{row[m]:.4f} ± {row[f'{m} ci95']:.4f}" for m in config.metrics]
-    params = json.loads(row["best_params"])
+    cells = [f"**{row['model']}**" if is_ref else str(row["model"]), str(len(json.loads(row["seeds"])))]
+    cells += [_metric_cell(row, m) for m in config.metrics]
+    params = _sampled_values(json.loads(row["best_params"]), row)
     extra = []
-    if row["best_epoch"] is not None and not pd.isna(row["best_epoch"]):
-        extra.append(f"best epoch {int(row['best_epoch'])}")
-    if row["beta_reached"] is not None and not pd.isna(row["beta_reached"]):
-        extra.append(f"β reached {row['beta_reached']:.3g}")
+    extra += _per_seed_notes(row)
     if isinstance(row["blend_weights"], str):
-        extra.append(f"blend weights {row['blend_weights']} (tuned on validation)")
+        reused = ", reused for every seed" if len(json.loads(row["seeds"])) > 1 else ""
+        extra.append(f"blend weights {row['blend_weights']} (tuned on validation with seed 0{reused})")
     shown = ", ".join([*(f"{k}={v}" for k, v in params.items()), *extra]) or "defaults"
+    if isinstance(row.get("edge"), str) and row["edge"]:
+        shown += f" (**{row['edge']}**)"
     diff = "reference" if is_ref else (
         f"{_fmt(row['paired_diff'], '+.4f')} [{_fmt(row['paired_diff_ci95_low'], '+.4f')}, "
         f"{_fmt(row['paired_diff_ci95_high'], '+.4f')}]" if math.isfinite(row["paired_diff"]) else "—")
-    return [*cells, _fmt(row[f"validation {config.select_by}"]), f"{row['fit_seconds']:.1f}", shown, diff,
+    return [*cells, _fmt(row[f"validation {config.select_by}"]), _fit_cell(row), shown, diff,
             _p(row["t_pvalue"]), _p(row["wilcoxon_pvalue"])]
+
+
+def _metric_cell(row: pd.Series, metric: str) -> str:
+    """``mean ± sd across seeds (±CI over users)``; without ``± sd`` for a model fit once."""
+    sd = row[f"{metric} sd"]
+    spread = f" ± {sd:.4f}" if sd is not None and math.isfinite(sd) else ""
+    return f"{row[metric]:.4f}{spread} (±{row[f'{metric} ci95']:.4f})"
+
+
+def _fit_cell(row: pd.Series) -> str:
+    """Mean fit seconds per seed; a blend that reuses fitted models: ``own + components``."""
+    components = row["component_fit_seconds"]
+    if components is None or not math.isfinite(components):
+        return f"{row['fit_seconds']:.1f}"
+    return f"{row['fit_seconds']:.1f} + components {components:.1f}"
+
+
+def _per_seed_notes(row: pd.Series) -> list[str]:
+    """``best epoch 181`` and ``β reached 0.2``, one value per seed (``181/175/190``) when refit."""
+    notes = []
+    for column, label, spec in (("best_epoch per seed", "best epoch", "d"),
+                                ("beta_reached per seed", "β reached", ".3g")):
+        values = [v for v in json.loads(row[column]) if v is not None]
+        if values:
+            notes.append(f"{label}{'s' if len(values) > 1 and spec == 'd' else ''} "
+                         + "/".join(format(v, spec) for v in values))
+    return notes
+
+
+def _seeds_sentence(outcomes: list[Outcome], config: ExperimentConfig) -> str:
+    """How the seeds enter the table's cells."""
+    refit = [o.spec.label for o in outcomes if len(_runs(o)) > 1]
+    if not refit:
+        return ("Each model was fit once (deterministic, or [evaluation] seeds = 1). Mean (± 95% CI: 1.96 × "
+                "standard error over test users with a target).")
+    return (f"Seeded models ({', '.join(refit)}) were then refit with {config.seeds - 1} further seed(s) (seed + 1, "
+            "...), each fit evaluated once on the test users; the others are deterministic and were fit once. "
+            "Cells: mean over seeds ± standard deviation across seeds (none for a model fit once), then (± 95% CI: "
+            "1.96 × standard error over test users with a target of each user's metric averaged over the seeds).")
+
+
+def _search_columns(o: Outcome) -> dict[str, Any]:
+    """The tuning columns of a results row: grid or sampler, trials per state, budget, wall time, edge flag."""
+    s = o.search
+    if isinstance(s, SearchResult):
+        counts, kind, budget = s.counts, s.sampler, s.n_trials
+    else:
+        counts, kind, budget = {"complete": len(s.trials), "pruned": 0, "failed": 0}, "grid", len(s.trials)
+    return {"search": kind, "trial_budget": budget, "trials_complete": counts["complete"],
+            "trials_pruned": counts["pruned"], "trials_failed": counts["failed"],
+            "search_timeout_s": s.timeout_s if isinstance(s, SearchResult) else None,
+            "search_seconds": s.seconds, "edge": s.edge_note() or None}
+
+
+def _sampled_values(params: dict, row: pd.Series) -> dict:
+    """A search's chosen floats to 4 significant digits for the table (full values in ``best_params``)."""
+    if row.get("search") in (None, "grid"):
+        return params
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in params.items()}
+
+
+def _budget_section(outcomes: list[Outcome]) -> list[str]:
+    """The tuning budget of each model: grid size or sampler and budget, trials per state, wall time; edge flags."""
+    cells = []
+    for o in outcomes:
+        s, c = o.search, _search_columns(o)
+        if isinstance(s, SearchResult):
+            # only the torch models (those with a per-epoch history) report scores to prune on
+            pruning = "median pruning" if s.prune and o.history is not None else "no pruning"
+            how = f"{'TPE' if s.sampler == 'tpe' else 'random'} search, seed {s.seed}, {pruning}"
+            budget = f"{s.n_trials} trials" + (f", timeout {s.timeout_s:g} s" if s.timeout_s is not None else "")
+            if s.stopped_by_timeout:
+                budget += " (timeout reached)"
+        else:
+            how, budget = "grid", "every combination"
+        run = f"{len(s.trials)} ({c['trials_complete']} / {c['trials_pruned']} / {c['trials_failed']})"
+        seconds = f"{s.seconds:.1f}" if math.isfinite(s.seconds) else "—"
+        cells.append([o.spec.label, how, budget, run, seconds, c["edge"] or "—"])
+    lines = ["## Tuning budget", "",
+             "Every model was tuned on the validation users only. Trials: run (complete / pruned / failed); a "
+             "pruned torch trial stopped when its per-epoch validation NDCG fell below the median of earlier trials "
+             "at that epoch; a failed one diverged. Every trial is in the trials CSV with its state.", ""]
+    lines += _markdown_table(cells, ["model", "search", "budget", "trials", "wall s", "edge"])
+    if any(c[-1] != "—" for c in cells):
+        lines += ["", f"Edge: the chosen value lies within {EDGE_FRACTION:.0%} of its range's width from an end "
+                      "(on the log scale for a log range), or is the smallest / largest numeric value tried; the "
+                      "optimum may lie outside what was searched: widen the grid or search space there."]
+    return lines + [""]
 
 
 def _display_path(path: Path) -> str:
@@ -253,7 +403,8 @@ def _vae_section(outcomes: list[Outcome], sel: str) -> list[str]:
         "",
         f"- Test {sel}: {test['mean_a']:.4f} vs {test['mean_b']:.4f}, difference {test['mean_diff']:+.4f} "
         f"(95% CI [{test['diff_ci95_low']:+.4f}, {test['diff_ci95_high']:+.4f}]), paired t-test p = "
-        f"{test['t_pvalue']:.3g}, Wilcoxon p = {test['wilcoxon_pvalue']:.3g}, n = {test['n_users']} users.",
+        f"{test['t_pvalue']:.3g}, Wilcoxon p = {test['wilcoxon_pvalue']:.3g}, n = {test['n_users']} users; each "
+        f"user's {sel} averaged over {len(_runs(best_vae))} and {len(_runs(best_other))} seed(s).",
         "",
     ]
     return lines
@@ -347,6 +498,41 @@ def _plots(outcomes: list[Outcome], out: Path, name: str) -> tuple[list[tuple[st
     if without_beta:
         notes.append(f"No β column in the history of: {', '.join(without_beta)}.")
     return plots, " ".join(notes)
+
+
+def _test_ci_plot(outcomes: list[Outcome], out: Path, config: ExperimentConfig) -> str | None:
+    """``<name>_test_ci.png``: each model's test ``select_by`` with its 95% CI, sorted; returns the file name."""
+    sel = config.select_by
+    rows = [(o, o.test.summary.loc[sel]) for o in outcomes if sel in o.test.summary.index]
+    rows = sorted([(o, r) for o, r in rows if math.isfinite(r["mean"])], key=lambda x: x[1]["mean"])
+    if not rows:
+        return None
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is not installed: no test CI plot (pip install matplotlib)")
+        return None
+    fig = Figure(figsize=(7, 1.2 + 0.38 * len(rows)), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    y = np.arange(len(rows))
+    means = np.array([r["mean"] for _, r in rows])
+    ax.errorbar(means, y, xerr=1.96 * np.array([r["std_err"] for _, r in rows]), fmt="o", color="black",
+                ecolor="tab:blue", elinewidth=2, capsize=3, label="seed-averaged mean, 95% CI over users")
+    per_seed = [(i, float(run.test.summary.loc[sel, "mean"])) for i, (o, _) in enumerate(rows)
+                for run in _runs(o) if len(_runs(o)) > 1]
+    if per_seed:
+        ax.plot([v for _, v in per_seed], [i for i, _ in per_seed], "|", color="tab:orange", markersize=10,
+                label="each seed's mean")
+    ax.set_yticks(y, [o.spec.label for o, _ in rows])
+    ax.set(xlabel=f"test {sel}", title=f"{config.name}: test {sel} (95% CI over test users)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    file = f"{config.name}_test_ci.png"
+    fig.savefig(out / file)
+    return file
 
 
 def _val_column(history: pd.DataFrame) -> str | None:

@@ -1,7 +1,8 @@
 """Running an experiment: load and split the data, tune and test every model, hand the outcomes to the report.
 
 ``run_experiment("experiments/configs/ml-1m-half.toml")`` tunes every model of
-the config on the validation users only (:func:`recvae.tuning.grid_search`),
+the config on the validation users only (:func:`recvae.tuning.grid_search`, or
+:func:`recvae.tuning.optuna_search` for an entry with a ``search`` and its ``budget``),
 evaluates each chosen model once on the test users and writes the report
 (:func:`recvae.experiment.report.write_report`). :func:`main` is
 ``python -m recvae.experiment``.
@@ -9,6 +10,10 @@ evaluates each chosen model once on the test users and writes the report
 The torch VAEs pick their best epoch on validation NDCG@``eval_k`` (a
 training parameter, 100 by default) whatever ``select_by`` is; ``select_by``
 ranks the grid's trials.
+
+Seeds: the search runs once; each seeded model's chosen configuration is then
+refit with ``[evaluation] seeds - 1`` further seeds and every fit tested
+(:func:`recvae.experiment.seeds.refit_seeds`); deterministic models are fit once.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from recvae.data import (
 from recvae.data.files import read_interactions_file
 from recvae.evaluation import evaluate
 from recvae.models import MODELS, Blend, Recommender, TorchVAERecommender, make_model
-from recvae.tuning import grid_search
+from recvae.tuning import GridSearchResult, grid_search, optuna_search
 from recvae.experiment.config import (
     ExperimentConfig,
     ModelSpec,
@@ -44,6 +49,7 @@ from recvae.experiment.config import (
     parse_metric,
 )
 from recvae.experiment.report import Outcome, write_report
+from recvae.experiment.seeds import referenced_labels, refit_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -143,15 +149,26 @@ def _model_factory(spec: ModelSpec, progress: bool, fitted: Mapping[str, Any]) -
     return factory
 
 
+def _tune(spec: ModelSpec, split: Split, select_by: str, progress: bool,
+          fitted: Mapping[str, Any]) -> GridSearchResult:
+    """``spec``'s grid search, or its optuna search within its budget, on the validation users by ``select_by``."""
+    _, select_k = parse_metric(select_by)
+    factory = _model_factory(spec, progress, fitted)
+    if spec.budget is None:
+        return grid_search(factory, spec.grid, split, metric=select_by, ks=(select_k,), progress=progress)
+    b = spec.budget
+    return optuna_search(factory, spec.search, split, n_trials=b.trials, sampler=b.sampler, seed=b.seed,
+                         metric=select_by, ks=(select_k,), prune=b.prune, prune_warmup_epochs=b.prune_warmup_epochs,
+                         prune_startup_trials=b.prune_startup_trials, timeout_s=b.timeout_s, progress=progress)
+
+
 def _run_model(spec: ModelSpec, split: Split, config: ExperimentConfig, ks: list[int], names: list[str],
                progress: bool, fitted: Mapping[str, Any]) -> Outcome:
-    """Tune ``spec``'s grid on the validation users, then evaluate the chosen model once on the test users.
+    """Tune ``spec`` (grid or search) on the validation users, then evaluate the chosen model once on the test users.
 
     ``fitted`` maps the labels of the entries run so far to their tuned models (for ``{ ref }`` components).
     """
-    _, select_k = parse_metric(config.select_by)
-    search = grid_search(_model_factory(spec, progress, fitted), spec.grid, split, metric=config.select_by,
-                         ks=(select_k,), progress=progress)
+    search = _tune(spec, split, config.select_by, progress, fitted)
     test = evaluate(search.best_model, split, "test", ks=ks, metrics=names)
     trials = search.trials
     best_row = trials[config.select_by].idxmax()
@@ -200,16 +217,20 @@ def run_experiment(config_path: str | Path, *, output_dir: str | Path | None = N
     ks = sorted({k for _, k in parsed})
 
     outcomes: list[Outcome] = []
+    reused = referenced_labels(config)  # their per-seed fits are kept for the blends that reuse them
     bar = tqdm(config.models, desc="models", unit="model", disable=None if progress else True, dynamic_ncols=True)
     for spec in bar:
         bar.set_description(f"model {spec.label}")
         outcome = _run_model(spec, split, config, ks, names, progress,
                              {o.spec.label: o.search.best_model for o in outcomes})
+        outcome = refit_seeds(outcome, split, config.seeds, ks=ks, metrics=names, earlier=outcomes,
+                              keep_models=spec.label in reused)
         outcomes.append(outcome)
         s = outcome.test.summary
         say(f"{spec.label}: test {config.select_by} {s.loc[config.select_by, 'mean']:.4f} ± "
             f"{1.96 * s.loc[config.select_by, 'std_err']:.4f} (validation {outcome.search.best_score:.4f}, "
-            f"{len(outcome.search.trials)} trial(s), best {outcome.search.best_params}, fit {outcome.fit_seconds:.1f}s)")
+            f"{len(outcome.search.trials)} trial(s), best {outcome.search.best_params}, fit {outcome.fit_seconds:.1f}s"
+            f" per seed, {len(outcome.seed_runs)} seed(s))")
     bar.close()
 
     md_path = write_report(config, data, split, outcomes, out, time.perf_counter() - started)

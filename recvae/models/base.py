@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -223,6 +223,10 @@ class Recommender(ABC):
 
     item_ids_: np.ndarray | None = None
     n_items_: int | None = None
+    #: True when ``fit`` draws random numbers from a ``seed`` hyper-parameter (a constructor
+    #: keyword listed by :meth:`get_params`), so that another seed gives another model. The
+    #: experiment runner refits such models with further seeds; the others are fit once.
+    seeded: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- to implement
     @abstractmethod

@@ -54,6 +54,8 @@ class ALS(ArrayRecommender):
     ``implicit_model_`` (the trained implicit object; not saved), ``item_ids_``, ``n_items_``.
     """
 
+    seeded = True  # ``seed``: implicit's random factor initialisation
+
     def __init__(
         self,
         factors: int = 128,
@@ -238,6 +240,8 @@ class BPR(ArrayRecommender):
     the last column the item bias), ``user_factors_`` (training users; not
     saved), ``item_ids_``, ``n_items_``.
     """
+
+    seeded = True  # ``seed``: implicit's initialisation and sampling
 
     def __init__(
         self,

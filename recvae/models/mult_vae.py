@@ -20,6 +20,7 @@ from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_fr
 from recvae.nn.vae import VAE, VAEConfig
 from recvae.nn.sparse import SparseRows
 from recvae.training import (
+    EpochCallback,
     TrainingConfig,
     TrainingDivergedError,
     TrainingResult,
@@ -44,6 +45,7 @@ class TorchVAERecommender(Recommender):
 
     save_format: str = ""
     file_kind: str = ""
+    seeded = True  # TrainingConfig.seed (the flat ``seed`` keyword): initialisation, shuffling, dropout, noise
 
     def __init__(self, config=None, training: TrainingConfig | None = None, **params: Any) -> None:
         """Hyper-parameters as flat keywords (``MultVAE(latent_dim=100, epochs=50, lr=1e-3)``),
@@ -72,7 +74,8 @@ class TorchVAERecommender(Recommender):
     def _build_net(self, n_items: int) -> torch.nn.Module:
         raise NotImplementedError
 
-    def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None) -> TrainingResult:
+    def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None,
+               on_epoch: EpochCallback | None = None) -> TrainingResult:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -89,10 +92,13 @@ class TorchVAERecommender(Recommender):
     def history_(self):
         return None if self.training_ is None else self.training_.history
 
-    def fit(self, train, validation: HeldOut | None = None):
+    def fit(self, train, validation: HeldOut | None = None, *, on_epoch: EpochCallback | None = None):
         """Train on ``train`` (Split, Interactions or CSR); selects the best epoch on ``validation``.
 
         With a Split, its validation users are used unless ``validation`` is given.
+        ``on_epoch(epoch, score)`` is called after each validated epoch with its
+        validation NDCG@``eval_k``; an exception it raises stops training and
+        propagates (a tuner prunes a trial this way; the model is then not fitted).
         Under a torch.distributed process group of several ranks every rank calls
         ``fit`` alike and training is data-parallel (see :mod:`recvae.training`).
         Returns self.
@@ -108,7 +114,7 @@ class TorchVAERecommender(Recommender):
         self.item_ids_ = item_ids
         self.n_items_ = matrix.shape[1]
         try:
-            self.training_ = self._train(matrix, validation)
+            self.training_ = self._train(matrix, validation, on_epoch)
         except TrainingDivergedError as err:
             self.training_ = err.result  # the net holds the best weights so far; the caller decides
             raise
@@ -206,8 +212,9 @@ class MultVAE(TorchVAERecommender):
     def _build_net(self, n_items: int) -> VAE:
         return VAE(n_items, self.config)
 
-    def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None) -> TrainingResult:
-        return train_vae(self.net_, matrix, validation, self.training, self.device_)
+    def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None,
+               on_epoch: EpochCallback | None = None) -> TrainingResult:
+        return train_vae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch)
 
     @torch.no_grad()
     def embed_users(self, user_rows) -> UserEmbeddings:
@@ -249,6 +256,9 @@ def _split_flat_params(name: str, config, training: TrainingConfig, params: dict
 
     config_fields = {f.name for f in dataclasses.fields(config)}
     training_fields = {f.name for f in dataclasses.fields(training)}
+    # ``anneal_cap=0.3`` sets one field of the beta schedule (flat, for searches over it).
+    anneal_fields = {f"anneal_{f.name}": f.name for f in dataclasses.fields(AnnealConfig)}
+    anneal_values = {anneal_fields[k]: params.pop(k) for k in list(params) if k in anneal_fields}
     unknown = sorted(set(params) - config_fields - training_fields)
     if unknown:
         raise TypeError(
@@ -259,6 +269,8 @@ def _split_flat_params(name: str, config, training: TrainingConfig, params: dict
     training_values = {k: v for k, v in params.items() if k in training_fields and k not in config_fields}
     if isinstance(training_values.get("anneal"), dict):
         training_values["anneal"] = AnnealConfig(**training_values["anneal"])
+    if anneal_values:
+        training_values["anneal"] = dataclasses.replace(training_values.get("anneal", training.anneal), **anneal_values)
     return dataclasses.replace(config, **config_values), dataclasses.replace(training, **training_values)
 
 

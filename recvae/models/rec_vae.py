@@ -13,7 +13,7 @@ from recvae.data.splits import HeldOut
 from recvae.models.base import UserEmbeddings
 from recvae.models.mult_vae import TorchVAERecommender
 from recvae.nn.rec_vae import RecVAEConfig, RecVAENet, composite_prior_log_prob, gaussian_log_density
-from recvae.training import TrainingConfig, TrainingResult, train_recvae
+from recvae.training import EpochCallback, TrainingConfig, TrainingResult, train_recvae
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ class RecVAE(TorchVAERecommender):
     def _build_net(self, n_items: int) -> RecVAENet:
         return RecVAENet(n_items, self.config)
 
-    def _train(self, matrix, validation: HeldOut | None) -> TrainingResult:
-        return train_recvae(self.net_, matrix, validation, self.training, self.device_)
+    def _train(self, matrix, validation: HeldOut | None, on_epoch: EpochCallback | None = None) -> TrainingResult:
+        return train_recvae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch)
 
     @torch.no_grad()
     def embed_users(self, user_rows) -> UserEmbeddings:

@@ -8,6 +8,7 @@ they share live with the first.
 from recvae.training.loop import (
     TrainingConfig,
     TrainingResult,
+    EpochCallback,
     resolve_device,
     train_step,
     parallel_train_step,
@@ -30,6 +31,7 @@ from recvae.training.rec_vae import train_recvae
 __all__ = [
     "TrainingConfig",
     "TrainingResult",
+    "EpochCallback",
     "resolve_device",
     "train_step",
     "parallel_train_step",

@@ -23,6 +23,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "TrainingConfig",
     "TrainingResult",
+    "EpochCallback",
     "resolve_device",
     "train_step",
     "parallel_train_step",
@@ -62,6 +64,9 @@ __all__ = [
     "run_fingerprint",
     "data_fingerprint",
 ]
+
+#: ``on_epoch(epoch, validation score)``: called by the loops after each validated epoch (see :func:`train_vae`).
+EpochCallback = Callable[[int, float], None]
 
 # 2: the checkpoint records the run it belongs to (see run_fingerprint); format 1 did not.
 _CHECKPOINT_FORMAT = 2
@@ -279,11 +284,17 @@ def _autocast(device: torch.device, precision: str):
 
 
 def make_optimizer(params, config: TrainingConfig) -> torch.optim.Optimizer:
-    """Adam with weight decay on weight matrices only (not biases or norms)."""
+    """Adam with weight decay on weight matrices only (not biases or norms).
+
+    A parameter with a ``weight_decay`` attribute gets that decay instead (e.g. the
+    joint model's item-item matrix, see :class:`recvae.nn.joint.ItemItemLinear`).
+    """
     params = list(params)
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    own = [p for p in params if hasattr(p, "weight_decay")]
+    decay = [p for p in params if p.ndim >= 2 and not hasattr(p, "weight_decay")]
+    no_decay = [p for p in params if p.ndim < 2 and not hasattr(p, "weight_decay")]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+              *({"params": [p], "weight_decay": p.weight_decay} for p in own)]
     # The fused implementation is several times faster on the large item matrices.
     return torch.optim.Adam(groups, lr=config.lr, fused=True)
 
@@ -454,12 +465,21 @@ def train_vae(
     validation: HeldOut | None,
     config: TrainingConfig,
     device: torch.device,
+    *,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainingResult:
     """Train ``net`` (a :class:`recvae.nn.vae.VAE`) in place; loads the best weights at the end.
 
     Under a torch.distributed process group of several ranks it trains data-parallel
     (see the module docstring); every rank must call it with the same arguments, and
     every rank returns the same result and the same weights.
+
+    ``on_epoch(epoch, score)``, when given, is called after each validated epoch
+    (once the epoch is recorded in the history and the checkpoint) with its validation
+    NDCG@``eval_k``. An exception it raises stops training and propagates: the
+    progress bar is closed and the net keeps the weights of that epoch (a tuner
+    prunes a trial this way). Under data parallelism every rank calls it and must
+    decide alike.
     """
     ctx = parallel_context()
     if ctx is not None:
@@ -530,12 +550,16 @@ def train_vae(
             row = {"epoch": epoch, "step": state["step"], "precision": precision, "beta": schedule.beta(state["step"]),
                    "loss": loss, "nll": nll, "kl": kl, "train_seconds": time.perf_counter() - started}
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}", "beta": f"{row['beta']:.3f}"}
+            score = None
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 score = _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
                 schedule.observe(score, row["beta"])
-            if _end_epoch(state, epoch, row, postfix, bar, config, is_main,
-                          lambda: _save_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state,
-                                                   fingerprint)):
+            stop = _end_epoch(state, epoch, row, postfix, bar, config, is_main,
+                              lambda: _save_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state,
+                                                       fingerprint))
+            if on_epoch is not None and score is not None:
+                on_epoch(epoch, score)
+            if stop:
                 break
     finally:
         bar.close()

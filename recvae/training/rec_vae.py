@@ -21,6 +21,7 @@ from recvae.nn.rec_vae import RecVAENet
 from recvae.nn.sparse import DeviceCSR
 from recvae.storage import CHECKPOINT_FIX, ModelFileError
 from recvae.training.loop import (
+    EpochCallback,
     TrainingConfig,
     TrainingResult,
     _active_users,
@@ -138,8 +139,13 @@ def train_recvae(
     validation: HeldOut | None,
     config: TrainingConfig,
     device: torch.device,
+    *,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainingResult:
     """Train ``net`` in place with alternating encoder / decoder phases; loads the best weights.
+
+    ``on_epoch(epoch, score)`` is called after each validated epoch, as in
+    :func:`recvae.training.train_vae` (an exception it raises stops training).
 
     ``config.anneal`` is not used: RecVAE's beta is per user (``RecVAEConfig.gamma``).
     Under a torch.distributed process group of several ranks it trains data-parallel,
@@ -208,11 +214,15 @@ def train_recvae(
             row = {"epoch": epoch, "step": state["step"], "precision": precision, "beta": mean_beta, "loss": loss, "nll": nll, "kl": kl,
                    "encoder_loss": encoder_loss, "train_seconds": time.perf_counter() - started}
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}"}
+            score = None
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
-            if _end_epoch(state, epoch, row, postfix, bar, config, is_main,
-                          lambda: _save_checkpoint(config.checkpoint, net, optimizers, generator, state,
-                                                   fingerprint)):
+                score = _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
+            stop = _end_epoch(state, epoch, row, postfix, bar, config, is_main,
+                              lambda: _save_checkpoint(config.checkpoint, net, optimizers, generator, state,
+                                                       fingerprint))
+            if on_epoch is not None and score is not None:
+                on_epoch(epoch, score)
+            if stop:
                 break
     finally:
         bar.close()
