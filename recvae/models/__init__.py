@@ -15,6 +15,7 @@ _HOMES = {
     "ALS": "baselines",
     "BPR": "baselines",
     "EASE": "baselines",
+    "EDLAE": "baselines",
     "ItemKNN": "baselines",
     "Popularity": "baselines",
     "load_baseline": "baselines",
@@ -29,6 +30,8 @@ _HOMES = {
     "RecVAE": "rec_vae",
     "RecVAEConfig": "rec_vae",
     "RecVAENet": "rec_vae",
+    "JointVAE": "joint",
+    "JointVAEConfig": "joint",
     "VAE": "recvae.nn.vae",
     "VAEConfig": "recvae.nn.vae",
     "Blend": "hybrid",
@@ -60,10 +63,11 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from recvae.nn.annealing import AnnealConfig
     from recvae.models.base import NotFittedError, Recommendations, Recommender, UserEmbeddings
-    from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, load_baseline
+    from recvae.models.baselines import ALS, BPR, EASE, EDLAE, ItemKNN, Popularity, load_baseline
     from recvae.models.hybrid import Blend
     from recvae.nn.likelihoods import LIKELIHOODS, make_likelihood
     from recvae.models.mult_vae import MultDAE, MultVAE
     from recvae.models.rec_vae import RecVAE, RecVAEConfig, RecVAENet
+    from recvae.models.joint import JointVAE, JointVAEConfig
     from recvae.models.registry import MODELS, VAE_MODELS, is_vae_model, load_model, make_model, model_names
     from recvae.nn.vae import VAE, VAEConfig

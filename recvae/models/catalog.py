@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from recvae.models.base import Recommender
-from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, load_baseline
+from recvae.models.baselines import ALS, BPR, EASE, EDLAE, ItemKNN, Popularity, load_baseline
 from recvae.models.files import ModelFileError, check_model_file, check_vae_payload, read_torch_payload
 from recvae.models.mult_vae import MultDAE, MultVAE, TorchVAERecommender
+from recvae.models.joint import JointVAE
 from recvae.models.rec_vae import RecVAE
 
 __all__ = ["SINGLE_MODELS", "make_single_model", "load_model_file"]
@@ -24,9 +25,11 @@ SINGLE_MODELS: dict[str, type[Recommender]] = {
     "als": ALS,
     "bpr": BPR,
     "ease": EASE,
+    "edlae": EDLAE,
     "mult-dae": MultDAE,
     "mult-vae": MultVAE,
     "recvae": RecVAE,
+    "joint-vae": JointVAE,
 }
 
 

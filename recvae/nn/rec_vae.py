@@ -208,6 +208,11 @@ class RecVAENet(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
+    def reconstruction_nll(self, z: torch.Tensor, x: SparseRows,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+        """-log p(x | z) per user, (batch,) (subclasses may also read the rows x, and draw noise)."""
+        return self.likelihood.nll(self.decode(z), x)
+
     def kl_weight(self, x: SparseRows) -> torch.Tensor:
         """beta_u per user: gamma * (sum of the row), or the constant beta."""
         if self.config.gamma is not None:
@@ -221,7 +226,7 @@ class RecVAENet(nn.Module):
         normalised = l2_normalised_values(x)
         mu, log_var = self._encode(x, normalised, generator, dropout)
         z = self.reparameterize(mu, log_var, generator)
-        nll = self.likelihood.nll(self.decode(z), x)
+        nll = self.reconstruction_nll(z, x, generator)
         with torch.no_grad():
             prior_mu, prior_log_var = self.prior_encoder(x.to_sparse_csr(normalised))
         z, mu, log_var = z.float(), mu.float(), log_var.float()

@@ -1,0 +1,247 @@
+"""RecVAE and an item-item linear model in one network, trained jointly: the network.
+
+For a user row x (sparse) the item logits are
+
+    logits_u = D z_u + b  +  s · (x_u W),      diag(W) = 0,
+
+the first term RecVAE's decoder at the latent code z_u, the second a linear
+autoencoder (EASE / EDLAE's form) over the raw input row, scaled by a learned
+scalar s. Both feed the same likelihood, so the VAE learns what the linear model
+misses and the ranking comes from one score. The zero diagonal keeps the linear
+path from copying an item to itself (the trivial solution EASE's constraint
+excludes): the diagonal's gradient is zeroed on the way back, so a diagonal that
+starts at zero (EDLAE's closed form, or zeros) stays exactly zero.
+
+``W`` is a parameter of the decoder part (trained in RecVAE's decoder passes)
+when ``train_linear`` is set, else a frozen buffer: then only ``s`` and the VAE
+learn, around a linear model fixed at its closed form. ``paths`` turns either
+path off, which gives back RecVAE (``"vae"``) or the linear model (``"linear"``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recvae.nn.likelihoods import make_likelihood
+from recvae.nn.rec_vae import RecVAEConfig, RecVAENet
+from recvae.nn.sparse import SparseRows
+from recvae.nn.vae import dropout_values, l2_normalised_values
+
+__all__ = ["JointVAEConfig", "JointVAENet", "ItemItemLinear", "JointDecoder", "JOINT_PATHS", "LINEAR_INITS"]
+
+JOINT_PATHS = ("both", "vae", "linear")
+LINEAR_INITS = ("edlae", "zeros")
+
+
+@dataclass(frozen=True)
+class JointVAEConfig(RecVAEConfig):
+    """RecVAE's settings (see :class:`RecVAEConfig`) plus the linear path's.
+
+    Attributes:
+        paths: ``"both"`` (the joint model), ``"vae"`` (RecVAE alone: the
+            linear path is left out) or ``"linear"`` (the linear path alone:
+            the decoder's output is left out).
+        linear_init: ``"edlae"`` starts W at EDLAE's closed form on the
+            training rows (Steck 2020; see :func:`recvae.models.ease.edlae_weights`),
+            ``"zeros"`` at zero (then ``train_linear`` must be set for the path to
+            learn anything).
+        linear_l2, linear_dropout: EDLAE's lambda and dropout p for that start.
+        train_linear: train W in the decoder passes (Adam, with the decoder);
+            otherwise W stays at its start and only the scale s learns.
+        linear_weight_decay: Adam's L2 weight decay on a trained W (its own,
+            in place of the training config's), which keeps W from overfitting
+            the training rows as EASE's lambda does.
+        linear_scale: the starting value of the learned scale s (s = linear_scale ·
+            exp(a) with a learned, so Adam's steps move s by a ratio, at any scale).
+        linear_input_dropout: in training, each input item of the linear path is
+            dropped with this probability (the rest scaled by 1 / (1 - p)), drawn
+            apart from the encoder's: the path then learns, and the VAE around it,
+            to predict items the user's row does not show -- the situation of a
+            fold-in user -- rather than items W already saw in that training row.
+        vae_loss_weight: adds this times the latent path's own NLL (its logits
+            alone) to the loss, so the VAE stays a predictor of its own rather
+            than learning only what the linear path misses.
+        fusion_gradient: whether the joint logits' NLL trains the VAE (False: the
+            VAE learns from its own NLL only -- set ``vae_loss_weight`` -- and the
+            joint NLL trains s and W).
+    """
+
+    paths: str = "both"
+    linear_init: str = "edlae"
+    linear_l2: float = 500.0
+    linear_dropout: float = 0.25
+    train_linear: bool = False
+    linear_weight_decay: float = 0.0
+    linear_scale: float = 10.0
+    linear_input_dropout: float = 0.0
+    vae_loss_weight: float = 1.0
+    fusion_gradient: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.paths not in JOINT_PATHS:
+            raise ValueError(f"paths must be one of {JOINT_PATHS}; got {self.paths!r}")
+        if self.linear_init not in LINEAR_INITS:
+            raise ValueError(f"linear_init must be one of {LINEAR_INITS}; got {self.linear_init!r}")
+        if not self.linear_l2 >= 0:
+            raise ValueError(f"linear_l2 must be >= 0; got {self.linear_l2}")
+        if not 0.0 <= self.linear_dropout < 1.0:
+            raise ValueError(f"linear_dropout must lie in [0, 1); got {self.linear_dropout}")
+        if not self.linear_weight_decay >= 0:
+            raise ValueError(f"linear_weight_decay must be >= 0; got {self.linear_weight_decay}")
+        if not (math.isfinite(self.linear_scale) and self.linear_scale > 0):
+            raise ValueError(f"linear_scale must be positive; got {self.linear_scale}")
+        if not 0.0 <= self.linear_input_dropout < 1.0:
+            raise ValueError(f"linear_input_dropout must lie in [0, 1); got {self.linear_input_dropout}")
+        if not self.vae_loss_weight >= 0:
+            raise ValueError(f"vae_loss_weight must be >= 0; got {self.vae_loss_weight}")
+        if not self.fusion_gradient and not self.vae_loss_weight and self.paths == "both":
+            raise ValueError("fusion_gradient=False with vae_loss_weight=0 leaves the VAE untrained; "
+                             "set vae_loss_weight > 0 or fusion_gradient=True")
+        if make_likelihood(self.likelihood).outputs_per_item != 1:
+            raise ValueError(f"the joint model needs a likelihood with one output per item; {self.likelihood!r} "
+                             "has more (choose multinomial, bernoulli or gaussian)")
+        if self.paths != "vae" and self.linear_init == "zeros" and not self.train_linear:
+            raise ValueError("linear_init='zeros' with train_linear=False leaves the linear path at zero; "
+                             "set train_linear=True or linear_init='edlae'")
+
+
+class _ZeroDiagonalGradient(torch.autograd.Function):
+    """Identity forward; the backward zeroes the gradient's diagonal (W's diagonal never moves)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor) -> torch.Tensor:
+        return weight
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad.diagonal().zero_()
+        return grad
+
+
+class ItemItemLinear(nn.Module):
+    """x W for sparse rows x with an (items x items) W of zero diagonal; no bias.
+
+    The product is a sum of W's rows picked by each user's items
+    (``F.embedding_bag`` over the CSR arrays, as :class:`recvae.nn.SparseLinear`),
+    so its cost is nnz x items, never batch x items x items.
+    """
+
+    def __init__(self, n_items: int, trainable: bool, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.trainable = trainable
+        weight = torch.zeros(n_items, n_items)
+        if trainable:
+            self.weight = nn.Parameter(weight)
+            # Read by recvae.training.make_optimizer: W's own L2 weight decay, not the decoder's.
+            self.weight.weight_decay = float(weight_decay)
+        else:
+            self.register_buffer("weight", weight)
+
+    def forward(self, x: SparseRows, values: torch.Tensor | None = None) -> torch.Tensor:
+        """x W, or with ``values`` in place of x's (e.g. after dropout)."""
+        weight = _ZeroDiagonalGradient.apply(self.weight) if self.weight.requires_grad else self.weight
+        values = x.values if values is None else values
+        return F.embedding_bag(x.col_indices, weight, x.crow_indices[:-1], mode="sum",
+                               per_sample_weights=values.to(weight.dtype))
+
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor) -> None:
+        """Copy ``weight`` in, its diagonal set to zero."""
+        if weight.shape != self.weight.shape:
+            raise ValueError(f"item-item weight must be {tuple(self.weight.shape)}; got {tuple(weight.shape)}")
+        self.weight.copy_(weight)
+        self.weight.diagonal().zero_()
+
+
+class JointDecoder(nn.Module):
+    """RecVAE's linear decoder D z + b, the item-item path x W and its scale s: the decoder part."""
+
+    def __init__(self, latent: nn.Linear, n_items: int, config: JointVAEConfig) -> None:
+        super().__init__()
+        self.latent = latent
+        self.paths = config.paths
+        self.item_item = ItemItemLinear(n_items, trainable=config.train_linear and config.paths != "vae",
+                                        weight_decay=config.linear_weight_decay)
+        self.base_scale = float(config.linear_scale)
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.latent.weight
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """s, the linear path's weight in the logits."""
+        return self.base_scale * torch.exp(self.log_scale)
+
+    def forward(self, z: torch.Tensor, x: SparseRows | None = None,
+                linear_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Item logits; without ``x`` only the latent path's (what RecVAE's decoder gives).
+        ``linear_values`` replace x's values in the linear path (its input dropout)."""
+        if self.paths == "linear":
+            if x is None:
+                raise ValueError("the linear-only path needs the input rows")
+            return self.scale * self.item_item(x, linear_values)
+        out = self.latent(z)
+        if x is None or self.paths == "vae":
+            return out
+        return out + self.scale * self.item_item(x, linear_values).to(out.dtype)
+
+
+class JointVAENet(RecVAENet):
+    """RecVAE's encoder, composite prior and per-user beta, with :class:`JointDecoder` as the decoder."""
+
+    def __init__(self, n_items: int, config: JointVAEConfig = JointVAEConfig()) -> None:
+        super().__init__(n_items, config)
+        # Wrapping RecVAE's decoder (not a new one) keeps the same random initialisation:
+        # with paths="vae" the network is RecVAE's, weight for weight.
+        self.decoder = JointDecoder(self.decoder, n_items, config)
+
+    def reconstruction_nll(self, z: torch.Tensor, x: SparseRows,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+        """-log p(x | joint logits), plus ``vae_loss_weight`` times the latent path's own NLL."""
+        c = self.config
+        if c.paths != "both":
+            return self.likelihood.nll(self.decoder(z, x, self._linear_values(x, generator)), x)
+        latent = self.decoder.latent(z)
+        fused = latent if c.fusion_gradient else latent.detach()
+        linear = self.decoder.item_item(x, self._linear_values(x, generator))
+        nll = self.likelihood.nll(fused + self.decoder.scale * linear.to(fused.dtype), x)
+        if c.vae_loss_weight:
+            nll = nll + c.vae_loss_weight * self.likelihood.nll(latent, x)
+        return nll
+
+    def _linear_values(self, x: SparseRows, generator: torch.Generator | None) -> torch.Tensor | None:
+        # In every training pass, the decoder's included (where RecVAE turns the encoder's dropout
+        # off): the scale s and W learn in the decoder passes, and should learn for unseen items.
+        p = self.config.linear_input_dropout
+        if not (self.training and p and self.config.paths != "vae"):
+            return None
+        return dropout_values(x.values, p, generator)
+
+    def output(self, z: torch.Tensor, x: SparseRows) -> torch.Tensor:
+        """The joint logits (no dropout) for codes z of rows x."""
+        return self.decoder(z, x)
+
+    @torch.no_grad()
+    def scores(self, x: SparseRows) -> torch.Tensor:
+        """The joint logits at the posterior mean (eval mode; the module's mode is restored)."""
+        was_training = self.training
+        self.eval()
+        try:
+            mu, _ = self._encode(x, l2_normalised_values(x), None, False)
+            return self.likelihood.scores(self.output(mu, x)).float()
+        finally:
+            self.train(was_training)
+
+    def item_embeddings(self) -> torch.Tensor:
+        """Rows of the latent decoder's weight: one latent-sized vector per item."""
+        return self.decoder.latent.weight[: self.n_items].detach()
