@@ -36,8 +36,8 @@ __all__ = ["main", "build_parser", "parse_params", "parse_value", "model_params"
 
 #: Examples of ``recvae.models.MODELS`` names for help texts (importing the registry would slow
 #: ``--help``; the registry is what validates, and an unknown name lists every model).
-MODEL_NAMES = ("popularity", "itemknn", "als", "bpr", "ease", "edlae", "mult-dae", "mult-vae", "recvae", "joint-vae",
-               "blend")
+MODEL_NAMES = ("popularity", "itemknn", "als", "bpr", "ease", "edlae", "sparse-ease", "mult-dae", "mult-vae", "recvae",
+               "joint-vae", "blend")
 TORCH_MODEL_NAMES = ("mult-dae", "mult-vae", "recvae", "joint-vae")
 LIANG_SEED = 98765
 

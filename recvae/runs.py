@@ -62,7 +62,7 @@ from recvae.data.interactions import Interactions
 from recvae.data.logs import InteractionLog, read_log
 from recvae.data.splits import Split, all_users_split, strong_generalization, temporal_split, weak_generalization
 from recvae.data.tables import TableWriter, check_output_path, check_table_output, write_table
-from recvae.models.base import Recommender, UserEmbeddings, item_mask, rank_items
+from recvae.models.base import Recommender, UserEmbeddings, item_mask, rank_in_blocks
 from recvae.tuning import SearchResult, check_optuna, optuna_search, search_space, space_corners
 
 logger = logging.getLogger(__name__)
@@ -595,6 +595,7 @@ class Run:
         candidates=None,
         strict: bool = False,
         batch_size: int = 1000,
+        max_memory: int | None = None,
     ) -> pd.DataFrame:
         """Top-k items for known users by raw id: columns ``user_id, rank, item_id, score``.
 
@@ -609,6 +610,8 @@ class Run:
             candidates: the only raw item ids that may be recommended (same forms).
             strict: refuse unknown or dropped user ids (and unknown item ids) instead of
                 skipping them.
+            max_memory: bytes the ranking of a batch may take (None: 1 GiB); see
+                :meth:`recommend_all`.
 
         Skipped ids are logged as a warning and listed in ``frame.attrs["skipped"]``
         (a :class:`SkippedUsers`).
@@ -616,8 +619,9 @@ class Run:
         rows, found_ids, skipped = self.resolve_users(user_ids, strict=strict)
         if skipped:
             logger.warning("%s", skipped.message())
-        frames = [self._recommend_rows(rows[s:s + batch_size], k, filter_seen, exclude, candidates, strict)
-                  for s in range(0, len(rows), batch_size)] or [self._empty_recommendations()]
+        frames = [self._recommend_rows(rows[s:s + batch_size], k, filter_seen, exclude, candidates, strict,
+                                       max_memory) for s in range(0, len(rows), batch_size)]
+        frames = frames or [self._empty_recommendations()]
         frame = pd.concat(frames, ignore_index=True)
         frame.attrs["skipped"] = skipped
         return frame
@@ -627,15 +631,14 @@ class Run:
                              "item_id": self.item_ids[:0], "score": np.zeros(0, np.float32)})
 
     def _recommend_rows(self, rows: np.ndarray, k: int, filter_seen: bool, exclude, candidates,
-                        strict: bool) -> pd.DataFrame:
+                        strict: bool, max_memory: int | None = None) -> pd.DataFrame:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise RunError(f"k must be a positive integer; got {k!r}")
         history = self.history[rows]
         excluded = [self.seen[rows] if filter_seen else None, self._item_filter(exclude, rows, "exclude", strict)[0]]
         allowed, restricted = self._item_filter(candidates, rows, "candidates", strict)
-        scores = np.array(self.model.score(history), dtype=np.float32)
-        items, top = rank_items(scores, min(int(k), self.n_items), exclude=excluded, candidates=allowed,
-                                restricted=restricted)
+        items, top = rank_in_blocks(self.model, history, min(int(k), self.n_items), exclude=excluded,
+                                    candidates=allowed, restricted=restricted, max_memory=max_memory)
         n, kk = items.shape
         valid = (items >= 0).ravel()
         return pd.DataFrame({
@@ -671,12 +674,20 @@ class Run:
         candidates=None,
         batch_size: int = 1000,
         progress: bool | None = None,
+        max_memory: int | None = None,
     ) -> Path | pd.DataFrame:
-        """Top-k for every known user, streamed in user batches (memory: one batch x items at a time).
+        """Top-k for every known user, streamed in user batches.
 
         With ``path`` (``.parquet``, ``.csv``, ``.json``, ``.jsonl``) the rows
         ``user_id, rank, item_id, score`` are written there atomically and the
         path is returned; without it, one DataFrame (fine for small logs).
+
+        Memory: each batch of ``batch_size`` users is ranked within ``max_memory`` bytes
+        (None: 1 GiB). When a batch's users x items scores would not fit, a model with
+        block scoring (``Recommender.block_scoring``) scores the catalogue a block of
+        items at a time and merges a running top-k; others are ranked in smaller user
+        batches (see :func:`recvae.models.base.rank_in_blocks`). The output does not
+        depend on it: e.g. ``run.recommend_all("recs.parquet", max_memory=256 * 2**20)``.
         """
         from tqdm.auto import tqdm
 
@@ -686,12 +697,12 @@ class Run:
         bar = tqdm(starts, desc="recommend", unit="batch", disable=None if progress is None else not progress)
         if path is None:
             frames = [self._recommend_rows(np.arange(s, min(s + batch_size, len(self.user_ids))), k, filter_seen,
-                                           exclude, candidates, False) for s in bar]
+                                           exclude, candidates, False, max_memory) for s in bar]
             return pd.concat(frames, ignore_index=True) if frames else self._empty_recommendations()
         with TableWriter(path) as writer:
             for s in bar:
                 rows = np.arange(s, min(s + batch_size, len(self.user_ids)))
-                writer.write(self._recommend_rows(rows, k, filter_seen, exclude, candidates, False))
+                writer.write(self._recommend_rows(rows, k, filter_seen, exclude, candidates, False, max_memory))
             if writer.rows == 0 and not len(self.user_ids):
                 writer.write(self._empty_recommendations())
         return Path(path)
@@ -744,10 +755,12 @@ class Run:
         })
 
     # ------------------------------------------------------------------ evaluation and summary
-    def evaluate(self, which: str = "test", *, ks=None, metrics=("ndcg", "recall"), progress: bool | None = None):
+    def evaluate(self, which: str = "test", *, ks=None, metrics=("ndcg", "recall"), progress: bool | None = None,
+                 max_memory: int | None = None):
         """Metrics on the run's validation or test users (Liang et al.'s protocol: fold-in positives masked).
 
-        ``progress``: a bar over user batches (None: on a terminal only).
+        ``progress``: a bar over user batches (None: on a terminal only). ``max_memory``:
+        bytes the ranking of a batch may take (None: 1 GiB; see :func:`recvae.evaluation.evaluate`).
         """
         self.split.held_out(which)
         ks = _default_ks(self.n_items) if ks is None else list(ks)
@@ -755,7 +768,8 @@ class Run:
         if bad:
             raise RunError(f"cut-offs (--k) {bad}: the model ranks {self.n_items} items; choose k between 1 and "
                            f"{self.n_items}")
-        return evaluate_model(self.model, self.split, which, ks=ks, metrics=metrics, progress=progress)
+        return evaluate_model(self.model, self.split, which, ks=ks, metrics=metrics, progress=progress,
+                              max_memory=max_memory)
 
     def info(self) -> dict:
         """What the run is: model, hyper-parameters, parameter count, data, split, best epoch, metrics."""

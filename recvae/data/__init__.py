@@ -11,7 +11,17 @@ from recvae.data.movielens import (
 from recvae.data.files import read_interactions_file
 from recvae.data.interactions import Interactions, PreprocessingReport
 from recvae.data.splits import HeldOut, Split, all_users_split, strong_generalization, temporal_split, weak_generalization
-from recvae.data.synthetic import ML1M_SHAPE, ML20M_SHAPE, SyntheticConfig, synthetic_interactions, synthetic_log
+from recvae.data.synthetic import (
+    CATALOGUE_1M,
+    CATALOGUE_100K,
+    ML1M_SHAPE,
+    ML20M_SHAPE,
+    CatalogueConfig,
+    SyntheticConfig,
+    catalogue_interactions,
+    synthetic_interactions,
+    synthetic_log,
+)
 
 __all__ = [
     "MOVIELENS",
@@ -34,4 +44,8 @@ __all__ = [
     "ML20M_SHAPE",
     "synthetic_log",
     "synthetic_interactions",
+    "CatalogueConfig",
+    "CATALOGUE_100K",
+    "CATALOGUE_1M",
+    "catalogue_interactions",
 ]

@@ -14,6 +14,11 @@ popularity ranking on it by a wide margin:
 Sampling is vectorised over all events (a taste per event, then an item by
 inverse CDF within the taste): memory is O(events), never O(users x items), so
 ML-20M-sized logs take seconds.
+
+:func:`catalogue_interactions` draws the same kind of data straight into a CSR
+matrix (no raw log, ratings or timestamps) for catalogues of 100k to millions of
+items (:data:`CATALOGUE_100K`, :data:`CATALOGUE_1M`): the scale of the serving and
+evaluation paths that rank a block of items at a time.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from recvae.data.interactions import Interactions
 
-__all__ = ["SyntheticConfig", "ML1M_SHAPE", "ML20M_SHAPE", "synthetic_log", "synthetic_interactions"]
+__all__ = ["SyntheticConfig", "ML1M_SHAPE", "ML20M_SHAPE", "synthetic_log", "synthetic_interactions",
+           "CatalogueConfig", "CATALOGUE_100K", "CATALOGUE_1M", "catalogue_interactions"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,124 @@ def synthetic_interactions(config: SyntheticConfig = SyntheticConfig(), **prepro
     if not config.with_ratings:
         preprocessing.setdefault("rating_col", None)
     return Interactions.from_dataframe(log, **preprocessing)
+
+
+@dataclass(frozen=True)
+class CatalogueConfig:
+    """Shape and structure of a large-catalogue interaction matrix (:func:`catalogue_interactions`).
+
+    Attributes:
+        n_users, n_items: rows and columns of the matrix (every item is a column, also
+            the ones no user drew: a big catalogue has a long cold tail).
+        events_per_user: mean distinct items per user (log-normal, heavy tailed,
+            at least ``min_events``; at most ``max_events``).
+        min_events, max_events: bounds on a user's draws.
+        popularity_exponent: Zipf exponent of item popularity (1.0: the top 1% of a
+            million items hold about two thirds of the events).
+        n_tastes: latent item groups; each item belongs to one.
+        taste_concentration: Dirichlet concentration of users' taste mixtures (small:
+            one or two dominant tastes per user).
+        on_taste_share: probability that an event comes from the user's tastes rather
+            than from global popularity.
+        seed: everything is a function of this seed.
+    """
+
+    n_users: int = 20_000
+    n_items: int = 100_000
+    events_per_user: float = 50.0
+    min_events: int = 5
+    max_events: int = 2_000
+    popularity_exponent: float = 1.0
+    n_tastes: int = 200
+    taste_concentration: float = 0.1
+    on_taste_share: float = 0.8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_users < 1 or self.n_items < 2 or self.n_tastes < 1:
+            raise ValueError("need n_users >= 1, n_items >= 2 and n_tastes >= 1")
+        if self.n_tastes > self.n_items:
+            raise ValueError(f"n_tastes ({self.n_tastes}) cannot exceed n_items ({self.n_items})")
+        if not 1 <= self.min_events <= self.events_per_user <= self.max_events:
+            raise ValueError("need 1 <= min_events <= events_per_user <= max_events")
+        if self.max_events > self.n_items:
+            raise ValueError(f"max_events ({self.max_events}) cannot exceed n_items ({self.n_items})")
+        if not 0.0 <= self.on_taste_share <= 1.0:
+            raise ValueError("on_taste_share must lie in [0, 1]")
+        if self.taste_concentration <= 0 or self.popularity_exponent < 0:
+            raise ValueError("taste_concentration must be > 0 and popularity_exponent >= 0")
+
+
+#: 20,000 users x 100,000 items, about 50 events per user (density 0.05%).
+CATALOGUE_100K = CatalogueConfig(n_items=100_000)
+#: 20,000 users x 1,000,000 items, about 50 events per user (density 0.005%).
+CATALOGUE_1M = CatalogueConfig(n_items=1_000_000, n_tastes=1_000)
+
+
+def catalogue_interactions(config: CatalogueConfig = CATALOGUE_100K) -> Interactions:
+    """A seeded users x items matrix with a power-law catalogue, drawn straight into CSR.
+
+    Item popularity is Zipf over a random permutation of the items; each item has one
+    taste; each user mixes a few tastes (a sparse Dirichlet) and draws each event from
+    them (an item by popularity within the taste) or, with ``1 - on_taste_share``, from
+    global popularity. Repeated draws of an item are merged (binary data), extra draws
+    make up for them, and each user keeps at most their drawn activity. Raw ids are
+    ``1..n_users`` and ``1..n_items``; no timestamps.
+
+    Everything is vectorised over the events: time and memory are O(events + items +
+    users x tastes), never users x items (1M items x 20k users takes a few seconds).
+    The same config always gives the same matrix.
+    """
+    rng = np.random.default_rng(config.seed)
+    n_users, n_items, n_tastes = config.n_users, config.n_items, config.n_tastes
+
+    popularity = np.empty(n_items)
+    popularity[rng.permutation(n_items)] = 1.0 / np.arange(1, n_items + 1) ** config.popularity_exponent
+    popularity /= popularity.sum()
+    item_taste = rng.integers(0, n_tastes, size=n_items)
+    item_taste[rng.choice(n_items, size=n_tastes, replace=False)] = np.arange(n_tastes)  # no empty taste
+    by_taste = np.argsort(item_taste, kind="stable")
+    taste_start = np.searchsorted(item_taste[by_taste], np.arange(n_tastes + 1))
+    cum_pop = np.cumsum(popularity[by_taste])
+    cum_pop /= cum_pop[-1]
+    taste_mass_before = np.concatenate([[0.0], cum_pop])[taste_start]
+
+    sigma = 1.0
+    mu = np.log(config.events_per_user) - sigma**2 / 2
+    n_events = np.clip(np.rint(rng.lognormal(mu, sigma, size=n_users)), config.min_events,
+                       config.max_events).astype(np.int64)
+    n_draws = np.minimum((n_events * 1.3).astype(np.int64) + 3, n_items)
+    user_of_draw = np.repeat(np.arange(n_users), n_draws)
+
+    # A taste per draw from the user's mixture: one global searchsorted over the rows' CDFs,
+    # each row shifted by its index so that the concatenation is increasing.
+    theta_cdf = np.cumsum(rng.dirichlet(np.full(n_tastes, config.taste_concentration), size=n_users), axis=1)
+    theta_cdf /= theta_cdf[:, -1:]
+    theta_cdf += np.arange(n_users)[:, None]
+    u = np.minimum(rng.random(len(user_of_draw)), 1.0 - 1e-12) + user_of_draw
+    taste = np.searchsorted(theta_cdf.ravel(), u, side="right") - user_of_draw * n_tastes
+    taste = np.minimum(taste, n_tastes - 1)
+    del theta_cdf, u
+    on_taste = rng.random(len(user_of_draw)) < config.on_taste_share
+    lo = np.where(on_taste, taste_mass_before[taste], 0.0)
+    hi = np.where(on_taste, taste_mass_before[taste + 1], 1.0)
+    v = rng.random(len(user_of_draw))
+    item = by_taste[np.minimum(np.searchsorted(cum_pop, lo + v * (hi - lo), side="right"), n_items - 1)]
+    del lo, hi, v, on_taste, taste
+
+    # First draw of each (user, item), in draw order; at most n_events per user.
+    key = user_of_draw * n_items + item
+    _, first = np.unique(key, return_index=True)
+    first.sort()
+    user_of_draw, item = user_of_draw[first], item[first]
+    rank_in_user = np.arange(len(first)) - np.searchsorted(user_of_draw, user_of_draw)
+    keep = rank_in_user < n_events[user_of_draw]
+    user_of_draw, item = user_of_draw[keep], item[keep]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(user_of_draw, minlength=n_users))])
+    order = np.lexsort((item, user_of_draw))
+    matrix = sp.csr_matrix((np.ones(len(item), np.float32), item[order].astype(np.int32), indptr),
+                           shape=(n_users, n_items))
+    return Interactions(matrix, np.arange(1, n_users + 1), np.arange(1, n_items + 1))
 
 
 def _row_searchsorted(cdf: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:

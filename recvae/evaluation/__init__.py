@@ -1,9 +1,10 @@
-"""Evaluation: ranking metrics as pure functions (:mod:`recvae.evaluation.metrics`) and the harness
-that folds held-out users in, masks their fold-in items, ranks the full catalogue and measures
+"""Evaluation: ranking metrics as pure functions (:mod:`recvae.evaluation.metrics`), top-k over
+item blocks within a memory budget (:mod:`recvae.evaluation.ranking`) and the harness that folds
+held-out users in, masks their fold-in items, ranks the full catalogue and measures
 (:mod:`recvae.evaluation.harness`). It takes score functions, so the training loops use it too.
 """
 
-from recvae.evaluation import metrics
+from recvae.evaluation import metrics, ranking
 from recvae.evaluation.harness import (
     EvaluationResult,
     average_results,
@@ -13,5 +14,5 @@ from recvae.evaluation.harness import (
     top_k_for_rows,
 )
 
-__all__ = ["metrics", "EvaluationResult", "average_results", "evaluate", "evaluate_heldout", "paired_comparison",
+__all__ = ["metrics", "ranking", "EvaluationResult", "average_results", "evaluate", "evaluate_heldout", "paired_comparison",
            "top_k_for_rows"]

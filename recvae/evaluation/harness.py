@@ -2,8 +2,13 @@
 
 Works for any model with ``score(user_rows)`` (numpy out); models that can
 score on their torch device expose ``score_tensor(user_rows)`` and then masking
-and top-k run there too, in batches. Every metric is computed per user; users
-with an empty target are excluded from the means and counted. Under a
+and top-k run there too, in batches. Each batch is ranked within a memory budget
+(``max_memory``, 1 GiB by default): when its users x items scores would not fit,
+the catalogue is scored a block of items at a time (a model's ``item_block_scorer``)
+and a running top-k is merged (:mod:`recvae.evaluation.ranking`); ties are broken by
+the lower item index either way, so the metrics do not depend on the budget. Every
+metric is computed per user; users with an empty target are excluded from the means
+and counted. Under a
 torch.distributed process group the users are sharded over the ranks and the
 per-user metrics gathered (identical to one process).
 """
@@ -21,6 +26,13 @@ import scipy.stats
 import torch
 
 from recvae.evaluation import metrics as M
+from recvae.evaluation.ranking import (
+    DEFAULT_MAX_MEMORY,
+    SCORE_CELL_BYTES,
+    check_max_memory,
+    plan_blocks,
+    top_k_blocks,
+)
 from recvae.data.splits import HeldOut, Split
 from recvae.distributed import DistributedContext, all_reduce_sum, batch_aligned_range, gather_rows, parallel_context
 
@@ -28,6 +40,8 @@ __all__ = ["EvaluationResult", "evaluate", "evaluate_heldout", "top_k_for_rows",
            "average_results"]
 
 ScoreFn = Callable[[sp.csr_matrix], "torch.Tensor | np.ndarray"]
+#: rows -> ``(start, stop) -> scores`` of item columns [start, stop) for those rows (``Recommender.item_block_scorer``).
+BlockScorerFactory = Callable[[sp.csr_matrix], Callable[[int, int], "torch.Tensor | np.ndarray"]]
 
 
 @dataclass
@@ -60,32 +74,62 @@ class EvaluationResult:
 
 
 def top_k_for_rows(score_fn: ScoreFn, fold_in: sp.csr_matrix, k: int, *, batch_size: int = 1000,
-                   progress: bool | None = False) -> np.ndarray:
+                   progress: bool | None = False, block_scorer: BlockScorerFactory | None = None,
+                   block_cell_bytes: Callable[[sp.csr_matrix], float] | None = None,
+                   max_memory: int | None = DEFAULT_MAX_MEMORY) -> np.ndarray:
     """(users, k) best items per row, fold-in items excluded, scored in batches.
 
     ``score_fn`` returns scores for a CSR batch, as a torch tensor (on any
     device: masking and top-k stay there) or a numpy array. ``progress``: a bar
     over the batches (None: on a terminal only).
+
+    Memory: each batch of ``batch_size`` users is ranked within ``max_memory`` bytes
+    (None: 1 GiB; see :func:`recvae.evaluation.ranking.plan_blocks`). When a batch's
+    scores do not fit, ``block_scorer(rows)`` (a model's ``item_block_scorer``: returns
+    ``(start, stop) -> scores`` of item columns ``[start, stop)``) scores the catalogue a
+    block at a time and the top-k is merged block by block; without one, the batch is cut
+    into smaller user batches instead. ``block_cell_bytes(rows)``: the bytes the block
+    scorer allocates per scored cell besides the block (a model's ``block_score_bytes``).
+    Ties are broken by the lower item index (as :func:`recvae.evaluation.metrics.top_k`),
+    so the blocked and unblocked rankings are the same. A NaN score ranks last.
     """
     n_users, n_items = fold_in.shape
     if not 1 <= k <= n_items:
         raise ValueError(f"k must lie in [1, {n_items}] (the number of items); got {k}")
+    max_memory = check_max_memory(max_memory)
     out = np.empty((n_users, k), dtype=np.int64)
     from tqdm.auto import tqdm
 
     for start in tqdm(range(0, n_users, batch_size), desc="evaluate", unit="batch", leave=False,
                       disable=True if progress is False else None):
         rows = fold_in[start : start + batch_size]
-        scores = score_fn(rows)
-        scores = torch.from_numpy(np.asarray(scores, dtype=np.float32)) if isinstance(scores, np.ndarray) else scores
-        if scores.shape != rows.shape:
-            raise ValueError(f"score function returned shape {tuple(scores.shape)} for rows of shape {rows.shape}")
-        scores = scores.float()  # fresh scores are masked in place below
-        r = torch.from_numpy(np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))).to(scores.device)
-        c = torch.from_numpy(rows.indices.astype(np.int64)).to(scores.device)
-        scores[r, c] = float("-inf")
-        out[start : start + rows.shape[0]] = torch.topk(scores, k, dim=1).indices.cpu().numpy()
+        extra = float(block_cell_bytes(rows)) if block_scorer is not None and block_cell_bytes is not None else 0.0
+        plan = plan_blocks(rows.shape[0], n_items, k, max_memory, blockwise=block_scorer is not None,
+                           cell_bytes=SCORE_CELL_BYTES + extra)
+        for first in range(0, rows.shape[0], plan.user_batch):
+            part = rows[first : first + plan.user_batch] if plan.user_batch < rows.shape[0] else rows
+            if plan.item_block < n_items:
+                scorer = block_scorer(part)
+            else:
+                scorer = _whole_catalogue(score_fn, part)
+            top, _ = top_k_blocks(scorer, part.shape[0], n_items, k, item_block=plan.item_block, exclude=part,
+                                  nan="lowest", pad=False)
+            out[start + first : start + first + part.shape[0]] = top
     return out
+
+
+def _whole_catalogue(score_fn: ScoreFn, rows: sp.csr_matrix):
+    """A block scorer over one block, the whole catalogue: ``score_fn(rows)``, its shape checked."""
+
+    def scorer(begin: int, end: int):
+        scores = score_fn(rows)
+        if tuple(scores.shape) != rows.shape:
+            raise ValueError(f"score function returned shape {tuple(scores.shape)} for rows of shape {rows.shape}")
+        if isinstance(scores, np.ndarray):
+            return torch.from_numpy(np.asarray(scores, dtype=np.float32))  # masked in place, as before
+        return scores.float()
+
+    return scorer
 
 
 def evaluate_heldout(
@@ -97,8 +141,15 @@ def evaluate_heldout(
     batch_size: int = 1000,
     distributed: bool | None = None,
     progress: bool | None = False,
+    block_scorer: BlockScorerFactory | None = None,
+    block_cell_bytes: Callable[[sp.csr_matrix], float] | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> EvaluationResult:
     """Evaluate a score function on a held-out user set.
+
+    Memory: each batch is ranked within ``max_memory`` bytes (None: 1 GiB), scoring the
+    catalogue a block of items at a time with ``block_scorer`` when given and needed (see
+    :func:`top_k_for_rows`); the metrics are the same as unblocked.
 
     Sharding: with ``distributed=None`` (default) the users are sharded when a
     torch.distributed process group of more than one rank is initialised; True
@@ -122,7 +173,8 @@ def evaluate_heldout(
     fold_in, target = heldout.fold_in, heldout.target
     if ctx is not None:
         fold_in, target = fold_in[start:stop], target[start:stop]
-    top = top_k_for_rows(score_fn, fold_in, max(ks), batch_size=batch_size, progress=progress)
+    top = top_k_for_rows(score_fn, fold_in, max(ks), batch_size=batch_size, progress=progress,
+                         block_scorer=block_scorer, block_cell_bytes=block_cell_bytes, max_memory=max_memory)
     per_user = pd.DataFrame(
         {
             "user_id": heldout.user_ids,
@@ -181,6 +233,7 @@ def evaluate(
     batch_size: int = 1000,
     distributed: bool | None = None,
     progress: bool | None = False,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> EvaluationResult:
     """Evaluate a fitted model on ``split.validation`` or ``split.test``.
 
@@ -189,6 +242,12 @@ def evaluate(
     and NDCG@k / Recall@k ... are computed against the user's target. Under a
     torch.distributed process group the users are sharded over the ranks (every
     rank must call it; see :func:`evaluate_heldout`'s ``distributed``).
+
+    ``max_memory`` (bytes; None: 1 GiB) bounds the ranking of a batch: when
+    ``batch_size`` users x items scores do not fit, a model that scores item blocks
+    (``Recommender.block_scoring``: the VAEs, EASE/EDLAE, sparse EASE, ALS, BPR, item-KNN,
+    popularity) is scored a block of items at a time, others in smaller user batches.
+    The metrics do not depend on it.
     """
     if which not in ("validation", "test"):
         raise ValueError(f"which must be 'validation' or 'test'; got {which!r}")
@@ -196,8 +255,10 @@ def evaluate(
         raise TypeError(f"{type(model).__name__} has no score(user_rows) method; it is not a recvae model")
     heldout: HeldOut = split.held_out(which)
     score_fn = getattr(model, "score_tensor", None) or model.score
+    blockwise = bool(getattr(model, "block_scoring", False))
     return evaluate_heldout(score_fn, heldout, ks=ks, metrics=metrics, batch_size=batch_size, distributed=distributed,
-                            progress=progress)
+                            progress=progress, block_scorer=model.item_block_scorer if blockwise else None,
+                            block_cell_bytes=model.block_score_bytes if blockwise else None, max_memory=max_memory)
 
 
 def average_results(results: Sequence[EvaluationResult]) -> EvaluationResult:

@@ -17,6 +17,7 @@ _HOMES = {
     "EASE": "baselines",
     "EDLAE": "baselines",
     "ItemKNN": "baselines",
+    "SparseEASE": "baselines",
     "Popularity": "baselines",
     "load_baseline": "baselines",
     "NotFittedError": "base",
@@ -63,7 +64,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from recvae.nn.annealing import AnnealConfig
     from recvae.models.base import NotFittedError, Recommendations, Recommender, UserEmbeddings
-    from recvae.models.baselines import ALS, BPR, EASE, EDLAE, ItemKNN, Popularity, load_baseline
+    from recvae.models.baselines import ALS, BPR, EASE, EDLAE, ItemKNN, Popularity, SparseEASE, load_baseline
     from recvae.models.hybrid import Blend
     from recvae.nn.likelihoods import LIKELIHOODS, make_likelihood
     from recvae.models.mult_vae import MultDAE, MultVAE

@@ -8,7 +8,7 @@ brand-new users are served the same way, without retraining.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from recvae.data.ids import UnknownIdError, lookup_ids
 from recvae.data.interactions import Interactions
 from recvae.evaluation.metrics import mask_seen, top_k
+from recvae.evaluation.ranking import SCORE_CELL_BYTES, check_max_memory, plan_blocks, top_k_blocks
 from recvae.data.splits import HeldOut, Split
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "as_user_rows",
     "item_mask",
     "rank_items",
+    "rank_in_blocks",
     "ids_to_array",
     "ids_from_array",
     "training_inputs",
@@ -172,6 +174,53 @@ def rank_items(
     return items, top_scores
 
 
+def rank_in_blocks(
+    model: Recommender,
+    user_rows: sp.csr_matrix,
+    k: int,
+    *,
+    exclude: Sequence[sp.csr_matrix | None] | sp.csr_matrix | None = None,
+    candidates: sp.csr_matrix | None = None,
+    restricted: np.ndarray | None = None,
+    max_memory: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rank_items` of ``model``'s scores of ``user_rows``, within ``max_memory`` bytes.
+
+    :func:`recvae.evaluation.ranking.plan_blocks` picks a user batch and an item block
+    (everything at once when it fits; None: 1 GiB). For each user batch the model's
+    :meth:`Recommender.item_block_scorer` is built once and asked for each block; masks
+    and candidate lists are applied per block and a running top-k is merged, with ties
+    broken by the lower item index, so the items, their order and their scores are those
+    of :func:`rank_items` on the full score matrix (up to the float rounding of a blocked
+    matrix product). Models without block scoring are ranked a user batch at a time.
+
+    Args:
+        model: a fitted recommender.
+        user_rows: validated (users, items) CSR rows (see :func:`as_user_rows`).
+        k: items per user (at most the number of items).
+        exclude, candidates, restricted: as :func:`rank_items` (sparse, users x items).
+    """
+    n, n_items = user_rows.shape
+    k = min(int(k), n_items)
+    max_memory = check_max_memory(max_memory)
+    masks = [m for m in ([exclude] if sp.issparse(exclude) else exclude or ()) if m is not None]
+    plan = plan_blocks(n, n_items, k, max_memory, blockwise=model.block_scoring,
+                       cell_bytes=SCORE_CELL_BYTES + (model.block_score_bytes(user_rows) if model.block_scoring else 0))
+    items = np.empty((n, k), dtype=np.int64)
+    scores = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, plan.user_batch):
+        stop = min(n, start + plan.user_batch)
+        part = slice(start, stop)
+        whole = start == 0 and stop == n
+        rows = user_rows if whole else user_rows[part]
+        items[part], scores[part] = top_k_blocks(
+            model.item_block_scorer(rows), stop - start, n_items, k, item_block=plan.item_block,
+            exclude=[m if whole else m[part] for m in masks],
+            candidates=None if candidates is None else candidates if whole else candidates[part],
+            restricted=None if restricted is None else np.asarray(restricted, dtype=bool)[part])
+    return items, scores
+
+
 def as_user_rows(user_rows: Any, n_items: int, *, allow_empty_rows: bool = False) -> sp.csr_matrix:
     """Validate user rows at the API boundary; returns float32 canonical CSR.
 
@@ -227,6 +276,10 @@ class Recommender(ABC):
     #: keyword listed by :meth:`get_params`), so that another seed gives another model. The
     #: experiment runner refits such models with further seeds; the others are fit once.
     seeded: ClassVar[bool] = False
+    #: True when :meth:`item_block_scorer` scores a block of items in memory proportional to
+    #: users x block (not users x catalogue): recommend and evaluate then rank big catalogues a
+    #: block at a time. The default scorer slices :meth:`score`, so it is False here.
+    block_scoring: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- to implement
     @abstractmethod
@@ -245,6 +298,52 @@ class Recommender(ABC):
     @abstractmethod
     def load(cls, path: str | Path) -> Recommender:
         """Read a model written by :meth:`save`."""
+
+    # ---------------------------------------------------------------- scoring a block of items
+    def item_block_scorer(self, user_rows) -> Callable[[int, int], np.ndarray]:
+        """A function ``(start, stop) -> (users, stop - start)`` scores of item columns ``[start, stop)``.
+
+        Whatever depends on the users alone (a VAE's encoding, ALS's folded-in factors, a
+        sparse product) is computed once, here; each call then scores one block. The
+        result equals ``score(user_rows)[:, start:stop]``, up to the float rounding of a
+        matrix product over fewer columns (bit for bit for the sparse products: EASE,
+        EDLAE, sparse EASE, item-KNN, popularity). It may return a torch tensor on the model's
+        device (the torch VAEs); every call returns a fresh array (callers mask it in place).
+
+        This default computes :meth:`score` once, on the first call, and slices it: correct
+        for every model, but it holds users x items scores (``block_scoring`` is False).
+        """
+        full: list[np.ndarray] = []
+
+        def scorer(start: int, stop: int) -> np.ndarray:
+            if not full:
+                full.append(np.array(self.score(user_rows), dtype=np.float32))
+            if start == 0 and stop == full[0].shape[1]:
+                return full.pop()  # the whole catalogue: hand over the array itself (no second copy)
+            return full[0][:, start:stop].copy()
+
+        return scorer
+
+    def score_items(self, user_rows, item_start: int, item_stop: int) -> np.ndarray:
+        """(users, item_stop - item_start) float32 scores of the item columns ``[item_start, item_stop)``.
+
+        One block of :meth:`score`'s columns, computed in memory proportional to the block
+        when :attr:`block_scoring` is True (see :meth:`item_block_scorer`, which also keeps
+        the per-user work for several blocks).
+        """
+        self._check_fitted()
+        start, stop = int(item_start), int(item_stop)
+        if not 0 <= start < stop <= self.n_items_:
+            raise ValueError(f"item block [{item_start}, {item_stop}) must lie within [0, {self.n_items_}) "
+                             "and hold at least one item")
+        block = self.item_block_scorer(user_rows)(start, stop)
+        return block.cpu().numpy() if hasattr(block, "cpu") else np.asarray(block, dtype=np.float32)
+
+    def block_score_bytes(self, user_rows) -> float:
+        """Bytes :meth:`item_block_scorer` allocates per scored (user, item) cell of a block,
+        beyond the float32 block itself, for these rows (0 unless a model says otherwise).
+        The block planner counts them against ``max_memory``."""
+        return 0.0
 
     # ---------------------------------------------------------------- shared
     def get_params(self) -> dict[str, Any]:
@@ -340,6 +439,7 @@ class Recommender(ABC):
         seen=None,
         exclude=None,
         candidates=None,
+        max_memory: int | None = None,
     ) -> Recommendations:
         """Top-k items for each user row, best first.
 
@@ -354,8 +454,14 @@ class Recommender(ABC):
                 (users, items) sparse matrix (per user), as implicit's ``filter_items``.
             candidates: the only items that may be recommended: item columns or a
                 (users, items) sparse matrix, as implicit's ``items``.
+            max_memory: bytes the ranking may take (None: 1 GiB). Users are ranked in
+                batches, and a model with :attr:`block_scoring` scores the catalogue a block
+                of items at a time with a running top-k (see :func:`rank_in_blocks`), so a
+                million-item catalogue never holds users x items scores. The result does
+                not depend on it.
 
         Users with fewer than ``k`` eligible items get padding (see :class:`Recommendations`).
+        Ties are broken by the lower item index.
         """
         self._check_fitted()
         rows = as_user_rows(user_rows, self.n_items_)
@@ -367,8 +473,7 @@ class Recommender(ABC):
         excluded = [rows if filter_seen else None, item_mask(seen, n, self.n_items_, "seen") if filter_seen else None,
                     item_mask(exclude, n, self.n_items_, "exclude")]
         allowed = item_mask(candidates, n, self.n_items_, "candidates")
-        scores = np.array(self.score(rows), dtype=np.float32)
-        items, top_scores = rank_items(scores, k, exclude=excluded, candidates=allowed)
+        items, top_scores = rank_in_blocks(self, rows, k, exclude=excluded, candidates=allowed, max_memory=max_memory)
         return Recommendations(items=items, scores=top_scores, item_ids=self._item_ids_of(items))
 
     def rows_from_item_ids(self, raw_item_ids) -> sp.csr_matrix:

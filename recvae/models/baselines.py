@@ -4,6 +4,8 @@
 - :class:`EASE`: Steck's (2019) closed-form item-item linear model.
 - :class:`EDLAE`: Steck's (2020) full-rank emphasised-denoising linear autoencoder, EASE with
   dropout-emphasised, popularity-scaled regularisation (closed form).
+- :class:`SparseEASE`: EASE with each item's weights restricted to its most co-occurring
+  items: a sparse ``B`` fitted without any items x items matrix (large catalogues).
 - :class:`ALS`: implicit-feedback matrix factorisation (Hu, Koren & Volinsky 2008),
   trained by ``implicit``; held-out users are solved exactly from their fold-in rows.
 - :class:`BPR`: Bayesian personalised ranking (Rendle et al. 2009), trained by
@@ -32,11 +34,13 @@ from recvae.models.ease import EASE, EDLAE, available_memory_bytes, ease_memory_
 from recvae.models.files import ModelFileError
 from recvae.models.implicit_models import ALS, BPR, ItemKNN
 from recvae.models.popularity import Popularity
+from recvae.models.sparse_ease import SparseEASE, sparse_ease_memory_bytes
 
 __all__ = [
     "Popularity",
     "EASE",
     "EDLAE",
+    "SparseEASE",
     "ALS",
     "BPR",
     "ItemKNN",
@@ -45,6 +49,7 @@ __all__ = [
     "available_memory_bytes",
     "ease_memory_bytes",
     "edlae_weights",
+    "sparse_ease_memory_bytes",
 ]
 
 
@@ -68,6 +73,7 @@ BASELINES: dict[str, type[ArrayRecommender]] = {
     "popularity": Popularity,
     "ease": EASE,
     "edlae": EDLAE,
+    "sparse-ease": SparseEASE,
     "als": ALS,
     "bpr": BPR,
     "itemknn": ItemKNN,

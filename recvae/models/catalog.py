@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from recvae.models.base import Recommender
-from recvae.models.baselines import ALS, BPR, EASE, EDLAE, ItemKNN, Popularity, load_baseline
+from recvae.models.baselines import ALS, BPR, EASE, EDLAE, ItemKNN, Popularity, SparseEASE, load_baseline
 from recvae.models.files import ModelFileError, check_model_file, check_vae_payload, read_torch_payload
 from recvae.models.mult_vae import MultDAE, MultVAE, TorchVAERecommender
 from recvae.models.joint import JointVAE
@@ -26,6 +26,7 @@ SINGLE_MODELS: dict[str, type[Recommender]] = {
     "bpr": BPR,
     "ease": EASE,
     "edlae": EDLAE,
+    "sparse-ease": SparseEASE,
     "mult-dae": MultDAE,
     "mult-vae": MultVAE,
     "recvae": RecVAE,

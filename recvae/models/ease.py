@@ -84,6 +84,8 @@ class EASE(ArrayRecommender):
     ``item_ids_``, ``n_items_``.
     """
 
+    block_scoring = True  # x B[:, block]
+
     def __init__(self, l2: float = 500.0) -> None:
         check_number("l2", l2, minimum=0.0, strict=True)
         self.l2 = float(l2)
@@ -112,6 +114,29 @@ class EASE(ArrayRecommender):
         """``x_u B`` for each user row (a sparse-dense product)."""
         rows = self._rows(user_rows)
         return np.asarray(rows @ self.weights_, dtype=np.float32)
+
+    def item_block_scorer(self, user_rows):
+        """Blocks ``x B[:, start:stop]``, bit for bit :meth:`score`'s columns.
+
+        Only the rows of ``B`` that the users' items pick are read, and only the block's
+        columns of them: a block costs (users + distinct items of the rows) x block floats.
+        """
+        rows = self._rows(user_rows)
+        used = np.unique(rows.indices)
+        # The rows with their columns renumbered onto ``used`` (order kept, so each sum runs as in score).
+        compact = sp.csr_matrix((rows.data, np.searchsorted(used, rows.indices), rows.indptr),
+                                shape=(rows.shape[0], len(used)))
+
+        def scorer(start: int, stop: int) -> np.ndarray:
+            if start == 0 and stop == self.n_items_:
+                return np.asarray(rows @ self.weights_, dtype=np.float32)
+            return np.asarray(compact @ self.weights_[used, start:stop], dtype=np.float32)
+
+        return scorer
+
+    def block_score_bytes(self, user_rows) -> float:
+        """The gathered rows of ``B``: 4 bytes x (distinct items <= nnz) per block column, per user."""
+        return 4.0 * min(user_rows.nnz, user_rows.shape[1]) / max(1, user_rows.shape[0])
 
     def item_similarities(self, items: np.ndarray) -> np.ndarray:
         """Rows of ``B``: how much having item ``i`` raises each other item's score (``B_ii = 0``)."""

@@ -17,7 +17,7 @@ from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ALS", "BPR", "ItemKNN"]
+__all__ = ["ALS", "BPR", "ItemKNN", "sparse_block_scorer"]
 
 
 # =============================================================================== ALS
@@ -55,6 +55,7 @@ class ALS(ArrayRecommender):
     """
 
     seeded = True  # ``seed``: implicit's random factor initialisation
+    block_scoring = True  # U Y[block]ᵀ
 
     def __init__(
         self,
@@ -142,6 +143,10 @@ class ALS(ArrayRecommender):
         """Folded-in user factors times the item factors."""
         return self._user_factors(user_rows) @ self.item_factors_.T
 
+    def item_block_scorer(self, user_rows):
+        """The users' factors solved once; a block is ``U Y[start:stop]ᵀ``."""
+        return _factor_block_scorer(self._user_factors(user_rows), self.item_factors_)
+
     def _state(self) -> dict[str, np.ndarray]:
         return {"item_factors": self.item_factors_}
 
@@ -150,6 +155,21 @@ class ALS(ArrayRecommender):
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.item_factors_ = arrays["item_factors"]
+
+
+def _factor_block_scorer(user_factors: np.ndarray, item_factors: np.ndarray):
+    """Blocks of ``U Yᵀ``: the scores of items [start, stop) are ``U Y[start:stop]ᵀ``."""
+    return lambda start, stop: user_factors @ item_factors[start:stop].T
+
+
+def sparse_block_scorer(product: sp.spmatrix):
+    """Blocks of a sparse users x items score matrix (e.g. ``x S``): columns [start, stop), dense float32.
+
+    The product is held once as CSC, so each block is a contiguous slice; its size is the
+    product's nonzeros (users' items x their neighbours), not users x items.
+    """
+    by_column = sp.csc_matrix(product, dtype=np.float32)
+    return lambda start, stop: by_column[:, start:stop].toarray()
 
 
 def _warn_degenerate_als(factors: int, regularization: float, n_items: int) -> None:
@@ -242,6 +262,7 @@ class BPR(ArrayRecommender):
     """
 
     seeded = True  # ``seed``: implicit's initialisation and sampling
+    block_scoring = True  # U Y[block]ᵀ
 
     def __init__(
         self,
@@ -331,6 +352,10 @@ class BPR(ArrayRecommender):
         """Ridge fold-in coefficients times the item factors (bias column included)."""
         return self._user_factors(user_rows) @ self.item_factors_.T
 
+    def item_block_scorer(self, user_rows):
+        """The users' fold-in coefficients solved once; a block is ``U Y[start:stop]ᵀ``."""
+        return _factor_block_scorer(self._user_factors(user_rows), self.item_factors_)
+
     def _state(self) -> dict[str, np.ndarray]:
         return {"item_factors": self.item_factors_}
 
@@ -364,6 +389,8 @@ class ItemKNN(ArrayRecommender):
     Attributes set by ``fit``: ``similarity_`` ((items, items) float32 CSR),
     ``item_ids_``, ``n_items_``.
     """
+
+    block_scoring = True  # columns of the sparse x S
 
     def __init__(
         self, k: int = 100, similarity: str = "cosine", K1: float = 1.2, B: float = 0.75, *, num_threads: int = 0
@@ -420,6 +447,10 @@ class ItemKNN(ArrayRecommender):
         """``x S`` for each user row (a sparse product, densified per batch)."""
         rows = self._rows(user_rows)
         return (rows @ self.similarity_).toarray().astype(np.float32, copy=False)
+
+    def item_block_scorer(self, user_rows):
+        """``x S`` once as a sparse matrix; a block is its columns [start, stop), densified."""
+        return sparse_block_scorer(self._rows(user_rows) @ self.similarity_)
 
     def _state(self) -> dict[str, np.ndarray]:
         return csr_to_arrays("similarity", self.similarity_)

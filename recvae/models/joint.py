@@ -12,11 +12,14 @@ import logging
 
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 
 from recvae.data.splits import HeldOut
 from recvae.models.ease import available_memory_bytes, edlae_weights
 from recvae.models.rec_vae import RecVAE
 from recvae.nn.joint import JointVAEConfig, JointVAENet
+from recvae.nn.sparse import SparseRows
+from recvae.nn.vae import l2_normalised_values
 from recvae.training import EpochCallback, TrainingConfig, TrainingResult, train_recvae
 
 logger = logging.getLogger(__name__)
@@ -74,6 +77,38 @@ class JointVAE(RecVAE):
 
     def _build_net(self, n_items: int) -> JointVAENet:
         return JointVAENet(n_items, self.config)
+
+    def _decoder_head(self, x: SparseRows):
+        """The latent path (``D mu + b``) and the item-item path's block ``s · x W[:, block]``.
+
+        The linear block sums the rows of ``W[:, start:stop]`` picked by each user's items
+        (``F.embedding_bag``, as :class:`recvae.nn.joint.ItemItemLinear` over all columns), so
+        it costs nnz x block, never items x block.
+        """
+        net = self.net_
+        decoder = net.decoder
+        mu, _ = net._encode(x, l2_normalised_values(x), None, False)
+        linear = None
+        if decoder.paths != "vae":
+            weight, scale = decoder.item_item.weight, decoder.scale
+            columns, offsets = x.col_indices, x.crow_indices[:-1]
+            entries = torch.arange(len(columns), device=columns.device)
+
+            @torch.no_grad()
+            def linear(start: int, stop: int) -> torch.Tensor:
+                rows = weight[:, start:stop].index_select(0, columns)
+                return scale * F.embedding_bag(entries, rows, offsets, mode="sum",
+                                               per_sample_weights=x.values.to(weight.dtype))
+
+        if decoder.paths == "linear":
+            return None, None, None, linear
+        return mu, decoder.latent.weight, decoder.latent.bias, linear
+
+    def block_score_bytes(self, user_rows) -> float:
+        """The item-item path gathers ``nnz x block`` float32 weights per block."""
+        if self.config.paths == "vae":
+            return 0.0
+        return 4.0 * user_rows.nnz / max(1, user_rows.shape[0])
 
     def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None,
                on_epoch: EpochCallback | None = None) -> TrainingResult:

@@ -11,12 +11,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 
 from recvae.data.splits import HeldOut
 from recvae.distributed import rank_device
 from recvae.nn.annealing import AnnealConfig
 from recvae.models.files import read_vae_payload
 from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array, training_inputs
+from recvae.nn.likelihoods import Likelihood
 from recvae.nn.vae import VAE, VAEConfig
 from recvae.nn.sparse import SparseRows
 from recvae.training import (
@@ -132,6 +134,49 @@ class TorchVAERecommender(Recommender):
         """(users, items) scores for CSR user rows (fold-in: no retraining)."""
         return self.score_tensor(user_rows).cpu().numpy()
 
+    # ------------------------------------------------------------------ scoring a block of items
+    @property
+    def block_scoring(self) -> bool:  # type: ignore[override]
+        """True when the scores are the decoder's last linear layer as they are (the likelihoods'
+        default ``scores``): a block of items is then that layer's block of rows."""
+        return (self.net_ is not None and type(self.net_.likelihood).scores is Likelihood.scores
+                and type(self)._decoder_head is not TorchVAERecommender._decoder_head)
+
+    def _decoder_head(self, x: SparseRows):
+        """``(h, weight, bias, linear)`` such that the scores of items [s, e) are
+        ``h @ weight[s:e].T + bias[s:e]`` (when ``h`` is not None) plus ``linear(s, e)`` (when
+        not None); computed once per batch in eval mode under no_grad. None here: no block path."""
+        return None
+
+    def item_block_scorer(self, user_rows):
+        """Scores of item blocks from one encoding of the rows: the users' last hidden layer
+        is computed once, then each block ``[start, stop)`` is the decoder's output layer on its
+        rows ``W[start:stop]`` (a torch tensor on the model's device). Equal to
+        :meth:`score_tensor`'s columns up to the float rounding of the smaller matrix product;
+        memory is users x block. Falls back to slicing the full scores when the likelihood
+        transforms the decoder output (see :attr:`block_scoring`)."""
+        if not self.block_scoring:
+            return super().item_block_scorer(user_rows)
+        x = self._rows(user_rows)
+        net = self.net_
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                h, weight, bias, linear = self._decoder_head(x)
+        finally:
+            net.train(was_training)
+
+        @torch.no_grad()
+        def scorer(start: int, stop: int) -> torch.Tensor:
+            out = None if h is None else F.linear(h, weight[start:stop], bias[start:stop])
+            if linear is not None:
+                part = linear(start, stop)
+                out = part if out is None else out + part.to(out.dtype)
+            return out.float()
+
+        return scorer
+
     def item_embeddings(self) -> np.ndarray:
         """(items, d) rows of the decoder's output layer."""
         self._check_fitted()
@@ -215,6 +260,18 @@ class MultVAE(TorchVAERecommender):
     def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None,
                on_epoch: EpochCallback | None = None) -> TrainingResult:
         return train_vae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch)
+
+    def _decoder_head(self, x: SparseRows):
+        """The posterior mean through the decoder up to its output layer (as ``VAE.decode``)."""
+        net = self.net_
+        h, _ = net.encode(x)
+        for i, layer in enumerate(net.decoder[:-1]):
+            if i:
+                h = net._act(h)
+            h = layer(h)
+        if len(net.decoder) > 1:
+            h = net._act(h)
+        return h, net.decoder[-1].weight, net.decoder[-1].bias, None
 
     @torch.no_grad()
     def embed_users(self, user_rows) -> UserEmbeddings:

@@ -23,6 +23,8 @@ class Popularity(ArrayRecommender):
     ``item_ids_``, ``n_items_``.
     """
 
+    block_scoring = True  # a block is the counts' slice
+
     def __init__(self) -> None:
         self.item_counts_: np.ndarray | None = None
 
@@ -44,6 +46,12 @@ class Popularity(ArrayRecommender):
         self._check_fitted()
         rows = as_user_rows(user_rows, self.n_items_, allow_empty_rows=True)
         return np.tile(self.item_counts_, (rows.shape[0], 1))
+
+    def item_block_scorer(self, user_rows):
+        """Blocks of :meth:`score`: the counts of items [start, stop) for every row."""
+        self._check_fitted()
+        n = as_user_rows(user_rows, self.n_items_, allow_empty_rows=True).shape[0]
+        return lambda start, stop: np.tile(self.item_counts_[start:stop], (n, 1))
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"item_counts": self.item_counts_}

@@ -13,6 +13,7 @@ from recvae.data.splits import HeldOut
 from recvae.models.base import UserEmbeddings
 from recvae.models.mult_vae import TorchVAERecommender
 from recvae.nn.rec_vae import RecVAEConfig, RecVAENet, composite_prior_log_prob, gaussian_log_density
+from recvae.nn.sparse import SparseRows
 from recvae.training import EpochCallback, TrainingConfig, TrainingResult, train_recvae
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,11 @@ class RecVAE(TorchVAERecommender):
 
     def _train(self, matrix, validation: HeldOut | None, on_epoch: EpochCallback | None = None) -> TrainingResult:
         return train_recvae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch)
+
+    def _decoder_head(self, x: SparseRows):
+        """The posterior mean and the linear decoder (scores are ``decoder(mu)``)."""
+        mu, _ = self.net_.encode(x)
+        return mu, self.net_.decoder.weight, self.net_.decoder.bias, None
 
     @torch.no_grad()
     def embed_users(self, user_rows) -> UserEmbeddings:
