@@ -39,7 +39,7 @@ from recvae.evaluation import evaluate_heldout
 from recvae.nn import VAE, RecVAEConfig, RecVAENet, VAEConfig
 from recvae.nn.sparse import DeviceCSR
 from recvae.training import TrainingConfig, make_optimizer, sparse_rows, train_step
-from recvae.training.rec_vae import _train_phase
+from recvae.training.rec_vae import PriorPosteriors, _train_phase
 
 from decoder_bound import DecoderMatmuls
 
@@ -107,11 +107,14 @@ def measure(device: torch.device, dry_run: bool, steps: int) -> dict:
         optimizers = {part: make_optimizer(getattr(recvae, part).parameters(), TrainingConfig(lr=5e-4))
                       for part in ("encoder", "decoder")}
 
-        def recvae_batch() -> None:
-            for part, passes in (("encoder", recvae_config.encoder_epochs), ("decoder", recvae_config.decoder_epochs)):
-                _train_phase(recvae, part, optimizers[part], data, batch, generator, passes=passes,
-                             batch_size=len(batch), precision=precision)
+        prior = PriorPosteriors(n_train)  # the prior's posteriors, kept per user as train_recvae does
+
+        def recvae_batch() -> None:  # the trainer's order: encoder passes, prior refreshed, decoder passes
+            _train_phase(recvae, "encoder", optimizers["encoder"], data, batch, generator,
+                         passes=recvae_config.encoder_epochs, batch_size=len(batch), precision=precision, prior=prior)
             recvae.update_prior()
+            _train_phase(recvae, "decoder", optimizers["decoder"], data, batch, generator,
+                         passes=recvae_config.decoder_epochs, batch_size=len(batch), precision=precision, prior=prior)
 
         step = _timed(recvae_batch, device, max(2, steps // 2), 1)
         recvae_matmuls = DecoderMatmuls(len(batch), recvae_config.latent_dim, n_items, device, dtype=dtype)

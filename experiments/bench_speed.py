@@ -7,7 +7,10 @@ For each shape, in its own subprocess (so its peak memory is its own):
    matmul lower bound at the same batch shape (the output layer's three
    B x 600 x I matmuls, see ``decoder_bound.py``), with their ratio; likewise
    RecVAE, whose epoch is 3 encoder passes and 1 decoder pass (per batch: 3 + 1
-   steps against 4 forward, 3 input-gradient and 1 weight-gradient B x 200 x I matmuls);
+   steps against 4 forward, 3 input-gradient and 1 weight-gradient B x 200 x I matmuls),
+   run as ``train_recvae`` runs it (the prior refreshed between the phases, the prior's
+   posteriors kept per user: always the same batch, so that the cache is in its
+   training steady state);
 2. the same step with a densified input (each batch made a dense B x I tensor,
    L2-normalised and dropped out densely, and a dense first layer starting from
    the same weights, as common PyTorch ports do) against our sparse input;
@@ -62,7 +65,7 @@ from recvae.data import (
 from recvae.evaluation import evaluate_heldout, top_k_for_rows
 from recvae.models import VAE, RecVAENet, VAEConfig
 from recvae.nn.rec_vae import RecVAEConfig
-from recvae.training.rec_vae import _train_phase
+from recvae.training.rec_vae import PriorPosteriors, _train_phase
 from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.training import TrainingConfig, make_optimizer, resolve_device, sparse_rows, train_step
 
@@ -160,12 +163,18 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool) -> dict:
     recvae_optimizers = {part: make_optimizer(getattr(recvae_net, part).parameters(), TrainingConfig(lr=5e-4))
                          for part in ("encoder", "decoder")}
     recvae_matmuls = DecoderMatmuls(batch_size, recvae_config.latent_dim, n_items, device)
+    # As train_recvae: encoder passes, the prior refreshed, decoder passes, with the prior's posteriors
+    # kept per user. RecVAE always takes the same batch, whose posteriors the previous repetition's
+    # decoder pass kept: the cache's steady state in training (the first repetition fills it, untimed).
+    recvae_prior = PriorPosteriors(n_train)
+    recvae_batch = batches[0]
 
     def recvae_batch_epoch(batch: torch.Tensor) -> None:
-        for part, passes in (("encoder", recvae_config.encoder_epochs), ("decoder", recvae_config.decoder_epochs)):
-            _train_phase(recvae_net, part, recvae_optimizers[part], data, batch, generator, passes=passes,
-                         batch_size=len(batch))
+        _train_phase(recvae_net, "encoder", recvae_optimizers["encoder"], data, batch, generator,
+                     passes=recvae_config.encoder_epochs, batch_size=len(batch), prior=recvae_prior)
         recvae_net.update_prior()
+        _train_phase(recvae_net, "decoder", recvae_optimizers["decoder"], data, batch, generator,
+                     passes=recvae_config.decoder_epochs, batch_size=len(batch), prior=recvae_prior)
 
     kinds = ("sparse", "dense", "bound", "recvae", "recvae bound")
     seconds: dict[str, list[float]] = {k: [] for k in kinds}
@@ -182,7 +191,7 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool) -> dict:
                 recvae_matmuls.run(forward=recvae_config.encoder_epochs + recvae_config.decoder_epochs,
                                    grad_input=recvae_config.encoder_epochs, grad_weight=recvae_config.decoder_epochs)
             elif kind == "recvae":
-                recvae_batch_epoch(batch)
+                recvae_batch_epoch(recvae_batch)
                 _sync(device)
             else:
                 train_step(nets[kind], optimizers[kind], x, 0.2, generator, device)
@@ -359,7 +368,9 @@ def main() -> None:
              "with the same starting weights.\n- Decoder bound: the output layer's forward and two backward matmuls "
              "(B x 600 x I each), the work no Mult-VAE step can avoid. RecVAE's: per batch and epoch, 4 forward "
              "logits, 3 input gradients (encoder phases, decoder frozen) and 1 weight gradient (decoder phase), "
-             "B x 200 x I each.\n- Evaluation: all test users, full "
+             "B x 200 x I each; RecVAE runs as `train_recvae` does (prior refreshed between the phases, the prior's "
+             "posteriors kept per user), on one batch throughout (the cache's steady state).\n"
+             "- Evaluation: all test users, full "
              f"catalogue, fold-in items masked, top-100, batches of 1,000.\n- Max peak RSS over the subprocesses "
              f"(RUSAGE_CHILDREN): {_gib(children_peak)}.\n")
     print("\n" + header + "\n" + text + "\n" + notes)

@@ -84,6 +84,8 @@ class JointVAEConfig(RecVAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.item_chunk is not None or self.sampled_softmax is not None:
+            raise ValueError("the joint model fuses full logits of both paths: leave item_chunk and sampled_softmax unset")
         if self.paths not in JOINT_PATHS:
             raise ValueError(f"paths must be one of {JOINT_PATHS}; got {self.paths!r}")
         if self.linear_init not in LINEAR_INITS:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recvae.nn.item_output import check_item_output, item_output_for, mark_sparse_item_gradients
 from recvae.nn.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.nn.sparse import SparseRows
 from recvae.nn.vae import SparseLinear, dropout_values, l2_normalised_values, posterior_mean_scores
@@ -55,6 +56,9 @@ class RecVAEConfig:
         likelihood: any name in :data:`recvae.nn.likelihoods.LIKELIHOODS`.
         layer_norm_eps: LayerNorm epsilon (0.1 in the authors' code).
         encoder_epochs, decoder_epochs: passes over the users per epoch for each part.
+        item_chunk, sampled_softmax, negative_sampler, negative_power: how the
+            training NLL treats a large catalogue, as in :class:`recvae.nn.vae.VAEConfig`
+            (exact over item blocks, or sampled softmax; None: the full logits).
     """
 
     hidden_dim: int = 600
@@ -70,6 +74,10 @@ class RecVAEConfig:
     layer_norm_eps: float = 0.1
     encoder_epochs: int = 3
     decoder_epochs: int = 1
+    item_chunk: int | None = None
+    sampled_softmax: int | None = None
+    negative_sampler: str = "uniform"
+    negative_power: float = 0.75
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prior_weights", tuple(float(w) for w in self.prior_weights))
@@ -97,6 +105,8 @@ class RecVAEConfig:
             raise ValueError(f"layer_norm_eps must be positive; got {self.layer_norm_eps}")
         if self.encoder_epochs < 1 or self.decoder_epochs < 1:
             raise ValueError("encoder_epochs and decoder_epochs must be >= 1")
+        check_item_output(self.likelihood, self.item_chunk, self.sampled_softmax, self.negative_sampler,
+                          self.negative_power)
 
 
 # ---------------------------------------------------------------------- densities
@@ -118,19 +128,27 @@ def composite_prior_log_prob(
     ``per_dim``: each dimension is a three-component mixture, the log-densities are
     summed over dimensions (the authors' code). ``joint``: the mixture is over whole
     vectors, each component's log-density summed over dimensions first.
+
+    The three log-densities share z^2 / 2 and carry their constants (log w_k,
+    log(2 pi) / 2, the wide log-variance) as Python numbers: no zero, constant or
+    weight tensor is built (it runs in every training step).
     """
-    zeros = torch.zeros_like(z)
-    components = torch.stack([
-        gaussian_log_density(z, zeros, zeros),
-        gaussian_log_density(z, post_mu, post_log_var),
-        gaussian_log_density(z, zeros, torch.full_like(z, wide_log_var)),
-    ])  # (3, batch, latent)
-    log_w = torch.log(torch.tensor(weights, dtype=z.dtype, device=z.device))
+    if mixture not in _PRIOR_MIXTURES:
+        raise ValueError(f"mixture must be one of {_PRIOR_MIXTURES}; got {mixture!r}")
+    half_sq = 0.5 * z.square()
+    variable = (  # each component's log-density per dimension, less its constant
+        -half_sq,
+        -0.5 * torch.addcmul(post_log_var, (z - post_mu).square(), torch.exp(-post_log_var)),
+        half_sq * -math.exp(-wide_log_var),
+    )
+    per_dim_constants = (-0.5 * _LOG_2PI, -0.5 * _LOG_2PI, -0.5 * (_LOG_2PI + wide_log_var))
+    log_w = [math.log(w) for w in weights]
     if mixture == "per_dim":
-        return torch.logsumexp(components + log_w[:, None, None], dim=0).sum(dim=-1)
-    if mixture == "joint":
-        return torch.logsumexp(components.sum(dim=-1) + log_w[:, None], dim=0)
-    raise ValueError(f"mixture must be one of {_PRIOR_MIXTURES}; got {mixture!r}")
+        components = [v + (lw + c) for v, lw, c in zip(variable, log_w, per_dim_constants)]
+        return torch.logsumexp(torch.stack(components), dim=0).sum(dim=-1)
+    n = z.shape[-1]
+    components = [v.sum(dim=-1) + (lw + n * c) for v, lw, c in zip(variable, log_w, per_dim_constants)]
+    return torch.logsumexp(torch.stack(components), dim=0)
 
 
 # ---------------------------------------------------------------------- modules
@@ -177,12 +195,26 @@ class RecVAENet(nn.Module):
         # The prior's encoder starts as a copy of the initial encoder (the authors' starts
         # from an independent initialisation); it is refreshed by update_prior().
         self.prior_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        # Counts update_prior() calls: a posterior of the prior's encoder computed at one
+        # count holds until the next (recvae.training caches them per user for an epoch).
+        self.prior_version = 0
         self.decoder = nn.Linear(config.latent_dim, n_items * self.likelihood.outputs_per_item)
+        self.item_output = item_output_for(self.likelihood, n_items, config)
 
     @torch.no_grad()
     def update_prior(self) -> None:
-        """Copy the current encoder into the prior's frozen encoder."""
+        """Copy the current encoder into the prior's frozen encoder (``prior_version`` moves on)."""
         self.prior_encoder.load_state_dict(self.encoder.state_dict())
+        self.prior_version += 1
+
+    @torch.no_grad()
+    def prior_posterior(self, x: SparseRows, normalised: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log_var) of the prior's frozen encoder for rows x (no dropout), the composite
+        prior's second component; ``normalised``: x's L2-normalised values, when at hand."""
+        if normalised is None:
+            normalised = l2_normalised_values(x)
+        return self.prior_encoder(x.to_sparse_csr(normalised))
 
     def encode(
         self, x: SparseRows, generator: torch.Generator | None = None, *, dropout: bool | None = None
@@ -210,8 +242,19 @@ class RecVAENet(nn.Module):
 
     def reconstruction_nll(self, z: torch.Tensor, x: SparseRows,
                            generator: torch.Generator | None = None) -> torch.Tensor:
-        """-log p(x | z) per user, (batch,) (subclasses may also read the rows x, and draw noise)."""
-        return self.likelihood.nll(self.decode(z), x)
+        """-log p(x | z) per user, (batch,) (subclasses may also read the rows x, and draw noise).
+
+        From the full logits, or exact over item blocks / sampled softmax when the
+        config sets ``item_chunk`` / ``sampled_softmax`` (the decoder is one linear layer,
+        so its input is z itself)."""
+        if self.item_output is None:
+            return self.likelihood.nll(self.decode(z), x)
+        return self.item_output(z, self.decoder, x, generator)
+
+    def enable_sparse_item_gradients(self) -> list[nn.Parameter]:
+        """Sparse gradients for the encoder's input layer (and the decoder under sampled softmax);
+        returns those parameters, marked for :func:`recvae.training.make_optimizer`."""
+        return mark_sparse_item_gradients(self.encoder.input_layer, self.decoder, self.item_output)
 
     def kl_weight(self, x: SparseRows) -> torch.Tensor:
         """beta_u per user: gamma * (sum of the row), or the constant beta."""
@@ -220,15 +263,26 @@ class RecVAENet(nn.Module):
         return torch.full((x.n_rows,), float(self.config.beta), device=x.values.device)
 
     def terms(
-        self, x: SparseRows, generator: torch.Generator | None = None, *, dropout: bool | None = None
+        self, x: SparseRows, generator: torch.Generator | None = None, *, dropout: bool | None = None,
+        posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
+        prior: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-user NLL and single-sample KL estimate log q(z|x) - log p(z), each (batch,)."""
-        normalised = l2_normalised_values(x)
-        mu, log_var = self._encode(x, normalised, generator, dropout)
+        """Per-user NLL and single-sample KL estimate log q(z|x) - log p(z), each (batch,).
+
+        ``posterior``: the rows' (mu, log_var), when already computed, in place of
+        encoding x (a frozen encoder's, without dropout: RecVAE's decoder passes).
+        ``prior``: the rows' :meth:`prior_posterior`, when already computed (it changes
+        only at :meth:`update_prior`, so the trainer keeps it per user for an epoch).
+        """
+        normalised = None
+        if posterior is None:
+            normalised = l2_normalised_values(x)
+            mu, log_var = self._encode(x, normalised, generator, dropout)
+        else:
+            mu, log_var = posterior
         z = self.reparameterize(mu, log_var, generator)
         nll = self.reconstruction_nll(z, x, generator)
-        with torch.no_grad():
-            prior_mu, prior_log_var = self.prior_encoder(x.to_sparse_csr(normalised))
+        prior_mu, prior_log_var = self.prior_posterior(x, normalised) if prior is None else prior
         z, mu, log_var = z.float(), mu.float(), log_var.float()
         c = self.config
         log_p = composite_prior_log_prob(z, prior_mu.float(), prior_log_var.float(), c.prior_weights,
@@ -237,10 +291,13 @@ class RecVAENet(nn.Module):
         return nll, kl
 
     def loss(
-        self, x: SparseRows, generator: torch.Generator | None = None, *, dropout: bool | None = None
+        self, x: SparseRows, generator: torch.Generator | None = None, *, dropout: bool | None = None,
+        posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
+        prior: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Negative ELBO: mean over users of NLL_u + beta_u * KL_u (plus the mean NLL and KL)."""
-        nll, kl = self.terms(x, generator, dropout=dropout)
+        """Negative ELBO: mean over users of NLL_u + beta_u * KL_u (plus the mean NLL and KL);
+        ``posterior`` and ``prior`` as in :meth:`terms`."""
+        nll, kl = self.terms(x, generator, dropout=dropout, posterior=posterior, prior=prior)
         return {"loss": (nll + self.kl_weight(x) * kl).mean(), "nll": nll.mean(), "kl": kl.mean()}
 
     def scores(self, x: SparseRows) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recvae.nn.item_output import check_item_output, item_output_for, mark_sparse_item_gradients
 from recvae.nn.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.nn.sparse import SparseRows
 
@@ -41,6 +42,18 @@ class VAEConfig:
         variational: False gives Mult-DAE: a deterministic encoder, no KL,
             and the activation on the code (as in Liang et al.'s DAE).
         normalize_input: L2-normalise each input row (the paper does).
+        item_chunk: None computes the training NLL from the full batch x items
+            logits; an int computes the same NLL exactly over blocks of that many
+            items, never holding more than batch x item_chunk logits (for large
+            catalogues; see :mod:`recvae.nn.chunked`). Multinomial, Bernoulli and
+            Gaussian only.
+        sampled_softmax: None, or the number of negatives S shared by a batch:
+            the multinomial NLL is estimated from the batch's positives and S
+            sampled items with the log-Q correction (biased by O(1/S); see
+            :mod:`recvae.nn.sampled`). Scoring still uses every item.
+        negative_sampler: the proposal of the negatives: ``uniform``, or
+            ``popularity`` (training counts ** ``negative_power``).
+        negative_power: the popularity proposal's exponent.
     """
 
     hidden_dims: tuple[int, ...] = (600,)
@@ -50,6 +63,10 @@ class VAEConfig:
     activation: str = "tanh"
     variational: bool = True
     normalize_input: bool = True
+    item_chunk: int | None = None
+    sampled_softmax: int | None = None
+    negative_sampler: str = "uniform"
+    negative_power: float = 0.75
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_dims", tuple(int(d) for d in self.hidden_dims))
@@ -61,6 +78,8 @@ class VAEConfig:
             raise ValueError(f"input_dropout must lie in [0, 1); got {self.input_dropout}")
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(_ACTIVATIONS)}")
+        check_item_output(self.likelihood, self.item_chunk, self.sampled_softmax, self.negative_sampler,
+                          self.negative_power)
 
 
 class SparseLinear(nn.Module):
@@ -72,11 +91,16 @@ class SparseLinear(nn.Module):
     the CSR's own arrays (column indices, row offsets, values): forward and
     backward touch only the nonzeros, on CPU and CUDA alike, and measured ~3x
     faster than ``torch.sparse.mm`` for the forward + backward at ML-20M shape.
+
+    ``sparse=True`` makes the weight's gradient a sparse tensor holding the batch's
+    items' rows only (``torch.optim.SparseAdam`` then updates those rows alone);
+    the default is a dense gradient.
     """
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, sparse: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.sparse = sparse
         self.weight = nn.Parameter(torch.empty(in_features, out_features))
         self.bias = nn.Parameter(torch.empty(out_features))
 
@@ -86,7 +110,7 @@ class SparseLinear(nn.Module):
         crow = x.crow_indices()
         out = F.embedding_bag(
             x.col_indices(), self.weight, crow[:-1], mode="sum", per_sample_weights=x.values(),
-            include_last_offset=False,
+            include_last_offset=False, sparse=self.sparse,
         )
         return out + self.bias
 
@@ -131,6 +155,7 @@ class VAE(nn.Module):
         self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(enc_dims[:-1], enc_dims[1:]))
         dec_dims = [config.latent_dim, *reversed(config.hidden_dims), n_items * self.likelihood.outputs_per_item]
         self.decoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dec_dims[:-1], dec_dims[1:]))
+        self.item_output = item_output_for(self.likelihood, n_items, config)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -167,24 +192,46 @@ class VAE(nn.Module):
     # ------------------------------------------------------------------ decoder
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder output for each item (its likelihood's parameters)."""
+        return self.decoder[-1](self.decode_hidden(z))
+
+    def decode_hidden(self, z: torch.Tensor) -> torch.Tensor:
+        """The output layer's input: the decoder up to its last layer, activation included."""
         h = z
-        for i, layer in enumerate(self.decoder):
+        for i, layer in enumerate(self.decoder[:-1]):
             if i:
                 h = self._act(h)
             h = layer(h)
-        return h
+        return self._act(h) if len(self.decoder) > 1 else h
+
+    def reconstruction_nll(self, z: torch.Tensor, x: SparseRows,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+        """-log p(x | z) per user, (batch,): from the full logits, or chunked / sampled per the config."""
+        if self.item_output is None:
+            return self.likelihood.nll(self.decode(z), x)
+        return self.item_output(self.decode_hidden(z), self.decoder[-1], x, generator)
 
     def forward(self, x: SparseRows, generator: torch.Generator | None = None):
         """(decoder output, mu, log_var) for a batch."""
         mu, log_var = self.encode(x, generator)
         return self.decode(self.reparameterize(mu, log_var, generator)), mu, log_var
 
+    def terms(self, x: SparseRows, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-user NLL and closed-form KL, each (batch,) (KL zeros for the DAE)."""
+        mu, log_var = self.encode(x, generator)
+        nll = self.reconstruction_nll(self.reparameterize(mu, log_var, generator), x, generator)
+        kl = gaussian_kl(mu.float(), log_var.float()) if log_var is not None else torch.zeros_like(nll)
+        return nll, kl
+
     def loss(self, x: SparseRows, beta: float, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Negative ELBO averaged over the batch: mean NLL + beta * mean KL."""
-        output, mu, log_var = self(x, generator)
-        nll = self.likelihood.nll(output, x).mean()
-        kl = gaussian_kl(mu.float(), log_var.float()).mean() if log_var is not None else nll.new_zeros(())
+        nll, kl = self.terms(x, generator)
+        nll, kl = nll.mean(), kl.mean()
         return {"loss": nll + beta * kl, "nll": nll, "kl": kl}
+
+    def enable_sparse_item_gradients(self) -> list[nn.Parameter]:
+        """Sparse gradients for the input layer (and the output layer under sampled softmax); returns
+        those parameters, marked for :func:`recvae.training.make_optimizer` (see ``sparse_item_updates``)."""
+        return mark_sparse_item_gradients(self.input_layer, self.decoder[-1], self.item_output)
 
     def scores(self, x: SparseRows) -> torch.Tensor:
         """Ranking scores from the posterior mean (no dropout, no noise)."""

@@ -37,8 +37,8 @@ from recvae.data.splits import HeldOut
 from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
 from recvae.evaluation import evaluate_heldout
 from recvae.nn.annealing import AnnealConfig, BetaSchedule
+from recvae.nn.item_output import set_item_counts
 from recvae.storage import CHECKPOINT_FIX, ModelFileError, read_torch_payload, require_keys
-from recvae.nn.vae import gaussian_kl
 from recvae.nn.sparse import DeviceCSR, SparseRows
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ __all__ = [
     "train_vae",
     "sparse_rows",
     "make_optimizer",
+    "ItemSparseAdam",
+    "prepare_item_training",
     "resolve_precision",
     "cpu_has_native_bf16",
     "PRECISIONS",
@@ -127,6 +129,13 @@ class TrainingConfig:
         history_csv: write the per-epoch history there after each epoch.
         checkpoint: a file written (atomically) after each epoch; with
             ``resume=True`` training continues from it when it exists.
+        sparse_item_updates: give the item matrices sparse gradients and a lazy
+            Adam (``torch.optim.SparseAdam``: only the rows of the batch's items
+            move, and only their moments are updated), so the optimizer step
+            does not scale with the catalogue: the sparse input layer always,
+            the output layer too under ``sampled_softmax``. The other parameters
+            keep the fused Adam. Weight decay on those matrices is applied
+            lazily, to the rows a step touches. One process only (not data-parallel).
     """
 
     epochs: int = 200
@@ -145,6 +154,7 @@ class TrainingConfig:
     history_csv: str | None = None
     checkpoint: str | None = None
     resume: bool = False
+    sparse_item_updates: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.anneal, dict):
@@ -283,20 +293,93 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def make_optimizer(params, config: TrainingConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, config: TrainingConfig) -> torch.optim.Optimizer | ItemSparseAdam:
     """Adam with weight decay on weight matrices only (not biases or norms).
 
     A parameter with a ``weight_decay`` attribute gets that decay instead (e.g. the
     joint model's item-item matrix, see :class:`recvae.nn.joint.ItemItemLinear`).
+    Parameters marked ``sparse_grad`` (the item matrices under
+    ``sparse_item_updates``, see :func:`prepare_item_training`) get a lazy sparse
+    Adam and the rest the fused Adam, together an :class:`ItemSparseAdam`.
     """
     params = list(params)
+    sparse = [p for p in params if getattr(p, "sparse_grad", False)]
+    params = [p for p in params if not getattr(p, "sparse_grad", False)]
     own = [p for p in params if hasattr(p, "weight_decay")]
     decay = [p for p in params if p.ndim >= 2 and not hasattr(p, "weight_decay")]
     no_decay = [p for p in params if p.ndim < 2 and not hasattr(p, "weight_decay")]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0},
               *({"params": [p], "weight_decay": p.weight_decay} for p in own)]
+    if sparse:
+        return ItemSparseAdam(groups, [{"params": sparse, "weight_decay": config.weight_decay}], config.lr)
     # The fused implementation is several times faster on the large item matrices.
     return torch.optim.Adam(groups, lr=config.lr, fused=True)
+
+
+class ItemSparseAdam:
+    """Adam for a net whose item matrices get sparse gradients: ``SparseAdam`` for those, fused Adam for the rest.
+
+    Dense Adam reads and writes every row of an items x 600 matrix each step (~28
+    bytes per parameter), whatever the batch touched; ``SparseAdam`` updates the
+    rows present in the sparse gradient and their moments alone (a "lazy" Adam:
+    a row's moments do not decay while its item is absent). ``SparseAdam`` has no
+    weight decay, so a sparse group's ``weight_decay`` is added to the gradient
+    of the rows it holds (L2 as Adam's own ``weight_decay``, but lazily). Quacks
+    like an optimizer for the loops and checkpoints: ``zero_grad``, ``step``,
+    ``param_groups`` (both optimizers'), ``state_dict`` / ``load_state_dict``.
+    """
+
+    def __init__(self, dense_groups: list[dict], sparse_groups: list[dict], lr: float) -> None:
+        self.dense = torch.optim.Adam(dense_groups, lr=lr, fused=True)
+        self.sparse = torch.optim.SparseAdam(sparse_groups, lr=lr)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.dense.param_groups + self.sparse.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        self.sparse.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.sparse.param_groups:
+            decay = group.get("weight_decay", 0.0)
+            for param in group["params"]:
+                if decay and param.grad is not None:
+                    grad = param.grad.coalesce()
+                    rows = grad.indices()[0]
+                    param.grad = torch.sparse_coo_tensor(grad.indices(), grad.values() + decay * param[rows],
+                                                         grad.shape, is_coalesced=True, check_invariants=False)
+        self.dense.step()
+        self.sparse.step()
+
+    def state_dict(self) -> dict:
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dense.load_state_dict(state["dense"])
+        self.sparse.load_state_dict(state["sparse"])
+
+
+def prepare_item_training(net: torch.nn.Module, train: sp.csr_matrix, config: TrainingConfig,
+                          ctx: DistributedContext | None) -> None:
+    """What a net's item layers need before its optimizer is made (the loops call it).
+
+    A popularity negative sampler (``sampled_softmax``) gets the training matrix's
+    interactions per item; under ``sparse_item_updates`` the net switches its item
+    matrices to sparse gradients and marks them for :func:`make_optimizer`.
+    """
+    set_item_counts(net, np.bincount(train.indices, minlength=train.shape[1]))
+    if not config.sparse_item_updates:
+        return
+    if ctx is not None:
+        raise ValueError("sparse_item_updates runs in one process only (data-parallel gradients are all-reduced "
+                         "dense); turn it off under torchrun")
+    enable = getattr(net, "enable_sparse_item_gradients", None)
+    if enable is None:
+        raise ValueError(f"sparse_item_updates needs a net with sparse item layers; {type(net).__name__} has none")
+    enable()
 
 
 def train_step(
@@ -330,10 +413,7 @@ class _PerUserTerms(torch.nn.Module):
         self.net = net
 
     def forward(self, x: SparseRows, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        output, mu, log_var = self.net(x, generator)
-        nll = self.net.likelihood.nll(output, x)
-        kl = gaussian_kl(mu.float(), log_var.float()) if log_var is not None else torch.zeros_like(nll)
-        return nll, kl
+        return self.net.terms(x, generator)
 
 
 def parallel_train_step(
@@ -490,6 +570,7 @@ def train_vae(
     active_t = torch.from_numpy(active).to(device)
     steps_per_epoch = math.ceil(len(active) / config.batch_size)
     schedule = BetaSchedule(config.anneal, config.epochs * steps_per_epoch)
+    prepare_item_training(net, train, config, ctx)
     optimizer = make_optimizer(net.parameters(), config)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -626,13 +707,27 @@ def run_fingerprint(net: torch.nn.Module, config: TrainingConfig, train: sp.csr_
     }
 
 
+#: config fields added after checkpoint format 2, with the value a run recorded without them had:
+#: an older checkpoint resumes when the current run keeps that value.
+_ADDED_FIELDS = {
+    "model": {"item_chunk": None, "sampled_softmax": None, "negative_sampler": "uniform", "negative_power": 0.75},
+    "training": {"sparse_item_updates": False},
+}
+
+
+def _with_added_fields(saved: dict, current: dict, part: str) -> dict:
+    return {**{k: v for k, v in _ADDED_FIELDS[part].items() if k in current}, **saved}
+
+
 def _differences(saved: dict, current: dict) -> tuple[list[str], float | None]:
     """The fields that make a checkpoint another run's, and the checkpoint's lr when only that changed."""
     diffs = []
-    saved_model, model = saved.get("model") or {}, current.get("model") or {}
+    model = current.get("model") or {}
+    saved_model = _with_added_fields(saved.get("model") or {}, model, "model")
     diffs += [f"model {k} ({saved_model.get(k)!r} in the checkpoint, {model.get(k)!r} now)"
               for k in sorted(set(saved_model) | set(model)) if saved_model.get(k) != model.get(k)]
-    saved_training, training = saved["training"], current["training"]
+    training = current["training"]
+    saved_training = _with_added_fields(saved["training"], training, "training")
     diffs += [f"{k} ({saved_training.get(k)!r} in the checkpoint, {training.get(k)!r} now)"
               for k in sorted(set(saved_training) | set(training))
               if k not in RESUMABLE_FIELDS and k != "lr" and saved_training.get(k) != training.get(k)]

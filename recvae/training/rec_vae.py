@@ -1,6 +1,11 @@
 """RecVAE's training loop (Shenbin et al. 2020): each epoch alternates encoder passes (input dropout
 on, the prior's frozen encoder refreshed after them) and decoder passes, each part with its own Adam.
 Data-parallel like the Mult-VAE loop, with a hand-summed gradient all-reduce per phase.
+
+Nothing a phase holds fixed is computed twice: the prior's posterior of each user is
+kept for the epoch (:class:`PriorPosteriors`, one process), and the decoder phase
+runs its frozen encoder once per user, without a graph, its posterior doubling as the
+just-refreshed prior's.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from tqdm.auto import tqdm
 from recvae.data.splits import HeldOut
 from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
 from recvae.nn.rec_vae import RecVAENet
-from recvae.nn.sparse import DeviceCSR
+from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.storage import CHECKPOINT_FIX, ModelFileError
 from recvae.training.loop import (
     EpochCallback,
@@ -37,6 +42,7 @@ from recvae.training.loop import (
     divergence,
     first_batch_loss,
     make_optimizer,
+    prepare_item_training,
     rank_noise_generator,
     resolve_precision,
     resume_agreed,
@@ -48,10 +54,86 @@ from recvae.training.loop import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train_recvae"]
+__all__ = ["train_recvae", "PriorPosteriors"]
 
 # 2: the checkpoint records the run it belongs to (see recvae.training.run_fingerprint).
 _CHECKPOINT_FORMAT = "recvae.recvae-checkpoint/2"
+
+
+class PriorPosteriors:
+    """The prior's frozen-encoder posterior (mu, log_var) of each training user, kept while the prior holds.
+
+    RecVAE's composite prior reads, for each user, the posterior of a frozen copy of
+    the encoder, which changes only at ``net.update_prior()`` (``net.prior_version``
+    counts them). Rather than running that copy in every encoder pass, its posterior
+    of each user is kept here, with the prior version it belongs to: the decoder
+    passes, whose frozen encoder *is* the just-refreshed prior's, store the posterior
+    they compute anyway (no dropout), and :meth:`fill` computes the rows that belong
+    to an older prior (the first epoch, a resumed run). One process only: under data
+    parallelism each rank sees other users in each pass.
+    """
+
+    def __init__(self, n_users: int) -> None:
+        self.n_users = n_users
+        self.mu: torch.Tensor | None = None
+        self.log_var: torch.Tensor | None = None
+        self.version: torch.Tensor | None = None  # per user: the net.prior_version of its row, -1 for none
+
+    def covers(self, net: RecVAENet, users: torch.Tensor) -> bool:
+        """Whether the rows of ``users`` are all posteriors of the net's current prior."""
+        return self.version is not None and bool((self.version[users] == net.prior_version).all())
+
+    def rows(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mu[users], self.log_var[users]
+
+    def store(self, users: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor, version: int) -> None:
+        """Keep (mu, log_var) as the rows of ``users``, posteriors of the prior ``version``."""
+        if self.mu is None:  # in the dtype the encoder gives (bf16 under autocast), on its device
+            self.mu = mu.new_empty((self.n_users, mu.shape[1]))
+            self.log_var = log_var.new_empty((self.n_users, log_var.shape[1]))
+            self.version = torch.full((self.n_users,), -1, dtype=torch.int64, device=mu.device)
+        self.mu[users] = mu
+        self.log_var[users] = log_var
+        self.version[users] = version
+
+    @torch.no_grad()
+    def fill(self, net: RecVAENet, data: DeviceCSR, users: torch.Tensor, batch_size: int,
+             precision: str = "fp32") -> None:
+        """Compute the rows of ``users`` that are not the current prior's (its encoder's forward pass)."""
+        if self.version is not None:
+            users = users[self.version[users] != net.prior_version]
+        for batch in users.split(batch_size) if len(users) else ():  # (an empty tensor splits into itself)
+            with _autocast(users.device, precision):
+                mu, log_var = net.prior_posterior(data.rows(batch))
+            self.store(batch, mu, log_var, net.prior_version)
+
+
+def _encoder_is_prior(net: RecVAENet) -> bool:
+    """Whether the encoder holds the prior's weights (as right after ``update_prior()``)."""
+    prior = net.prior_encoder.state_dict()
+    return all(torch.equal(value, prior[name]) for name, value in net.encoder.state_dict().items())
+
+
+def _known_terms(net: RecVAENet, phase: str, x: SparseRows, users: torch.Tensor, prior: PriorPosteriors | None,
+                 encoder_is_prior: bool, reuse: bool = False) -> dict:
+    """The ``posterior`` / ``prior`` arguments of ``net.terms`` for the batch ``users`` (rows x):
+    what need not be computed again.
+
+    Encoder phase: the prior's posteriors, from ``prior``. Decoder phase: the frozen
+    encoder's posterior, without dropout or graph (read back from ``prior`` when
+    ``reuse``: a later pass); when that encoder is the prior's, it is the prior's
+    posterior too, and is kept in ``prior``.
+    """
+    if phase == "encoder":
+        return {} if prior is None else {"prior": prior.rows(users)}
+    if reuse:
+        posterior = prior.rows(users)
+    else:
+        with torch.no_grad():
+            posterior = net.encode(x, dropout=False)
+        if prior is not None and encoder_is_prior:
+            prior.store(users, *posterior, net.prior_version)
+    return {"posterior": posterior, "prior": posterior if encoder_is_prior else None}
 
 
 def _train_phase(
@@ -69,12 +151,22 @@ def _train_phase(
     ctx: DistributedContext | None = None,
     noise_generator: torch.Generator | None = None,
     first: dict | None = None,
+    prior: PriorPosteriors | None = None,
 ) -> torch.Tensor:
     """``passes`` shuffled passes over ``users`` updating only ``net.<phase>``.
 
     The other part is frozen (requires_grad off, so no gradient is even computed
     for it); input dropout only in the encoder phase, as in the authors' code.
     Returns the mean (loss, nll, kl) over the passes.
+
+    What a phase need not recompute, it does not: the decoder phase encodes each
+    user once, without a graph, and when its frozen encoder is the prior's (the
+    epoch refreshed the prior just before) that posterior is also the prior's, so
+    the prior's encoder does not run; with ``prior`` (one process), the encoder
+    phase reads the prior's posteriors from it (filled first when they belong to an
+    older prior) and the decoder phase stores its posteriors there for the next
+    epoch. The results are those of computing everything in every pass, up to
+    float rounding.
 
     With ``ctx`` (data parallel) ``generator`` shuffles, alike on every rank; each
     rank takes its slice of each global batch, draws dropout and noise from
@@ -88,18 +180,27 @@ def _train_phase(
     """
     if phase not in ("encoder", "decoder"):
         raise ValueError(f"phase must be 'encoder' or 'decoder'; got {phase!r}")
+    if prior is not None and ctx is not None:
+        raise ValueError("PriorPosteriors keeps one process's users: leave prior unset under data parallelism")
     net.train()
     net.encoder.requires_grad_(phase == "encoder")
     net.decoder.requires_grad_(phase == "decoder")
     trained = list(getattr(net, phase).parameters())
     sums = torch.zeros(3, dtype=torch.float64, device=users.device)
+    encoder_is_prior = phase == "decoder" and _encoder_is_prior(net)
+    if phase == "encoder" and prior is not None:
+        prior.fill(net, data, users, batch_size, precision)  # the rows of an older prior, if any
     try:
         for _ in range(passes):
+            # A decoder pass after the first reads back the posteriors the first one kept.
+            reuse = phase == "decoder" and encoder_is_prior and prior is not None and prior.covers(net, users)
             order = users[torch.randperm(len(users), generator=generator, device=users.device)]
             for batch in order.split(batch_size):
                 if ctx is None:
+                    x = data.rows(batch)
                     with _autocast(users.device, precision):
-                        parts = net.loss(data.rows(batch), generator, dropout=phase == "encoder")
+                        known = _known_terms(net, phase, x, batch, prior, encoder_is_prior, reuse)
+                        parts = net.loss(x, generator, dropout=phase == "encoder", **known)
                     optimizer.zero_grad(set_to_none=True)
                     parts["loss"].backward()
                     optimizer.step()
@@ -107,7 +208,8 @@ def _train_phase(
                 else:
                     x = data.rows(shard_batch(batch, ctx))
                     with _autocast(users.device, precision):
-                        nll, kl = net.terms(x, noise_generator, dropout=phase == "encoder")
+                        known = _known_terms(net, phase, x, batch, None, encoder_is_prior)
+                        nll, kl = net.terms(x, noise_generator, dropout=phase == "encoder", **known)
                     loss_sum = (nll + net.kl_weight(x) * kl).sum()
                     optimizer.zero_grad(set_to_none=True)
                     (loss_sum / len(batch)).backward()
@@ -163,6 +265,7 @@ def train_recvae(
     users = torch.from_numpy(active).to(device)
     mean_beta = float(rc.beta) if rc.gamma is None else rc.gamma * float(train.sum()) / len(active)
     steps_per_epoch = math.ceil(len(active) / config.batch_size) * (rc.encoder_epochs + rc.decoder_epochs)
+    prepare_item_training(net, train, config, ctx)  # sampler counts; sparse item gradients when asked
     optimizers = {part: make_optimizer(getattr(net, part).parameters(), config) for part in ("encoder", "decoder")}
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -186,11 +289,14 @@ def train_recvae(
                disable=None if (config.progress and is_main) else True, unit="batch", dynamic_ncols=True)
 
     first: dict = {}  # each phase's first batch of the run, the divergence reference
+    # The prior's posterior of every user, computed once per epoch (by the decoder passes).
+    prior = PriorPosteriors(train.shape[0]) if ctx is None else None
 
     def phase(part: str, passes: int, noise: torch.Generator | None) -> torch.Tensor:
         return _train_phase(net, part, optimizers[part], data, users, generator, passes=passes,
                             batch_size=config.batch_size, precision=precision, bar=bar,
-                            ctx=ctx, noise_generator=noise, first=None if "first_loss" in state else first)
+                            ctx=ctx, noise_generator=noise, first=None if "first_loss" in state else first,
+                            prior=prior)
 
     try:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
