@@ -400,6 +400,18 @@ def test_paired_tests_use_per_user_metrics_averaged_over_seeds(run):
     if np.any(x != y):
         assert f"paired t-test p = {scipy.stats.ttest_rel(x, y).pvalue:.3g}" in section
     assert "averaged over 2 and 1 seed(s)" in section
+    # every user's seed-averaged value, per model, is written for checks like these
+    per_user_csv = pd.read_csv(run.report.with_name("tiny_per_user.csv"))
+    for label, values_averaged in averaged.items():
+        np.testing.assert_allclose(per_user_csv[label].to_numpy(), values_averaged, atol=1e-9, err_msg=label)
+    # the best VAE fit once (not the blend) against each non-VAE model
+    fit_once = run.report.read_text().split("## The best VAE fit once vs each non-VAE model")[1].split("##")[0]
+    assert "**Mult-VAE**" in fit_once and "Mult-VAE + EASE |" not in fit_once
+    for label in ("Popularity", "EASE"):
+        x, y = averaged["Mult-VAE"], averaged[label]
+        line = next(row for row in fit_once.splitlines() if row.startswith(f"| {label} |"))
+        assert f"{np.mean(x - y):+.4f}" in line, line
+        assert f"| {scipy.stats.ttest_rel(x, y).pvalue:.2g} |" in line, line
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", "true", '"2"'])

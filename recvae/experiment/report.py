@@ -96,6 +96,8 @@ def write_report(config: ExperimentConfig, data: Interactions, split: Split, out
 
     table.to_csv(out / f"{config.name}.csv", index=False)
     trials.to_csv(out / f"{config.name}_trials.csv", index=False)
+    if outcomes:
+        per_user_table(outcomes, config.select_by).to_csv(out / f"{config.name}_per_user.csv", index=False)
     if histories:
         pd.concat(histories, ignore_index=True).to_csv(out / f"{config.name}_history.csv", index=False)
     plots, plot_note = _plots(outcomes, out, config.name)
@@ -407,7 +409,38 @@ def _vae_section(outcomes: list[Outcome], sel: str) -> list[str]:
         f"user's {sel} averaged over {len(_runs(best_vae))} and {len(_runs(best_other))} seed(s).",
         "",
     ]
-    return lines
+    return lines + _fit_once_section(outcomes, others, sel)
+
+
+def _fit_once_section(outcomes: list[Outcome], others: list[Outcome], sel: str) -> list[str]:
+    """The best VAE-family model a user fits once (no blend of separately fitted models) against every
+    non-VAE model, each paired test on the per-user metric averaged over the seeds."""
+    single = [o for o in outcomes if o.spec.is_vae and o.spec.name != "blend"]
+    best = _reference(outcomes, single)
+    if best is None:
+        return []
+    lines = ["## The best VAE fit once vs each non-VAE model", "",
+             f"**{best.spec.label}** has the best validation {sel} ({best.search.best_score:.4f}) of the VAE-family "
+             "models fit once (blends of separately fitted models excluded). Paired tests on the test users:", "",
+             f"| model | its test {sel} | {best.spec.label} | difference [95% CI] | t-test p | Wilcoxon p |",
+             "|---|---|---|---|---|---|"]
+    for other in others:
+        test = _paired(best, other, sel)
+        if test is None:
+            continue
+        lines.append(f"| {other.spec.label} | {test['mean_b']:.4f} | {test['mean_a']:.4f} | "
+                     f"{test['mean_diff']:+.4f} [{test['diff_ci95_low']:+.4f}, {test['diff_ci95_high']:+.4f}] | "
+                     f"{_p(test['t_pvalue'])} | {_p(test['wilcoxon_pvalue'])} |")
+    return lines + [""]
+
+
+def per_user_table(outcomes: list[Outcome], metric: str) -> pd.DataFrame:
+    """Each test user's ``metric`` per model (averaged over the model's seeds): the data of every paired test."""
+    table = None
+    for o in outcomes:
+        column = o.test.per_user[["user_id", metric]].rename(columns={metric: o.spec.label})
+        table = column if table is None else table.merge(column, on="user_id", how="outer")
+    return table
 
 
 def _published_section(config: ExperimentConfig, outcomes: list[Outcome]) -> list[str]:
