@@ -111,7 +111,8 @@ def load_dataset(config: ExperimentConfig) -> Interactions:
     return Interactions.from_dataframe(log, **ds.columns, **ds.preprocessing)
 
 
-def _make_split(data: Interactions, config: SplitConfig) -> Split:
+def make_split(data: Interactions, config: SplitConfig) -> Split:
+    """The config's strong-generalization split of ``data`` (what every model of the run sees)."""
     return strong_generalization(
         data, config.heldout_users, target_fraction=config.target_fraction,
         min_events_for_target=config.min_events_for_target, seed=config.seed,
@@ -206,7 +207,7 @@ def run_experiment(config_path: str | Path, *, output_dir: str | Path | None = N
             tqdm.write(message)
 
     data = load_dataset(config)
-    split = _make_split(data, config.split)
+    split = make_split(data, config.split)
     say(f"{config.name}: {config.dataset.describe()}\n{data.report or data}\n{split}")
 
     wanted = [*config.metrics, config.select_by]
