@@ -239,6 +239,17 @@ def test_patience_counts_from_the_last_improvement_and_best_weights_are_kept(spl
     assert not net.training
 
 
+def test_patience_does_not_stop_before_min_epochs(split):
+    # The same scores: patience 2 alone stops after epoch 6; with min_epochs 8 the run goes on to
+    # epoch 8 and finds epoch 7's better score, then stops (two evaluations without improvement).
+    cfg = dataclasses.replace(BASE, epochs=len(SEQUENCE), patience=2, min_epochs=8, eval_batch_size=10_000)
+    result, scorer = scripted_run(_net(split.n_items), train_vae, split, cfg)
+    assert list(result.history["epoch"]) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert result.stopped_early and result.best_epoch == 7
+    with pytest.raises(ValueError, match="min_epochs must be an integer >= 0"):
+        dataclasses.replace(BASE, min_epochs=-1)
+
+
 def test_without_patience_all_epochs_run_and_the_best_epoch_is_restored(split):
     cfg = dataclasses.replace(BASE, epochs=5, eval_batch_size=10_000)
     net = _net(split.n_items)

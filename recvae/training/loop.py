@@ -80,7 +80,7 @@ DIVERGENCE_FACTOR = 100.0
 #: writes, and how often and patiently it validates; none of them alters the
 #: trajectory of the weights. ``lr`` may change too, with a warning (it does).
 RESUMABLE_FIELDS = frozenset({"epochs", "progress", "history_csv", "checkpoint", "resume", "device", "patience",
-                              "eval_every", "eval_batch_size"})
+                              "min_epochs", "eval_every", "eval_batch_size"})
 
 
 class RecvaeWarning(UserWarning):
@@ -116,6 +116,9 @@ class TrainingConfig:
         anneal: the beta schedule (see :class:`AnnealConfig`).
         patience: stop after this many evaluations without a better validation
             score (None: train all epochs; the best weights are kept either way).
+        min_epochs: patience never stops training before this epoch (a model whose
+            validation score dips early, e.g. :class:`recvae.models.JointVAE` while its VAE
+            half is untrained, is not cut off inside the dip).
         eval_k: validation metric is NDCG@eval_k.
         eval_every: validate every this many epochs.
         seed: seeds initialisation, shuffling, dropout and noise (data-parallel:
@@ -144,6 +147,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     anneal: AnnealConfig = field(default_factory=AnnealConfig)
     patience: int | None = None
+    min_epochs: int = 0
     eval_k: int = 100
     eval_every: int = 1
     eval_batch_size: int = 1000
@@ -167,6 +171,8 @@ class TrainingConfig:
             raise ValueError("weight_decay must be >= 0")
         if self.patience is not None and self.patience < 1:
             raise ValueError("patience must be >= 1 or None")
+        if isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int) or self.min_epochs < 0:
+            raise ValueError(f"min_epochs must be an integer >= 0; got {self.min_epochs!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.resume and not self.checkpoint:
@@ -505,7 +511,8 @@ def _validate_epoch(net, score_fn, validation: HeldOut, config: TrainingConfig, 
                      best_state={k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()})
     else:
         state["since_best"] += 1
-        if config.patience is not None and state["since_best"] >= config.patience:
+        if (config.patience is not None and state["since_best"] >= config.patience
+                and epoch >= config.min_epochs):
             state["stopped_early"] = True
     return score
 
@@ -711,7 +718,7 @@ def run_fingerprint(net: torch.nn.Module, config: TrainingConfig, train: sp.csr_
 #: an older checkpoint resumes when the current run keeps that value.
 _ADDED_FIELDS = {
     "model": {"item_chunk": None, "sampled_softmax": None, "negative_sampler": "uniform", "negative_power": 0.75},
-    "training": {"sparse_item_updates": False},
+    "training": {"sparse_item_updates": False, "min_epochs": 0},
 }
 
 
