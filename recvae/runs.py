@@ -344,20 +344,11 @@ class Run:
         if not writes:
             say = _quiet
         started = time.perf_counter()
-        if not isinstance(log, InteractionLog):
-            log = read_log(log, user_col=user_col, item_col=item_col, rating_col=rating_col,
-                           timestamp_col=timestamp_col, implicit=implicit, weight_col=weight_col, sep=sep,
-                           data_dir=data_dir)
-        for note in log.notes:
-            say(note)
-        try:
-            data = log.interactions(rating_threshold=rating_threshold, min_user_interactions=min_user_events,
-                                    strict=strict)
-        except ValueError as err:
-            raise RunError(f"{log.source}: {_one_line(err)}") from None
-        say(f"data: {data.report if data.report is not None else data}")
-        the_split = _make_split(data, split, heldout_users, seed)
-        say(f"split: {the_split}")
+        log, data, the_split = _read_and_split(
+            log, say, user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
+            implicit=implicit, weight_col=weight_col, sep=sep, data_dir=data_dir,
+            rating_threshold=rating_threshold, min_user_events=min_user_events, strict=strict,
+            split=split, heldout_users=heldout_users, seed=seed)
         _fit_eval_k(estimator, the_split, say)
 
         work = None
@@ -896,20 +887,11 @@ def tune(
     if issubclass(MODELS[name], TorchVAERecommender):
         fixed.setdefault("progress", False)
 
-    if not isinstance(log, InteractionLog):
-        log = read_log(log, user_col=user_col, item_col=item_col, rating_col=rating_col,
-                       timestamp_col=timestamp_col, implicit=implicit, weight_col=weight_col, sep=sep,
-                       data_dir=data_dir)
-    for note in log.notes:
-        say(note)
-    try:
-        data = log.interactions(rating_threshold=rating_threshold, min_user_interactions=min_user_events,
-                                strict=strict)
-    except ValueError as err:
-        raise RunError(f"{log.source}: {_one_line(err)}") from None
-    say(f"data: {data.report if data.report is not None else data}")
-    the_split = _make_split(data, split, heldout_users, split_seed)
-    say(f"split: {the_split}")
+    log, data, the_split = _read_and_split(
+        log, say, user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
+        implicit=implicit, weight_col=weight_col, sep=sep, data_dir=data_dir,
+        rating_threshold=rating_threshold, min_user_events=min_user_events, strict=strict,
+        split=split, heldout_users=heldout_users, seed=split_seed)
 
     metric_name, _, k = metric.partition("@") if isinstance(metric, str) else (metric, "", "")
     if k.isdigit() and int(k) > the_split.n_items:
@@ -997,6 +979,27 @@ def _fit_eval_k(model: Recommender, split: Split, say) -> None:
     if _is_torch(model) and split.validation is not None and model.training.eval_k > split.n_items:
         say(f"validation metric: NDCG@{split.n_items} (the catalogue has only {split.n_items} items)")
         model.set_params(eval_k=split.n_items)
+
+
+def _read_and_split(log, say, *, user_col, item_col, rating_col, timestamp_col, implicit, weight_col, sep,
+                    data_dir, rating_threshold, min_user_events, strict, split, heldout_users, seed):
+    """Read ``log`` (unless already an InteractionLog), build its interactions and split them, saying each step;
+    returns (log, interactions, split). Shared by :meth:`Run.fit` and :func:`tune`."""
+    if not isinstance(log, InteractionLog):
+        log = read_log(log, user_col=user_col, item_col=item_col, rating_col=rating_col,
+                       timestamp_col=timestamp_col, implicit=implicit, weight_col=weight_col, sep=sep,
+                       data_dir=data_dir)
+    for note in log.notes:
+        say(note)
+    try:
+        data = log.interactions(rating_threshold=rating_threshold, min_user_interactions=min_user_events,
+                                strict=strict)
+    except ValueError as err:
+        raise RunError(f"{log.source}: {_one_line(err)}") from None
+    say(f"data: {data.report if data.report is not None else data}")
+    the_split = _make_split(data, split, heldout_users, seed)
+    say(f"split: {the_split}")
+    return log, data, the_split
 
 
 def _make_split(data: Interactions, kind: str, heldout_users, seed: int | None) -> Split:
