@@ -518,8 +518,9 @@ def _validate_epoch(net, score_fn, validation: HeldOut, config: TrainingConfig, 
 
 
 def _end_epoch(state: dict, epoch: int, row: dict, postfix: dict, bar, config: TrainingConfig, is_main: bool,
-               save_checkpoint) -> bool:
-    """Record an epoch: history, progress bar, history CSV and checkpoint (rank 0 only).
+               save_checkpoint, on_epoch: EpochCallback | None = None) -> bool:
+    """Record an epoch: history, progress bar, history CSV and checkpoint (rank 0 only), then
+    ``on_epoch(epoch, validation score)`` when the epoch was validated.
 
     Returns True when early stopping ends training.
     """
@@ -531,6 +532,9 @@ def _end_epoch(state: dict, epoch: int, row: dict, postfix: dict, bar, config: T
         pd.DataFrame(state["history"]).to_csv(config.history_csv, index=False)
     if config.checkpoint and is_main:
         save_checkpoint()
+    score = row.get(f"val_ndcg@{config.eval_k}")
+    if on_epoch is not None and score is not None:
+        on_epoch(epoch, score)
     if state["stopped_early"]:
         logger.info("early stop at epoch %d (best epoch %s)", epoch, state["best_epoch"])
         return True
@@ -638,16 +642,12 @@ def train_vae(
             row = {"epoch": epoch, "step": state["step"], "precision": precision, "beta": schedule.beta(state["step"]),
                    "loss": loss, "nll": nll, "kl": kl, "train_seconds": time.perf_counter() - started}
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}", "beta": f"{row['beta']:.3f}"}
-            score = None
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 score = _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
                 schedule.observe(score, row["beta"])
-            stop = _end_epoch(state, epoch, row, postfix, bar, config, is_main,
-                              lambda: _save_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state,
-                                                       fingerprint))
-            if on_epoch is not None and score is not None:
-                on_epoch(epoch, score)
-            if stop:
+            if _end_epoch(state, epoch, row, postfix, bar, config, is_main,
+                          lambda: _save_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state,
+                                                   fingerprint), on_epoch):
                 break
     finally:
         bar.close()

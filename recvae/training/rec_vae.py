@@ -320,15 +320,11 @@ def train_recvae(
             row = {"epoch": epoch, "step": state["step"], "precision": precision, "beta": mean_beta, "loss": loss, "nll": nll, "kl": kl,
                    "encoder_loss": encoder_loss, "train_seconds": time.perf_counter() - started}
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}"}
-            score = None
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                score = _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
-            stop = _end_epoch(state, epoch, row, postfix, bar, config, is_main,
-                              lambda: _save_checkpoint(config.checkpoint, net, optimizers, generator, state,
-                                                       fingerprint))
-            if on_epoch is not None and score is not None:
-                on_epoch(epoch, score)
-            if stop:
+                _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
+            if _end_epoch(state, epoch, row, postfix, bar, config, is_main,
+                          lambda: _save_checkpoint(config.checkpoint, net, optimizers, generator, state,
+                                                   fingerprint), on_epoch):
                 break
     finally:
         bar.close()
