@@ -542,7 +542,12 @@ def _end_epoch(state: dict, epoch: int, row: dict, postfix: dict, bar, config: T
 
 
 def _restore_best(net: torch.nn.Module, state: dict, ctx) -> None:
-    """End of training: wait for rank 0's files, load the best validated weights, switch to eval mode."""
+    """End of training: wait for rank 0's files, load the best validated weights, switch to eval mode.
+
+    The last step's gradients are dropped: a fitted model would otherwise hold a second copy of
+    every weight (4.8 GB for a million-item Mult-VAE) that nothing reads again.
+    """
+    net.zero_grad(set_to_none=True)
     if ctx is not None:
         torch.distributed.barrier()  # rank 0's files are complete when any rank returns
     if state["best_state"] is not None:
