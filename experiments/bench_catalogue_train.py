@@ -161,8 +161,13 @@ def run_cell(args: argparse.Namespace, n_items: int, mode: str) -> dict:
         command += ["--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        return {"items": n_items, "mode": mode, "skipped": f"failed: {done.stderr.strip().splitlines()[-1][:120]}"}
+        return {"items": n_items, "mode": mode, "skipped": f"failed: {_last_line(done)}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _last_line(done: subprocess.CompletedProcess) -> str:
+    """The child's last line of stderr, or its exit status when it wrote none (killed by the OOM killer)."""
+    return (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1][:120]
 
 
 def table(results: list[dict]) -> str:

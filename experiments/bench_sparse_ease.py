@@ -48,7 +48,10 @@ def _stage(action):
     return result, time.perf_counter() - started, _status("VmHWM") - before
 
 
-def measure(n_items: int, n_users: int, neighbours: int, rec_users: int) -> dict:
+def measure(n_items: int, n_users: int, neighbours: int, rec_users: int,
+            max_memory: int | None = None) -> dict:
+    """One size: generate, fit and recommend, each stage's seconds and peak RSS above the resident
+    memory before it (``*_peak``) and absolute (``*_rss``: VmHWM, reset at the stage's start)."""
     import dataclasses
 
     from threadpoolctl import threadpool_limits
@@ -62,14 +65,16 @@ def measure(n_items: int, n_users: int, neighbours: int, rec_users: int) -> dict
     with threadpool_limits(1):
         data, gen_s, _ = _stage(lambda: catalogue_interactions(config))
         model, fit_s, fit_peak = _stage(lambda: SparseEASE(neighbours=neighbours).fit(data))
+        fit_rss = _status("VmHWM")  # the fit's absolute peak: _stage reset VmHWM before it
         rows = data.matrix[:rec_users]
-        recs, rec_s, rec_peak = _stage(lambda: model.recommend(rows, k=100))
+        recs, rec_s, rec_peak = _stage(lambda: model.recommend(rows, k=100, max_memory=max_memory))
+        rec_rss = _status("VmHWM")
     assert recs.items.shape == (rec_users, 100)
     x = data.matrix
     return {"items": n_items, "users": n_users, "events": int(x.nnz), "weights": int(model.weights_.nnz),
             "generate_s": gen_s, "fit_s": fit_s, "fit_peak": fit_peak,
             "estimate": sparse_ease_memory_bytes(x, neighbours), "rec_users": rec_users, "rec_s": rec_s,
-            "rec_peak": rec_peak}
+            "rec_peak": rec_peak, "fit_rss": fit_rss, "rec_rss": rec_rss}
 
 
 def row(r: dict) -> str:
