@@ -8,7 +8,7 @@ is its own:
   backward and optimizer step) by ``bench_catalogue_train.child`` for (a) the exact
   chunked NLL (``VAEConfig.item_chunk``) and (b) sampled softmax with popularity
   negatives (``VAEConfig.sampled_softmax``), each also with
-  ``TrainingConfig.sparse_item_updates``. Seconds are the median step; users/s is 500
+  ``TrainingConfig.sparse_item_updates``, and that with ``item_moments="bf16"``. Seconds are the median step; users/s is 500
   over that; the bound is the output layer's three 500 x 600 x I matmuls
   (``decoder_bound.DecoderMatmuls``), timed in the same subprocess right after the
   steps. Sampled softmax does less than the bound's work by design (ratio < 1).
@@ -57,7 +57,8 @@ import bench_catalogue_train as train_bench  # noqa: E402  (sibling scripts, not
 import bench_sparse_ease as ease_bench  # noqa: E402
 
 STAGES = ("train", "recommend", "linear")
-TRAIN_MODES = ("chunked", "chunked+sparse", "sampled", "sampled+sparse")
+TRAIN_MODES = ("chunked", "chunked+sparse", "chunked+sparse+bf16moments", "sampled", "sampled+sparse",
+               "sampled+sparse+bf16moments")
 K = 100
 GIB = 2**30
 
@@ -77,7 +78,9 @@ def train_cell(args: argparse.Namespace, n_items: int, mode: str) -> list[dict]:
 def _train_label(args: argparse.Namespace, mode: str) -> str:
     kind = (f"exact chunked (chunk {args.chunk:,})" if mode.startswith("chunked")
             else f"sampled softmax ({args.negatives:,} negatives)" if mode.startswith("sampled") else "full softmax")
-    return f"train step: {kind}{' + sparse updates' if mode.endswith('sparse') else ''}"
+    updates = (" + sparse updates, bf16 moments" if mode.endswith("+bf16moments")
+               else " + sparse updates" if "+sparse" in mode else "")
+    return f"train step: {kind}{updates}"
 
 
 def recommend_cell(args: argparse.Namespace, n_items: int) -> list[dict]:
@@ -89,7 +92,7 @@ def recommend_cell(args: argparse.Namespace, n_items: int) -> list[dict]:
     # One step of the lightest training there is (sparse Adam state, no batch x I logits): a
     # fitted estimator through the public fit, where a real epoch at 1M items takes an hour.
     model = MultVAE(hidden_dims=(train_bench.HIDDEN,), latent_dim=200, sampled_softmax=args.negatives,
-                    negative_sampler="popularity", sparse_item_updates=True, epochs=1,
+                    negative_sampler="popularity", sparse_item_updates=True, item_moments="bf16", epochs=1,
                     batch_size=train_bench.BATCH, device=args.device, precision="fp32", progress=False)
     started = time.perf_counter()
     model.fit(rows[:train_bench.BATCH])
@@ -172,8 +175,8 @@ def too_big(args: argparse.Namespace, stage: str, n_items: int, mode: str | None
     """Why a cell would not fit in the free memory (the VAE cells; SparseEASE checks its own)."""
     if stage == "linear":
         return None
-    # The recommendation's fit is a sampled+sparse step; its ranking adds max_memory.
-    need = train_bench.estimated_bytes(mode or "sampled+sparse", n_items, args.chunk, args.negatives)
+    # The recommendation's fit is a sampled+sparse+bf16moments step; its ranking adds max_memory.
+    need = train_bench.estimated_bytes(mode or "sampled+sparse+bf16moments", n_items, args.chunk, args.negatives)
     if stage == "recommend":
         need += args.max_memory
     free = train_bench.available_bytes(args.device)

@@ -10,6 +10,8 @@ For each catalogue size I, each in its own subprocess (so its peak RSS is its ow
 - ``sampled``: sampled softmax with ``--negatives`` popularity negatives
   (``VAEConfig.sampled_softmax``);
 - ``sampled+sparse``: the same with sparse updates of the input and output layers;
+- ``...+bf16moments``: the sparse modes with ``TrainingConfig.item_moments="bf16"`` (the lazy
+  Adam's moments stored in bf16: 8 rather than 12 bytes per item-matrix parameter);
 - ``bound``: the decoder's matmul lower bound at the step's shape, the three
   B x 600 x I matmuls of the output layer (see ``decoder_bound.py``), measured in the
   same invocation. Sampled softmax does less than the bound's work by design.
@@ -50,7 +52,8 @@ from decoder_bound import DecoderMatmuls  # noqa: E402  (a sibling script, not a
 
 BATCH = 500
 HIDDEN = 600
-MODES = ("full", "chunked", "chunked+sparse", "sampled", "sampled+sparse")
+MODES = ("full", "chunked", "chunked+sparse", "chunked+sparse+bf16moments", "sampled", "sampled+sparse",
+         "sampled+sparse+bf16moments")
 
 
 def synthetic_rows(n_users: int, n_items: int, per_user: int = 50, seed: int = 0) -> sp.csr_matrix:
@@ -68,8 +71,17 @@ def synthetic_rows(n_users: int, n_items: int, per_user: int = 50, seed: int = 0
 
 
 def estimated_bytes(mode: str, n_items: int, chunk: int, negatives: int) -> float:
-    """Weights, gradients and Adam moments (16 B per parameter) plus the step's largest activations."""
-    state = 16.0 * (2 * HIDDEN + 1) * n_items
+    """Weights, gradients and Adam moments plus the step's largest activations.
+
+    Dense Adam: 16 B per parameter (weight, gradient, two fp32 moments). A layer with sparse
+    updates has no dense gradient (12 B), and with bf16 moments 8 B. Sparse updates cover the
+    input layer, and the output layer too under sampled softmax.
+    """
+    sparse = "+sparse" in mode
+    sparse_bytes = 8.0 if mode.endswith("+bf16moments") else 12.0
+    input_bytes = sparse_bytes if sparse else 16.0
+    output_bytes = sparse_bytes if sparse and mode.startswith("sampled") else 16.0
+    state = (input_bytes * HIDDEN + output_bytes * (HIDDEN + 1)) * n_items
     if mode == "full":
         return state + 3 * 4.0 * BATCH * n_items
     if mode.startswith("chunked"):
@@ -119,7 +131,8 @@ def child(args: argparse.Namespace, n_items: int, mode: str) -> dict:
                        sampled_softmax=args.negatives if mode.startswith("sampled") else None,
                        negative_sampler="popularity")
     training = TrainingConfig(batch_size=BATCH, device=args.device, precision="fp32", progress=False,
-                              anneal=AnnealConfig(kind="constant", cap=0.2), sparse_item_updates=mode.endswith("sparse"))
+                              anneal=AnnealConfig(kind="constant", cap=0.2), sparse_item_updates="+sparse" in mode,
+                              item_moments="bf16" if mode.endswith("+bf16moments") else "fp32")
     started = time.perf_counter()
     net = VAE(n_items, config).to(device).train()
     prepare_item_training(net, matrix, training, None)

@@ -22,14 +22,13 @@ def test_catalogue_benchmark_quick_prints_one_table_per_size_with_every_stage(tm
     header = "| stage | seconds | users/s | peak RSS | working set | decoder matmul bound s | × bound |"
     lines = text[text.index(header):].strip().splitlines()[2:]
     rows = {line.split(" | ")[0].lstrip("| "): line.strip("|").split("|") for line in lines}
-    expected = ["train step: exact chunked (chunk 1,024)", "train step: exact chunked (chunk 1,024) + sparse updates",
-                "train step: sampled softmax (500 negatives)",
-                "train step: sampled softmax (500 negatives) + sparse updates"]
-    assert list(rows)[:4] == expected
-    assert list(rows)[4].startswith("Mult-VAE recommend top-100: 200 users")
-    assert list(rows)[5].startswith("SparseEASE fit: 1,000 users") and list(rows)[6].startswith(
+    expected = [f"train step: {kind}{updates}" for kind in ("exact chunked (chunk 1,024)", "sampled softmax (500 negatives)")
+                for updates in ("", " + sparse updates", " + sparse updates, bf16 moments")]
+    assert list(rows)[:6] == expected
+    assert list(rows)[6].startswith("Mult-VAE recommend top-100: 200 users")
+    assert list(rows)[7].startswith("SparseEASE fit: 1,000 users") and list(rows)[8].startswith(
         "SparseEASE recommend top-100: 200 users")
-    assert len(rows) == 7 and not any("skipped" in line for line in lines)
+    assert len(rows) == 9 and not any("skipped" in line for line in lines)
     for label, cells in rows.items():
         cells = [c.strip() for c in cells]
         assert len(cells) == 7, label
