@@ -72,8 +72,14 @@ class JointVAE(RecVAE):
 
     @staticmethod
     def default_training() -> TrainingConfig:
-        """RecVAE's schedule: batch 500, Adam lr 5e-4; 50 epochs."""
-        return TrainingConfig(epochs=50, batch_size=500, lr=5e-4)
+        """RecVAE's schedule: batch 500, Adam lr 5e-4; 50 epochs, none stopped by patience before the 30th.
+
+        The joint score starts at the linear path's and dips for the first epochs while the
+        VAE half learns: on ml-1m-implicit one seed's best epoch was the first and patience 10
+        stopped it at epoch 11 (test NDCG@100 0.4920 against 0.5088 and 0.5082 for the two
+        seeds that ran on); ``min_epochs`` keeps patience from acting inside that dip.
+        """
+        return TrainingConfig(epochs=50, batch_size=500, lr=5e-4, min_epochs=30)
 
     def _build_net(self, n_items: int) -> JointVAENet:
         return JointVAENet(n_items, self.config)
