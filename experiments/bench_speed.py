@@ -11,6 +11,15 @@ For each shape, in its own subprocess (so its peak memory is its own):
    run as ``train_recvae`` runs it (the prior refreshed between the phases, the prior's
    posteriors kept per user: always the same batch, so that the cache is in its
    training steady state);
+   and, for each precision of ``--precisions`` beyond fp32 (bf16: the library's own
+   autocast path, ``train_step(..., precision="bf16")`` and ``_train_phase(...,
+   precision="bf16")``), the same Mult-VAE sparse-input step and RecVAE batch epoch
+   in that precision beside the decoder bound in that precision (``DecoderMatmuls``
+   on bf16 operands, as autocast makes them), their ratios and the step's ratio to
+   the fp32 step. On a CPU without native bf16 (no AVX512-BF16 / AMX; the header
+   records ``torch.backends.cpu.get_cpu_capability()`` and
+   ``recvae.training.cpu_has_native_bf16()``) torch emulates bf16 and it is much
+   slower than fp32 (~15x on AVX2): a finding about the machine, not a bug;
 2. the same step with a densified input (each batch made a dense B x I tensor,
    L2-normalised and dropped out densely, and a dense first layer starting from
    the same weights, as common PyTorch ports do) against our sparse input;
@@ -19,8 +28,8 @@ For each shape, in its own subprocess (so its peak memory is its own):
 4. peak memory: the subprocess's peak RSS (and ``torch.cuda.max_memory_allocated``
    on a GPU), beside the size a dense users x items float32 matrix would take.
 
-The three step kinds are interleaved (step by step, their order rotating), so
-machine noise hits all of them alike; read the ratios, not the seconds. Seconds
+The step kinds (and every precision's) are interleaved (step by step, their order
+rotating), so machine noise hits all of them alike; read the ratios, not the seconds. Seconds
 per epoch are N timed steps extrapolated to an epoch (the mean step time times
 the number of batches of an epoch), not a timed epoch. Runs on CUDA when it is
 available (``--device`` to choose).
@@ -32,6 +41,7 @@ data of ML20M_SHAPE (136,677 x 20,108 at 0.37%, ~20 s to generate), 10,000 +
 
     python experiments/bench_speed.py                       # both shapes -> experiments/results/speed.json, speed.md
     python experiments/bench_speed.py --shapes ml-1m --steps 10 --threads 2
+    python experiments/bench_speed.py --precisions fp32     # fp32 only (the table before bf16 rows)
     python experiments/bench_speed.py --quick               # tiny shapes, a smoke test -> speed_quick.*
 
 Prints the figures and writes them; asserts nothing about time.
@@ -67,7 +77,14 @@ from recvae.models import VAE, RecVAENet, VAEConfig
 from recvae.nn.rec_vae import RecVAEConfig
 from recvae.training.rec_vae import PriorPosteriors, _train_phase
 from recvae.nn.sparse import DeviceCSR, SparseRows
-from recvae.training import TrainingConfig, make_optimizer, resolve_device, sparse_rows, train_step
+from recvae.training import (
+    TrainingConfig,
+    cpu_has_native_bf16,
+    make_optimizer,
+    resolve_device,
+    sparse_rows,
+    train_step,
+)
 
 from decoder_bound import DecoderMatmuls
 
@@ -77,6 +94,8 @@ SHAPES = ("ml-1m", "ml-20m")
 BATCH = 500
 HIDDEN = 600  # Mult-VAE's I-600-200-600-I: the decoder's last layer is 600 x I
 WARMUP = 2  # untimed steps of each kind first: optimizer state, allocator, caches
+PRECISIONS = ("fp32", "bf16")  # --precisions must hold fp32: the baseline of the ratios
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the decoder bound's operands in each precision
 
 
 class DenseInputVAE(VAE):
@@ -127,8 +146,31 @@ def _peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
-def measure(shape: str, steps: int, device: torch.device, quick: bool) -> dict:
-    """Every figure of one shape, measured in this process."""
+def interleaved(groups: list[tuple[str, ...]], rep: int) -> list[str]:
+    """The timing order of repetition ``rep``: the groups' kinds dealt round-robin, starting at group
+    ``rep % len(groups)``; the first group's kinds rotated by ``rep``, the others' by ``rep // len(groups)``
+    (so that every kind runs first in turn).
+
+    The first group's kinds keep among themselves the order they would have alone, so the fp32
+    kinds (which share one generator) draw the same numbers with or without other precisions."""
+    queues = []
+    for i, group in enumerate(groups):
+        shift = (rep if i == 0 else rep // len(groups)) % len(group)
+        queues.append(list(group[shift:] + group[:shift]))
+    start = rep % len(queues)
+    queues = queues[start:] + queues[:start]
+    order = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                order.append(queue.pop(0))
+    return order
+
+
+def measure(shape: str, steps: int, device: torch.device, quick: bool,
+            precisions: tuple[str, ...] = ("fp32",)) -> dict:
+    """Every figure of one shape, measured in this process; fp32, and each other of ``precisions``
+    for the Mult-VAE sparse step, the RecVAE batch epoch and their decoder bounds."""
     started = time.perf_counter()
     split, description = make_split(shape, quick)
     data_seconds = time.perf_counter() - started
@@ -176,16 +218,71 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool) -> dict:
         _train_phase(recvae_net, "decoder", recvae_optimizers["decoder"], data, batch, generator,
                      passes=recvae_config.decoder_epochs, batch_size=len(batch), prior=recvae_prior)
 
+    # Each other precision: nets of the same starting weights (built as above), and their own
+    # optimizers, generator and prior cache, so that the fp32 kinds run exactly as they would alone.
+    others = {}
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = VAE(n_items, VAEConfig()).to(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            rnet = RecVAENet(n_items, recvae_config).to(device)
+        others[precision] = {
+            "net": net, "optimizer": make_optimizer(net.parameters(), training),
+            "generator": torch.Generator(device=device).manual_seed(0),
+            "matmuls": DecoderMatmuls(batch_size, HIDDEN, n_items, device, dtype=DTYPES[precision]),
+            "recvae net": rnet,
+            "recvae optimizers": {part: make_optimizer(getattr(rnet, part).parameters(), TrainingConfig(lr=5e-4))
+                                  for part in ("encoder", "decoder")},
+            "recvae matmuls": DecoderMatmuls(batch_size, recvae_config.latent_dim, n_items, device,
+                                             dtype=DTYPES[precision]),
+            "recvae prior": PriorPosteriors(n_train),
+        }
+
+    def other_recvae_batch_epoch(precision: str, batch: torch.Tensor) -> None:  # as recvae_batch_epoch, in precision
+        o = others[precision]
+        _train_phase(o["recvae net"], "encoder", o["recvae optimizers"]["encoder"], data, batch, o["generator"],
+                     passes=recvae_config.encoder_epochs, batch_size=len(batch), precision=precision,
+                     prior=o["recvae prior"])
+        o["recvae net"].update_prior()
+        _train_phase(o["recvae net"], "decoder", o["recvae optimizers"]["decoder"], data, batch, o["generator"],
+                     passes=recvae_config.decoder_epochs, batch_size=len(batch), precision=precision,
+                     prior=o["recvae prior"])
+
     kinds = ("sparse", "dense", "bound", "recvae", "recvae bound")
-    seconds: dict[str, list[float]] = {k: [] for k in kinds}
+    # timing keys: the fp32 kinds as they are; another precision's as "<kind> <precision>", e.g. "sparse bf16"
+    keys = {kind: (kind, "fp32") for kind in kinds}
+    groups = [kinds]
+    for precision in others:
+        group = {f"{kind} {precision}": (kind, precision) for kind in ("sparse", "bound", "recvae", "recvae bound")}
+        keys.update(group)
+        groups.append(tuple(group))
+    seconds: dict[str, list[float]] = {k: [] for k in keys}
     for rep in range(WARMUP + steps):
         batch = batches[rep % len(batches)]
         x = data.rows(batch)
-        shift = rep % len(kinds)
-        for kind in kinds[shift:] + kinds[:shift]:  # rotate the order: no kind always runs first
+        for key in interleaved(groups, rep):  # rotate the order: no kind always runs first
+            kind, precision = keys[key]
             _sync(device)
             t0 = time.perf_counter()
-            if kind == "bound":
+            if precision != "fp32":
+                o = others[precision]
+                if kind == "bound":
+                    o["matmuls"].run()
+                elif kind == "recvae bound":
+                    o["recvae matmuls"].run(forward=recvae_config.encoder_epochs + recvae_config.decoder_epochs,
+                                            grad_input=recvae_config.encoder_epochs,
+                                            grad_weight=recvae_config.decoder_epochs)
+                elif kind == "recvae":
+                    other_recvae_batch_epoch(precision, recvae_batch)
+                    _sync(device)
+                else:
+                    train_step(o["net"], o["optimizer"], x, 0.2, o["generator"], device, precision)
+                    _sync(device)
+            elif kind == "bound":
                 matmuls.run()
             elif kind == "recvae bound":
                 recvae_matmuls.run(forward=recvae_config.encoder_epochs + recvae_config.decoder_epochs,
@@ -197,11 +294,12 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool) -> dict:
                 train_step(nets[kind], optimizers[kind], x, 0.2, generator, device)
                 _sync(device)
             if rep >= WARMUP:
-                seconds[kind].append(time.perf_counter() - t0)
+                seconds[key].append(time.perf_counter() - t0)
     mean = {k: sum(v) / len(v) for k, v in seconds.items()}
     median = {k: sorted(v)[len(v) // 2] for k, v in seconds.items()}
     steps_per_epoch = math.ceil(len(active) / BATCH)
     del dense_net, optimizers, nets
+    others.clear()  # the other precisions' nets and optimizer states
 
     # (3): evaluation throughput on the test users (scores of the briefly trained sparse net)
     sparse_net.eval()
@@ -247,6 +345,7 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool) -> dict:
         "RecVAE s/epoch (extrapolated)": mean["recvae"] * steps_per_epoch,
         "RecVAE decoder bound s/epoch (extrapolated)": mean["recvae bound"] * steps_per_epoch,
         "RecVAE / decoder bound": mean["recvae"] / mean["recvae bound"],
+        "precisions": list(precisions),
         "eval users": split.test.n_users,
         "eval seconds": eval_seconds,
         "eval users/s (top-100, seen masked)": split.test.n_users / eval_seconds,
@@ -255,6 +354,28 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool) -> dict:
         "peak RSS bytes": _peak_rss_bytes(),
         "dense users x items float32 bytes": 4 * n_users_all * n_items,
     }
+    for precision in precisions:  # each other precision's figures, keys prefixed "<precision> "
+        if precision == "fp32":
+            continue
+        step, bound = mean[f"sparse {precision}"], mean[f"bound {precision}"]
+        recvae, recvae_bound = mean[f"recvae {precision}"], mean[f"recvae bound {precision}"]
+        figures.update({
+            f"{precision} sparse s/step": step,
+            f"{precision} decoder bound s/step": bound,
+            f"{precision} sparse s/step (median)": median[f"sparse {precision}"],
+            f"{precision} decoder bound s/step (median)": median[f"bound {precision}"],
+            f"{precision} sparse s/epoch (extrapolated)": step * steps_per_epoch,
+            f"{precision} decoder bound s/epoch (extrapolated)": bound * steps_per_epoch,
+            f"{precision} sparse / decoder bound": step / bound,
+            f"{precision} / fp32 sparse s/step": step / mean["sparse"],
+            f"{precision} decoder matmul GFLOP/s": matmuls.flops / bound / 1e9,
+            f"{precision} RecVAE s/batch (3 encoder + 1 decoder steps)": recvae,
+            f"{precision} RecVAE decoder bound s/batch": recvae_bound,
+            f"{precision} RecVAE s/epoch (extrapolated)": recvae * steps_per_epoch,
+            f"{precision} RecVAE decoder bound s/epoch (extrapolated)": recvae_bound * steps_per_epoch,
+            f"{precision} RecVAE / decoder bound": recvae / recvae_bound,
+            f"{precision} / fp32 RecVAE s/batch": recvae / mean["recvae"],
+        })
     if device.type == "cuda":
         figures["cuda max_memory_allocated bytes"] = torch.cuda.max_memory_allocated(device)
         figures["gpu"] = torch.cuda.get_device_name(device)
@@ -265,7 +386,11 @@ def child(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    figures = measure(args.child, args.steps, device, args.quick)
+    precisions = tuple(args.precisions)
+    if "bf16" in precisions and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        print(f"{args.child}: this GPU has no bf16; its rows are left out", flush=True)
+        precisions = tuple(p for p in precisions if p != "bf16")
+    figures = measure(args.child, args.steps, device, args.quick, precisions)
     Path(args.result_file).write_text(json.dumps(figures, indent=1))
 
 
@@ -301,10 +426,44 @@ ROWS = [  # (label, key, format)
 ]
 
 
-def table(results: dict[str, dict]) -> str:
+def precision_rows(precision: str) -> tuple[list, list]:
+    """The rows of a precision beyond fp32: (Mult-VAE rows, RecVAE rows), as ROWS."""
+    p = precision
+    return ([
+        (f"Mult-VAE step, sparse input, {p} autocast (s)", f"{p} sparse s/step", "{:.4f}"),
+        (f"decoder matmul bound, {p} operands (s/step)", f"{p} decoder bound s/step", "{:.4f}"),
+        (f"{p} sparse / {p} decoder bound", f"{p} sparse / decoder bound", "{:.2f}x"),
+        (f"{p} / fp32 Mult-VAE sparse step", f"{p} / fp32 sparse s/step", "{:.2f}x"),
+        (f"s/epoch sparse, {p} (extrapolated)", f"{p} sparse s/epoch (extrapolated)", "{:.3g}"),
+        (f"decoder matmul GFLOP/s, {p}", f"{p} decoder matmul GFLOP/s", "{:.0f}"),
+    ], [
+        (f"RecVAE, one batch's epoch, {p} autocast (s)", f"{p} RecVAE s/batch (3 encoder + 1 decoder steps)",
+         "{:.4f}"),
+        (f"RecVAE decoder matmul bound, {p} operands (s/batch)", f"{p} RecVAE decoder bound s/batch", "{:.4f}"),
+        (f"RecVAE {p} / its {p} decoder bound", f"{p} RecVAE / decoder bound", "{:.2f}x"),
+        (f"{p} / fp32 RecVAE", f"{p} / fp32 RecVAE s/batch", "{:.2f}x"),
+        (f"RecVAE s/epoch, {p} (extrapolated)", f"{p} RecVAE s/epoch (extrapolated)", "{:.3g}"),
+    ])
+
+
+def table_rows(precisions: tuple[str, ...] = ("fp32",)) -> list:
+    """ROWS, with each other precision's Mult-VAE rows after fp32's and its RecVAE rows after fp32's."""
+    labels = [label for label, _, _ in ROWS]
+    mult_end = labels.index("decoder matmul GFLOP/s") + 1
+    recvae_end = labels.index("RecVAE s/epoch decoder bound (extrapolated)") + 1
+    mult, recvae = [], []
+    for precision in precisions:
+        if precision != "fp32":
+            m, r = precision_rows(precision)
+            mult += m
+            recvae += r
+    return ROWS[:mult_end] + mult + ROWS[mult_end:recvae_end] + recvae + ROWS[recvae_end:]
+
+
+def table(results: dict[str, dict], precisions: tuple[str, ...] = ("fp32",)) -> str:
     shapes = list(results)
     lines = ["| | " + " | ".join(shapes) + " |", "|---|" + "---|" * len(shapes)]
-    for label, key, fmt in ROWS:
+    for label, key, fmt in table_rows(precisions):
         cells = []
         for shape in shapes:
             r = results[shape]
@@ -330,6 +489,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few steps: a smoke test")
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
+                        help="precisions of the Mult-VAE sparse step, the RecVAE batch epoch and their decoder "
+                             "bounds (default: fp32 bf16); fp32, the baseline, must be one")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "experiments" / "results")
     parser.add_argument("--child", choices=SHAPES, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
@@ -338,6 +500,10 @@ def main() -> None:
         args.steps = 3 if args.quick else 20
     if args.steps < 1:
         parser.error("--steps must be >= 1")
+    if "fp32" not in args.precisions:
+        parser.error("--precisions must include fp32: the baseline of the ratios (and of the dense-input, "
+                     "evaluation and memory figures)")
+    args.precisions = [p for p in PRECISIONS if p in args.precisions]  # fp32 first, no repeats
     if args.child:
         child(args)
         return
@@ -347,7 +513,7 @@ def main() -> None:
         for shape in args.shapes:
             result_file = Path(tmp) / f"{shape}.json"
             command = [sys.executable, str(Path(__file__).resolve()), "--child", shape, "--steps", str(args.steps),
-                       "--device", args.device, "--result-file", str(result_file)]
+                       "--device", args.device, "--result-file", str(result_file), "--precisions", *args.precisions]
             command += ["--threads", str(args.threads)] if args.threads else []
             command += ["--quick"] if args.quick else []
             started = time.perf_counter()
@@ -356,11 +522,16 @@ def main() -> None:
             results[shape]["subprocess seconds"] = time.perf_counter() - started
     children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
-    text = table(results)
+    text = table(results, tuple(args.precisions))  # (a precision no shape measured leaves no rows)
+    cpu_capability = torch.backends.cpu.get_cpu_capability()
+    native_bf16 = cpu_has_native_bf16()
+    bf16_note = "yes" if native_bf16 else "no (torch emulates bf16 on this CPU, much slower than fp32)"
     header = (f"# Mult-VAE speed and memory ({'--quick smoke test, tiny shapes' if args.quick else 'ML-1M and ML-20M shapes'})\n\n"
               f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, torch {torch.__version__}, Python "
-              f"{platform.python_version()}, {platform.machine()}; batch {BATCH}, {args.steps} timed steps of each kind "
-              f"after {WARMUP} untimed, interleaved with rotating order. Seconds per epoch = mean step time x batches "
+              f"{platform.python_version()}, {platform.machine()}, CPU capability {cpu_capability}, native CPU bf16 "
+              f"(AVX512-BF16 / AMX): {bf16_note}; precisions {', '.join(args.precisions)}; batch {BATCH}, "
+              f"{args.steps} timed steps of each kind after {WARMUP} untimed, interleaved with rotating order (each "
+              "precision's kinds too, dealt round-robin). Seconds per epoch = mean step time x batches "
               "per epoch (extrapolated, not a timed epoch). Each shape ran in its own subprocess; its peak RSS "
               "includes building the data. Read ratios, not seconds: the machine may be shared.\n")
     notes = ("\n- Sparse: recvae's trainer step (`DeviceCSR` batch, `train_step`, fused Adam). Dense input: the same "
@@ -370,7 +541,13 @@ def main() -> None:
              "logits, 3 input gradients (encoder phases, decoder frozen) and 1 weight gradient (decoder phase), "
              "B x 200 x I each; RecVAE runs as `train_recvae` does (prior refreshed between the phases, the prior's "
              "posteriors kept per user), on one batch throughout (the cache's steady state).\n"
-             "- Evaluation: all test users, full "
+             + ("- bf16: the same Mult-VAE sparse step (`train_step(..., precision=\"bf16\")`) and RecVAE batch "
+                "epoch (`_train_phase(..., precision=\"bf16\")`) under the trainer's bf16 autocast, each with its "
+                "own nets (the fp32 ones' starting weights), optimizers, generator and prior cache; its decoder bounds "
+                "are the same matmuls on bf16 operands (what autocast hands the matmuls). bf16 / fp32 is the step's "
+                "time over the fp32 step's. With bf16 rows the peak RSS includes the bf16 nets and optimizer "
+                "states too.\n" if "bf16" in args.precisions else "")
+             + "- Evaluation: all test users, full "
              f"catalogue, fold-in items masked, top-100, batches of 1,000.\n- Max peak RSS over the subprocesses "
              f"(RUSAGE_CHILDREN): {_gib(children_peak)}.\n")
     print("\n" + header + "\n" + text + "\n" + notes)
@@ -378,7 +555,8 @@ def main() -> None:
     stem = "speed_quick" if args.quick else "speed"
     payload = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                         if k not in ("child", "result_file")},
-               "torch": torch.__version__, "children peak RSS bytes": children_peak, "shapes": results}
+               "torch": torch.__version__, "cpu capability": cpu_capability, "cpu native bf16": native_bf16,
+               "children peak RSS bytes": children_peak, "shapes": results}
     (args.out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
     (args.out_dir / f"{stem}.md").write_text(header + "\n" + text + "\n" + notes)
     print(f"wrote {args.out_dir / (stem + '.json')} and {stem}.md")
