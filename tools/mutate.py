@@ -71,6 +71,7 @@ T_SPLITS = ("tests/test_splits.py",)
 T_EVAL = ("tests/test_evaluation.py",)
 T_HYBRID = ("tests/test_hybrid.py",)
 T_EXP = ("tests/test_experiment.py",)
+T_ITEM = ("tests/test_item_output.py",)
 
 M = Mutation
 MUTATIONS: list[Mutation] = [
@@ -216,6 +217,16 @@ MUTATIONS: list[Mutation] = [
       "(epoch % config.eval_every == 0):\n                score =", T_TRAIN),
     M("train-seed-ignored", "recvae/training/loop.py",
       "    generator.manual_seed(config.seed)\n\n    state", "    generator.manual_seed(0)\n\n    state", T_TRAIN),
+    M("train-fit-keeps-last-gradients", "recvae/training/loop.py",
+      "    net.zero_grad(set_to_none=True)\n    if ctx is not None:\n        torch.distributed.barrier()",
+      "    if ctx is not None:\n        torch.distributed.barrier()", T_TRAIN),
+    M("lazy-adam-no-bias-correction", "recvae/training/loop.py",
+      'step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)', 'step_size = group["lr"]',
+      T_ITEM),
+    M("lazy-adam-moments-not-stored", "recvae/training/loop.py",
+      'state["exp_avg"].index_copy_(0, rows, exp_avg.to(self.moments_dtype))', "pass", T_ITEM),
+    M("lazy-adam-state-loads-as-float32", "recvae/training/loop.py",
+      "                    state[key] = state[key].to(self.moments_dtype)", "                    pass", T_ITEM),
     # ------------------------------------------------------------------ splits
     M("split-items-from-all-users", "recvae/data/splits.py",
       "items = np.flatnonzero(np.diff(train_full.tocsc().indptr) > 0)",
@@ -231,7 +242,7 @@ MUTATIONS: list[Mutation] = [
       "is_val = ~is_test & (rank < (n_test + n_val)[rows])", "is_val = ~is_test & (rank < n_val[rows])", T_SPLITS),
     # ------------------------------------------------------------------ evaluation
     M("eval-fold-in-not-masked", "recvae/evaluation/harness.py",
-      'scores[r, c] = float("-inf")', "pass", T_EVAL),
+      "exclude=part,", "exclude=None,", T_EVAL),
     M("eval-always-validation-users", "recvae/evaluation/harness.py",
       "heldout: HeldOut = split.held_out(which)", 'heldout: HeldOut = split.held_out("validation")', T_EVAL),
     M("paired-ci-uses-std-not-stderr", "recvae/evaluation/harness.py",
