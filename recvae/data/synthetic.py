@@ -90,18 +90,8 @@ def synthetic_log(config: SyntheticConfig = SyntheticConfig()) -> pd.DataFrame:
     rng = np.random.default_rng(config.seed)
     n_users, n_items, n_tastes = config.n_users, config.n_items, config.n_tastes
 
-    # Zipf popularity over a random permutation of the items.
-    popularity = np.empty(n_items)
-    popularity[rng.permutation(n_items)] = 1.0 / np.arange(1, n_items + 1) ** config.popularity_exponent
-    popularity /= popularity.sum()
-    item_taste = rng.integers(0, n_tastes, size=n_items)
-    item_taste[rng.choice(n_items, size=n_tastes, replace=False)] = np.arange(n_tastes)  # no empty taste
-
-    # Per taste, items sorted by taste with cumulative popularity, for inverse-CDF draws.
-    by_taste = np.argsort(item_taste, kind="stable")
-    taste_start = np.searchsorted(item_taste[by_taste], np.arange(n_tastes + 1))
-    cum_pop = np.cumsum(popularity[by_taste])
-    taste_mass_before = np.concatenate([[0.0], cum_pop])[taste_start]
+    item_taste, by_taste, cum_pop, taste_mass_before = _taste_catalogue(
+        rng, n_items, n_tastes, config.popularity_exponent, normalise=False)
 
     theta = rng.dirichlet(np.full(n_tastes, config.taste_concentration), size=n_users)
     sigma = 0.9
@@ -123,14 +113,7 @@ def synthetic_log(config: SyntheticConfig = SyntheticConfig()) -> pd.DataFrame:
     hi = np.where(on_taste, taste_mass_before[taste + 1], cum_pop[-1])
     item = by_taste[np.minimum(np.searchsorted(cum_pop, lo + v * (hi - lo), side="right"), n_items - 1)]
 
-    # Keep each user's first draw of an item, and at most n_events per user.
-    key = user_of_draw * n_items + item
-    _, first = np.unique(key, return_index=True)
-    first.sort()
-    user_of_draw, item, on_taste = user_of_draw[first], item[first], on_taste[first]
-    rank_in_user = np.arange(len(first)) - np.searchsorted(user_of_draw, user_of_draw)
-    keep = rank_in_user < n_events[user_of_draw]
-    user_of_draw, item = user_of_draw[keep], item[keep]
+    user_of_draw, item = _first_draws(user_of_draw, item, n_events, n_items)
 
     n = len(item)
     start = rng.integers(946_684_800, 1_500_000_000, size=n_users)  # 2000 .. 2017
@@ -227,16 +210,8 @@ def catalogue_interactions(config: CatalogueConfig = CATALOGUE_100K) -> Interact
     rng = np.random.default_rng(config.seed)
     n_users, n_items, n_tastes = config.n_users, config.n_items, config.n_tastes
 
-    popularity = np.empty(n_items)
-    popularity[rng.permutation(n_items)] = 1.0 / np.arange(1, n_items + 1) ** config.popularity_exponent
-    popularity /= popularity.sum()
-    item_taste = rng.integers(0, n_tastes, size=n_items)
-    item_taste[rng.choice(n_items, size=n_tastes, replace=False)] = np.arange(n_tastes)  # no empty taste
-    by_taste = np.argsort(item_taste, kind="stable")
-    taste_start = np.searchsorted(item_taste[by_taste], np.arange(n_tastes + 1))
-    cum_pop = np.cumsum(popularity[by_taste])
-    cum_pop /= cum_pop[-1]
-    taste_mass_before = np.concatenate([[0.0], cum_pop])[taste_start]
+    _, by_taste, cum_pop, taste_mass_before = _taste_catalogue(rng, n_items, n_tastes, config.popularity_exponent,
+                                                               normalise=True)
 
     sigma = 1.0
     mu = np.log(config.events_per_user) - sigma**2 / 2
@@ -261,19 +236,47 @@ def catalogue_interactions(config: CatalogueConfig = CATALOGUE_100K) -> Interact
     item = by_taste[np.minimum(np.searchsorted(cum_pop, lo + v * (hi - lo), side="right"), n_items - 1)]
     del lo, hi, v, on_taste, taste
 
-    # First draw of each (user, item), in draw order; at most n_events per user.
+    user_of_draw, item = _first_draws(user_of_draw, item, n_events, n_items)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(user_of_draw, minlength=n_users))])
+    order = np.lexsort((item, user_of_draw))
+    matrix = sp.csr_matrix((np.ones(len(item), np.float32), item[order].astype(np.int32), indptr),
+                           shape=(n_users, n_items))
+    return Interactions(matrix, np.arange(1, n_users + 1), np.arange(1, n_items + 1))
+
+
+def _taste_catalogue(rng: np.random.Generator, n_items: int, n_tastes: int, exponent: float,
+                     normalise: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Zipf popularity over a random permutation of the items, and one taste per item (none empty).
+
+    Returns ``item_taste``; ``by_taste``, the items sorted by taste; ``cum_pop``, the cumulative
+    popularity in that order (scaled to end at exactly 1 when ``normalise``); and
+    ``taste_mass_before``, where each taste's span of ``cum_pop`` starts (n_tastes + 1 entries),
+    for inverse-CDF draws of an item within a taste or over the whole catalogue.
+    """
+    popularity = np.empty(n_items)
+    popularity[rng.permutation(n_items)] = 1.0 / np.arange(1, n_items + 1) ** exponent
+    popularity /= popularity.sum()
+    item_taste = rng.integers(0, n_tastes, size=n_items)
+    item_taste[rng.choice(n_items, size=n_tastes, replace=False)] = np.arange(n_tastes)  # no empty taste
+    by_taste = np.argsort(item_taste, kind="stable")
+    taste_start = np.searchsorted(item_taste[by_taste], np.arange(n_tastes + 1))
+    cum_pop = np.cumsum(popularity[by_taste])
+    if normalise:
+        cum_pop /= cum_pop[-1]
+    return item_taste, by_taste, cum_pop, np.concatenate([[0.0], cum_pop])[taste_start]
+
+
+def _first_draws(user_of_draw: np.ndarray, item: np.ndarray, n_events: np.ndarray,
+                 n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's first draw of each item, in draw order, and at most ``n_events[user]`` of them
+    (draws come grouped by user, so extra draws make up for the repeats dropped)."""
     key = user_of_draw * n_items + item
     _, first = np.unique(key, return_index=True)
     first.sort()
     user_of_draw, item = user_of_draw[first], item[first]
     rank_in_user = np.arange(len(first)) - np.searchsorted(user_of_draw, user_of_draw)
     keep = rank_in_user < n_events[user_of_draw]
-    user_of_draw, item = user_of_draw[keep], item[keep]
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(user_of_draw, minlength=n_users))])
-    order = np.lexsort((item, user_of_draw))
-    matrix = sp.csr_matrix((np.ones(len(item), np.float32), item[order].astype(np.int32), indptr),
-                           shape=(n_users, n_items))
-    return Interactions(matrix, np.arange(1, n_users + 1), np.arange(1, n_items + 1))
+    return user_of_draw[keep], item[keep]
 
 
 def _row_searchsorted(cdf: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
