@@ -195,8 +195,7 @@ def run_cell(args: argparse.Namespace, stage: str, n_items: int, mode: str | Non
                *_shared_flags(args)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        return [{"label": label, "skipped": f"failed: {last[:160]}"}]
+        return [{"label": label, "skipped": f"failed: {train_bench._last_line(done, width=160)}"}]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -178,9 +178,9 @@ def run_cell(args: argparse.Namespace, n_items: int, mode: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _last_line(done: subprocess.CompletedProcess) -> str:
+def _last_line(done: subprocess.CompletedProcess, width: int = 120) -> str:
     """The child's last line of stderr, or its exit status when it wrote none (killed by the OOM killer)."""
-    return (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1][:120]
+    return (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1][:width]
 
 
 def table(results: list[dict]) -> str:
