@@ -11,6 +11,30 @@ def shared_datasets() -> Path:
     return SHARED_DATASETS
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a whole test module (``pytestmark = pytest.mark.usefixtures(...)``).
+
+    The tests' models are tiny and the cores shared, so more threads only contend; twin
+    runs that compare weights exactly also need the same thread count.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """A single-threaded BLAS for a whole test module: on shared cores more threads only contend."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):
+        yield
+
+
 def shared_file(relative: str) -> Path:
     path = SHARED_DATASETS / relative
     if not path.exists():

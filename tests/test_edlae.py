@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
 from recvae.data.splits import strong_generalization
 from recvae.data.synthetic import SyntheticConfig, synthetic_interactions
@@ -16,11 +15,8 @@ from recvae.models.baselines import BASELINES, ease_memory_bytes, edlae_weights,
 from recvae.models.files import ModelFileError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    # The test machine's cores are shared: a multi-threaded BLAS only contends for them.
-    with threadpool_limits(1, "blas"):
-        yield
+# The test machine's cores are shared: a multi-threaded BLAS only contends for them.
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")

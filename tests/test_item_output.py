@@ -38,12 +38,7 @@ from recvae.training.loop import _differences
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rows(seed: int = 0, n: int = 9, items: int = 203, density: float = 0.05) -> SparseRows:

@@ -1,7 +1,5 @@
 """The joint VAE + item-item linear model: its constraint, its gradients, its special cases, its value."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -15,19 +13,12 @@ from recvae.models.joint import JointVAE
 from recvae.models.rec_vae import RecVAE
 from recvae.nn.joint import JointVAEConfig, JointVAENet
 from recvae.nn.sparse import DeviceCSR
-from recvae.training import TrainingConfig
-from recvae.training.rec_vae import _train_phase
 
 FAST = dict(epochs=6, batch_size=100, progress=False, seed=0)
 SMALL = dict(hidden_dim=64, latent_dim=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

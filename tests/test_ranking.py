@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-from threadpoolctl import threadpool_limits
 
 from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions, synthetic_log
 from recvae.evaluation import evaluate, evaluate_heldout, top_k_for_rows
@@ -29,7 +28,7 @@ from recvae.evaluation.ranking import (
     top_k_blocks,
 )
 from recvae.models import make_model
-from recvae.models.base import rank_in_blocks, rank_items
+from recvae.models.base import rank_items
 from recvae.runs import Run
 
 TORCH_SMALL = {"epochs": 1, "batch_size": 100, "progress": False, "seed": 0}
@@ -58,13 +57,7 @@ MODELS = {
 EXACT = {"popularity", "ease", "edlae", "sparse-ease", "itemknn", "blend"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1, "blas"):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "one_blas_thread")
 
 
 @pytest.fixture(scope="module")

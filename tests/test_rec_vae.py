@@ -22,13 +22,8 @@ FAST = TrainingConfig(epochs=8, batch_size=100, lr=5e-4, progress=False, seed=0)
 SMALL = RecVAEConfig(hidden_dim=64, latent_dim=16)  # for the tests that fit several times
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The machine is shared; on 2 busy cores one thread is many times faster than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The machine is shared; on 2 busy cores one thread is many times faster than two.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,7 @@ ARCH = RecVAEConfig(hidden_dim=32, n_layers=2, latent_dim=8, encoder_epochs=2, d
 BASE = TrainingConfig(epochs=2, batch_size=50, lr=1e-2, progress=False, seed=0, device="cpu", eval_k=20)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
 from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
 from recvae.evaluation import evaluate
@@ -14,10 +13,7 @@ from recvae.models import sparse_ease as module
 from recvae.models.baselines import BASELINES, load_baseline, sparse_ease_memory_bytes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    with threadpool_limits(1, "blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,8 @@ BASE = TrainingConfig(epochs=3, batch_size=50, lr=1e-2, progress=False, seed=0, 
                       anneal=AnnealConfig(kind="constant", cap=0.2))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On 2 shared cores one thread is faster, and the twin runs below compare weights exactly.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# On 2 shared cores one thread is faster, and the twin runs below compare weights exactly.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

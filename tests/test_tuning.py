@@ -7,7 +7,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
 import recvae.tuning as tuning
 from recvae.data.splits import HeldOut, strong_generalization
@@ -17,10 +16,7 @@ from recvae.models.baselines import EASE, Popularity
 from recvae.tuning import GridSearchResult, grid_search, parameter_grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    with threadpool_limits(1, "blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 class _Untouchable:

@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from threadpoolctl import threadpool_limits
 
 import recvae.training.loop as loop
 import recvae.tuning as tuning
@@ -42,13 +40,7 @@ TINY_VAE = {"epochs": 6, "hidden_dims": (), "latent_dim": 16, "batch_size": 100,
             "progress": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only contend on a shared machine
-    with threadpool_limits(1, "blas"):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "one_blas_thread")
 
 
 @pytest.fixture(scope="module")
