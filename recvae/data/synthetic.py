@@ -35,6 +35,14 @@ __all__ = ["SyntheticConfig", "ML1M_SHAPE", "ML20M_SHAPE", "synthetic_log", "syn
            "CatalogueConfig", "CATALOGUE_100K", "CATALOGUE_1M", "catalogue_interactions"]
 
 
+def _check_shape(n_users: int, n_items: int, n_tastes: int) -> None:
+    """The users, items and tastes a generator can draw: every taste needs an item."""
+    if n_users < 1 or n_items < 2 or n_tastes < 1:
+        raise ValueError("need n_users >= 1, n_items >= 2 and n_tastes >= 1")
+    if n_tastes > n_items:
+        raise ValueError(f"n_tastes ({n_tastes}) cannot exceed n_items ({n_items})")
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Shape and structure of a synthetic log.
@@ -63,10 +71,7 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_users < 1 or self.n_items < 2 or self.n_tastes < 1:
-            raise ValueError("need n_users >= 1, n_items >= 2 and n_tastes >= 1")
-        if self.n_tastes > self.n_items:
-            raise ValueError(f"n_tastes ({self.n_tastes}) cannot exceed n_items ({self.n_items})")
+        _check_shape(self.n_users, self.n_items, self.n_tastes)
         if not 0.0 <= self.on_taste_share <= 1.0:
             raise ValueError("on_taste_share must lie in [0, 1]")
         if self.mean_events_per_user < 5:
@@ -173,10 +178,7 @@ class CatalogueConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_users < 1 or self.n_items < 2 or self.n_tastes < 1:
-            raise ValueError("need n_users >= 1, n_items >= 2 and n_tastes >= 1")
-        if self.n_tastes > self.n_items:
-            raise ValueError(f"n_tastes ({self.n_tastes}) cannot exceed n_items ({self.n_items})")
+        _check_shape(self.n_users, self.n_items, self.n_tastes)
         if not 1 <= self.min_events <= self.events_per_user <= self.max_events:
             raise ValueError("need 1 <= min_events <= events_per_user <= max_events")
         if self.max_events > self.n_items:
