@@ -86,7 +86,7 @@ from recvae.training import (
     train_step,
 )
 
-from decoder_bound import DecoderMatmuls
+from decoder_bound import DecoderMatmuls, DenseLayerMatmuls
 
 ROOT = Path(__file__).resolve().parents[1]
 ML1M_FILE = ROOT.parent / "shared" / "datasets" / "ml-1m-implicit" / "ratings.csv.gz"
@@ -196,6 +196,7 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool,
     batches = [b for b in order.split(BATCH) if len(b) == BATCH] or [order]
     batch_size = len(batches[0])
     matmuls = DecoderMatmuls(batch_size, HIDDEN, n_items, device)
+    layer_matmuls = DenseLayerMatmuls(batch_size, [sparse_net.encoder, sparse_net.decoder[:-1]], device)
     # RecVAE: one batch's share of an epoch is 3 encoder-phase steps and 1 decoder-phase step;
     # its decoder is latent (200) x I, and each phase skips the frozen part's gradients.
     recvae_config = RecVAEConfig()
@@ -205,6 +206,9 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool,
     recvae_optimizers = {part: make_optimizer(getattr(recvae_net, part).parameters(), TrainingConfig(lr=5e-4))
                          for part in ("encoder", "decoder")}
     recvae_matmuls = DecoderMatmuls(batch_size, recvae_config.latent_dim, n_items, device)
+    # Its encoder's dense layers: 3 forward and backward passes (encoder phases) and 1 forward
+    # (the decoder phase's frozen posterior, which doubles as the refreshed prior's).
+    recvae_layer_matmuls = DenseLayerMatmuls(batch_size, [recvae_net.encoder], device)
     # As train_recvae: encoder passes, the prior refreshed, decoder passes, with the prior's posteriors
     # kept per user. RecVAE always takes the same batch, whose posteriors the previous repetition's
     # decoder pass kept: the cache's steady state in training (the first repetition fills it, untimed).
@@ -252,7 +256,7 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool,
                      passes=recvae_config.decoder_epochs, batch_size=len(batch), precision=precision,
                      prior=o["recvae prior"])
 
-    kinds = ("sparse", "dense", "bound", "recvae", "recvae bound")
+    kinds = ("sparse", "dense", "bound", "layers", "recvae", "recvae bound", "recvae layers")
     # timing keys: the fp32 kinds as they are; another precision's as "<kind> <precision>", e.g. "sparse bf16"
     keys = {kind: (kind, "fp32") for kind in kinds}
     groups = [kinds]
@@ -284,6 +288,12 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool,
                     _sync(device)
             elif kind == "bound":
                 matmuls.run()
+            elif kind == "layers":
+                layer_matmuls.run()
+            elif kind == "recvae layers":
+                recvae_layer_matmuls.run(forward=recvae_config.encoder_epochs + recvae_config.decoder_epochs,
+                                         grad_input=recvae_config.encoder_epochs,
+                                         grad_weight=recvae_config.encoder_epochs)
             elif kind == "recvae bound":
                 recvae_matmuls.run(forward=recvae_config.encoder_epochs + recvae_config.decoder_epochs,
                                    grad_input=recvae_config.encoder_epochs, grad_weight=recvae_config.decoder_epochs)
@@ -340,11 +350,17 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool,
         "dense-input / decoder bound": mean["dense"] / mean["bound"],
         "dense-input / sparse": mean["dense"] / mean["sparse"],
         "decoder matmul GFLOP/s": matmuls.flops / mean["bound"] / 1e9,
+        "dense layers s/step": mean["layers"],
+        "all-matmul bound s/step": mean["bound"] + mean["layers"],
+        "sparse / all-matmul bound": mean["sparse"] / (mean["bound"] + mean["layers"]),
         "RecVAE s/batch (3 encoder + 1 decoder steps)": mean["recvae"],
         "RecVAE decoder bound s/batch": mean["recvae bound"],
         "RecVAE s/epoch (extrapolated)": mean["recvae"] * steps_per_epoch,
         "RecVAE decoder bound s/epoch (extrapolated)": mean["recvae bound"] * steps_per_epoch,
         "RecVAE / decoder bound": mean["recvae"] / mean["recvae bound"],
+        "RecVAE encoder dense layers s/batch": mean["recvae layers"],
+        "RecVAE all-matmul bound s/batch": mean["recvae bound"] + mean["recvae layers"],
+        "RecVAE / all-matmul bound": mean["recvae"] / (mean["recvae bound"] + mean["recvae layers"]),
         "precisions": list(precisions),
         "eval users": split.test.n_users,
         "eval seconds": eval_seconds,
@@ -407,6 +423,9 @@ ROWS = [  # (label, key, format)
     ("Mult-VAE step, dense input (s)", "dense-input s/step", "{:.4f}"),
     ("decoder matmul bound (s/step)", "decoder bound s/step", "{:.4f}"),
     ("sparse / decoder bound", "sparse / decoder bound", "{:.2f}x"),
+    ("other dense layers' matmuls (s/step)", "dense layers s/step", "{:.4f}"),
+    ("all-matmul bound: decoder + dense layers (s/step)", "all-matmul bound s/step", "{:.4f}"),
+    ("sparse / all-matmul bound", "sparse / all-matmul bound", "{:.2f}x"),
     ("dense input / decoder bound", "dense-input / decoder bound", "{:.2f}x"),
     ("dense input / sparse", "dense-input / sparse", "{:.2f}x"),
     ("s/epoch sparse (extrapolated)", "sparse s/epoch (extrapolated)", "{:.3g}"),
@@ -416,6 +435,9 @@ ROWS = [  # (label, key, format)
     ("RecVAE, one batch's epoch: 3 encoder + 1 decoder steps (s)", "RecVAE s/batch (3 encoder + 1 decoder steps)", "{:.4f}"),
     ("RecVAE decoder matmul bound (s/batch)", "RecVAE decoder bound s/batch", "{:.4f}"),
     ("RecVAE / its decoder bound", "RecVAE / decoder bound", "{:.2f}x"),
+    ("RecVAE encoder dense layers' matmuls (s/batch)", "RecVAE encoder dense layers s/batch", "{:.4f}"),
+    ("RecVAE all-matmul bound: decoder + encoder layers (s/batch)", "RecVAE all-matmul bound s/batch", "{:.4f}"),
+    ("RecVAE / its all-matmul bound", "RecVAE / all-matmul bound", "{:.2f}x"),
     ("RecVAE s/epoch (extrapolated)", "RecVAE s/epoch (extrapolated)", "{:.3g}"),
     ("RecVAE s/epoch decoder bound (extrapolated)", "RecVAE decoder bound s/epoch (extrapolated)", "{:.3g}"),
     ("evaluation users/s (top-100, seen masked)", "eval users/s (top-100, seen masked)", "{:,.0f}"),
@@ -541,6 +563,11 @@ def main() -> None:
              "logits, 3 input gradients (encoder phases, decoder frozen) and 1 weight gradient (decoder phase), "
              "B x 200 x I each; RecVAE runs as `train_recvae` does (prior refreshed between the phases, the prior's "
              "posteriors kept per user), on one batch throughout (the cache's steady state).\n"
+             "- All-matmul bound: the decoder bound plus the three matmuls of every other dense layer at the net's "
+             "own shapes (Mult-VAE: 600 x 400 and 200 x 600; RecVAE: four 600 x 600 layers and two 600 x 200 heads, "
+             "3 forward and backward passes and 1 forward per batch and epoch), on random operands. It leaves out "
+             "the sparse input layer's gather and scatter, which are not matmuls: a step cannot run faster than "
+             "this bound, and its distance from it is the non-matmul work.\n"
              + ("- bf16: the same Mult-VAE sparse step (`train_step(..., precision=\"bf16\")`) and RecVAE batch "
                 "epoch (`_train_phase(..., precision=\"bf16\")`) under the trainer's bf16 autocast, each with its "
                 "own nets (the fp32 ones' starting weights), optimizers, generator and prior cache; its decoder bounds "

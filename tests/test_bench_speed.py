@@ -59,6 +59,18 @@ def test_speed_benchmark_quick_writes_fp32_and_bf16_rows_with_their_ratios(tmp_p
     assert abs(shape["bf16 / fp32 sparse s/step"] - shape["bf16 sparse s/step"] / shape["sparse s/step"]) < 1e-9
     assert abs(shape["bf16 RecVAE / decoder bound"] - shape["bf16 RecVAE s/batch (3 encoder + 1 decoder steps)"]
                / shape["bf16 RecVAE decoder bound s/batch"]) < 1e-9
+    # the all-matmul bounds add the dense layers' matmuls to the decoder's, so they are larger and their
+    # ratios smaller; each ratio is of the figures beside it
+    for step, decoder, layers, bound, ratio in [
+            ("sparse s/step", "decoder bound s/step", "dense layers s/step", "all-matmul bound s/step",
+             "sparse / all-matmul bound"),
+            ("RecVAE s/batch (3 encoder + 1 decoder steps)", "RecVAE decoder bound s/batch",
+             "RecVAE encoder dense layers s/batch", "RecVAE all-matmul bound s/batch", "RecVAE / all-matmul bound")]:
+        assert shape[layers] > 0 and abs(shape[bound] - shape[decoder] - shape[layers]) < 1e-12, bound
+        assert abs(shape[ratio] - shape[step] / shape[bound]) < 1e-9, ratio
+    for label in ("all-matmul bound: decoder + dense layers (s/step)", "sparse / all-matmul bound",
+                  "RecVAE all-matmul bound: decoder + encoder layers (s/batch)", "RecVAE / its all-matmul bound"):
+        assert _number(rows[label][0]) > 0, label
 
 
 def test_fp32_kinds_keep_their_order_beside_other_precisions():
