@@ -530,8 +530,12 @@ def _defaults_in_space(make_model: Callable[..., Recommender], fixed: Mapping[st
         else:
             continue
         if isinstance(dim, Choices):
-            if any(value == option for option in dim.options):
-                start[name] = value
+            if _scalar_choices(dim.options):
+                if any(value == option for option in dim.options):
+                    start[name] = value
+            elif _choice_label(value) in {_choice_label(option) for option in dim.options}:
+                # optuna holds list choices as their labels, and the default (600,) is the option [600]
+                start[name] = _choice_label(value)
         elif (isinstance(value, (int, float)) and not isinstance(value, bool) and dim.low <= value <= dim.high
               and (dim.step is None or abs((value - dim.low) / dim.step - round((value - dim.low) / dim.step)) < 1e-9)):
             start[name] = value
@@ -544,11 +548,19 @@ def _suggest(trial, name: str, dim: Range | Choices) -> Any:
             return trial.suggest_int(name, dim.low, dim.high, step=dim.step or 1, log=dim.log)
         return trial.suggest_float(name, dim.low, dim.high, step=dim.step, log=dim.log)
     options = list(dim.options)
-    if all(o is None or isinstance(o, (bool, int, float, str)) for o in options):
+    if _scalar_choices(options):
         return trial.suggest_categorical(name, options)
-    # optuna's choices are scalars: lists and tables (e.g. hidden_dims) are chosen by their JSON text
-    labels = [json.dumps(o, sort_keys=True, default=str) for o in options]
+    labels = [_choice_label(o) for o in options]
     return options[labels.index(trial.suggest_categorical(name, labels))]
+
+
+def _scalar_choices(options: Sequence[Any]) -> bool:
+    return all(o is None or isinstance(o, (bool, int, float, str)) for o in options)
+
+
+def _choice_label(option: Any) -> str:
+    """How optuna holds a list or table choice (e.g. hidden_dims), whose choices must be scalars: its JSON text."""
+    return json.dumps(option, sort_keys=True, default=str)
 
 
 def _sampler(optuna, sampler: str, seed: int, n_trials: int):

@@ -368,3 +368,14 @@ def test_the_first_trial_is_the_model_recipe_when_it_lies_in_the_space(split):
     off = optuna_search(EASE, {"l2": {"low": 10.0, "high": 5000.0, "log": True}}, split, n_trials=2,
                         sampler="random", seed=3, progress=False, start_from_defaults=False)
     assert 500.0 not in set(outside.trials["l2"]) | set(off.trials["l2"])
+
+
+def test_a_list_choice_holding_the_default_starts_there(split):
+    # Mult-VAE's default hidden_dims (600,) is the TOML option [600]: the first trial takes it (optuna holds
+    # list choices by their JSON labels, which the enqueued start must use too), later trials sample.
+    space = {"hidden_dims": [[16], [600], [32]], "lr": {"low": 1e-3, "high": 3e-3, "log": True}}
+    result = optuna_search(MultVAE, space, split, n_trials=3, sampler="random", seed=0, progress=False,
+                           fixed={"epochs": 1, "latent_dim": 8, "progress": False})
+    assert list(result.trials["hidden_dims"].iloc[0]) == [600]
+    assert result.trials["lr"].iloc[0] == MultVAE().get_params()["lr"]
+    assert {tuple(v) for v in result.trials["hidden_dims"]} <= {(16,), (600,), (32,)}
