@@ -10,7 +10,7 @@ MODULES = ["recvae.training", "recvae.evaluation", "recvae.tuning", "recvae.dist
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
 def test_each_module_imports_first():

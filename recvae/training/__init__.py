@@ -31,6 +31,7 @@ from recvae.training.loop import (
     data_fingerprint,
 )
 from recvae.training.rec_vae import train_recvae
+from recvae.training.host_memory import retained_host_memory
 
 __all__ = [
     "TrainingConfig",
@@ -57,4 +58,5 @@ __all__ = [
     "run_fingerprint",
     "data_fingerprint",
     "train_recvae",
+    "retained_host_memory",
 ]

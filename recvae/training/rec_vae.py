@@ -25,6 +25,7 @@ from recvae.distributed import DistributedContext, all_reduce_sum, parallel_cont
 from recvae.nn.rec_vae import RecVAENet
 from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.storage import CHECKPOINT_FIX, ModelFileError
+from recvae.training.host_memory import retained_host_memory
 from recvae.training.loop import (
     EpochCallback,
     TrainingConfig,
@@ -255,6 +256,12 @@ def train_recvae(
     History: ``loss``/``nll``/``kl`` are the decoder passes' means (no dropout, refreshed
     prior), ``encoder_loss`` the encoder passes' mean, ``beta`` the mean beta_u.
     """
+    with retained_host_memory(config.retain_host_memory and device.type == "cpu"):
+        return _train_recvae(net, train, validation, config, device, on_epoch=on_epoch)
+
+
+def _train_recvae(net: RecVAENet, train: sp.csr_matrix, validation: HeldOut | None, config: TrainingConfig,
+                  device: torch.device, *, on_epoch: EpochCallback | None = None) -> TrainingResult:
     ctx = parallel_context()
     if ctx is not None:
         check_parallel_device(ctx, device)
