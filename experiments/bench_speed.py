@@ -82,6 +82,7 @@ from recvae.training import (
     cpu_has_native_bf16,
     make_optimizer,
     resolve_device,
+    retained_host_memory,
     sparse_rows,
     train_step,
 )
@@ -406,7 +407,10 @@ def child(args: argparse.Namespace) -> None:
     if "bf16" in precisions and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         print(f"{args.child}: this GPU has no bf16; its rows are left out", flush=True)
         precisions = tuple(p for p in precisions if p != "bf16")
-    figures = measure(args.child, args.steps, device, args.quick, precisions)
+    # as the trainers do (TrainingConfig.retain_host_memory), unless the run compares glibc's default
+    with retained_host_memory(device.type == "cpu" and not args.release_host_memory) as retained:
+        figures = measure(args.child, args.steps, device, args.quick, precisions)
+    figures["host memory retained"] = retained
     Path(args.result_file).write_text(json.dumps(figures, indent=1))
 
 
@@ -514,6 +518,9 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
                         help="precisions of the Mult-VAE sparse step, the RecVAE batch epoch and their decoder "
                              "bounds (default: fp32 bf16); fp32, the baseline, must be one")
+    parser.add_argument("--release-host-memory", action="store_true",
+                        help="time with glibc's default allocator behaviour (large blocks unmapped when freed) "
+                             "instead of the trainers' retain_host_memory; writes speed_released.md")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "experiments" / "results")
     parser.add_argument("--child", choices=SHAPES, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
@@ -538,6 +545,7 @@ def main() -> None:
                        "--device", args.device, "--result-file", str(result_file), "--precisions", *args.precisions]
             command += ["--threads", str(args.threads)] if args.threads else []
             command += ["--quick"] if args.quick else []
+            command += ["--release-host-memory"] if args.release_host_memory else []
             started = time.perf_counter()
             subprocess.run(command, check=True, cwd=Path(__file__).resolve().parent)
             results[shape] = json.loads(result_file.read_text())
@@ -555,7 +563,10 @@ def main() -> None:
               f"{args.steps} timed steps of each kind after {WARMUP} untimed, interleaved with rotating order (each "
               "precision's kinds too, dealt round-robin). Seconds per epoch = mean step time x batches "
               "per epoch (extrapolated, not a timed epoch). Each shape ran in its own subprocess; its peak RSS "
-              "includes building the data. Read ratios, not seconds: the machine may be shared.\n")
+              "includes building the data. Host memory: "
+              + ("glibc's default (`--release-host-memory`: large blocks unmapped when freed)" if args.release_host_memory
+                 else "freed memory kept for reuse, as the trainers do on the CPU (`retain_host_memory`)")
+              + ". Read ratios, not seconds: the machine may be shared.\n")
     notes = ("\n- Sparse: recvae's trainer step (`DeviceCSR` batch, `train_step`, fused Adam). Dense input: the same "
              "step with the batch densified to B x I, normalised and dropped out densely, and a dense first layer "
              "with the same starting weights.\n- Decoder bound: the output layer's forward and two backward matmuls "
@@ -579,7 +590,7 @@ def main() -> None:
              f"(RUSAGE_CHILDREN): {_gib(children_peak)}.\n")
     print("\n" + header + "\n" + text + "\n" + notes)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "speed_quick" if args.quick else "speed"
+    stem = ("speed_quick" if args.quick else "speed") + ("_released" if args.release_host_memory else "")
     payload = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                         if k not in ("child", "result_file")},
                "torch": torch.__version__, "cpu capability": cpu_capability, "cpu native bf16": native_bf16,

@@ -2,6 +2,7 @@
 rot between the runs at the ML-1M and ML-20M shapes."""
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,8 @@ def test_speed_benchmark_quick_writes_fp32_and_bf16_rows_with_their_ratios(tmp_p
     assert isinstance(figures["cpu capability"], str) and isinstance(figures["cpu native bf16"], bool)
     shape = figures["shapes"]["ml-1m"]
     assert shape["precisions"] == ["fp32", "bf16"]
+    assert shape["host memory retained"] is (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+    assert "Host memory: freed memory kept for reuse" in text
     for _, key in BF16_ROWS:
         assert shape[key] > 0, key
     # the ratios are of the figures beside them

@@ -12,8 +12,10 @@ bound instead of 1.21x (``experiments/bench_speed.py``).
 
 :func:`retained_host_memory` switches glibc's use of ``mmap`` off and raises its trim
 threshold while training runs, so a freed block goes back to the heap and the next
-step reuses its pages; on leaving, both settings return to glibc's defaults and
-``malloc_trim(0)`` gives the free pages back to the system. The allocator is one per
+step reuses its pages; on leaving, ``mmap`` is back on, its threshold and the trim
+threshold are those glibc's dynamic adjustment reaches for large blocks (32 and 64
+MiB: setting any of them ends that adjustment for the process), and ``malloc_trim(0)``
+gives the free pages back to the system. The allocator is one per
 process, so the settings are process-wide while any training holds them (nested and
 concurrent trainings share one count). Elsewhere (another C library, another
 platform) it does nothing.
@@ -33,11 +35,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["retained_host_memory"]
 
-# mallopt parameters and glibc's defaults (malloc.h, malloc.c)
+# mallopt parameters (malloc.h); glibc's default mmap count, and the largest mmap threshold its dynamic
+# adjustment reaches on 64-bit systems, with the trim threshold it pairs with it (malloc.c)
 _M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _DEFAULT_MMAP_MAX = 65536
-_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+_RELEASED_MMAP_THRESHOLD = 32 * 2**20
+_RELEASED_TRIM_THRESHOLD = 64 * 2**20
 # Only a free top of the heap larger than this goes back to the system during training: C int's maximum.
 _TRAINING_TRIM_THRESHOLD = 2**31 - 1
 
@@ -55,8 +60,12 @@ def _glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
-def _set(libc: ctypes.CDLL, mmap_max: int, trim_threshold: int) -> bool:
-    return bool(libc.mallopt(_M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+def _set(libc: ctypes.CDLL, retained: bool) -> bool:
+    if retained:
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRAINING_TRIM_THRESHOLD))
+    return (bool(libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX))
+            and bool(libc.mallopt(_M_MMAP_THRESHOLD, _RELEASED_MMAP_THRESHOLD))
+            and bool(libc.mallopt(_M_TRIM_THRESHOLD, _RELEASED_TRIM_THRESHOLD)))
 
 
 @contextmanager
@@ -73,8 +82,8 @@ def retained_host_memory(enabled: bool = True) -> Iterator[bool]:
         yield False
         return
     with _lock:
-        if _holders == 0 and not _set(libc, 0, _TRAINING_TRIM_THRESHOLD):
-            _set(libc, _DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD)
+        if _holders == 0 and not _set(libc, retained=True):
+            _set(libc, retained=False)
             logger.debug("mallopt refused; host memory is released as usual")
             libc = None
         else:
@@ -88,5 +97,6 @@ def retained_host_memory(enabled: bool = True) -> Iterator[bool]:
         with _lock:
             _holders -= 1
             if _holders == 0:
-                _set(libc, _DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD)
+                _set(libc, retained=False)
                 libc.malloc_trim(0)
+
