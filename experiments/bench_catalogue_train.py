@@ -45,7 +45,8 @@ import torch
 from recvae.nn.annealing import AnnealConfig
 from recvae.nn.sparse import DeviceCSR
 from recvae.nn.vae import VAE, VAEConfig
-from recvae.training import TrainingConfig, make_optimizer, prepare_item_training, train_step
+from recvae.training import (TrainingConfig, make_optimizer, prepare_item_training, retained_host_memory,
+                              train_step)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decoder_bound import DecoderMatmuls  # noqa: E402  (a sibling script, not a package)
@@ -132,7 +133,8 @@ def child(args: argparse.Namespace, n_items: int, mode: str) -> dict:
                        negative_sampler="popularity")
     training = TrainingConfig(batch_size=BATCH, device=args.device, precision="fp32", progress=False,
                               anneal=AnnealConfig(kind="constant", cap=0.2), sparse_item_updates="+sparse" in mode,
-                              item_moments="bf16" if mode.endswith("+bf16moments") else "fp32")
+                              item_moments="bf16" if mode.endswith("+bf16moments") else "fp32",
+                              retain_host_memory=not getattr(args, "release_host_memory", False))
     started = time.perf_counter()
     net = VAE(n_items, config).to(device).train()
     prepare_item_training(net, matrix, training, None)
@@ -142,16 +144,17 @@ def child(args: argparse.Namespace, n_items: int, mode: str) -> dict:
     generator = torch.Generator(device=device).manual_seed(0)
     order = torch.randperm(matrix.shape[0], generator=generator, device=device)
     times = []
-    for step in range(args.steps + 1):  # the first step is a warm-up (optimizer state, allocator)
-        batch = data.rows(order[(step * BATCH) % (matrix.shape[0] - BATCH):][:BATCH])
-        _sync(device)
-        started = time.perf_counter()
-        parts = train_step(net, optimizer, batch, 0.2, generator, device)
-        _sync(device)
-        if step:
-            times.append(time.perf_counter() - started)
-        if not torch.isfinite(parts["loss"]):
-            raise FloatingPointError(f"{mode} at {n_items} items: non-finite loss")
+    with retained_host_memory(training.retain_host_memory and device.type == "cpu"):  # as the trainers do
+        for step in range(args.steps + 1):  # the first step is a warm-up (optimizer state, allocator)
+            batch = data.rows(order[(step * BATCH) % (matrix.shape[0] - BATCH):][:BATCH])
+            _sync(device)
+            started = time.perf_counter()
+            parts = train_step(net, optimizer, batch, 0.2, generator, device)
+            _sync(device)
+            if step:
+                times.append(time.perf_counter() - started)
+            if not torch.isfinite(parts["loss"]):
+                raise FloatingPointError(f"{mode} at {n_items} items: non-finite loss")
     return {"items": n_items, "mode": mode, "step_ms": 1000 * statistics.median(times),
             "peak_rss_mb": peak_rss_mb(), "peak_device_mb": _peak_device_mb(device), "build_s": build_s,
             "nll": float(parts["nll"].detach())}
@@ -172,6 +175,8 @@ def run_cell(args: argparse.Namespace, n_items: int, mode: str) -> dict:
                "--negatives", str(args.negatives), "--device", args.device]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.release_host_memory:
+        command += ["--release-host-memory"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"items": n_items, "mode": mode, "skipped": f"failed: {_last_line(done)}"}
@@ -216,6 +221,9 @@ def main() -> None:
                         help="run the cells in this process (saves an interpreter start per cell; the peak RSS "
                              "is then the process's running peak, not each cell's)")
     parser.add_argument("--out", help="also write the table to this Markdown file")
+    parser.add_argument("--release-host-memory", action="store_true",
+                        help="train with retain_host_memory=False (glibc's default: large blocks unmapped when "
+                             "freed) instead of the trainers' default")
     parser.add_argument("--child-items", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-mode", choices=(*MODES, "bound"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -234,7 +242,8 @@ def main() -> None:
     header = (f"Mult-VAE I-600-200-600-I training step on {args.device}, batch {BATCH}, fp32, CPU threads "
               f"{args.threads or torch.get_num_threads()}, median of {args.steps} steps after 1 warm-up; "
               f"chunk {args.chunk}, {args.negatives} popularity negatives; {args.users} synthetic users "
-              f"x ~50 items; {'peak RSS is the running peak of one process' if args.in_process else 'each cell in its own subprocess'}.\n\n")
+              f"x ~50 items; {'peak RSS is the running peak of one process' if args.in_process else 'each cell in its own subprocess'}; "
+              f"host memory {'released (glibc default)' if args.release_host_memory else 'retained while training (the default)'}.\n\n")
     text = header + table(results)
     print(text)
     if args.out:
