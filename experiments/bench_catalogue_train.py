@@ -120,10 +120,12 @@ def child(args: argparse.Namespace, n_items: int, mode: str) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if mode == "bound":
-        matmuls = DecoderMatmuls(BATCH, HIDDEN, n_items, device)
-        matmuls.run()
-        times = [matmuls.seconds() for _ in range(args.steps)]
+    retain = not getattr(args, "release_host_memory", False) and device.type == "cpu"
+    if mode == "bound":  # under the steps' host-memory setting: its outputs are allocated each run too
+        with retained_host_memory(retain):
+            matmuls = DecoderMatmuls(BATCH, HIDDEN, n_items, device)
+            matmuls.run()
+            times = [matmuls.seconds() for _ in range(args.steps)]
         return {"items": n_items, "mode": mode, "step_ms": 1000 * statistics.median(times), "peak_rss_mb": peak_rss_mb(),
                 "peak_device_mb": _peak_device_mb(device)}
     matrix = synthetic_rows(args.users, n_items)
@@ -134,7 +136,7 @@ def child(args: argparse.Namespace, n_items: int, mode: str) -> dict:
     training = TrainingConfig(batch_size=BATCH, device=args.device, precision="fp32", progress=False,
                               anneal=AnnealConfig(kind="constant", cap=0.2), sparse_item_updates="+sparse" in mode,
                               item_moments="bf16" if mode.endswith("+bf16moments") else "fp32",
-                              retain_host_memory=not getattr(args, "release_host_memory", False))
+                              retain_host_memory=retain)
     started = time.perf_counter()
     net = VAE(n_items, config).to(device).train()
     prepare_item_training(net, matrix, training, None)
@@ -144,7 +146,7 @@ def child(args: argparse.Namespace, n_items: int, mode: str) -> dict:
     generator = torch.Generator(device=device).manual_seed(0)
     order = torch.randperm(matrix.shape[0], generator=generator, device=device)
     times = []
-    with retained_host_memory(training.retain_host_memory and device.type == "cpu"):  # as the trainers do
+    with retained_host_memory(training.retain_host_memory):  # as the trainers do
         for step in range(args.steps + 1):  # the first step is a warm-up (optimizer state, allocator)
             batch = data.rows(order[(step * BATCH) % (matrix.shape[0] - BATCH):][:BATCH])
             _sync(device)

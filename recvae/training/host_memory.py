@@ -5,10 +5,11 @@ glibc's malloc serves every block above its mmap threshold (at most 32 MiB, a bo
 step at ML-20M's 20k items allocates and frees several such blocks -- the B x I logits
 and their softmax (40 MB each at a batch of 500), the items x 600 gradients (48 MB
 each) -- so every step faults their pages in again, and the kernel zeroes each 4 KiB
-page on the way. Measured with one thread on the ML-20M shape, that made the
-softmax 3x, the gradient's zero-fill 8x and the bias copy of the output layer 6x
-slower than on memory already mapped, and a Mult-VAE step 1.69x its decoder matmul
-bound instead of 1.21x (``experiments/bench_speed.py``).
+page on the way. Measured with one thread, each against glibc's default in the run
+beside it (``experiments/results/catalogue.md``): a Mult-VAE step at 20k items took
+662-681 ms instead of 719-857 ms, a sampled-softmax step at 100k items 561 ms instead
+of 709, an exact chunked one 3.53 s instead of 3.83; the matmul bound, whose outputs are
+allocated the same way, sped up alike (582/542 ms instead of 679/639 at 20k items).
 
 :func:`retained_host_memory` switches glibc's use of ``mmap`` off and raises its trim
 threshold while training runs, so a freed block goes back to the heap and the next
