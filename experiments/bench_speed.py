@@ -210,6 +210,11 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool,
     # Its encoder's dense layers: 3 forward and backward passes (encoder phases) and 1 forward
     # (the decoder phase's frozen posterior, which doubles as the refreshed prior's).
     recvae_layer_matmuls = DenseLayerMatmuls(batch_size, [recvae_net.encoder], device)
+    passes = recvae_config.encoder_epochs + recvae_config.decoder_epochs
+    recvae_decoder_runs = {"forward": passes, "grad_input": recvae_config.encoder_epochs,
+                           "grad_weight": recvae_config.decoder_epochs}
+    recvae_encoder_runs = {"forward": passes, "grad_input": recvae_config.encoder_epochs,
+                           "grad_weight": recvae_config.encoder_epochs}
     # As train_recvae: encoder passes, the prior refreshed, decoder passes, with the prior's posteriors
     # kept per user. RecVAE always takes the same batch, whose posteriors the previous repetition's
     # decoder pass kept: the cache's steady state in training (the first repetition fills it, untimed).
@@ -278,9 +283,7 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool,
                 if kind == "bound":
                     o["matmuls"].run()
                 elif kind == "recvae bound":
-                    o["recvae matmuls"].run(forward=recvae_config.encoder_epochs + recvae_config.decoder_epochs,
-                                            grad_input=recvae_config.encoder_epochs,
-                                            grad_weight=recvae_config.decoder_epochs)
+                    o["recvae matmuls"].run(**recvae_decoder_runs)
                 elif kind == "recvae":
                     other_recvae_batch_epoch(precision, recvae_batch)
                     _sync(device)
@@ -292,12 +295,9 @@ def measure(shape: str, steps: int, device: torch.device, quick: bool,
             elif kind == "layers":
                 layer_matmuls.run()
             elif kind == "recvae layers":
-                recvae_layer_matmuls.run(forward=recvae_config.encoder_epochs + recvae_config.decoder_epochs,
-                                         grad_input=recvae_config.encoder_epochs,
-                                         grad_weight=recvae_config.encoder_epochs)
+                recvae_layer_matmuls.run(**recvae_encoder_runs)
             elif kind == "recvae bound":
-                recvae_matmuls.run(forward=recvae_config.encoder_epochs + recvae_config.decoder_epochs,
-                                   grad_input=recvae_config.encoder_epochs, grad_weight=recvae_config.decoder_epochs)
+                recvae_matmuls.run(**recvae_decoder_runs)
             elif kind == "recvae":
                 recvae_batch_epoch(recvae_batch)
                 _sync(device)

@@ -94,8 +94,7 @@ def test_training_holds_it_on_the_cpu_unless_turned_off(monkeypatch):
         seen.append(enabled)
         return real(enabled)
 
-    monkeypatch.setattr("recvae.training.loop.retained_host_memory", spy)
-    monkeypatch.setattr("recvae.training.rec_vae.retained_host_memory", spy)
+    monkeypatch.setattr("recvae.training.loop.retained_host_memory", spy)  # both trainers' host_memory_for
     x = sp.random(60, 30, density=0.2, format="csr", random_state=np.random.default_rng(0), dtype=np.float32)
     x.data[:] = 1.0
     small = {"epochs": 1, "progress": False, "device": "cpu", "latent_dim": 4}

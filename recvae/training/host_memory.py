@@ -5,11 +5,8 @@ glibc's malloc serves every block above its mmap threshold (at most 32 MiB, a bo
 step at ML-20M's 20k items allocates and frees several such blocks -- the B x I logits
 and their softmax (40 MB each at a batch of 500), the items x 600 gradients (48 MB
 each) -- so every step faults their pages in again, and the kernel zeroes each 4 KiB
-page on the way. Measured with one thread, each against glibc's default in the run
-beside it (``experiments/results/catalogue.md``): a Mult-VAE step at 20k items took
-662-681 ms instead of 719-857 ms, a sampled-softmax step at 100k items 561 ms instead
-of 709, an exact chunked one 3.53 s instead of 3.83; the matmul bound, whose outputs are
-allocated the same way, sped up alike (582/542 ms instead of 679/639 at 20k items).
+page on the way. That cost 8-21% of a step at 20k-100k items, measured against
+glibc's default side by side in ``experiments/results/catalogue.md``.
 
 :func:`retained_host_memory` switches glibc's use of ``mmap`` off and raises its trim
 threshold while training runs, so a freed block goes back to the heap and the next
@@ -79,16 +76,14 @@ def retained_host_memory(enabled: bool = True) -> Iterator[bool]:
     """
     global _holders
     libc = _glibc() if enabled else None
-    if libc is None:
-        yield False
-        return
-    with _lock:
-        if _holders == 0 and not _set(libc, retained=True):
-            _set(libc, retained=False)
-            logger.debug("mallopt refused; host memory is released as usual")
-            libc = None
-        else:
-            _holders += 1
+    if libc is not None:
+        with _lock:
+            if _holders == 0 and not _set(libc, retained=True):
+                _set(libc, retained=False)
+                logger.debug("mallopt refused; host memory is released as usual")
+                libc = None
+            else:
+                _holders += 1
     if libc is None:
         yield False
         return

@@ -24,6 +24,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -659,8 +660,13 @@ def train_vae(
     prunes a trial this way). Under data parallelism every rank calls it and must
     decide alike.
     """
-    with retained_host_memory(config.retain_host_memory and device.type == "cpu"):
+    with host_memory_for(config, device):
         return _train_vae(net, train, validation, config, device, on_epoch=on_epoch)
+
+
+def host_memory_for(config: TrainingConfig, device: torch.device) -> AbstractContextManager[bool]:
+    """The trainers' :func:`retained_host_memory`: held on the CPU when ``config.retain_host_memory``."""
+    return retained_host_memory(config.retain_host_memory and device.type == "cpu")
 
 
 def _train_vae(net: torch.nn.Module, train: sp.csr_matrix, validation: HeldOut | None, config: TrainingConfig,

@@ -25,7 +25,6 @@ from recvae.distributed import DistributedContext, all_reduce_sum, parallel_cont
 from recvae.nn.rec_vae import RecVAENet
 from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.storage import CHECKPOINT_FIX, ModelFileError
-from recvae.training.host_memory import retained_host_memory
 from recvae.training.loop import (
     EpochCallback,
     TrainingConfig,
@@ -42,6 +41,7 @@ from recvae.training.loop import (
     check_parallel_device,
     divergence,
     first_batch_loss,
+    host_memory_for,
     make_optimizer,
     prepare_item_training,
     rank_noise_generator,
@@ -256,7 +256,7 @@ def train_recvae(
     History: ``loss``/``nll``/``kl`` are the decoder passes' means (no dropout, refreshed
     prior), ``encoder_loss`` the encoder passes' mean, ``beta`` the mean beta_u.
     """
-    with retained_host_memory(config.retain_host_memory and device.type == "cpu"):
+    with host_memory_for(config, device):
         return _train_recvae(net, train, validation, config, device, on_epoch=on_epoch)
 
 
