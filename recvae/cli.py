@@ -801,6 +801,10 @@ def _add_tune(sub, common) -> None:
     g.add_argument("--param", metavar="KEY=VALUE", action="append", default=[],
                    help="a fixed parameter of every trial, repeatable (as in 'recvae train'), e.g. --param epochs=50")
     g.add_argument("--no-prune", action="store_true", help="train every trial to its end")
+    g.add_argument("--finalists", metavar="N", type=int, default=1,
+                   help="refit the N best trials with --seeds seeds each and choose the best validation mean "
+                        "(seeded models: torch VAEs, als, bpr; default 1: the search's best trial)")
+    g.add_argument("--seeds", metavar="N", type=int, default=3, help="fits per finalist (default 3)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     d = p.add_argument_group("data and split (as in 'recvae train')")
     d.add_argument("--split", choices=("strong", "weak", "temporal"), default="strong",
@@ -839,7 +843,8 @@ def run_tune(args: argparse.Namespace) -> int:
         result = tune(
             args.data, args.model, search=space, n_trials=args.trials, params=parse_params(args.param),
             sampler=args.sampler, seed=args.seed, timeout_s=args.timeout, prune=not args.no_prune,
-            metric=args.metric, output=args.output, split=args.split, heldout_users=args.heldout_users,
+            metric=args.metric, finalists=args.finalists, seeds=args.seeds, output=args.output, split=args.split,
+            heldout_users=args.heldout_users,
             rating_threshold=args.min_rating, min_user_events=args.min_user_events, user_col=args.user_col,
             item_col=args.item_col, rating_col=args.rating_col, timestamp_col=args.timestamp_col,
             implicit=args.implicit, weight_col=args.weight_col, sep=args.sep, data_dir=args.data_dir,
@@ -848,7 +853,8 @@ def run_tune(args: argparse.Namespace) -> int:
     except ImportError as err:  # optuna missing: the message names the extra to install
         _fail(_message(err))
     edge = result.edge_note()
-    print(f"Best parameters (validation {result.metric} {result.best_score:.4f}): "
+    over = f", mean over {args.seeds} seeds of {args.finalists} finalists" if args.finalists > 1 else ""
+    print(f"Best parameters (validation {result.metric} {result.best_score:.4f}{over}): "
           f"{json.dumps(result.best_params, default=str)}" + (f" [{edge}]" if edge else ""))
     print(f"Trials written to {args.output}")
     return 0

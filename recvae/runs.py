@@ -63,7 +63,7 @@ from recvae.data.logs import InteractionLog, read_log
 from recvae.data.splits import Split, all_users_split, strong_generalization, temporal_split, weak_generalization
 from recvae.data.tables import TableWriter, check_output_path, check_table_output, write_table
 from recvae.models.base import Recommender, UserEmbeddings, item_mask, rank_in_blocks
-from recvae.tuning import SearchResult, check_optuna, optuna_search, search_space, space_corners
+from recvae.tuning import SearchResult, check_optuna, optuna_search, reselect_over_seeds, search_space, space_corners
 
 logger = logging.getLogger(__name__)
 
@@ -818,6 +818,8 @@ def tune(
     timeout_s: float | None = None,
     prune: bool = True,
     metric: str = "ndcg@100",
+    finalists: int = 1,
+    seeds: int = 3,
     output: str | os.PathLike | None = None,
     split: str = "strong",
     heldout_users: int | float | None = None,
@@ -852,6 +854,10 @@ def tune(
             settings (``seed`` seeds the sampler).
         params: fixed parameters of every trial. Torch models train without their
             per-epoch progress bar unless ``params`` sets ``progress``.
+        finalists, seeds: with ``finalists > 1`` (seeded models: the torch VAEs, ALS,
+            BPR), the best ``finalists`` trials are each fit with ``seeds`` seeds and the
+            best validation mean over seeds wins (:func:`recvae.tuning.reselect_over_seeds`);
+            the result's ``finalists`` table lists them.
         output: write the trials table there (``.csv``, ``.parquet``, ``.json``,
             ``.jsonl``; checked before any work).
         split, heldout_users, split_seed: the split (``split_seed`` default 98765); it
@@ -876,6 +882,12 @@ def tune(
     if heldout_users is not None and heldout_users == 0:
         raise RunError("tuning scores trials on validation users: heldout_users (--heldout-users) must be above 0")
     name = str(model).strip().lower()
+    for label, value in (("finalists", finalists), ("seeds", seeds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RunError(f"{label} must be an integer >= 1; got {value!r}")
+    if finalists > 1 and name in MODELS and not MODELS[name].seeded:
+        raise RunError(f"finalists re-score trials over seeds, but {name} is deterministic (another seed gives the "
+                       "same fit); drop finalists, or tune a seeded model (the torch VAEs, als, bpr)")
     space = search_space(search)
     fixed = dict(params or {})
     both = sorted(set(fixed) & set(space))
@@ -909,6 +921,15 @@ def tune(
     say(f"{len(result.trials)} trials ({counts['complete']} complete, {counts['pruned']} pruned, "
         f"{counts['failed']} failed) in {result.seconds:.1f}s; best validation {metric} "
         f"{result.best_score:.4f} with {result.best_params}" + (f" ({edge})" if edge else ""))
+    if finalists > 1:
+        result = reselect_over_seeds(result, make, the_split, finalists=finalists, seeds=seeds,
+                                     progress=progress is not False)
+        for _, row in result.finalists.iterrows():
+            say(f"finalist {row['finalist']} (trial {row['trial']}): validation {metric} mean over {seeds} seeds "
+                f"{row[f'{metric} mean']:.4f}" + (" <- chosen" if row["chosen"] else ""))
+        edge = result.edge_note()
+        say(f"chosen over seeds: validation {metric} {result.best_score:.4f} with {result.best_params}"
+            + (f" ({edge})" if edge else ""))
     if output is not None:
         write_table(result.trials, output)
     return result

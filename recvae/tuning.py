@@ -21,6 +21,15 @@ edge of what was searched (``result.edges``)::
     result.trials            # every trial: params, state (complete / pruned / failed), score, epochs, seconds
     result.edge_note()       # "edge: lr=high" when the best lr lies in the top 10% of its (log) range
 
+A search scores each trial with one fit (one seed), so among trials within seed noise of
+each other it picks the luckiest: a winner's curse that grows with the budget.
+:func:`reselect_over_seeds` refits the best few trials with further seeds and picks the
+one with the best validation score averaged over its seeds::
+
+    result = reselect_over_seeds(result, MultVAE, split, finalists=3, seeds=3, fixed={"epochs": 50})
+    result.finalists         # each finalist's validation score per seed, their mean, the one chosen
+    result.seed_fits         # the chosen finalist's fits, seed 0 first (reuse them: no refit needed)
+
 optuna is an optional dependency (``pip install "recvae[tune]"``), imported when a
 search starts; the grid search needs nothing beyond recvae.
 """
@@ -28,6 +37,7 @@ search starts; the grid search needs nothing beyond recvae.
 from __future__ import annotations
 
 import importlib.util
+import dataclasses
 import itertools
 import json
 import logging
@@ -55,8 +65,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "GridSearchResult",
     "SearchResult",
+    "SeedFit",
     "grid_search",
     "optuna_search",
+    "reselect_over_seeds",
+    "reseeded",
     "parameter_grid",
     "Range",
     "Choices",
@@ -82,6 +95,16 @@ TRIAL_STATES = ("complete", "pruned", "failed")
 
 
 @dataclass
+class SeedFit:
+    """One fit of a chosen configuration: ``offset`` is added to the model's own seed (0: the search's fit)."""
+
+    offset: int
+    model: Recommender | None  # None only while a finalist other than the search's pick is being re-scored
+    score: float
+    fit_seconds: float
+
+
+@dataclass
 class GridSearchResult:
     """What :func:`grid_search` found.
 
@@ -99,6 +122,11 @@ class GridSearchResult:
             chosen value sits on that edge of the searched values, else None (see
             :func:`grid_edges` and :func:`space_edges`).
         seconds: the search's wall time.
+        searched: the grid (or search space) as given, which :meth:`edges_for` reads.
+        finalists: after :func:`reselect_over_seeds`, one row per finalist re-scored
+            over seeds (None before).
+        seed_fits: after :func:`reselect_over_seeds`, the chosen finalist's fits, seed
+            offset 0 first (``best_model`` is the first); empty before.
     """
 
     trials: pd.DataFrame
@@ -108,6 +136,9 @@ class GridSearchResult:
     metric: str
     edges: dict[str, str | None] = field(default_factory=dict)
     seconds: float = math.nan
+    searched: dict[str, Any] = field(default_factory=dict)
+    finalists: pd.DataFrame | None = None
+    seed_fits: list[SeedFit] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return (
@@ -118,6 +149,10 @@ class GridSearchResult:
     def edge_note(self) -> str:
         """``"edge: lr=high, l2=low"`` for the chosen values on the edge of the searched values, else ``""``."""
         return edge_note(self.edges)
+
+    def edges_for(self, params: Mapping[str, Any]) -> dict[str, str | None]:
+        """The edges of the grid ``params`` sit on (see :func:`grid_edges`); empty when nothing was recorded."""
+        return grid_edges(self.searched, params) if self.searched else {}
 
 
 def parameter_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -234,7 +269,7 @@ def grid_search(
     logger.info("best %s=%.4f with %s", metric, best_score, best_params)
     return GridSearchResult(
         trials=trials, best_params=dict(best_params), best_model=best_model, best_score=best_score, metric=metric,
-        edges=grid_edges(grid, best_params), seconds=time.perf_counter() - search_started,
+        edges=grid_edges(grid, best_params), seconds=time.perf_counter() - search_started, searched=dict(grid),
     )
 
 
@@ -494,6 +529,10 @@ class SearchResult(GridSearchResult):
         """Trials per state: ``{"complete": ..., "pruned": ..., "failed": ...}``."""
         return {state: int((self.trials["state"] == state).sum()) for state in TRIAL_STATES}
 
+    def edges_for(self, params: Mapping[str, Any]) -> dict[str, str | None]:
+        """The edges of the search space ``params`` sit on (see :func:`space_edges`)."""
+        return space_edges(self.searched, params) if self.searched else {}
+
 
 class _EpochReporter:
     """A torch trial's ``on_epoch``: reports each validated epoch's score to optuna and prunes the trial."""
@@ -712,6 +751,7 @@ def optuna_search(
         trials=trials, best_params=dict(best_params), best_model=best_model, best_score=best_score, metric=metric,
         edges=space_edges(dims, best_params), seconds=time.perf_counter() - started, sampler=sampler, seed=seed,
         n_trials=n_trials, timeout_s=timeout_s, prune=prune, stopped_by_timeout=stopped_by_timeout,
+        searched=dict(space),
     )
 
 
@@ -754,3 +794,166 @@ def _run_trial(optuna, trial, make_model, fixed: dict, params: dict, split: Spli
         return record, None
     logger.info("trial %d %s: %s=%.4f (fit %.2fs)", trial.number, params, metric, record[metric], fit_seconds)
     return record, model
+
+
+# =============================================================================== finalists over seeds
+def reseeded(model: Recommender, offset: int) -> Recommender:
+    """An unfitted copy of a seeded ``model`` (``type(model).seeded``) with its seed + ``offset``.
+
+    Raises:
+        TypeError: the model's ``get_params()`` has no ``seed``.
+    """
+    params = model.get_params()
+    if "seed" not in params:
+        raise TypeError(f"{type(model).__name__} sets seeded = True but get_params() has no 'seed'; "
+                        "list the seed among its parameters")
+    return type(model)(**{**params, "seed": int(params["seed"]) + offset})
+
+
+def _plain(value: Any) -> Any:
+    """A trials-table cell as the Python value a model takes (numpy scalars become int / float / bool)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _finalist_params(result: GridSearchResult, finalists: int) -> list[tuple[Any, dict[str, Any], float, float]]:
+    """The ``finalists`` best distinct parameter sets of ``result``: (trial, params, score, fit seconds), best first.
+
+    Only trials with a finite score count (a pruned or failed trial has none); ties keep the search's order,
+    so the search's own pick comes first.
+    """
+    trials = result.trials
+    names = [n for n in result.searched if n in trials.columns] if result.searched else list(result.best_params)
+    scored = trials[np.isfinite(pd.to_numeric(trials[result.metric], errors="coerce"))]
+    if "state" in scored.columns:
+        scored = scored[scored["state"] == "complete"]
+    order = scored.sort_values(result.metric, ascending=False, kind="stable")
+    picked: list[tuple[Any, dict[str, Any], float, float]] = []
+    seen: set[str] = set()
+    for position, index in enumerate(order.index):
+        # column by column: a row (iterrows) would turn an int column into floats beside a float one
+        params = {n: _plain(order[n].iat[position]) for n in names}
+        key = json.dumps(params, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        trial = _plain(order["trial"].iat[position]) if "trial" in order.columns else index
+        seconds = float(order["fit_seconds"].iat[position]) if "fit_seconds" in order.columns else math.nan
+        picked.append((trial, params, float(order[result.metric].iat[position]), seconds))
+        if len(picked) == finalists:
+            break
+    return picked
+
+
+def _fit_and_score(model: Recommender, split: Split, metric: str, name: str, ks: Sequence[int]) -> tuple[float, float]:
+    """Fit ``model`` and return (validation ``metric``, fit seconds); NaN score when its training diverged."""
+    started = time.perf_counter()
+    try:
+        model.fit(split)
+    except FloatingPointError as err:  # TrainingDivergedError: this seed does not train at these parameters
+        logger.warning("finalist %s diverged: %s", model.get_params().get("seed"), " ".join(str(err).split()))
+        return math.nan, time.perf_counter() - started
+    fit_seconds = time.perf_counter() - started
+    score = float(evaluate(model, split, "validation", ks=ks, metrics=(name,)).summary.loc[metric, "mean"])
+    return score, fit_seconds
+
+
+def reselect_over_seeds(
+    result: GridSearchResult,
+    make_model: Callable[..., Recommender],
+    split: Split,
+    *,
+    finalists: int = 3,
+    seeds: int = 3,
+    fixed: Mapping[str, Any] | None = None,
+    ks: Sequence[int] = (),
+    progress: bool = True,
+) -> GridSearchResult:
+    """Re-score a search's best trials over several seeds and pick the best mean on the validation users.
+
+    A search scores each trial with one fit. When several trials lie within seed noise
+    of each other, the highest of them is partly luck, and the more trials a search
+    runs, the luckier (and the more over-stated) its winner: the winner's curse. This
+    takes the ``finalists`` best distinct trials of ``result`` (complete trials only),
+    fits each again with seed offsets 1 ... ``seeds - 1`` (:func:`reseeded`), and
+    chooses the finalist whose validation score averaged over its ``seeds`` fits (the
+    search's fit is seed offset 0) is highest; ties keep the search's order. A seed
+    whose training diverges rules its finalist out; if every finalist is ruled out,
+    the search's pick stands. ``split.test`` is never read.
+
+    Args:
+        result: a :func:`grid_search` or :func:`optuna_search` result over a seeded model
+            (``type(model).seeded``; its parameters include ``seed``).
+        make_model: the factory the search used.
+        split: the split the search used.
+        finalists: how many of the best trials to re-score (1: keep the search's pick,
+            refit it with the further seeds).
+        seeds: fits per finalist, the search's own included.
+        fixed: the parameters every trial of the search got (optuna_search's ``fixed``).
+        ks: cut-offs to evaluate besides the metric's own.
+        progress: show a tqdm bar over the finalists' fits.
+
+    Returns:
+        A copy of ``result`` whose ``best_params``, ``best_model`` (the chosen finalist's
+        seed-0 fit, refit when it was not the search's pick), ``best_score`` (its mean
+        over seeds) and ``edges`` are the chosen finalist's; ``finalists`` has one row per
+        finalist (trial, parameters, each seed's score, mean, fit seconds, chosen) and
+        ``seed_fits`` the chosen finalist's fits, seed offset 0 first.
+
+    Raises:
+        ValueError: ``finalists`` or ``seeds`` below 1, or the model is not seeded.
+        TypeError: the model's parameters have no ``seed``.
+    """
+    for label, value in (("finalists", finalists), ("seeds", seeds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be an integer >= 1; got {value!r}")
+    if not type(result.best_model).seeded:
+        raise ValueError(f"{type(result.best_model).__name__} is deterministic: another seed gives the same fit, "
+                         "so there is nothing to re-score; use the search's pick")
+    name, k = _parse_metric(result.metric)
+    ks = sorted({int(x) for x in ks} | {k})
+    fixed = dict(fixed or {})
+    candidates = _finalist_params(result, finalists)
+    rows: list[dict[str, Any]] = []
+    leader: tuple[float, int, list[SeedFit]] | None = None  # (mean, candidate index, its fits)
+    bar = tqdm(total=len(candidates) * (seeds - 1), desc="finalists over seeds", unit="fit",
+               disable=None if progress else True)
+    for index, (trial, params, score, fit_seconds) in enumerate(candidates):
+        is_pick = params == {n: result.best_params.get(n) for n in params}
+        fits = [SeedFit(0, result.best_model if is_pick else None, score, fit_seconds)]
+        for offset in range(1, seeds):
+            model = reseeded(make_model(**fixed, **params), offset)
+            seed_score, seconds = _fit_and_score(model, split, result.metric, name, ks)
+            fits.append(SeedFit(offset, model, seed_score, seconds))
+            bar.update(1)
+            if not math.isfinite(seed_score):
+                break
+        scores = [f.score for f in fits]
+        mean = float(np.mean(scores)) if len(scores) == seeds and all(map(math.isfinite, scores)) else math.nan
+        rows.append({"finalist": index + 1, "trial": trial, **params,
+                     **{f"{result.metric} seed {f.offset}": f.score for f in fits},
+                     f"{result.metric} mean": mean,
+                     "fit_seconds": float(np.nansum([f.fit_seconds for f in fits])), "chosen": False})
+        logger.info("finalist %d %s: %s over %d seeds %s, mean %.4f", index + 1, params, result.metric, len(fits),
+                    [round(x, 4) for x in scores], mean)
+        if math.isfinite(mean) and (leader is None or mean > leader[0]):
+            leader = (mean, index, fits)  # the previous leader's models are dropped: one finalist in memory
+        bar.set_postfix({f"best mean {result.metric}": f"{leader[0]:.4f}" if leader else "—"})
+    bar.close()
+    finalist_table = pd.DataFrame.from_records(rows)
+    if leader is None:
+        logger.warning("every finalist diverged on a further seed; the search's pick stands")
+        return dataclasses.replace(result, finalists=finalist_table, seed_fits=[])
+    mean, index, fits = leader
+    params = candidates[index][1]
+    if fits[0].model is None:  # not the search's pick: its seed-0 model was dropped, fit it again
+        model = make_model(**fixed, **params)
+        score, seconds = _fit_and_score(model, split, result.metric, name, ks)
+        if not math.isfinite(score):
+            logger.warning("finalist %d diverged when refit at its search seed; the search's pick stands", index + 1)
+            return dataclasses.replace(result, finalists=finalist_table, seed_fits=[])
+        logger.info("finalist %d refit at seed offset 0: %s %.4f (search trial: %.4f)", index + 1,
+                    result.metric, score, fits[0].score)
+        fits[0] = SeedFit(0, model, fits[0].score, seconds)
+    finalist_table.loc[index, "chosen"] = True
+    return dataclasses.replace(result, best_params=dict(params), best_model=fits[0].model, best_score=mean,
+                               edges=result.edges_for(params), finalists=finalist_table, seed_fits=fits)

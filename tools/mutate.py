@@ -72,6 +72,7 @@ T_EVAL = ("tests/test_evaluation.py",)
 T_HYBRID = ("tests/test_hybrid.py",)
 T_EXP = ("tests/test_experiment.py",)
 T_ITEM = ("tests/test_item_output.py",)
+T_FINAL = ("tests/test_finalists.py",)
 
 M = Mutation
 MUTATIONS: list[Mutation] = [
@@ -273,6 +274,18 @@ MUTATIONS: list[Mutation] = [
       "return min(scored, key=lambda o: o.search.best_score) if scored else None", T_EXP),
     M("report-paired-diff-reversed", "recvae/experiment/report.py",
       "return paired_comparison(a.test, b.test, metric)", "return paired_comparison(b.test, a.test, metric)", T_EXP),
+    # ------------------------------------------------------------------ finalists over seeds
+    M("finalists-chosen-by-seed-0", "recvae/tuning.py",
+      "if math.isfinite(mean) and (leader is None or mean > leader[0]):",
+      "if math.isfinite(mean) and (leader is None or scores[0] > leader[2][0].score):", T_FINAL),
+    M("finalists-ranked-worst-first", "recvae/tuning.py",
+      "order = scored.sort_values(result.metric, ascending=False, kind=\"stable\")",
+      "order = scored.sort_values(result.metric, ascending=True, kind=\"stable\")", T_FINAL),
+    M("finalists-same-seed-again", "recvae/tuning.py",
+      "model = reseeded(make_model(**fixed, **params), offset)",
+      "model = reseeded(make_model(**fixed, **params), 0)", T_FINAL),
+    M("finalists-fits-not-reused", "recvae/experiment/seeds.py",
+      "ready = {f.offset: f for f in outcome.search.seed_fits if f.model is not None}", "ready = {}", T_FINAL),
 ]
 
 

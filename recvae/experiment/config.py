@@ -47,6 +47,9 @@ key's path such as ``models[2].grid.l2`` (indexes count from 0) and the fix)::
     seeds = 3                        # fits per seeded model (torch VAEs, ALS, BPR: Recommender.seeded):
                                      # tuned once with its seed, then refit with seed + 1, ... on the
                                      # chosen parameters; test metrics averaged per user over the fits
+    finalists = 1                    # > 1: the best N trials of a seeded model are each fit with every
+                                     # seed and the best validation mean over seeds wins (resists the
+                                     # winner's curse of a one-seed search; recvae.tuning.reselect_over_seeds)
 
     [[models]]                       # one table per model, in report order
     name = "ease"                    # a name of recvae.models.MODELS
@@ -241,6 +244,7 @@ class ExperimentConfig:
     models: tuple[ModelSpec, ...]
     published: PublishedTable | None = None
     seeds: int = 3  # fits of each seeded model: the tuned one, then seed + 1 ... (see the runner)
+    finalists: int = 1  # trials of a seeded model re-scored over the seeds before one is chosen
 
     @property
     def repo_root(self) -> Path | None:
@@ -394,6 +398,8 @@ class _EvaluationTable(_Table):
         list(DEFAULT_METRICS), description='must be a non-empty list of metrics, e.g. ["ndcg@100", "recall@20"]')
     select_by: str = Field("ndcg@100", description=_METRIC_RULE)
     seeds: int = Field(3, ge=1, description="must be an integer >= 1 (fits per seeded model), e.g. seeds = 3")
+    finalists: int = Field(1, ge=1, description="must be an integer >= 1 (best trials of a seeded model "
+                                                "re-scored over the seeds), e.g. finalists = 3")
 
     @field_validator("select_by")
     @classmethod
@@ -625,6 +631,7 @@ def _experiment_config(table: _ConfigFile, path: Path, text: str) -> ExperimentC
                           min_events_for_target=split.min_events_for_target),
         metrics=tuple(dict.fromkeys(table.evaluation.metrics)), select_by=table.evaluation.select_by,
         models=tuple(specs), published=published, seeds=table.evaluation.seeds,
+        finalists=table.evaluation.finalists,
     )
 
 

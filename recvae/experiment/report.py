@@ -3,8 +3,9 @@
 :func:`write_report` takes the runner's :class:`Outcome` list (one per model,
 in config order) and writes ``<name>.csv`` (one row per model),
 ``<name>_trials.csv`` (every trial of a grid or a search, a search's with its
-state: complete, pruned or failed), ``<name>_history.csv`` (per-epoch
-histories), PNG plots and ``<name>.md``, whose path it returns. The Markdown
+state: complete, pruned or failed), ``<name>_finalists.csv`` (the finalists
+re-scored over seeds, with ``[evaluation] finalists`` > 1), ``<name>_history.csv``
+(per-epoch histories), PNG plots and ``<name>.md``, whose path it returns. The Markdown
 tables are built with ``DataFrame.to_markdown`` (tabulate).
 
 The paired tests compare every model with the one whose validation
@@ -40,7 +41,7 @@ from recvae.experiment.config import ExperimentConfig, ModelSpec, repo_root
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Outcome", "SeedRun", "results_table", "write_report"]
+__all__ = ["Outcome", "SeedRun", "finalists_table", "results_table", "write_report"]
 
 
 @dataclass
@@ -96,6 +97,11 @@ def write_report(config: ExperimentConfig, data: Interactions, split: Split, out
 
     table.to_csv(out / f"{config.name}.csv", index=False)
     trials.to_csv(out / f"{config.name}_trials.csv", index=False)
+    finalists = finalists_table(outcomes)
+    if finalists is not None:
+        finalists.to_csv(out / f"{config.name}_finalists.csv", index=False)
+    else:  # an earlier run's table would pass for this run's
+        (out / f"{config.name}_finalists.csv").unlink(missing_ok=True)
     if outcomes:
         per_user_table(outcomes, config.select_by).to_csv(out / f"{config.name}_per_user.csv", index=False)
     if histories:
@@ -253,6 +259,7 @@ def _markdown(config: ExperimentConfig, data: Interactions, split: Split, outcom
                   f"Test {sel} per model (seed-averaged mean, bar: 95% CI over test users; ticks: each seed's mean).",
                   ""]
     lines += _budget_section(outcomes)
+    lines += _finalists_section(outcomes, config)
     lines += _vae_section(outcomes, sel)
     if config.published is not None:
         lines += _published_section(config, outcomes)
@@ -373,6 +380,47 @@ def _budget_section(outcomes: list[Outcome]) -> list[str]:
         lines += ["", f"Edge: the chosen value lies within {EDGE_FRACTION:.0%} of its range's width from an end "
                       "(on the log scale for a log range), or is the smallest / largest numeric value tried; the "
                       "optimum may lie outside what was searched: widen the grid or search space there."]
+    return lines + [""]
+
+
+def finalists_table(outcomes: list[Outcome]) -> pd.DataFrame | None:
+    """Every model's finalists re-scored over seeds (:func:`recvae.tuning.reselect_over_seeds`), one row each;
+    None when no model was re-scored."""
+    frames = [o.search.finalists.assign(model=o.spec.label) for o in outcomes if o.search.finalists is not None]
+    if not frames:
+        return None
+    table = pd.concat(frames, ignore_index=True)
+    return table[["model", *[c for c in table.columns if c != "model"]]]
+
+
+def _finalists_section(outcomes: list[Outcome], config: ExperimentConfig) -> list[str]:
+    """Each re-scored model's finalists: parameters, validation score per seed and their mean, the one chosen."""
+    rescored = [o for o in outcomes if o.search.finalists is not None]
+    if not rescored:
+        return []
+    sel = config.select_by
+    lines = ["## Finalists over seeds", "",
+             f"A search scores each trial with one seed, so among trials within seed noise of each other it picks "
+             f"the luckiest (the winner's curse). With `finalists = {config.finalists}`, each seeded model's "
+             f"{config.finalists} best trials were each fit with all {config.seeds} seeds and the one with the best "
+             f"validation {sel} averaged over its seeds was chosen (seed 0 is the search's own fit); its fits are "
+             f"the ones tested above, and its validation {sel} above is that mean. Full table: "
+             f"`{config.name}_finalists.csv`.", ""]
+    cells = []
+    for o in rescored:
+        f = o.search.finalists
+        names = [c for c in f.columns if c not in ("finalist", "trial", "fit_seconds", "chosen")
+                 and not c.startswith(f"{sel} ")]
+        per_seed = [c for c in f.columns if c.startswith(f"{sel} seed ")]
+        for _, row in f.iterrows():
+            params = ", ".join(f"{n}={float(f'{row[n]:.4g}') if isinstance(row[n], float) else row[n]}"
+                               for n in names) or "defaults"
+            seeds = " / ".join(_fmt(row[c]) for c in per_seed if c in row and row[c] == row[c]) or "—"
+            mean = _fmt(row[f"{sel} mean"])
+            cells.append([f"**{o.spec.label}**" if row["chosen"] else o.spec.label, str(row["trial"]), params,
+                          seeds, f"**{mean}**" if row["chosen"] else mean])
+    lines += _markdown_table(cells, ["model", "trial", "parameters", f"validation {sel} per seed",
+                                     "mean (chosen in bold)"])
     return lines + [""]
 
 

@@ -14,6 +14,9 @@ ranks the grid's trials.
 Seeds: the search runs once; each seeded model's chosen configuration is then
 refit with ``[evaluation] seeds - 1`` further seeds and every fit tested
 (:func:`recvae.experiment.seeds.refit_seeds`); deterministic models are fit once.
+With ``[evaluation] finalists = N > 1``, a seeded model's N best trials are first
+each fit with every seed and the best validation mean over seeds is chosen
+(:func:`recvae.tuning.reselect_over_seeds`); the chosen one's fits are reused.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from recvae.data import (
 from recvae.data.files import read_interactions_file
 from recvae.evaluation import evaluate
 from recvae.models import MODELS, Blend, Recommender, TorchVAERecommender, make_model
-from recvae.tuning import GridSearchResult, grid_search, optuna_search
+from recvae.tuning import GridSearchResult, grid_search, optuna_search, reselect_over_seeds
 from recvae.experiment.config import (
     ExperimentConfig,
     ModelSpec,
@@ -170,16 +173,20 @@ def _run_model(spec: ModelSpec, split: Split, config: ExperimentConfig, ks: list
     ``fitted`` maps the labels of the entries run so far to their tuned models (for ``{ ref }`` components).
     """
     search = _tune(spec, split, config.select_by, progress, fitted)
+    if config.finalists > 1 and config.seeds > 1 and type(search.best_model).seeded:  # not a blend: its weights
+        search = reselect_over_seeds(search, _model_factory(spec, progress, fitted), split,
+                                     finalists=config.finalists, seeds=config.seeds,
+                                     ks=(parse_metric(config.select_by)[1],), progress=progress)
     test = evaluate(search.best_model, split, "test", ks=ks, metrics=names)
     trials = search.trials
-    best_row = trials[config.select_by].idxmax()
     history = getattr(search.best_model, "history_", None)
     if not isinstance(history, pd.DataFrame) or "epoch" not in history.columns or history.empty:
         history = None
     training = getattr(search.best_model, "training_", None)
     return Outcome(
         spec=spec, search=search, test=test, history=history,
-        fit_seconds=float(trials.loc[best_row, "fit_seconds"]),
+        fit_seconds=search.seed_fits[0].fit_seconds if search.seed_fits
+        else float(trials.loc[trials[config.select_by].idxmax(), "fit_seconds"]),
         best_epoch=getattr(training, "best_epoch", None),
         beta_reached=getattr(training, "final_beta", None),
         blend_weights=[round(float(w), 4) for w in search.best_model.weights_]

@@ -33,6 +33,7 @@ import numpy as np
 from recvae.data import Split
 from recvae.evaluation import average_results, evaluate
 from recvae.models import MODELS, Blend, Recommender
+from recvae.tuning import reseeded
 from recvae.experiment.config import ExperimentConfig
 from recvae.experiment.report import Outcome, SeedRun
 
@@ -74,15 +75,6 @@ def is_seeded(model: Recommender, earlier: Sequence[Outcome] = ()) -> bool:
     return type(model).seeded
 
 
-def _reseeded(model: Recommender, offset: int) -> Recommender:
-    """An unfitted copy of a seeded ``model`` with its seed + ``offset``."""
-    params = model.get_params()
-    if "seed" not in params:
-        raise TypeError(f"{type(model).__name__} sets seeded = True but get_params() has no 'seed'; "
-                        "list the seed among its parameters")
-    return type(model)(**{**params, "seed": int(params["seed"]) + offset})
-
-
 def _fit_for_seed(source: Outcome, offset: int) -> Recommender:
     """An earlier entry's fit for seed ``offset``: its own, or its only one when it is deterministic."""
     run = source.seed_runs[offset] if offset < len(source.seed_runs) else source.seed_runs[0]
@@ -103,7 +95,7 @@ def _blend_for_seed(blend: Blend, offset: int, earlier: Sequence[Outcome]) -> Bl
         elif (source := _earlier_of(c, earlier)) is not None:
             components.append(_fit_for_seed(source, offset))
         else:  # a model given as an object: refit it with its own seed + offset when seeded
-            components.append(_reseeded(c, offset) if is_seeded(c) else c)
+            components.append(reseeded(c, offset) if is_seeded(c) else c)
     params = blend.get_params()
     return Blend(**{**params, "components": components, "weights": [float(w) for w in blend.weights_]})
 
@@ -134,11 +126,15 @@ def refit_seeds(outcome: Outcome, split: Split, n_seeds: int, *, ks: Sequence[in
     runs = [SeedRun(seed=0, test=outcome.test, fit_seconds=outcome.fit_seconds, best_epoch=outcome.best_epoch,
                     beta_reached=outcome.beta_reached, model=best)]
     n = n_seeds if is_seeded(best, earlier) else 1
+    ready = {f.offset: f for f in outcome.search.seed_fits if f.model is not None}  # fit while picking finalists
     for offset in range(1, n):
-        model = _blend_for_seed(best, offset, earlier) if isinstance(best, Blend) else _reseeded(best, offset)
-        started = time.perf_counter()
-        model.fit(split)
-        fit_seconds = time.perf_counter() - started
+        if offset in ready:
+            model, fit_seconds = ready[offset].model, ready[offset].fit_seconds
+        else:
+            model = _blend_for_seed(best, offset, earlier) if isinstance(best, Blend) else reseeded(best, offset)
+            started = time.perf_counter()
+            model.fit(split)
+            fit_seconds = time.perf_counter() - started
         test = evaluate(model, split, "test", ks=ks, metrics=metrics)
         training = getattr(model, "training_", None)
         runs.append(SeedRun(seed=offset, test=test, fit_seconds=fit_seconds,
@@ -146,7 +142,10 @@ def refit_seeds(outcome: Outcome, split: Split, n_seeds: int, *, ks: Sequence[in
                             beta_reached=getattr(training, "final_beta", None),
                             model=model if keep_models else None))
         logger.info("%s seed %d: fit %.1fs, test %s", outcome.spec.label, offset, fit_seconds, test)
+    # the search keeps its own fit (best_model); the further seeds' models live on only in runs (keep_models)
+    search = dataclasses.replace(outcome.search, seed_fits=[
+        f if f.offset == 0 else dataclasses.replace(f, model=None) for f in outcome.search.seed_fits])
     return dataclasses.replace(
-        outcome, test=average_results([r.test for r in runs]),
+        outcome, search=search, test=average_results([r.test for r in runs]),
         fit_seconds=float(np.mean([r.fit_seconds for r in runs])), seed_runs=runs,
         component_fit_seconds=_component_seconds(best, earlier))
