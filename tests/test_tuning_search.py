@@ -356,6 +356,51 @@ def test_cli_tune_errors_are_one_line(log_csv, tmp_path, args, words):
         assert word in message
 
 
+def test_cli_tune_finalists_reselect_over_seeds(log_csv, tmp_path, capsys):
+    """A Mult-VAE search through ``recvae tune --finalists 2 --seeds 2`` (optuna trials, a list choice among the
+    parameters): the printed choice is the finalist with the best mean, recomputed here from the Python API."""
+    pytest.importorskip("optuna")
+    from recvae.cli import main
+    from recvae.runs import tune
+
+    args = dict(search={"hidden_dims": [[16], [32]], "lr": {"low": 1e-3, "high": 1e-2, "log": True}}, n_trials=4,
+                params={"epochs": 3, "latent_dim": 8, "batch_size": 100}, heldout_users=30, progress=False)
+    result = tune(log_csv, "mult-vae", finalists=2, seeds=2, **args)
+    table = result.finalists
+    assert len(table) == 2 and table["chosen"].sum() == 1
+    means = table[["ndcg@80 seed 0", "ndcg@80 seed 1"]].mean(axis=1)
+    np.testing.assert_allclose(table["ndcg@80 mean"], means)
+    chosen = table.loc[means.idxmax()]
+    assert result.best_params == {"hidden_dims": chosen["hidden_dims"], "lr": chosen["lr"]}
+    assert result.best_score == pytest.approx(means.max())
+
+    out = tmp_path / "trials.csv"
+    code = main(["tune", str(log_csv), "--model", "mult-vae", "--search",
+                 "{hidden_dims = [[16], [32]], lr = {low = 1e-3, high = 1e-2, log = true}}", "--trials", "4",
+                 "--param", "epochs=3", "--param", "latent_dim=8", "--param", "batch_size=100",
+                 "--finalists", "2", "--seeds", "2", "--heldout-users", "30", "-o", str(out), "-q"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"Best parameters (validation ndcg@80 {result.best_score:.4f}, mean over 2 seeds of 2 finalists)" in printed
+    assert len(pd.read_csv(out)) == 4
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--model", "ease", "--search", "{l2 = [1.0, 10.0]}", "--finalists", "2"], ["deterministic", "ease"]),
+    (["--model", "mult-vae", "--search", "{lr = [0.001]}", "--finalists", "0"], ["finalists", ">= 1"]),
+    (["--model", "mult-vae", "--search", "{lr = [0.001]}", "--finalists", "2", "--seeds", "0"], ["seeds", ">= 1"]),
+])
+def test_cli_tune_finalists_errors_are_one_line(log_csv, tmp_path, extra, words):
+    from recvae.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["tune", str(log_csv), "--trials", "2", "-o", str(tmp_path / "t.csv"), *extra])
+    message = str(info.value)
+    assert message.startswith("recvae: error: ") and "\n" not in message
+    for word in words:
+        assert word in message
+
+
 def test_the_first_trial_is_the_model_recipe_when_it_lies_in_the_space(split):
     # EASE's default l2 (500) is inside the range: the search starts there, then samples.
     result = optuna_search(EASE, {"l2": {"low": 10.0, "high": 5000.0, "log": True}}, split, n_trials=3,
