@@ -936,7 +936,7 @@ def reselect_over_seeds(
         logger.info("finalist %d %s: %s over %d seeds %s, mean %.4f", index + 1, params, result.metric, len(fits),
                     [round(x, 4) for x in scores], mean)
         if math.isfinite(mean) and (leader is None or mean > leader[0]):
-            leader = (mean, index, fits)  # the previous leader's models are dropped: one finalist in memory
+            leader = (mean, index, fits)  # others' fits are dropped: at most the leader's and the current's held
         bar.set_postfix({f"best mean {result.metric}": f"{leader[0]:.4f}" if leader else "—"})
     bar.close()
     finalist_table = pd.DataFrame.from_records(rows)
