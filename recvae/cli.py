@@ -368,6 +368,8 @@ def _add_experiment(sub, common) -> None:
     p.add_argument("config", metavar="CONFIG", help="experiment config file")
     p.add_argument("--output", metavar="DIR", help="where to write results (default: the runner's)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--jobs", metavar="N", type=int, default=1,
+                   help="models run at a time, each in its own process with a share of the threads (default 1)")
     p.set_defaults(handler=run_experiment_command)
 
 
@@ -875,7 +877,11 @@ def run_experiment_command(args: argparse.Namespace) -> int:
             _fail("the experiment runner (recvae.experiment) is not part of this installation yet; "
                   "update recvae to run experiment configs")
         _fail(f"recvae.experiment has no run_experiment(): {_message(err)}")
+    if args.jobs < 1:
+        _fail(f"--jobs {args.jobs}: give a number of processes >= 1")
     kwargs: dict[str, Any] = {"progress": not args.no_progress}
+    if args.jobs > 1:
+        kwargs["jobs"] = args.jobs
     if args.output is not None:
         kwargs["output_dir"] = args.output
     try:

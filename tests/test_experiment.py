@@ -435,3 +435,43 @@ def test_blend_references_must_name_an_earlier_entry(tmp_path, component):
     """
     with pytest.raises(ValueError, match="earlier"):
         load_config(write(tmp_path, SYNTHETIC + blend))
+
+
+@pytest.mark.usefixtures("one_torch_thread", "one_blas_thread")
+def test_jobs_run_entries_in_worker_processes_with_the_sequential_results(tmp_path):
+    """jobs = 2: Popularity, EASE and Mult-VAE in two worker processes, then the blend that reuses EASE's and
+    Mult-VAE's fits in this process; every number equals a sequential run's (one thread each way)."""
+    import recvae.experiment.runner as runner
+
+    config = write(tmp_path, SYNTHETIC + BLEND)
+    one = run_experiment(config, output_dir=tmp_path / "one", progress=False)
+    ran_here: list[str] = []  # entries this process ran itself (the workers do not see this patch)
+
+    def recorded(spec, *args, _run=runner._tune_test_and_refit):
+        ran_here.append(spec.label)
+        return _run(spec, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "_tune_test_and_refit", recorded)
+        two = run_experiment(config, output_dir=tmp_path / "two", progress=False, jobs=2)
+    assert ran_here == ["Mult-VAE + EASE"]
+    a, b = pd.read_csv(one.with_suffix(".csv")), pd.read_csv(two.with_suffix(".csv"))
+    assert list(b["model"]) == ["Popularity", "EASE", "Mult-VAE", "Mult-VAE + EASE"] == list(a["model"])
+    for column in ("ndcg@100", "recall@20", "recall@50", "validation ndcg@100", "t_pvalue", "paired_diff"):
+        np.testing.assert_allclose(b[column], a[column], rtol=1e-6, err_msg=column)
+    assert list(b["best_params"]) == list(a["best_params"]) and list(b["seeds"]) == list(a["seeds"])
+    per_user_a = pd.read_csv(one.parent / "tiny_per_user.csv")
+    per_user_b = pd.read_csv(two.parent / "tiny_per_user.csv")
+    np.testing.assert_allclose(per_user_b.to_numpy(float), per_user_a.to_numpy(float), rtol=1e-6)
+
+
+def test_jobs_must_be_a_positive_integer(tmp_path):
+    config = write(tmp_path, SYNTHETIC)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
+            run_experiment(config, output_dir=tmp_path / "out", progress=False, jobs=bad)
+    from recvae.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["experiment", str(config), "--jobs", "0"])
+    assert "--jobs 0" in str(info.value) and "\n" not in str(info.value)

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from recvae.data import (
@@ -52,7 +55,7 @@ from recvae.experiment.config import (
     parse_metric,
 )
 from recvae.experiment.report import Outcome, write_report
-from recvae.experiment.seeds import referenced_labels, refit_seeds
+from recvae.experiment.seeds import entry_references, referenced_labels, refit_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +197,55 @@ def _run_model(spec: ModelSpec, split: Split, config: ExperimentConfig, ks: list
     )
 
 
-def run_experiment(config_path: str | Path, *, output_dir: str | Path | None = None, progress: bool = True) -> Path:
+def _tune_test_and_refit(spec: ModelSpec, split: Split, config: ExperimentConfig, ks: list[int], names: list[str],
+                         progress: bool, earlier: list[Outcome]) -> Outcome:
+    """One entry, whole: tuned on validation, tested, refit with the further seeds (``earlier``: the entries before)."""
+    outcome = _run_model(spec, split, config, ks, names, progress, {o.spec.label: o.search.best_model for o in earlier})
+    return refit_seeds(outcome, split, config.seeds, ks=ks, metrics=names, earlier=earlier,
+                       keep_models=spec.label in referenced_labels(config))
+
+
+#: What a worker process of :func:`_run_in_parallel` holds: the config, the split, the metrics, one per process.
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(config: ExperimentConfig, split: Split, ks: list[int], names: list[str], threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:  # BLAS too (EASE's solves, implicit's ALS), so that the workers share the cores instead of oversubscribing
+        from threadpoolctl import threadpool_limits
+        _WORKER["blas_limit"] = threadpool_limits(threads)
+    except ImportError:  # pragma: no cover - threadpoolctl comes with implicit
+        pass
+    _WORKER.update(config=config, split=split, ks=ks, names=names)
+
+
+def _run_entry_in_worker(index: int) -> Outcome:
+    w = _WORKER
+    return _tune_test_and_refit(w["config"].models[index], w["split"], w["config"], w["ks"], w["names"], False, [])
+
+
+def _run_in_parallel(config: ExperimentConfig, split: Split, ks: list[int], names: list[str], jobs: int,
+                     finished: Callable[[int, Outcome], None]) -> None:
+    """Run every entry that reuses no other entry's fit in ``jobs`` worker processes, calling ``finished`` as each
+    ends. Each worker gets an equal share of this process's torch threads (at least one)."""
+    independent = [i for i, spec in enumerate(config.models) if not entry_references(spec)]
+    if not independent:
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's and BLAS's thread pools mid-state
+    with ProcessPoolExecutor(max_workers=min(jobs, len(independent)), mp_context=context,
+                             initializer=_start_worker, initargs=(config, split, ks, names, threads)) as pool:
+        futures = {pool.submit(_run_entry_in_worker, index): index for index in independent}
+        try:
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def run_experiment(config_path: str | Path, *, output_dir: str | Path | None = None, progress: bool = True,
+                   jobs: int = 1) -> Path:
     """Run the experiment a TOML config describes; returns the Markdown report's path.
 
     Loads and splits the data, grid-searches every model on the validation
@@ -202,7 +253,14 @@ def run_experiment(config_path: str | Path, *, output_dir: str | Path | None = N
     report, CSV tables and plots to ``output_dir`` (default: the config's
     ``output_dir``). ``progress`` shows progress bars (over models, trials and
     epochs) and prints the data summary.
+
+    ``jobs > 1`` runs that many entries at a time, each in its own process with an
+    equal share of the torch threads (blends that reuse other entries' fits run after
+    those). Every entry does the same work as in a sequential run; search timeouts are
+    wall-clock, so a contended machine completes fewer trials in them.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1 (entries run at a time); got {jobs!r}")
     started = time.perf_counter()
     config = load_config(config_path)
     out = Path(output_dir).expanduser() if output_dir is not None else _relative_to_repo(config, config.output_dir)
@@ -224,22 +282,28 @@ def run_experiment(config_path: str | Path, *, output_dir: str | Path | None = N
     names = list(dict.fromkeys(n for n, _ in parsed))
     ks = sorted({k for _, k in parsed})
 
-    outcomes: list[Outcome] = []
-    reused = referenced_labels(config)  # their per-seed fits are kept for the blends that reuse them
-    bar = tqdm(config.models, desc="models", unit="model", disable=None if progress else True, dynamic_ncols=True)
-    for spec in bar:
-        bar.set_description(f"model {spec.label}")
-        outcome = _run_model(spec, split, config, ks, names, progress,
-                             {o.spec.label: o.search.best_model for o in outcomes})
-        outcome = refit_seeds(outcome, split, config.seeds, ks=ks, metrics=names, earlier=outcomes,
-                              keep_models=spec.label in reused)
-        outcomes.append(outcome)
+    done: dict[int, Outcome] = {}
+    bar = tqdm(total=len(config.models), desc="models", unit="model", disable=None if progress else True,
+               dynamic_ncols=True)
+
+    def finished(index: int, outcome: Outcome) -> None:
+        done[index] = outcome
+        bar.update(1)
         s = outcome.test.summary
-        say(f"{spec.label}: test {config.select_by} {s.loc[config.select_by, 'mean']:.4f} ± "
+        say(f"{outcome.spec.label}: test {config.select_by} {s.loc[config.select_by, 'mean']:.4f} ± "
             f"{1.96 * s.loc[config.select_by, 'std_err']:.4f} (validation {outcome.search.best_score:.4f}, "
             f"{len(outcome.search.trials)} trial(s), best {outcome.search.best_params}, fit {outcome.fit_seconds:.1f}s"
             f" per seed, {len(outcome.seed_runs)} seed(s))")
+
+    if jobs > 1:  # the entries that reuse no other run side by side; the blends that do, after them
+        _run_in_parallel(config, split, ks, names, jobs, finished)
+    for index, spec in enumerate(config.models):
+        if index not in done:
+            bar.set_description(f"model {spec.label}")
+            finished(index, _tune_test_and_refit(spec, split, config, ks, names, progress,
+                                                 [done[i] for i in range(index)]))
     bar.close()
+    outcomes = [done[i] for i in range(len(config.models))]
 
     md_path = write_report(config, data, split, outcomes, out, time.perf_counter() - started)
     say(f"wrote {md_path}")
@@ -254,7 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output-dir", default=None, help="where to write the report (default: the config's)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--check", action="store_true", help="validate the config and exit (loads no data)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="models run at a time, each in its own process (default 1)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give a number of processes >= 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.check:
         config = load_config(args.config)
@@ -266,5 +334,5 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"dataset file missing: {err}")
                 return 1
         return 0
-    print(run_experiment(args.config, output_dir=args.output_dir, progress=not args.no_progress))
+    print(run_experiment(args.config, output_dir=args.output_dir, progress=not args.no_progress, jobs=args.jobs))
     return 0

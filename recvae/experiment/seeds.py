@@ -34,24 +34,28 @@ from recvae.data import Split
 from recvae.evaluation import average_results, evaluate
 from recvae.models import MODELS, Blend, Recommender
 from recvae.tuning import reseeded
-from recvae.experiment.config import ExperimentConfig
+from recvae.experiment.config import ExperimentConfig, ModelSpec
 from recvae.experiment.report import Outcome, SeedRun
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["referenced_labels", "is_seeded", "refit_seeds"]
+__all__ = ["entry_references", "referenced_labels", "is_seeded", "refit_seeds"]
+
+
+def entry_references(spec: ModelSpec) -> set[str]:
+    """The labels of earlier entries that ``spec`` (a blend) reuses: ``{ ref = LABEL }`` in its params or grid."""
+    labels = set()
+    tried = spec.grid.get("components")
+    for components in [spec.params.get("components"), *(tried if isinstance(tried, list) else [])]:
+        for c in components if isinstance(components, list) else []:
+            if isinstance(c, Mapping) and "ref" in c:
+                labels.add(c["ref"])
+    return labels
 
 
 def referenced_labels(config: ExperimentConfig) -> set[str]:
     """The labels a blend of ``config`` reuses (``{ ref = LABEL }`` in its params or grid)."""
-    labels = set()
-    for spec in config.models:
-        tried = spec.grid.get("components")
-        for components in [spec.params.get("components"), *(tried if isinstance(tried, list) else [])]:
-            for c in components if isinstance(components, list) else []:
-                if isinstance(c, Mapping) and "ref" in c:
-                    labels.add(c["ref"])
-    return labels
+    return set().union(*(entry_references(spec) for spec in config.models))
 
 
 def _earlier_of(component: Any, earlier: Sequence[Outcome]) -> Outcome | None:
