@@ -475,3 +475,18 @@ def test_jobs_must_be_a_positive_integer(tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["experiment", str(config), "--jobs", "0"])
     assert "--jobs 0" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_each_worker_gets_an_equal_share_of_the_threads():
+    import torch
+
+    from recvae.experiment.runner import worker_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert [worker_threads(j) for j in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
+        torch.set_num_threads(1)
+        assert worker_threads(2) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -284,6 +284,8 @@ MUTATIONS: list[Mutation] = [
     M("finalists-same-seed-again", "recvae/tuning.py",
       "model = reseeded(make_model(**fixed, **params), offset)",
       "model = reseeded(make_model(**fixed, **params), 0)", T_FINAL),
+    M("experiment-jobs-workers-get-all-threads", "recvae/experiment/runner.py",
+      "return max(1, torch.get_num_threads() // jobs)", "return torch.get_num_threads() * jobs", T_EXP),
     M("finalists-fits-not-reused", "recvae/experiment/seeds.py",
       "ready = {f.offset: f for f in outcome.search.seed_fits if f.model is not None}", "ready = {}", T_FINAL),
 ]

@@ -224,6 +224,11 @@ def _run_entry_in_worker(index: int) -> Outcome:
     return _tune_test_and_refit(w["config"].models[index], w["split"], w["config"], w["ks"], w["names"], False, [])
 
 
+def worker_threads(jobs: int) -> int:
+    """Torch (and BLAS) threads for each of ``jobs`` worker processes: an equal share of this process's, at least 1."""
+    return max(1, torch.get_num_threads() // jobs)
+
+
 def _run_in_parallel(config: ExperimentConfig, split: Split, ks: list[int], names: list[str], jobs: int,
                      finished: Callable[[int, Outcome], None]) -> None:
     """Run every entry that reuses no other entry's fit in ``jobs`` worker processes, calling ``finished`` as each
@@ -231,7 +236,7 @@ def _run_in_parallel(config: ExperimentConfig, split: Split, ks: list[int], name
     independent = [i for i, spec in enumerate(config.models) if not entry_references(spec)]
     if not independent:
         return
-    threads = max(1, torch.get_num_threads() // jobs)
+    threads = worker_threads(jobs)
     context = multiprocessing.get_context("spawn")  # fork would copy torch's and BLAS's thread pools mid-state
     with ProcessPoolExecutor(max_workers=min(jobs, len(independent)), mp_context=context,
                              initializer=_start_worker, initargs=(config, split, ks, names, threads)) as pool:
