@@ -63,7 +63,15 @@ from recvae.data.logs import InteractionLog, read_log
 from recvae.data.splits import Split, all_users_split, strong_generalization, temporal_split, weak_generalization
 from recvae.data.tables import TableWriter, check_output_path, check_table_output, write_table
 from recvae.models.base import Recommender, UserEmbeddings, item_mask, rank_in_blocks
-from recvae.tuning import SearchResult, check_optuna, optuna_search, reselect_over_seeds, search_space, space_corners
+from recvae.tuning import (
+    SearchResult,
+    check_finalist_counts,
+    check_optuna,
+    optuna_search,
+    reselect_over_seeds,
+    search_space,
+    space_corners,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -882,9 +890,10 @@ def tune(
     if heldout_users is not None and heldout_users == 0:
         raise RunError("tuning scores trials on validation users: heldout_users (--heldout-users) must be above 0")
     name = str(model).strip().lower()
-    for label, value in (("finalists", finalists), ("seeds", seeds)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RunError(f"{label} must be an integer >= 1; got {value!r}")
+    try:
+        check_finalist_counts(finalists, seeds)
+    except ValueError as err:
+        raise RunError(str(err)) from None
     if finalists > 1 and name in MODELS and not MODELS[name].seeded:
         raise RunError(f"finalists re-score trials over seeds, but {name} is deterministic (another seed gives the "
                        "same fit); drop finalists, or tune a seeded model (the torch VAEs, als, bpr)")

@@ -69,6 +69,7 @@ __all__ = [
     "grid_search",
     "optuna_search",
     "reselect_over_seeds",
+    "check_finalist_counts",
     "reseeded",
     "parameter_grid",
     "Range",
@@ -857,6 +858,13 @@ def _fit_and_score(model: Recommender, split: Split, metric: str, name: str, ks:
     return score, fit_seconds
 
 
+def check_finalist_counts(finalists: int, seeds: int) -> None:
+    """Raise a one-line ValueError unless ``finalists`` and ``seeds`` are integers >= 1."""
+    for label, value in (("finalists", finalists), ("seeds", seeds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be an integer >= 1; got {value!r}")
+
+
 def reselect_over_seeds(
     result: GridSearchResult,
     make_model: Callable[..., Recommender],
@@ -903,9 +911,7 @@ def reselect_over_seeds(
         ValueError: ``finalists`` or ``seeds`` below 1, or the model is not seeded.
         TypeError: the model's parameters have no ``seed``.
     """
-    for label, value in (("finalists", finalists), ("seeds", seeds)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label} must be an integer >= 1; got {value!r}")
+    check_finalist_counts(finalists, seeds)
     if not type(result.best_model).seeded:
         raise ValueError(f"{type(result.best_model).__name__} is deterministic: another seed gives the same fit, "
                          "so there is nothing to re-score; use the search's pick")

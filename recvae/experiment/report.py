@@ -415,7 +415,7 @@ def _finalists_section(outcomes: list[Outcome], config: ExperimentConfig) -> lis
         for _, row in f.iterrows():
             params = ", ".join(f"{n}={float(f'{row[n]:.4g}') if isinstance(row[n], float) else row[n]}"
                                for n in names) or "defaults"
-            seeds = " / ".join(_fmt(row[c]) for c in per_seed if c in row and row[c] == row[c]) or "—"
+            seeds = " / ".join(_fmt(row[c]) for c in per_seed if row[c] == row[c]) or "—"  # NaN: not fit
             mean = _fmt(row[f"{sel} mean"])
             cells.append([f"**{o.spec.label}**" if row["chosen"] else o.spec.label, str(row["trial"]), params,
                           seeds, f"**{mean}**" if row["chosen"] else mean])

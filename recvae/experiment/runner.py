@@ -178,8 +178,7 @@ def _run_model(spec: ModelSpec, split: Split, config: ExperimentConfig, ks: list
     search = _tune(spec, split, config.select_by, progress, fitted)
     if config.finalists > 1 and config.seeds > 1 and type(search.best_model).seeded:  # not a blend: its weights
         search = reselect_over_seeds(search, _model_factory(spec, progress, fitted), split,
-                                     finalists=config.finalists, seeds=config.seeds,
-                                     ks=(parse_metric(config.select_by)[1],), progress=progress)
+                                     finalists=config.finalists, seeds=config.seeds, progress=progress)
     test = evaluate(search.best_model, split, "test", ks=ks, metrics=names)
     trials = search.trials
     history = getattr(search.best_model, "history_", None)
