@@ -465,6 +465,35 @@ def test_jobs_run_entries_in_worker_processes_with_the_sequential_results(tmp_pa
     np.testing.assert_allclose(per_user_b.to_numpy(float), per_user_a.to_numpy(float), rtol=1e-6)
 
 
+def test_workers_take_the_longest_searches_first(tmp_path):
+    """A search without a timeout, then the longer-budgeted search, then grids and fixed entries in config order;
+    a blend's references are never handed to a worker."""
+    from recvae.experiment.runner import submission_order
+
+    searches = """
+[[models]]
+name = "mult-dae"
+label = "DAE short"
+search = { lr = { low = 1e-4, high = 1e-2, log = true } }
+budget = { trials = 3, timeout_s = 60 }
+[[models]]
+name = "mult-dae"
+label = "DAE long"
+search = { lr = { low = 1e-4, high = 1e-2, log = true } }
+budget = { trials = 3, timeout_s = 600 }
+[[models]]
+name = "mult-dae"
+label = "DAE untimed"
+search = { lr = { low = 1e-4, high = 1e-2, log = true } }
+budget = { trials = 3 }
+"""
+    config = load_config(write(tmp_path, SYNTHETIC + searches))
+    labels = [m.label for m in config.models]
+    order = submission_order(config.models, range(len(config.models)))
+    assert [labels[i] for i in order] == ["DAE untimed", "DAE long", "DAE short", "Popularity", "EASE", "Mult-VAE"]
+    assert submission_order(config.models, [1, 4, 0]) == [4, 0, 1]
+
+
 def test_jobs_must_be_a_positive_integer(tmp_path):
     config = write(tmp_path, SYNTHETIC)
     for bad in (0, -1, 1.5, True):

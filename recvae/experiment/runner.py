@@ -228,11 +228,28 @@ def worker_threads(jobs: int) -> int:
     return max(1, torch.get_num_threads() // jobs)
 
 
+def submission_order(specs: Sequence[ModelSpec], indices: Sequence[int]) -> list[int]:
+    """``indices`` of ``specs`` in the order worker processes should take them: the searches with the longest
+    wall-clock budget first (one without a timeout counts as longest), then the grids, each group in config order.
+
+    The pool hands entries out first come, first served; a long search submitted last would run alone at the end
+    while the other workers sit idle (longest-first is the classic greedy for balancing such a schedule).
+    """
+    def cost(index: int) -> tuple[int, float, int]:
+        budget = specs[index].budget
+        if budget is None:
+            return (1, 0.0, index)
+        return (0, -(budget.timeout_s if budget.timeout_s is not None else float("inf")), index)
+
+    return sorted(indices, key=cost)
+
+
 def _run_in_parallel(config: ExperimentConfig, split: Split, ks: list[int], names: list[str], jobs: int,
                      finished: Callable[[int, Outcome], None]) -> None:
     """Run every entry that reuses no other entry's fit in ``jobs`` worker processes, calling ``finished`` as each
     ends. Each worker gets an equal share of this process's torch threads (at least one)."""
-    independent = [i for i, spec in enumerate(config.models) if not entry_references(spec)]
+    independent = submission_order(config.models, [i for i, spec in enumerate(config.models)
+                                                   if not entry_references(spec)])
     if not independent:
         return
     threads = worker_threads(jobs)
