@@ -286,6 +286,9 @@ MUTATIONS: list[Mutation] = [
       "model = reseeded(make_model(**fixed, **params), 0)", T_FINAL),
     M("experiment-jobs-workers-get-all-threads", "recvae/experiment/runner.py",
       "return max(1, torch.get_num_threads() // jobs)", "return torch.get_num_threads() * jobs", T_EXP),
+    M("experiment-jobs-shortest-search-first", "recvae/experiment/runner.py",
+      'return (0, -(budget.timeout_s if budget.timeout_s is not None else float("inf")), index)',
+      'return (0, budget.timeout_s if budget.timeout_s is not None else float("inf"), index)', T_EXP),
     M("finalists-fits-not-reused", "recvae/experiment/seeds.py",
       "ready = {f.offset: f for f in outcome.search.seed_fits if f.model is not None}", "ready = {}", T_FINAL),
 ]
