@@ -87,9 +87,9 @@ def run(tmp_path_factory) -> SimpleNamespace:
 
             mp.setattr(cls, "fit", counted)
 
-        def write_report(config, data, split, outcomes, out, seconds, _write=runner.write_report):
+        def write_report(config, data, split, outcomes, out, seconds, _write=runner.write_report, **how):
             seen.update(split=split, outcomes={o.spec.label: o for o in outcomes})
-            return _write(config, data, split, outcomes, out, seconds)
+            return _write(config, data, split, outcomes, out, seconds, **how)
 
         mp.setattr(runner, "write_report", write_report)
         report = run_experiment(config, output_dir=tmp / "results", progress=False)
@@ -455,6 +455,9 @@ def test_jobs_run_entries_in_worker_processes_with_the_sequential_results(tmp_pa
         mp.setattr(runner, "_tune_test_and_refit", recorded)
         two = run_experiment(config, output_dir=tmp_path / "two", progress=False, jobs=2)
     assert ran_here == ["Mult-VAE + EASE"]
+    # the header says how the models ran: a wall-clock search budget buys fewer trials at fewer threads
+    assert "(CPU only, 2 models at a time in worker processes of 1 thread(s) each)" in two.read_text()
+    assert "(CPU only, 1 thread(s))" in one.read_text()
     a, b = pd.read_csv(one.with_suffix(".csv")), pd.read_csv(two.with_suffix(".csv"))
     assert list(b["model"]) == ["Popularity", "EASE", "Mult-VAE", "Mult-VAE + EASE"] == list(a["model"])
     for column in ("ndcg@100", "recall@20", "recall@50", "validation ndcg@100", "t_pvalue", "paired_diff"):

@@ -84,10 +84,11 @@ class Outcome:
 
 
 def write_report(config: ExperimentConfig, data: Interactions, split: Split, outcomes: list[Outcome], out: Path,
-                 seconds: float) -> Path:
+                 seconds: float, *, jobs: int = 1, threads: int | None = None) -> Path:
     """Write the CSV tables, the plots and the Markdown report into ``out``; returns the report's path.
 
-    ``seconds`` is the run's duration so far, printed in the report's header.
+    ``seconds`` is the run's duration so far, printed in the report's header with how the models ran:
+    ``jobs`` processes side by side with ``threads`` torch threads each (default: this process's).
     """
     table = results_table(outcomes, config)
     trials = pd.concat([o.search.trials.assign(model=o.spec.label, registry_name=o.spec.name) for o in outcomes],
@@ -108,7 +109,8 @@ def write_report(config: ExperimentConfig, data: Interactions, split: Split, out
         pd.concat(histories, ignore_index=True).to_csv(out / f"{config.name}_history.csv", index=False)
     plots, plot_note = _plots(outcomes, out, config.name)
     ci_plot = _test_ci_plot(outcomes, out, config)
-    report = _markdown(config, data, split, outcomes, table, plots, plot_note, seconds, ci_plot=ci_plot)
+    report = _markdown(config, data, split, outcomes, table, plots, plot_note, seconds, ci_plot=ci_plot,
+                       jobs=jobs, threads=torch.get_num_threads() if threads is None else threads)
     md_path = out / f"{config.name}.md"
     md_path.write_text(report, encoding="utf-8")
     return md_path
@@ -211,17 +213,19 @@ def _markdown_table(cells: list[list[str]], header: list[str]) -> list[str]:
 # =============================================================================== Markdown
 def _markdown(config: ExperimentConfig, data: Interactions, split: Split, outcomes: list[Outcome],
               table: pd.DataFrame, plots: list[tuple[str, str]], plot_note: str, seconds: float,
-              ci_plot: str | None = None) -> str:
+              ci_plot: str | None = None, jobs: int = 1, threads: int = 1) -> str:
     sel = config.select_by
     ref = _reference(outcomes)
     lines = [f"# {config.name}", ""]
     if config.description:
         lines += [config.description, ""]
-    threads = torch.get_num_threads()
     device = "CUDA available" if torch.cuda.is_available() else "CPU only"
+    # A wall-clock search budget buys fewer trials at fewer threads: say how the models ran.
+    how = (f"{threads} thread(s)" if jobs == 1
+           else f"{jobs} models at a time in worker processes of {threads} thread(s) each")
     lines += [
         f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} in {seconds / 60:.1f} min with recvae "
-        f"{__version__}, torch {torch.__version__} ({device}, {threads} threads), Python {platform.python_version()}. "
+        f"{__version__}, torch {torch.__version__} ({device}, {how}), Python {platform.python_version()}. "
         f"Config `{_display_path(config.path)}`, as run:",
         "",
         "```toml",
