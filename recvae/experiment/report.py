@@ -213,7 +213,7 @@ def _markdown_table(cells: list[list[str]], header: list[str]) -> list[str]:
 # =============================================================================== Markdown
 def _markdown(config: ExperimentConfig, data: Interactions, split: Split, outcomes: list[Outcome],
               table: pd.DataFrame, plots: list[tuple[str, str]], plot_note: str, seconds: float,
-              ci_plot: str | None = None, jobs: int = 1, threads: int = 1) -> str:
+              *, ci_plot: str | None, jobs: int, threads: int) -> str:
     sel = config.select_by
     ref = _reference(outcomes)
     lines = [f"# {config.name}", ""]

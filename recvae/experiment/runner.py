@@ -327,7 +327,7 @@ def run_experiment(config_path: str | Path, *, output_dir: str | Path | None = N
     outcomes = [done[i] for i in range(len(config.models))]
 
     md_path = write_report(config, data, split, outcomes, out, time.perf_counter() - started, jobs=jobs,
-                           threads=worker_threads(jobs) if jobs > 1 else torch.get_num_threads())
+                           threads=worker_threads(jobs))  # jobs = 1: this process's threads
     say(f"wrote {md_path}")
     return md_path
 
