@@ -106,13 +106,16 @@ def test_linear_path_alone_is_edlae(split):
     np.testing.assert_allclose(model.score(rows) / scale, edlae.score(rows), rtol=1e-4, atol=1e-5)
 
 
-def test_beats_each_path_alone_on_structured_data():
+@pytest.mark.precision
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_beats_each_path_alone_on_structured_data(precision):
     # Tastes, a Zipf popularity and off-taste noise: the VAE and the linear path each catch part of it.
+    # Trained in bf16 too (emulated where the CPU has no native bf16): the paths' logits are fused in fp32.
     data = synthetic_interactions(SyntheticConfig(n_users=1500, n_items=300, n_tastes=8, seed=0,
                                                   mean_events_per_user=25))
     split = strong_generalization(data, 150, seed=0)
     params = dict(hidden_dim=128, latent_dim=32, epochs=20, batch_size=100, lr=3e-3, progress=False, seed=0,
-                  linear_l2=20.0, linear_dropout=0.25, linear_scale=10.0)
+                  linear_l2=20.0, linear_dropout=0.25, linear_scale=10.0, precision=precision)
     score = {paths: evaluate(JointVAE(paths=paths, **params).fit(split), split, "test",
                              ks=[20], metrics=["ndcg"])["ndcg@20"]
              for paths in ("vae", "linear", "both")}

@@ -264,8 +264,9 @@ def test_validation_runs_every_eval_every_epochs_and_after_the_last(split):
 
 # ----------------------------------------------------------------------------- precision chosen for the hardware
 def test_auto_precision_picks_bf16_only_where_the_hardware_has_it(monkeypatch):
-    from recvae.training import PRECISIONS, TrainingConfig, cpu_has_native_bf16, resolve_precision
+    from recvae.training import AUTO_PRECISION_ENV, PRECISIONS, TrainingConfig, cpu_has_native_bf16, resolve_precision
 
+    monkeypatch.delenv(AUTO_PRECISION_ENV, raising=False)  # the hardware decides (a suite run may force bf16)
     cpu = torch.device("cpu")
     avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
     bf16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
@@ -289,6 +290,7 @@ def test_the_chosen_precision_is_recorded_in_the_history(monkeypatch):
     from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
     from recvae.models import MultVAE
 
+    monkeypatch.delenv(loop_module.AUTO_PRECISION_ENV, raising=False)  # the hardware decides
     split = strong_generalization(synthetic_interactions(SyntheticConfig(n_users=150, n_items=40, seed=4)), 15)
     for native, expected in ((False, "fp32"), (True, "bf16")):
         monkeypatch.setattr(loop_module, "cpu_has_native_bf16", lambda cpuinfo=None, native=native: native)

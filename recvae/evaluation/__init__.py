@@ -10,9 +10,10 @@ from recvae.evaluation.harness import (
     average_results,
     evaluate,
     evaluate_heldout,
+    evaluate_model,
     paired_comparison,
     top_k_for_rows,
 )
 
-__all__ = ["metrics", "ranking", "EvaluationResult", "average_results", "evaluate", "evaluate_heldout", "paired_comparison",
+__all__ = ["metrics", "ranking", "EvaluationResult", "average_results", "evaluate", "evaluate_heldout", "evaluate_model", "paired_comparison",
            "top_k_for_rows"]

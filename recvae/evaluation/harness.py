@@ -36,7 +36,7 @@ from recvae.evaluation.ranking import (
 from recvae.data.splits import HeldOut, Split
 from recvae.distributed import DistributedContext, all_reduce_sum, batch_aligned_range, gather_rows, parallel_context
 
-__all__ = ["EvaluationResult", "evaluate", "evaluate_heldout", "top_k_for_rows", "paired_comparison",
+__all__ = ["EvaluationResult", "evaluate", "evaluate_model", "evaluate_heldout", "top_k_for_rows", "paired_comparison",
            "average_results"]
 
 ScoreFn = Callable[[sp.csr_matrix], "torch.Tensor | np.ndarray"]
@@ -251,9 +251,32 @@ def evaluate(
     """
     if which not in ("validation", "test"):
         raise ValueError(f"which must be 'validation' or 'test'; got {which!r}")
+    return evaluate_model(model, split.held_out(which), ks=ks, metrics=metrics, batch_size=batch_size,
+                          distributed=distributed, progress=progress, max_memory=max_memory)
+
+
+def evaluate_model(
+    model,
+    heldout: HeldOut,
+    *,
+    ks: Sequence[int] = (20, 50, 100),
+    metrics: Sequence[str] = ("ndcg", "recall"),
+    batch_size: int = 1000,
+    distributed: bool | None = None,
+    progress: bool | None = False,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
+) -> EvaluationResult:
+    """Evaluate ``model`` on a held-out user set, as :func:`evaluate` does on a split's.
+
+    The one path from a model to its metrics: :func:`evaluate` and the training loops'
+    validation (``recvae.training``, which hands a model in as it trains) both go
+    through it, so the validation score that picks the best epoch is the number
+    ``evaluate(model, split, "validation")`` gives afterwards. ``model`` needs
+    ``score_tensor`` or ``score``; with ``block_scoring`` its ``item_block_scorer``
+    and ``block_score_bytes`` rank big catalogues a block of items at a time.
+    """
     if not hasattr(model, "score"):
         raise TypeError(f"{type(model).__name__} has no score(user_rows) method; it is not a recvae model")
-    heldout: HeldOut = split.held_out(which)
     score_fn = getattr(model, "score_tensor", None) or model.score
     blockwise = bool(getattr(model, "block_scoring", False))
     return evaluate_heldout(score_fn, heldout, ks=ks, metrics=metrics, batch_size=batch_size, distributed=distributed,

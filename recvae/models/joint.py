@@ -130,4 +130,5 @@ class JointVAE(RecVAE):
             if config.linear_init == "edlae":
                 weights = edlae_weights(matrix, config.linear_l2, config.linear_dropout)
                 self.net_.decoder.item_item.set_weight(torch.from_numpy(weights))
-        return train_recvae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch)
+        return train_recvae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch,
+                            scorer=self)

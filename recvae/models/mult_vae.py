@@ -26,6 +26,7 @@ from recvae.training import (
     TrainingConfig,
     TrainingDivergedError,
     TrainingResult,
+    full_precision,
     resolve_device,
     sparse_rows,
     train_vae,
@@ -127,8 +128,13 @@ class TorchVAERecommender(Recommender):
         return sparse_rows(as_user_rows(user_rows, self.n_items_), self.device_)
 
     def score_tensor(self, user_rows) -> torch.Tensor:
-        """Scores as a torch tensor on the model's device (used by the evaluation harness)."""
-        return self.net_.scores(self._rows(user_rows))
+        """Scores as a torch tensor on the model's device (used by the evaluation harness).
+
+        Always fp32, also inside a caller's autocast and whatever precision the model
+        trained in: what ranks and reports (validation, ``evaluate``, ``recommend``) is exact."""
+        x = self._rows(user_rows)
+        with full_precision(self.device_):
+            return self.net_.scores(x)
 
     def score(self, user_rows) -> np.ndarray:
         """(users, items) scores for CSR user rows (fold-in: no retraining)."""
@@ -162,17 +168,18 @@ class TorchVAERecommender(Recommender):
         was_training = net.training
         net.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), full_precision(self.device_):
                 h, weight, bias, linear = self._decoder_head(x)
         finally:
             net.train(was_training)
 
         @torch.no_grad()
         def scorer(start: int, stop: int) -> torch.Tensor:
-            out = None if h is None else F.linear(h, weight[start:stop], bias[start:stop])
-            if linear is not None:
-                part = linear(start, stop)
-                out = part if out is None else out + part.to(out.dtype)
+            with full_precision(self.device_):  # fp32, as score_tensor
+                out = None if h is None else F.linear(h, weight[start:stop], bias[start:stop])
+                if linear is not None:
+                    part = linear(start, stop)
+                    out = part if out is None else out + part.to(out.dtype)
             return out.float()
 
         return scorer
@@ -259,7 +266,7 @@ class MultVAE(TorchVAERecommender):
 
     def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None,
                on_epoch: EpochCallback | None = None) -> TrainingResult:
-        return train_vae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch)
+        return train_vae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch, scorer=self)
 
     def _decoder_head(self, x: SparseRows):
         """The posterior mean through the decoder up to its output layer (as ``VAE.decode``)."""
@@ -283,7 +290,8 @@ class MultVAE(TorchVAERecommender):
         was_training = self.net_.training
         self.net_.eval()
         try:
-            mu, log_var = self.net_.encode(x)
+            with full_precision(self.device_):
+                mu, log_var = self.net_.encode(x)
         finally:
             self.net_.train(was_training)
         sigma = torch.zeros_like(mu) if log_var is None else torch.exp(0.5 * log_var)

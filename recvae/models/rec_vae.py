@@ -14,7 +14,7 @@ from recvae.models.base import UserEmbeddings
 from recvae.models.mult_vae import TorchVAERecommender
 from recvae.nn.rec_vae import RecVAEConfig, RecVAENet, composite_prior_log_prob, gaussian_log_density
 from recvae.nn.sparse import SparseRows
-from recvae.training import EpochCallback, TrainingConfig, TrainingResult, train_recvae
+from recvae.training import EpochCallback, TrainingConfig, TrainingResult, full_precision, train_recvae
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ class RecVAE(TorchVAERecommender):
         return RecVAENet(n_items, self.config)
 
     def _train(self, matrix, validation: HeldOut | None, on_epoch: EpochCallback | None = None) -> TrainingResult:
-        return train_recvae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch)
+        return train_recvae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch,
+                            scorer=self)
 
     def _decoder_head(self, x: SparseRows):
         """The posterior mean and the linear decoder (scores are ``decoder(mu)``)."""
@@ -67,5 +68,6 @@ class RecVAE(TorchVAERecommender):
     def embed_users(self, user_rows) -> UserEmbeddings:
         """Posterior mean and standard deviation of z for each user row (``mu, sigma = ...`` unpacks)."""
         x = self._rows(user_rows)
-        mu, log_var = self.net_.encode(x, dropout=False)
+        with full_precision(self.device_):
+            mu, log_var = self.net_.encode(x, dropout=False)
         return UserEmbeddings(mu.cpu().numpy(), torch.exp(0.5 * log_var).cpu().numpy())

@@ -32,7 +32,7 @@ from recvae.nn.rec_vae import RecVAEConfig, RecVAENet
 from recvae.nn.sparse import SparseRows
 from recvae.nn.vae import dropout_values, l2_normalised_values
 
-__all__ = ["JointVAEConfig", "JointVAENet", "ItemItemLinear", "JointDecoder", "JOINT_PATHS", "LINEAR_INITS"]
+__all__ = ["JointVAEConfig", "JointVAENet", "ItemItemLinear", "JointDecoder", "fuse_logits", "JOINT_PATHS", "LINEAR_INITS"]
 
 JOINT_PATHS = ("both", "vae", "linear")
 LINEAR_INITS = ("edlae", "zeros")
@@ -111,6 +111,18 @@ class JointVAEConfig(RecVAEConfig):
         if self.paths != "vae" and self.linear_init == "zeros" and not self.train_linear:
             raise ValueError("linear_init='zeros' with train_linear=False leaves the linear path at zero; "
                              "set train_linear=True or linear_init='edlae'")
+
+
+def fuse_logits(latent: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
+    """The two paths' logits summed in at least fp32.
+
+    Under bf16 autocast the latent path's logits come out in bf16 (8 bits of mantissa:
+    steps of 0.06 at a logit of 10), while the item-item path's sparse product stays fp32;
+    rounding their sum to bf16 would blur the ranking and the loss of both paths alike.
+    The likelihood computes in fp32 anyway, so the sum costs no more there.
+    """
+    dtype = torch.promote_types(torch.promote_types(latent.dtype, linear.dtype), torch.float32)
+    return latent.to(dtype) + linear.to(dtype)
 
 
 class _ZeroDiagonalGradient(torch.autograd.Function):
@@ -195,7 +207,7 @@ class JointDecoder(nn.Module):
         out = self.latent(z)
         if x is None or self.paths == "vae":
             return out
-        return out + self.scale * self.item_item(x, linear_values).to(out.dtype)
+        return fuse_logits(out, self.scale * self.item_item(x, linear_values))
 
 
 class JointVAENet(RecVAENet):
@@ -216,7 +228,7 @@ class JointVAENet(RecVAENet):
         latent = self.decoder.latent(z)
         fused = latent if c.fusion_gradient else latent.detach()
         linear = self.decoder.item_item(x, self._linear_values(x, generator))
-        nll = self.likelihood.nll(fused + self.decoder.scale * linear.to(fused.dtype), x)
+        nll = self.likelihood.nll(fuse_logits(fused, self.decoder.scale * linear), x)
         if c.vae_loss_weight:
             nll = nll + c.vae_loss_weight * self.likelihood.nll(latent, x)
         return nll

@@ -21,9 +21,10 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 
 from recvae.data.splits import HeldOut
 from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
-from recvae.evaluation import evaluate_heldout
+from recvae.evaluation import evaluate_model
 from recvae.nn.annealing import AnnealConfig, BetaSchedule
 from recvae.nn.item_output import set_item_counts
 from recvae.storage import CHECKPOINT_FIX, ModelFileError, read_torch_payload, require_keys
@@ -59,6 +60,9 @@ __all__ = [
     "prepare_item_training",
     "resolve_precision",
     "cpu_has_native_bf16",
+    "full_precision",
+    "NetScorer",
+    "AUTO_PRECISION_ENV",
     "PRECISIONS",
     "RecvaeWarning",
     "TrainingDivergedError",
@@ -302,11 +306,29 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return any(flag in flags for flag in _CPU_BF16_FLAGS)
 
 
-def resolve_precision(precision: str, device: torch.device, *, cpuinfo: str | None = None) -> str:
-    """``"fp32"`` or ``"bf16"``: ``auto`` picks bf16 on CUDA devices that support it and on CPUs
-    with native bf16, fp32 elsewhere; an explicit choice is kept."""
+#: The environment variable ``precision="auto"`` reads first: ``bf16`` or ``fp32`` forces that
+#: choice on any device (e.g. ``RECVAE_AUTO_PRECISION=bf16`` to test on an AVX2 machine what a
+#: native-bf16 CPU runs, slowly: bf16 is emulated there); unset or empty, the hardware decides.
+AUTO_PRECISION_ENV = "RECVAE_AUTO_PRECISION"
+
+
+def resolve_precision(precision: str, device: torch.device, *, cpuinfo: str | None = None,
+                      environ: Mapping[str, str] | None = None) -> str:
+    """``"fp32"`` or ``"bf16"``: the training precision. An explicit choice is kept; ``auto``
+    takes :data:`AUTO_PRECISION_ENV` when set (``environ``: ``os.environ`` by default), else
+    picks bf16 on CUDA devices that support it and on CPUs with native bf16, fp32 elsewhere.
+
+    Only training runs in it: every score that decides or reports (validation, ``evaluate``,
+    recommendations) is computed in fp32 (see :func:`full_precision`).
+    """
     if precision != "auto":
         return precision
+    forced = (os.environ if environ is None else environ).get(AUTO_PRECISION_ENV, "").strip()
+    if forced:
+        if forced not in PRECISIONS[1:]:
+            raise ValueError(f"{AUTO_PRECISION_ENV}={forced!r} is not a precision; set it to "
+                             f"{' or '.join(PRECISIONS[1:])}, or unset it to let the hardware decide")
+        return forced
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
@@ -316,6 +338,31 @@ def resolve_precision(precision: str, device: torch.device, *, cpuinfo: str | No
 
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def full_precision(device: torch.device | str) -> AbstractContextManager:
+    """A context in which a net computes in its weights' dtype (fp32), autocast off on ``device``,
+    even inside a caller's ``torch.autocast``: where recvae scores for a decision or a report."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
+class NetScorer:
+    """A trained net as the evaluation harness scores it: fp32 posterior-mean scores of CSR rows.
+
+    What the training loops validate with when no model is handed to them (a net trained
+    on its own); the models hand themselves in, so that validation ranks with the very
+    scoring (and item blocks) of :func:`recvae.evaluation.evaluate`.
+    """
+
+    def __init__(self, net: torch.nn.Module, device: torch.device) -> None:
+        self.net = net
+        self.device = device
+
+    def score_tensor(self, rows: sp.csr_matrix) -> torch.Tensor:
+        with full_precision(self.device):
+            return self.net.scores(sparse_rows(rows, self.device))
+
+    score = score_tensor
 
 
 def make_optimizer(params, config: TrainingConfig) -> torch.optim.Optimizer | ItemSparseAdam:
@@ -579,12 +626,17 @@ def _active_users(train: sp.csr_matrix, validation: HeldOut | None) -> np.ndarra
     return active
 
 
-def _validate_epoch(net, score_fn, validation: HeldOut, config: TrainingConfig, epoch: int,
+def _validate_epoch(net, scorer, validation: HeldOut, config: TrainingConfig, epoch: int,
                     state: dict, row: dict, postfix: dict) -> float:
-    """Validation NDCG@k of an epoch: recorded in ``row``/``postfix``; best weights and patience in ``state``."""
+    """Validation NDCG@k of an epoch: recorded in ``row``/``postfix``; best weights and patience in ``state``.
+
+    ``scorer`` (the model being fitted, or a :class:`NetScorer`) is evaluated as
+    :func:`recvae.evaluation.evaluate_model` evaluates any model: in fp32, whatever the
+    training precision, so the selected epoch's score is the one ``evaluate`` reports.
+    """
     started = time.perf_counter()
-    result = evaluate_heldout(score_fn, validation, ks=(config.eval_k,), metrics=("ndcg",),
-                              batch_size=config.eval_batch_size)
+    result = evaluate_model(scorer, validation, ks=(config.eval_k,), metrics=("ndcg",),
+                            batch_size=config.eval_batch_size)
     score = result[f"ndcg@{config.eval_k}"]
     row[f"val_ndcg@{config.eval_k}"] = score
     row["eval_seconds"] = time.perf_counter() - started
@@ -646,6 +698,7 @@ def train_vae(
     device: torch.device,
     *,
     on_epoch: EpochCallback | None = None,
+    scorer=None,
 ) -> TrainingResult:
     """Train ``net`` (a :class:`recvae.nn.vae.VAE`) in place; loads the best weights at the end.
 
@@ -659,9 +712,15 @@ def train_vae(
     progress bar is closed and the net keeps the weights of that epoch (a tuner
     prunes a trial this way). Under data parallelism every rank calls it and must
     decide alike.
+
+    ``scorer``: what validation ranks with -- the model that holds ``net`` (its
+    ``score_tensor`` and item blocks, as :func:`recvae.evaluation.evaluate` scores it);
+    None: the net's own fp32 scores (:class:`NetScorer`). Training may run in bf16
+    (``config.precision``); validation never does.
     """
     with host_memory_for(config, device):
-        return _train_vae(net, train, validation, config, device, on_epoch=on_epoch)
+        return _train_vae(net, train, validation, config, device, on_epoch=on_epoch,
+                          scorer=NetScorer(net, device) if scorer is None else scorer)
 
 
 def host_memory_for(config: TrainingConfig, device: torch.device) -> AbstractContextManager[bool]:
@@ -670,7 +729,7 @@ def host_memory_for(config: TrainingConfig, device: torch.device) -> AbstractCon
 
 
 def _train_vae(net: torch.nn.Module, train: sp.csr_matrix, validation: HeldOut | None, config: TrainingConfig,
-               device: torch.device, *, on_epoch: EpochCallback | None = None) -> TrainingResult:
+               device: torch.device, *, on_epoch: EpochCallback | None, scorer) -> TrainingResult:
     ctx = parallel_context()
     if ctx is not None:
         check_parallel_device(ctx, device)
@@ -700,10 +759,6 @@ def _train_vae(net: torch.nn.Module, train: sp.csr_matrix, validation: HeldOut |
     if ctx is not None:
         # Ranks hold identical weights (same seed; DDP also broadcasts rank 0's at construction).
         model = torch.nn.parallel.DistributedDataParallel(_PerUserTerms(net))
-
-    def score_fn(rows: sp.csr_matrix) -> torch.Tensor:
-        with _autocast(device, precision):
-            return net.scores(sparse_rows(rows, device))
 
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch,
                disable=None if (config.progress and is_main) else True, unit="batch", dynamic_ncols=True)
@@ -742,7 +797,7 @@ def _train_vae(net: torch.nn.Module, train: sp.csr_matrix, validation: HeldOut |
                    "loss": loss, "nll": nll, "kl": kl, "train_seconds": time.perf_counter() - started}
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}", "beta": f"{row['beta']:.3f}"}
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                score = _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
+                score = _validate_epoch(net, scorer, validation, config, epoch, state, row, postfix)
                 schedule.observe(score, row["beta"])
             if _end_epoch(state, epoch, row, postfix, bar, config, is_main,
                           lambda: _save_checkpoint(config.checkpoint, net, optimizer, schedule, generator, state,

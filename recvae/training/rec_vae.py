@@ -27,6 +27,7 @@ from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.storage import CHECKPOINT_FIX, ModelFileError
 from recvae.training.loop import (
     EpochCallback,
+    NetScorer,
     TrainingConfig,
     TrainingResult,
     _active_users,
@@ -48,7 +49,6 @@ from recvae.training.loop import (
     resolve_precision,
     resume_agreed,
     run_fingerprint,
-    sparse_rows,
     warn_degenerate,
     warn_if_finished,
 )
@@ -244,11 +244,13 @@ def train_recvae(
     device: torch.device,
     *,
     on_epoch: EpochCallback | None = None,
+    scorer=None,
 ) -> TrainingResult:
     """Train ``net`` in place with alternating encoder / decoder phases; loads the best weights.
 
-    ``on_epoch(epoch, score)`` is called after each validated epoch, as in
-    :func:`recvae.training.train_vae` (an exception it raises stops training).
+    ``on_epoch(epoch, score)`` is called after each validated epoch and ``scorer`` ranks
+    the validation users (in fp32, whatever the training precision), as in
+    :func:`recvae.training.train_vae` (an exception ``on_epoch`` raises stops training).
 
     ``config.anneal`` is not used: RecVAE's beta is per user (``RecVAEConfig.gamma``).
     Under a torch.distributed process group of several ranks it trains data-parallel,
@@ -257,11 +259,12 @@ def train_recvae(
     prior), ``encoder_loss`` the encoder passes' mean, ``beta`` the mean beta_u.
     """
     with host_memory_for(config, device):
-        return _train_recvae(net, train, validation, config, device, on_epoch=on_epoch)
+        return _train_recvae(net, train, validation, config, device, on_epoch=on_epoch,
+                             scorer=NetScorer(net, device) if scorer is None else scorer)
 
 
 def _train_recvae(net: RecVAENet, train: sp.csr_matrix, validation: HeldOut | None, config: TrainingConfig,
-                  device: torch.device, *, on_epoch: EpochCallback | None = None) -> TrainingResult:
+                  device: torch.device, *, on_epoch: EpochCallback | None, scorer) -> TrainingResult:
     ctx = parallel_context()
     if ctx is not None:
         check_parallel_device(ctx, device)
@@ -287,10 +290,6 @@ def _train_recvae(net: RecVAENet, train: sp.csr_matrix, validation: HeldOut | No
         _load_checkpoint(config.checkpoint, net, optimizers, generator, state, device, fingerprint, config)
         logger.info("resumed from %s at epoch %d", config.checkpoint, state["epoch"])
         warn_if_finished(config, state)
-
-    def score_fn(rows: sp.csr_matrix) -> torch.Tensor:
-        with _autocast(device, precision):
-            return net.scores(sparse_rows(rows, device))
 
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch,
                disable=None if (config.progress and is_main) else True, unit="batch", dynamic_ncols=True)
@@ -328,7 +327,7 @@ def _train_recvae(net: RecVAENet, train: sp.csr_matrix, validation: HeldOut | No
                    "encoder_loss": encoder_loss, "train_seconds": time.perf_counter() - started}
             postfix = {"-elbo": f"{loss:.2f}", "nll": f"{nll:.2f}", "kl": f"{kl:.2f}"}
             if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                _validate_epoch(net, score_fn, validation, config, epoch, state, row, postfix)
+                _validate_epoch(net, scorer, validation, config, epoch, state, row, postfix)
             if _end_epoch(state, epoch, row, postfix, bar, config, is_main,
                           lambda: _save_checkpoint(config.checkpoint, net, optimizers, generator, state,
                                                    fingerprint), on_epoch):
