@@ -73,6 +73,7 @@ T_HYBRID = ("tests/test_hybrid.py",)
 T_EXP = ("tests/test_experiment.py",)
 T_ITEM = ("tests/test_item_output.py",)
 T_FINAL = ("tests/test_finalists.py",)
+T_PREC = ("tests/test_precision.py",)
 
 M = Mutation
 MUTATIONS: list[Mutation] = [
@@ -245,7 +246,7 @@ MUTATIONS: list[Mutation] = [
     M("eval-fold-in-not-masked", "recvae/evaluation/harness.py",
       "exclude=part,", "exclude=None,", T_EVAL),
     M("eval-always-validation-users", "recvae/evaluation/harness.py",
-      "heldout: HeldOut = split.held_out(which)", 'heldout: HeldOut = split.held_out("validation")', T_EVAL),
+      "evaluate_model(model, split.held_out(which),", 'evaluate_model(model, split.held_out("validation"),', T_EVAL),
     M("paired-ci-uses-std-not-stderr", "recvae/evaluation/harness.py",
       "se = diff.std(ddof=1) / np.sqrt(n)", "se = diff.std(ddof=1)", T_EVAL),
     # ------------------------------------------------------------------ blend
@@ -291,6 +292,16 @@ MUTATIONS: list[Mutation] = [
       'return (0, budget.timeout_s if budget.timeout_s is not None else float("inf"), index)', T_EXP),
     M("finalists-fits-not-reused", "recvae/experiment/seeds.py",
       "ready = {f.offset: f for f in outcome.search.seed_fits if f.model is not None}", "ready = {}", T_FINAL),
+    M("precision-model-scores-under-callers-autocast", "recvae/models/mult_vae.py",
+      "        with full_precision(self.device_):\n            return self.net_.scores(x)",
+      "        return self.net_.scores(x)", T_PREC, "a caller's bf16 autocast rounds what ranks"),
+    M("precision-loop-validates-with-the-bare-net", "recvae/training/loop.py",
+      "scorer=NetScorer(net, device) if scorer is None else scorer)",
+      "scorer=NetScorer(net, device))", T_PREC + T_REC, "validation no longer ranks as evaluate does"),
+    M("precision-auto-ignores-the-variable", "recvae/training/loop.py",
+      "    if forced:\n        if forced not in", "    if False:\n        if forced not in", T_PREC),
+    M("precision-fused-logits-rounded-to-bf16", "recvae/nn/joint.py",
+      "    return latent.to(dtype) + linear.to(dtype)", "    return latent + linear.to(latent.dtype)", T_PREC),
 ]
 
 
