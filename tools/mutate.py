@@ -304,6 +304,54 @@ MUTATIONS: list[Mutation] = [
       "    return latent.to(dtype) + linear.to(dtype)", "    return latent + linear.to(latent.dtype)", T_PREC),
 ]
 
+#: The classes of bug the room files plant (the second part of a room mutation's name).
+MUTATION_CLASSES = ("wiring", "rows", "boundary", "direction", "stale-cache", "all-to-any")
+ROOMS_DIR = ROOT / "tools" / "mutation_rooms"
+
+
+def room_mutations(directory: Path = ROOMS_DIR) -> list[Mutation]:
+    """The mutations kept per room in ``tools/mutation_rooms/<room>.py``.
+
+    Each such file holds ``MUTATIONS``, a list of dicts with Mutation's fields; a name reads
+    ``<room>-<class>-<what>``, the class one of :data:`MUTATION_CLASSES`, so that scores can
+    be read per room and per class (``--by-room``).
+    """
+    import importlib.util
+
+    found = []
+    for path in sorted(p for p in directory.glob("*.py") if not p.name.startswith("_")):
+        spec = importlib.util.spec_from_file_location(f"_mutation_room_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for entry in module.MUTATIONS:
+            mutation = Mutation(**{**entry, "tests": tuple(entry["tests"])})
+            room, _, rest = mutation.name.partition("-")
+            if room != path.stem or not any(rest.startswith(c + "-") for c in MUTATION_CLASSES):
+                raise SystemExit(f"{path}: mutation {mutation.name!r} must be named {path.stem}-<class>-<what> "
+                                 f"with a class in {MUTATION_CLASSES}")
+            found.append(mutation)
+    return found
+
+
+MUTATIONS += room_mutations()
+
+
+def scores_by_room(outcomes) -> dict[str, tuple[int, int]]:
+    """(caught, counted) per room and per class of the room mutations among ``outcomes``
+    (keys ``room <name>`` and ``class <name>``), for docs/development.md's table."""
+    rooms = {p.stem for p in ROOMS_DIR.glob("*.py") if not p.name.startswith("_")}
+    scores: dict[str, list[int]] = {}
+    for o in outcomes:
+        room, _, rest = o.mutation.name.partition("-")
+        if room not in rooms:
+            continue
+        kind = next((c for c in MUTATION_CLASSES if rest.startswith(c + "-")), "other")
+        for key in (f"room {room}", f"class {kind}"):
+            score = scores.setdefault(key, [0, 0])
+            score[0] += o.status in CAUGHT
+            score[1] += 1
+    return {k: (v[0], v[1]) for k, v in sorted(scores.items())}
+
 
 # ---------------------------------------------------------------------- workspace
 def _sha(data: bytes) -> str:
@@ -533,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"caught {full_caught}/{len(counted)} by the whole suite")
     for o in survivors:
         print(f"  survived: {o.mutation.name} ({o.mutation.file})" + (f", full suite: {o.full_status}" if args.full else ""))
+    for label, score in scores_by_room(counted).items():
+        print(f"  {label}: caught {score[0]}/{score[1]}")
     for o in outcomes:
         if o.status == "stale":
             print(f"  stale (not counted): {o.mutation.name}: {o.detail}")
