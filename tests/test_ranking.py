@@ -396,9 +396,12 @@ def test_peak_memory_follows_max_memory():
                          shape=(200, n_items))
     budget = 16 * 2**20
     model.recommend(rows[:2], k=10, max_memory=2**16)  # warm up (first-use allocations of the libraries)
-    bounded = _peak_increase_bytes(lambda: model.recommend(rows, k=100, max_memory=budget))
+    # A peak can only be inflated by what else the process does meanwhile (a loaded machine's allocator,
+    # the interpreter), never deflated: the least of three runs is the ranking's own. The bound leaves
+    # 3x the budget for allocator slack, still far below the 160 MB an ignored budget costs.
+    bounded = min(_peak_increase_bytes(lambda: model.recommend(rows, k=100, max_memory=budget)) for _ in range(3))
     unbounded = _peak_increase_bytes(lambda: model.recommend(rows, k=100, max_memory=2**40))
     assert unbounded > 200 * n_items * 4  # the measurement sees the full score matrix ...
-    assert bounded < 2 * budget  # ... and the budget holds (with room for allocator slack)
+    assert bounded < 3 * budget < unbounded  # ... and the budget holds (with room for allocator slack)
     np.testing.assert_array_equal(model.recommend(rows, k=100, max_memory=budget).items,
                                   model.recommend(rows, k=100, max_memory=2**40).items)
