@@ -110,16 +110,12 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
 # ============================================================================ parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``recvae`` argument parser with every subcommand."""
-    common = argparse.ArgumentParser(add_help=False)
-    log = common.add_argument_group("output")
-    log.add_argument("-v", "--verbose", action="count", default=0, help="show the library's log (-vv: debug)")
-    log.add_argument("-q", "--quiet", action="store_true", help="show errors only")
-    log.add_argument("--debug", action="store_true", help="show the Python traceback of a failure")
+    common = _output_options(defaults=False)
     parser = argparse.ArgumentParser(
         prog="recvae",
         description="Collaborative filtering with VAEs over sparse user rows.",
         epilog="Without a command, recvae runs 'demo'. 'recvae COMMAND --help' describes each command.",
-        parents=[common],
+        parents=[_output_options(defaults=True)],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -127,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
                 _add_export, _add_datasets, _add_experiment, _add_serve, _add_tune):
         add(sub, common)
     return parser
+
+
+def _output_options(*, defaults: bool) -> argparse.ArgumentParser:
+    """-v, -q and --debug, before the command or after it. The commands' copy has no defaults
+    (argparse.SUPPRESS): a command's parser sets every default it has, which would reset the
+    options given before the command (``recvae -q train ...``)."""
+    unset = argparse.SUPPRESS
+    common = argparse.ArgumentParser(add_help=False)
+    log = common.add_argument_group("output")
+    log.add_argument("-v", "--verbose", action="count", default=0 if defaults else unset,
+                     help="show the library's log (-vv: debug)")
+    log.add_argument("-q", "--quiet", action="store_true", default=False if defaults else unset,
+                     help="show errors only")
+    log.add_argument("--debug", action="store_true", default=False if defaults else unset,
+                     help="show the Python traceback of a failure")
+    return common
 
 
 def _version() -> str:
