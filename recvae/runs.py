@@ -472,7 +472,12 @@ class Run:
                     raise RunError(f"{path}: already holds a run; choose another directory or pass --overwrite")
                 old = path.with_name(f".{path.name}.replaced-{os.getpid()}")
                 os.replace(path, old)
-            os.replace(staging, path)
+            try:
+                os.replace(staging, path)
+            except BaseException:
+                if old is not None:  # put the old run back: a failed replacement leaves it whole, in place
+                    os.replace(old, path)
+                raise
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
@@ -558,16 +563,17 @@ class Run:
         if not isinstance(spec, Mapping):
             return item_mask(self._item_columns(spec, what, strict), n, self.n_items, what), None
         user_positions, found = find_ids(self._user_index, list(spec))
-        row_of = pd.Index(rows)
+        order = np.argsort(rows, kind="stable")  # a user asked for twice holds two rows: each gets the list
+        ordered = np.asarray(rows)[order]
         ri, ci = [], []
         applies = np.zeros(n, dtype=bool)
         for position, items in zip(user_positions[found], [v for v, f in zip(spec.values(), found) if f]):
-            at = row_of.get_indexer([position])[0]
-            if at >= 0:
+            at = order[np.searchsorted(ordered, position, "left"):np.searchsorted(ordered, position, "right")]
+            if len(at):
                 cols = self._item_columns(items, what, strict)
                 applies[at] = True
-                ri.extend([at] * len(cols))
-                ci.extend(cols.tolist())
+                ri.extend(np.repeat(at, len(cols)).tolist())
+                ci.extend(np.tile(cols, len(at)).tolist())
         mask = sp.csr_matrix((np.ones(len(ri), np.float32), (ri, ci)), shape=(n, self.n_items))
         mask.sum_duplicates()
         return mask, applies

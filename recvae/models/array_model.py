@@ -145,6 +145,10 @@ class ArrayRecommender(Recommender):
             raise ModelFileError(f"{path}: not a complete {cls.__name__} file (bad or missing array {err}); "
                                  f"{MODEL_FIX}") from None
         _check_loaded(model, path)
+        unexpected = sorted(set(arrays) - set(model._state()))
+        if unexpected:  # another model's or version's arrays: loading the rest would drop them silently
+            raise ModelFileError(f"{path}: holds arrays a {cls.__name__} does not have (unexpected "
+                                 f"{', '.join(unexpected[:3])}); {MODEL_FIX}")
         return model
 
 
