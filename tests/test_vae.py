@@ -12,6 +12,10 @@ from recvae.models import VAE, AnnealConfig, MultDAE, MultVAE, NotFittedError, P
 from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.training import TrainingConfig
 
+# The machine is shared; on 2 busy cores two torch threads spin against each other (a 1 s fit took
+# 40 s on a loaded machine), while one thread keeps its pace.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAST = TrainingConfig(epochs=12, batch_size=100, progress=False, seed=0)
 
 
