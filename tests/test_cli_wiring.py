@@ -20,15 +20,14 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 
 from recvae.cli import main
 from recvae.data import Split, SyntheticConfig, synthetic_log
 from recvae.runs import Run
+from oracles import ScoreOracle
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-POSITIVE = 3.5  # the default --min-rating: the model's input is the events rated above it
 
 
 # ============================================================================ fixtures and helpers
@@ -111,35 +110,14 @@ def spy(monkeypatch, owner, name: str, fake=None) -> list[dict]:
     return calls
 
 
-class Oracle:
-    """Top-k from the log and ``model.score`` alone (ties: the lower item column, as documented)."""
+class Oracle(ScoreOracle):
+    """The shared oracle's rankings as item ids only (what the CLI's tables hold)."""
 
-    def __init__(self, run: Run, log) -> None:
-        self.run = run
-        self.ids = run.item_ids.tolist()
-        self.col = {item: j for j, item in enumerate(self.ids)}
-        self.seen, self.positive = {}, {}
-        for user, events in log.groupby("user"):
-            self.seen[user] = {self.col[i] for i in events["item"] if i in self.col}
-            self.positive[user] = {self.col[i] for i in events.loc[events["rating"] > POSITIVE, "item"] if i in self.col}
+    def user(self, *args, **kwargs) -> list:
+        return [item for _, item, _ in super().user(*args, **kwargs)]
 
-    def rank(self, history: set, k: int, *, banned=(), candidates=None) -> list:
-        n = self.run.n_items
-        cols = sorted(history)
-        row = sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), np.int64), cols)), shape=(1, n))
-        scores = np.asarray(self.run.model.score(row), dtype=np.float32)[0]
-        order = np.lexsort((np.arange(n), -scores)).tolist()
-        allowed = None if candidates is None else {self.col[c] for c in candidates}
-        banned = set(banned)
-        return [self.ids[j] for j in order if j not in banned and (allowed is None or j in allowed)][:k]
-
-    def user(self, user, k, *, filter_seen=True, exclude=(), candidates=None) -> list:
-        banned = (self.seen[user] if filter_seen else set()) | {self.col[i] for i in exclude}
-        return self.rank(self.positive[user], k, banned=banned, candidates=candidates)
-
-    def new_user(self, items, k, *, exclude=(), candidates=None) -> list:
-        history = {self.col[i] for i in items}
-        return self.rank(history, k, banned=history | {self.col[i] for i in exclude}, candidates=candidates)
+    def new_user(self, *args, **kwargs) -> list:
+        return [item for _, item, _ in super().new_user(*args, **kwargs)]
 
 
 @pytest.fixture(scope="module")

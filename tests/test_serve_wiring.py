@@ -14,7 +14,6 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -27,11 +26,11 @@ import recvae.serve as serve_module  # noqa: E402
 from recvae.data import SyntheticConfig, synthetic_log  # noqa: E402
 from recvae.runs import Run  # noqa: E402
 from recvae.serve import ServerError, create_app  # noqa: E402
+from oracles import ScoreOracle as Oracle  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TIMEOUT_S = 60
-POSITIVE = 3.5  # Run.fit's default rating threshold: the model's input is the events rated above it
 
 
 @pytest.fixture(scope="module")
@@ -47,47 +46,6 @@ def runs(log, tmp_path_factory) -> dict:
     Run.fit(log, "ease", params={"l2": 10.0}, output=tmp / "ease", report=quiet)
     Run.fit(log, "popularity", output=tmp / "popularity", report=quiet)
     return {name: (tmp / name, Run.load(tmp / name, device="cpu")) for name in ("ease", "popularity")}
-
-
-class Oracle:
-    """Rankings from the log and the model's raw scores; nothing of Run's recommend path."""
-
-    def __init__(self, run: Run, log) -> None:
-        self.run = run
-        self.ids = run.item_ids.tolist()
-        self.col = {item: j for j, item in enumerate(self.ids)}
-        self.seen, self.positive = {}, {}
-        for user, events in log.groupby("user"):
-            self.seen[user] = {self.col[i] for i in events["item"] if i in self.col}
-            self.positive[user] = {self.col[i] for i in events.loc[events["rating"] > POSITIVE, "item"] if i in self.col}
-
-    def cols(self, items) -> set:
-        return {self.col[i] for i in items}
-
-    def _rank(self, history: set, k: int, banned: set, allowed: set | None) -> list[tuple]:
-        n = self.run.n_items
-        cols = sorted(history)
-        row = sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), np.int64), cols)), shape=(1, n))
-        scores = np.asarray(self.run.model.score(row), dtype=np.float32)[0]
-        return self._top(scores, k, banned, allowed)
-
-    def _top(self, scores: np.ndarray, k: int, banned: set, allowed: set | None) -> list[tuple]:
-        order = np.lexsort((np.arange(len(scores)), -scores))  # best score first, ties: the lower column
-        kept = [j for j in order.tolist() if j not in banned and (allowed is None or j in allowed)][:k]
-        return [(rank, self.ids[j], float(scores[j])) for rank, j in enumerate(kept, start=1)]
-
-    def user(self, user, k, *, filter_seen=True, exclude=(), candidates=None) -> list[tuple]:
-        banned = (self.seen[user] if filter_seen else set()) | self.cols(exclude)
-        return self._rank(self.positive[user], k, banned, None if candidates is None else self.cols(candidates))
-
-    def new_user(self, items, k, *, exclude=(), candidates=None) -> list[tuple]:
-        history = self.cols(items)
-        return self._rank(history, k, history | self.cols(exclude),
-                          None if candidates is None else self.cols(candidates))
-
-    def similar(self, item, k) -> list[tuple]:
-        j = self.col[item]
-        return self._top(np.asarray(self.run.model.weights_[j], dtype=np.float32), k, {j}, None)
 
 
 @pytest.fixture(scope="module")
