@@ -53,7 +53,7 @@ import scipy.sparse as sp
 
 from recvae import __version__
 from recvae.distributed import setup_from_env, teardown
-from recvae.evaluation import evaluate as evaluate_model
+from recvae.evaluation import evaluate as evaluate_on_split  # Run.evaluate is a method
 from recvae.models.mult_vae import TorchVAERecommender
 from recvae.models.registry import MODELS, load_model, make_model
 from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
@@ -386,7 +386,7 @@ class Run:
                 ks = _default_ks(the_split.n_items)
                 for which in ("validation", "test") if evaluate is True else (evaluate,):
                     if getattr(the_split, which) is not None:
-                        results[which] = evaluate_model(estimator, the_split, which, ks=ks, progress=None)
+                        results[which] = evaluate_on_split(estimator, the_split, which, ks=ks, progress=None)
 
             user_ids, history = _known_users(the_split)
             seen = (log.seen_rows(user_ids, the_split.item_ids) + history).tocsr()
@@ -773,7 +773,7 @@ class Run:
         if bad:
             raise RunError(f"cut-offs (--k) {bad}: the model ranks {self.n_items} items; choose k between 1 and "
                            f"{self.n_items}")
-        return evaluate_model(self.model, self.split, which, ks=ks, metrics=metrics, progress=progress,
+        return evaluate_on_split(self.model, self.split, which, ks=ks, metrics=metrics, progress=progress,
                               max_memory=max_memory)
 
     def info(self) -> dict:
