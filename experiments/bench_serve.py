@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from recvae.data import ML1M_SHAPE, synthetic_log
-from recvae.runs import Run
+from recvae.runs import LogSpec, Run, SplitSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "ml-1m-implicit" / "ratings.csv.gz"
@@ -48,15 +48,15 @@ START_TIMEOUT_S = 120
 def fit_runs(workdir: Path, epochs: int) -> tuple[dict[str, Path], str]:
     """Run directories of Mult-VAE and EASE on every user of the log; and the log's name."""
     if DATA.is_file():
-        log, name, kwargs = str(DATA), "ml-1m-implicit", {"implicit": True}
+        log, name = LogSpec(str(DATA), implicit=True), "ml-1m-implicit"
     else:
-        log, name, kwargs = synthetic_log(ML1M_SHAPE), "synthetic (ML-1M shape)", {"rating_threshold": None}
+        log, name = LogSpec(synthetic_log(ML1M_SHAPE), rating_threshold=None), "synthetic (ML-1M shape)"
     quiet = lambda _: None  # noqa: E731
     runs = {}
-    for model, params in (("mult-vae", {"epochs": epochs}), ("ease", {"l2": 500.0})):
+    for model, params in (("mult-vae", {"epochs": epochs, "seed": 0}), ("ease", {"l2": 500.0})):
         started = time.perf_counter()
-        Run.fit(log, model, params=params, heldout_users=0, evaluate=False, output=workdir / model, report=quiet,
-                seed=0, **kwargs)
+        Run.fit(log, model, params=params, split=SplitSpec(heldout_users=0, seed=0), evaluate=False,
+                output=workdir / model, report=quiet)
         print(f"fitted {model} on {name} in {time.perf_counter() - started:.1f} s", flush=True)
         runs[model] = workdir / model
     return runs, name
@@ -149,7 +149,7 @@ def onnx_vs_torch(run_dir: Path, workdir: Path, n_users: int = 1000, repeats: in
     import onnxruntime
 
     from recvae.export import export_onnx
-    from recvae.runs import Run
+    from recvae.runs import LogSpec, Run, SplitSpec
 
     run = Run.load(run_dir, device="cpu")
     rows = run.history[:n_users]

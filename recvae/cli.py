@@ -423,9 +423,26 @@ def _say(args: argparse.Namespace):
     return (lambda line: None) if args.quiet else print
 
 
+def log_spec(args: argparse.Namespace):
+    """The log and how to read it, from the data options."""
+    from recvae.data import LogSpec
+
+    return LogSpec(args.data, user_col=args.user_col, item_col=args.item_col, rating_col=args.rating_col,
+                   timestamp_col=args.timestamp_col, implicit=args.implicit, weight_col=args.weight_col, sep=args.sep,
+                   data_dir=args.data_dir, rating_threshold=args.min_rating, min_user_events=args.min_user_events,
+                   strict=getattr(args, "strict", False))
+
+
+def split_spec(args: argparse.Namespace, seed: int | None):
+    """The split, from --split, --heldout-users and the split's seed."""
+    from recvae.data import SplitSpec
+
+    return SplitSpec(args.split, args.heldout_users, seed)
+
+
 def run_train(args: argparse.Namespace) -> int:
     """``recvae train``: :meth:`recvae.runs.Run.fit`."""
-    from recvae.runs import Run
+    from recvae.runs import Run, RunOutput
 
     if args.nproc < 1:
         _fail(f"--nproc {args.nproc}: give a number of processes >= 1")
@@ -445,13 +462,10 @@ def run_train(args: argparse.Namespace) -> int:
         return launch_torchrun(_without_nproc(args.argv), args.nproc)
     say = _say(args)
     run = Run.fit(
-        args.data, model=args.model and name, params=params, output=args.output, overwrite=args.overwrite,
-        resume=args.resume, checkpoint=not args.no_checkpoint, split=args.split, heldout_users=args.heldout_users,
-        seed=args.seed, epochs_from=args.epochs_from, rating_threshold=args.min_rating,
-        min_user_events=args.min_user_events, strict=args.strict, user_col=args.user_col, item_col=args.item_col,
-        rating_col=args.rating_col, timestamp_col=args.timestamp_col, implicit=args.implicit,
-        weight_col=args.weight_col, sep=args.sep,
-        data_dir=args.data_dir, evaluate="validation" if args.no_test else True, report=say, command_line=args.argv,
+        log_spec(args), model=args.model and name, params=params, split=split_spec(args, args.seed),
+        output=args.output and RunOutput(args.output, overwrite=args.overwrite, resume=args.resume,
+                                         checkpoint=not args.no_checkpoint, command_line=args.argv),
+        epochs_from=args.epochs_from, evaluate="validation" if args.no_test else True, report=say,
     )
     if run.path is not None:  # rank 0 of a data-parallel run, or the only process
         say("")
@@ -855,14 +869,10 @@ def run_tune(args: argparse.Namespace) -> int:
         space = read_search_space(args.search_file)
     try:
         result = tune(
-            args.data, args.model, search=space, n_trials=args.trials, params=parse_params(args.param),
+            log_spec(args), args.model, search=space, n_trials=args.trials, params=parse_params(args.param),
             sampler=args.sampler, seed=args.seed, timeout_s=args.timeout, prune=not args.no_prune,
-            metric=args.metric, finalists=args.finalists, seeds=args.seeds, output=args.output, split=args.split,
-            heldout_users=args.heldout_users,
-            rating_threshold=args.min_rating, min_user_events=args.min_user_events, user_col=args.user_col,
-            item_col=args.item_col, rating_col=args.rating_col, timestamp_col=args.timestamp_col,
-            implicit=args.implicit, weight_col=args.weight_col, sep=args.sep, data_dir=args.data_dir,
-            progress=_progress(args), report=_say(args),
+            metric=args.metric, finalists=args.finalists, seeds=args.seeds, output=args.output,
+            split=split_spec(args, None), progress=_progress(args), report=_say(args),
         )
     except ImportError as err:  # optuna missing: the message names the extra to install
         _fail(_message(err))

@@ -134,6 +134,26 @@ def _fake_fit(*args, **kwargs):
     return types.SimpleNamespace(path=None)
 
 
+def unfold(call: dict) -> dict:
+    """A recorded fit/tune call with its LogSpec, SplitSpec and RunOutput laid out as flat options."""
+    from recvae.runs import LogSpec, RunOutput, SplitSpec
+
+    flat = dict(call)
+    log = flat.pop("log")
+    assert isinstance(log, LogSpec), log
+    flat.update({k: v for k, v in dataclasses.asdict(log).items() if k != "source"}, log=log.source)
+    split = flat.pop("split")
+    assert isinstance(split, SplitSpec), split
+    flat.update(split=split.kind, heldout_users=split.heldout_users, split_seed=split.seed)
+    output = flat.pop("output")
+    if isinstance(output, RunOutput):
+        flat.update({k: v for k, v in dataclasses.asdict(output).items() if k != "path"}, output=str(output.path))
+    else:
+        flat["output"] = output
+    flat.pop("deprecated")
+    return flat
+
+
 def test_train_passes_every_option_to_run_fit(monkeypatch, log_csv, tmp_path):
     from recvae.models.mult_vae import MultVAE
 
@@ -141,19 +161,19 @@ def test_train_passes_every_option_to_run_fit(monkeypatch, log_csv, tmp_path):
     argv = ["train", str(log_csv), "-o", str(tmp_path / "out"), "--overwrite", "--resume", "--no-checkpoint",
             "--model", " Mult-VAE ", "--param", "latent_dim=8", "--param", "hidden_dims=[16]",
             "--likelihood", "bernoulli", "--anneal", "constant", "--beta-cap", "0.3", "--epochs", "3",
-            "--device", "cpu", "--seed", "5", "--no-progress", "--split", "weak", "--heldout-users", "7",
+            "--device", "cpu", "--seed", "5", "--no-progress", "--split", "weak", "--heldout-users", "0",
             "--min-rating", "2.5", "--min-user-events", "3", "--strict", "--data-dir", str(tmp_path / "dd"),
             "--user-col", "who", "--item-col", "what", "--rating-col", "stars", "--implicit", "--weight-col", "w",
             "--timestamp-col", "ts", "--sep", ";", "--epochs-from", str(tmp_path / "earlier"), "--no-test"]
     run_cli(argv)
-    [got] = calls
+    [got] = map(unfold, calls)
     anneal = {**dataclasses.asdict(MultVAE.default_training().anneal), "kind": "constant", "cap": 0.3}
     assert got.pop("params") == {"latent_dim": 8, "hidden_dims": [16], "likelihood": "bernoulli", "anneal": anneal,
                                  "epochs": 3, "device": "cpu", "seed": 5, "progress": False}
     assert got.pop("report") is print
     assert got == {
         "log": str(log_csv), "model": "mult-vae", "output": str(tmp_path / "out"), "overwrite": True, "resume": True,
-        "checkpoint": False, "split": "weak", "heldout_users": 7, "seed": 5, "epochs": None,
+        "checkpoint": False, "split": "weak", "heldout_users": 0, "split_seed": 5,
         "epochs_from": str(tmp_path / "earlier"), "rating_threshold": 2.5, "min_user_events": 3, "strict": True,
         "user_col": "who", "item_col": "what", "rating_col": "stars", "timestamp_col": "ts", "implicit": True,
         "weight_col": "w", "sep": ";", "data_dir": str(tmp_path / "dd"), "evaluate": "validation",
@@ -168,9 +188,9 @@ def test_train_defaults_reach_run_fit(monkeypatch, log_csv, tmp_path):
              "--epochs", "4"])
     run_cli(["train", log_csv, "-o", tmp_path / "c", "--model", "als", "--seed", "11", "--param", "factors=4"])
     run_cli(["train", log_csv, "-o", tmp_path / "d", "--model", "EASE", "--seed", "11"])
-    plain, quiet, als, ease = calls
+    plain, quiet, als, ease = map(unfold, calls)
     assert plain["model"] is None and plain["params"] == {}  # Run.fit's default model (or --epochs-from's)
-    assert (plain["split"], plain["heldout_users"], plain["seed"], plain["rating_threshold"],
+    assert (plain["split"], plain["heldout_users"], plain["split_seed"], plain["rating_threshold"],
             plain["min_user_events"], plain["strict"], plain["checkpoint"], plain["evaluate"], plain["data_dir"],
             plain["overwrite"], plain["resume"], plain["implicit"]) == ("strong", None, None, 3.5, 5, False, True,
                                                                         True, "data", False, False, False)
@@ -178,8 +198,8 @@ def test_train_defaults_reach_run_fit(monkeypatch, log_csv, tmp_path):
     # -q: no progress bar for the torch model, and nothing reported
     assert quiet["params"] == {"epochs": 4, "progress": False} and quiet["report"] is not print
     assert quiet["rating_threshold"] is None and quiet["heldout_users"] == 0
-    assert (als["model"], als["params"], als["seed"]) == ("als", {"factors": 4, "seed": 11}, 11)
-    assert (ease["model"], ease["params"], ease["seed"]) == ("ease", {}, 11)  # EASE has no seed parameter
+    assert (als["model"], als["params"], als["split_seed"]) == ("als", {"factors": 4, "seed": 11}, 11)
+    assert (ease["model"], ease["params"], ease["split_seed"]) == ("ease", {}, 11)  # EASE has no seed parameter
 
 
 @pytest.mark.parametrize("flag", [["--epochs", "2"], ["--likelihood", "gaussian"], ["--anneal", "constant"],
@@ -501,26 +521,27 @@ def test_tune_passes_every_option(monkeypatch, log_csv, tmp_path, capsys):
     out = run_cli(["tune", log_csv, "-o", tmp_path / "trials.csv", "--model", "mult-vae", "--search-file", space_file,
                    "--trials", "1", "--sampler", "random", "--timeout", "30", "--seed", "4", "--metric", "recall@10",
                    "--param", "epochs=2", "--no-prune", "--finalists", "2", "--seeds", "5", "--no-progress",
-                   "--split", "weak", "--heldout-users", "9", "--min-rating", "none", "--min-user-events", "2",
+                   "--split", "weak", "--min-rating", "none", "--min-user-events", "2",
                    "--data-dir", tmp_path / "dd", "--user-col", "u", "--item-col", "i", "--rating-col", "r",
                    "--implicit", "--weight-col", "w", "--timestamp-col", "t", "--sep", ","])
     run_cli(["-q", "tune", log_csv, "-o", tmp_path / "t.csv", "--search", "{l2 = [1.0, 10.0]}", "--trials", "3",
-             "--model", "ease"])
-    every, plain = calls
+             "--model", "ease", "--heldout-users", "9"])
+    every, plain = map(unfold, calls)
     assert every.pop("search") == {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}
     assert every.pop("report") is print
     assert every == {
         "log": str(log_csv), "model": "mult-vae", "n_trials": 1, "params": {"epochs": 2}, "sampler": "random",
         "seed": 4, "timeout_s": 30.0, "prune": False, "metric": "recall@10", "finalists": 2, "seeds": 5,
-        "output": str(tmp_path / "trials.csv"), "split": "weak", "heldout_users": 9, "split_seed": None,
+        "output": str(tmp_path / "trials.csv"), "split": "weak", "heldout_users": None, "split_seed": None,
         "rating_threshold": None, "min_user_events": 2, "strict": False, "user_col": "u", "item_col": "i",
         "rating_col": "r", "timestamp_col": "t", "implicit": True, "weight_col": "w", "sep": ",",
         "data_dir": str(tmp_path / "dd"), "progress": False}
     assert "validation ndcg@10 0.1235, mean over 5 seeds of 2 finalists" in out
     assert '{"l2": 42.0}' in out and "[edge: l2=low]" in out
     assert (plain["search"], plain["n_trials"], plain["model"], plain["sampler"], plain["prune"], plain["finalists"],
-            plain["seeds"], plain["metric"], plain["rating_threshold"], plain["progress"]) == (
-        {"l2": [1.0, 10.0]}, 3, "ease", "tpe", True, 1, 3, "ndcg@100", 3.5, False)
+            plain["seeds"], plain["metric"], plain["rating_threshold"], plain["progress"], plain["split"],
+            plain["heldout_users"]) == ({"l2": [1.0, 10.0]}, 3, "ease", "tpe", True, 1, 3, "ndcg@100", 3.5, False,
+                                        "strong", 9)
     assert plain["report"] is not print
     assert "--trials 0" in error_of(["tune", log_csv, "-o", tmp_path / "x.csv", "--search", "{l2 = [1.0]}",
                                      "--trials", "0"])

@@ -29,7 +29,7 @@ from recvae.evaluation.ranking import (
 )
 from recvae.models import make_model
 from recvae.models.base import rank_items
-from recvae.runs import Run
+from recvae.runs import Run, SplitSpec
 
 TORCH_SMALL = {"epochs": 1, "batch_size": 100, "progress": False, "seed": 0}
 # Every registered model kind, small and fast; several Mult-VAE shapes (one- and two-layer decoders,
@@ -348,7 +348,8 @@ def test_harness_without_a_block_scorer_cuts_user_batches(split):
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ranking_run")
     synthetic_log(SyntheticConfig(n_users=200, n_items=90, seed=5)).to_csv(folder / "log.csv", index=False)
-    return Run.fit(folder / "log.csv", "ease", params={"l2": 50.0}, heldout_users=0, output=folder / "run")
+    return Run.fit(folder / "log.csv", "ease", params={"l2": 50.0}, split=SplitSpec(heldout_users=0),
+                   output=folder / "run")
 
 
 def test_run_recommend_all_under_a_tiny_budget_is_unchanged(run):

@@ -20,7 +20,7 @@ import pytest
 
 from recvae.cli import main
 from recvae.data import SyntheticConfig, synthetic_log
-from recvae.runs import Run, RunError
+from recvae.runs import Run, RunError, RunOutput
 
 TINY = {"latent_dim": 8, "hidden_dims": [16], "progress": False}
 
@@ -76,14 +76,14 @@ def test_truncated_missing_and_swapped_files(ease_run, log_csv, tmp_path):
 
 def test_a_run_whose_files_disagree_is_refused(ease_run, tmp_path):
     """Even with a manifest made to match, a config that names another model is refused."""
-    from recvae import runs
+    from recvae.runs import directory as run_directory
 
     run = _copy_run(ease_run.path, tmp_path)
     config = json.loads((run / "config.json").read_text())
     config["model_class"] = "MultVAE"
     (run / "config.json").write_text(json.dumps(config))
     manifest = json.loads((run / "manifest.json").read_text())
-    manifest["files"]["config.json"] = {"sha256": runs._sha256(run / "config.json"),
+    manifest["files"]["config.json"] = {"sha256": run_directory._sha256(run / "config.json"),
                                         "bytes": (run / "config.json").stat().st_size}
     (run / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RunError, match="config.json describes a MultVAE but the model file holds a EASE"):
@@ -116,7 +116,7 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_old_run(ease_run, log_csv, 
     old = _copy_run(ease_run.path, tmp_path, "old")
     before = {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()}
     with pytest.raises(OSError):
-        Run.fit(log_csv, "popularity", output=old, overwrite=True)
+        Run.fit(log_csv, "popularity", output=RunOutput(old, overwrite=True))
     assert {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()} == before
     monkeypatch.undo()
     Run.load(old)  # still whole
@@ -127,13 +127,13 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(log_csv, tmp_path):
     folder.mkdir()
     (folder / "notes.txt").write_text("precious")
     with pytest.raises(RunError, match="not a recvae run"):
-        Run.fit(log_csv, "popularity", output=folder, overwrite=True)
+        Run.fit(log_csv, "popularity", output=RunOutput(folder, overwrite=True))
     assert (folder / "notes.txt").read_text() == "precious"
 
 
 def test_overwrite_replaces_the_run_whole(ease_run, log_csv, tmp_path):
     old = _copy_run(ease_run.path, tmp_path, "old")
-    Run.fit(log_csv, "popularity", output=old, overwrite=True)
+    Run.fit(log_csv, "popularity", output=RunOutput(old, overwrite=True))
     again = Run.load(old)
     assert type(again.model).__name__ == "Popularity"
     assert json.loads((old / "config.json").read_text())["model"] == "popularity"
@@ -141,11 +141,11 @@ def test_overwrite_replaces_the_run_whole(ease_run, log_csv, tmp_path):
 
 def _count_reads(monkeypatch) -> list:
     """Record every read of a log by Run.fit (the first work it does once the target is checked)."""
-    import recvae.runs as runs_module
+    from recvae.runs import fitting
 
     calls = []
-    real = runs_module._read_and_split
-    monkeypatch.setattr(runs_module, "_read_and_split", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = fitting.read_and_split
+    monkeypatch.setattr(fitting, "read_and_split", lambda *a, **k: calls.append(a) or real(*a, **k))
     return calls
 
 

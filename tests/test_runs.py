@@ -17,7 +17,7 @@ from recvae.data.ids import lookup_ids, normalise_ids
 from recvae.data.logs import LogColumnError, read_log
 from recvae.evaluation import evaluate
 from recvae.models import EASE, MultDAE, MultVAE
-from recvae.runs import Run, RunError
+from recvae.runs import LogSpec, Run, RunError, RunOutput, SplitSpec
 
 SMALL_VAE = {"latent_dim": 8, "hidden_dims": [16], "progress": False}
 
@@ -50,7 +50,7 @@ COLUMNS = {"user_col": "customer", "item_col": "sku", "rating_col": "stars", "ti
 def tuned(files, tmp_path_factory):
     """A Mult-DAE run on held-out users (picks the epoch), written from Parquet."""
     out = tmp_path_factory.mktemp("runs") / "tune"
-    run = Run.fit(files / "log.parquet", "mult-dae", params={**SMALL_VAE, "epochs": 4}, output=out, **COLUMNS)
+    run = Run.fit(LogSpec(files / "log.parquet", **COLUMNS), "mult-dae", params={**SMALL_VAE, "epochs": 4}, output=out)
     return run
 
 
@@ -58,7 +58,8 @@ def tuned(files, tmp_path_factory):
 def production(files, tuned, tmp_path_factory):
     """The refit on every user and item, epochs taken from the tuned run."""
     out = tmp_path_factory.mktemp("runs") / "prod"
-    return Run.fit(files / "log.csv", heldout_users=0, epochs_from=tuned.path, output=out, **COLUMNS)
+    return Run.fit(LogSpec(files / "log.csv", **COLUMNS), split=SplitSpec(heldout_users=0), epochs_from=tuned.path,
+                   output=out)
 
 
 # ----------------------------------------------------------------------------- ids
@@ -225,9 +226,9 @@ def test_embeddings_and_similar_items_by_raw_id(production):
 
 def test_an_occupied_output_is_refused_before_any_work(tuned, files):
     with pytest.raises(RunError, match="already holds a run"):
-        Run.fit(files / "log.csv", "popularity", output=tuned.path, **COLUMNS)
+        Run.fit(LogSpec(files / "log.csv", **COLUMNS), "popularity", output=tuned.path)
     with pytest.raises(ValueError, match="is a file"):
-        Run.fit(files / "log.csv", "popularity", output=files / "log.csv" / "run", **COLUMNS)
+        Run.fit(LogSpec(files / "log.csv", **COLUMNS), "popularity", output=files / "log.csv" / "run")
 
 
 # ----------------------------------------------------------------------------- estimator conventions

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from recvae.data import SyntheticConfig, synthetic_log
-from recvae.runs import Run, RunError
+from recvae.runs import Run, RunError, SplitSpec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,13 +41,14 @@ def str_log(int_log) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def ease_run(str_log) -> Run:
-    return Run.fit(str_log, "ease", params={"l2": 5.0}, heldout_users=8, evaluate=False, report=lambda _: None)
+    return Run.fit(str_log, "ease", params={"l2": 5.0}, split=SplitSpec(heldout_users=8), evaluate=False,
+                   report=lambda _: None)
 
 
 @pytest.fixture(scope="module")
 def pop_run(int_log) -> Run:
     """Popularity: integer counts with many exact ties, so the tie-break is pinned exactly."""
-    return Run.fit(int_log, "popularity", heldout_users=8, evaluate=False, report=lambda _: None)
+    return Run.fit(int_log, "popularity", split=SplitSpec(heldout_users=8), evaluate=False, report=lambda _: None)
 
 
 # ----------------------------------------------------------------------------- the oracle

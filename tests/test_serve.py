@@ -26,7 +26,7 @@ with warnings.catch_warnings():  # starlette's notice about its httpx client, no
 
 from recvae.cli import build_parser, main  # noqa: E402
 from recvae.data import SyntheticConfig, synthetic_log  # noqa: E402
-from recvae.runs import Run  # noqa: E402
+from recvae.runs import Run, SplitSpec  # noqa: E402
 from recvae.serve import MISSING_SERVER, create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +41,8 @@ def runs(tmp_path_factory) -> dict:
     log = synthetic_log(SyntheticConfig(n_users=200, n_items=60, seed=0))
     quiet = lambda _: None  # noqa: E731
     ease = Run.fit(log, "ease", params={"l2": 10.0}, output=tmp / "ease", report=quiet)
-    vae = Run.fit(log, "mult-vae", params={"latent_dim": 8, "hidden_dims": [16]}, epochs=2, seed=0,
-                  output=tmp / "vae", report=quiet)
+    vae = Run.fit(log, "mult-vae", params={"latent_dim": 8, "hidden_dims": [16], "epochs": 2, "seed": 0},
+                  split=SplitSpec(seed=0), output=tmp / "vae", report=quiet)
     return {"ease": (tmp / "ease", Run.load(ease.path, device="cpu")),
             "vae": (tmp / "vae", Run.load(vae.path, device="cpu"))}
 

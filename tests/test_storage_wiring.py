@@ -24,12 +24,12 @@ import pandas as pd
 import pytest
 import torch
 
-from recvae import runs
+from recvae.runs import directory as run_directory
 from recvae.data import SyntheticConfig, synthetic_log
 from recvae.data.splits import Split
 from recvae.models import load_model
 from recvae.models.files import CHECKPOINT_FIX, ModelFileError, check_model_file, read_torch_payload
-from recvae.runs import Run, RunError
+from recvae.runs import Run, RunError, RunOutput, SplitSpec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,7 +46,7 @@ def log() -> pd.DataFrame:
 def saved(log, tmp_path_factory) -> dict[str, Path]:
     """Saved runs: popularity (the old run replaced below), EASE and a tiny Mult-VAE (torch model file)."""
     root = tmp_path_factory.mktemp("runs")
-    quiet = {"heldout_users": 8, "evaluate": False, "report": lambda _: None}
+    quiet = {"split": SplitSpec(heldout_users=8), "evaluate": False, "report": lambda _: None}
     Run.fit(log, "popularity", output=root / "pop", **quiet)
     Run.fit(log, "ease", params={"l2": 5.0}, output=root / "ease", **quiet)
     Run.fit(log, "mult-vae", params=TINY_VAE, output=root / "vae", **quiet)
@@ -79,7 +79,7 @@ def rewrite_manifest(run_dir: Path, *names: str) -> None:
     """Make the manifest match the files as they are now: damage written by the writer, not the disk."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     for name in names:
-        manifest["files"][name] = {"sha256": runs._sha256(run_dir / name), "bytes": (run_dir / name).stat().st_size}
+        manifest["files"][name] = {"sha256": run_directory._sha256(run_dir / name), "bytes": (run_dir / name).stat().st_size}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -113,13 +113,13 @@ def _break_step(step: str, monkeypatch, target: Path, new_run: Run) -> None:
     elif step == "split":
         monkeypatch.setattr(Split, "save", _fail)
     elif step == "users":
-        monkeypatch.setattr(runs.np, "savez_compressed", _fail_on_name(np.savez_compressed, "users.npz"))
+        monkeypatch.setattr(run_directory.np, "savez_compressed", _fail_on_name(np.savez_compressed, "users.npz"))
     elif step in ("metrics.json", "config.json", "manifest.json"):
-        monkeypatch.setattr(runs, "_write_json", _fail_on_name(runs._write_json, step))
+        monkeypatch.setattr(run_directory, "_write_json", _fail_on_name(run_directory._write_json, step))
     elif step == "checksums":
-        monkeypatch.setattr(runs, "_sha256", _fail)
+        monkeypatch.setattr(run_directory, "_sha256", _fail)
     elif step == "fsync":
-        monkeypatch.setattr(runs, "_fsync_tree", _fail)
+        monkeypatch.setattr(run_directory, "_fsync_tree", _fail)
     else:
         real = os.replace
 
@@ -130,7 +130,7 @@ def _break_step(step: str, monkeypatch, target: Path, new_run: Run) -> None:
                 raise DISK_FULL
             return real(src, dst)
 
-        monkeypatch.setattr(runs.os, "replace", replace)
+        monkeypatch.setattr(run_directory.os, "replace", replace)
 
 
 STEPS = ["model", "split", "users", "metrics.json", "config.json", "checksums", "manifest.json", "fsync",
@@ -161,7 +161,7 @@ def test_a_fit_whose_final_rename_fails_keeps_the_old_run(saved, log, tmp_path, 
     before = contents(target)
     _break_step("final-rename", monkeypatch, target, None)
     with pytest.raises(OSError, match="No space left"):
-        Run.fit(log, "ease", output=target, overwrite=True, heldout_users=8, evaluate=False, report=lambda _: None)
+        Run.fit(log, "ease", output=RunOutput(target, overwrite=True), split=SplitSpec(heldout_users=8), evaluate=False, report=lambda _: None)
     monkeypatch.undo()
     assert contents(target) == before and leftovers(tmp_path, "run") == []
     Run.load(target)

@@ -361,10 +361,11 @@ def test_cli_tune_finalists_reselect_over_seeds(log_csv, tmp_path, capsys):
     parameters): the printed choice is the finalist with the best mean, recomputed here from the Python API."""
     pytest.importorskip("optuna")
     from recvae.cli import main
-    from recvae.runs import tune
+    from recvae.runs import SplitSpec, tune
 
     args = dict(search={"hidden_dims": [[16], [32]], "lr": {"low": 1e-3, "high": 1e-2, "log": True}}, n_trials=4,
-                params={"epochs": 3, "latent_dim": 8, "batch_size": 100}, heldout_users=30, progress=False)
+                params={"epochs": 3, "latent_dim": 8, "batch_size": 100}, split=SplitSpec(heldout_users=30),
+                progress=False)
     result = tune(log_csv, "mult-vae", finalists=2, seeds=2, **args)
     table = result.finalists
     assert len(table) == 2 and table["chosen"].sum() == 1

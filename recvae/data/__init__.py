@@ -10,6 +10,7 @@ from recvae.data.movielens import (
 )
 from recvae.data.files import read_interactions_file
 from recvae.data.interactions import Interactions, PreprocessingReport
+from recvae.data.specs import LogSpec, SplitSpec
 from recvae.data.splits import HeldOut, Split, all_users_split, strong_generalization, temporal_split, weak_generalization
 from recvae.data.synthetic import (
     CATALOGUE_1M,
@@ -33,6 +34,8 @@ __all__ = [
     "Interactions",
     "PreprocessingReport",
     "read_interactions_file",
+    "LogSpec",
+    "SplitSpec",
     "HeldOut",
     "Split",
     "strong_generalization",

@@ -1,12 +1,12 @@
 """Room "storage": model-file checks (recvae/storage.py, recvae/models/files.py) and the run directory's
-atomic replacement and load-time checks (recvae/runs.py: _write, Run.load). Caught by
+atomic replacement and load-time checks (recvae/runs/directory.py: write_run, read_run). Caught by
 tests/test_storage_wiring.py: one flaw per file (one NaN weight, one unexpected or missing weight
 name, one transposed weight, one member's CRC, a users file one user short), and a replacement
 failing at each of its steps."""
 
 STORAGE = "recvae/storage.py"
 FILES = "recvae/models/files.py"
-RUNS = "recvae/runs.py"
+RUN_DIRECTORY = "recvae/runs/directory.py"
 T_STORAGE = ("tests/test_storage_wiring.py", "tests/test_faults.py", "tests/test_run_faults.py")
 
 MUTATIONS = [
@@ -44,22 +44,22 @@ MUTATIONS = [
          tests=T_STORAGE,
          why="an item id map longer than the model's items passes: the ids past the end are silently unused "
              "and every id after a shifted entry names the wrong item"),
-    dict(name="storage-wiring-failed-rename-not-rolled-back", file=RUNS,
-         old="                    os.replace(old, path)\n",
-         new="                    pass\n",
+    dict(name="storage-wiring-failed-rename-not-rolled-back", file=RUN_DIRECTORY,
+         old="            os.replace(old, path)\n",
+         new="            pass\n",
          tests=T_STORAGE,
          why="when the final rename fails the old run stays moved aside: no run at the path at all"),
-    dict(name="storage-stale-cache-replaced-run-left-behind", file=RUNS,
-         old="                shutil.rmtree(old, ignore_errors=True)\n",
-         new="                pass\n",
-         tests=T_STORAGE,
-         why="every overwrite leaves the previous run beside the new one as .<name>.replaced-<pid>"),
-    dict(name="storage-wiring-run-dir-private", file=RUNS,
-         old="        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make the run private\n",
+    dict(name="storage-stale-cache-replaced-run-left-behind", file=RUN_DIRECTORY,
+         old="        shutil.rmtree(old, ignore_errors=True)\n",
          new="        pass\n",
          tests=T_STORAGE,
+         why="every overwrite leaves the previous run beside the new one as .<name>.replaced-<pid>"),
+    dict(name="storage-wiring-run-dir-private", file=RUN_DIRECTORY,
+         old="    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make the run private\n",
+         new="    pass\n",
+         tests=T_STORAGE,
          why="the umask is not applied: every run directory keeps mkdtemp's 0700 and other users cannot read it"),
-    dict(name="storage-all-to-any-run-shapes", file=RUNS,
+    dict(name="storage-all-to-any-run-shapes", file=RUN_DIRECTORY,
          old="if history.shape != (len(user_ids), model.n_items_) or seen.shape != history.shape",
          new="if history.shape != (len(user_ids), model.n_items_) and seen.shape != history.shape",
          tests=T_STORAGE,

@@ -1,0 +1,325 @@
+"""The run directory on disk: its files, manifest and checksums, the atomic write, the lock, and the checked load.
+
+A run directory holds ``model`` (a file, or a directory for a blend), ``split/``,
+``users.npz`` (raw ids of the known users, their positive histories and every
+item they interacted with), ``history.csv`` (torch models), ``metrics.json``,
+``config.json`` and ``manifest.json`` (the sha256 and size of every file). It is
+written into a temporary sibling and renamed into place, so a directory at the
+run's path is always a whole run; a killed run's checkpoint waits in the
+``.<name>.partial`` sibling, under a lock, until ``resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recvae import __version__
+from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
+from recvae.data.splits import Split
+from recvae.data.tables import check_output_path
+from recvae.models.registry import load_model
+from recvae.runs.errors import RunError, one_line
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunOutput", "RUN_FORMAT"]
+
+RUN_FORMAT = "recvae.run/1"
+MODEL_FILE = "model"
+SPLIT_DIR = "split"
+USERS_FILE = "users.npz"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = "lock"
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """Where a fitted run is written, and how.
+
+    Args:
+        path: the run directory (checked before any work).
+        overwrite: replace an existing run there (only at the final rename; a folder
+            of other files is never replaced).
+        resume: continue a killed run's checkpoint (torch models).
+        checkpoint: checkpoint torch models after each epoch.
+        command_line: the command that made the run, recorded in ``config.json``.
+    """
+
+    path: str | os.PathLike
+    overwrite: bool = False
+    resume: bool = False
+    checkpoint: bool = True
+    command_line: list[str] | None = None
+
+    @classmethod
+    def of(cls, output: str | os.PathLike | RunOutput | None) -> RunOutput | None:
+        """``output`` itself when it is a RunOutput (or None), else a RunOutput to that path."""
+        return output if output is None or isinstance(output, RunOutput) else cls(output)
+
+    def checked_path(self) -> Path:
+        """The run's path, refused (a :class:`RunError`) when it cannot take this run."""
+        path = check_output_path(self.path, directory=True)
+        check_run_target(path, overwrite=self.overwrite, resume=self.resume)
+        return path
+
+
+# ---------------------------------------------------------------------- writing
+def write_run(run, work: Path, path: Path, *, overwrite: bool) -> None:
+    """Write every file of ``run`` into a staging sibling (``work`` is locked), then rename it to ``path``."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".staging", dir=work.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make the run private
+    try:
+        _write_files(run, staging)
+        _replace(staging, path, overwrite=overwrite)
+        shutil.rmtree(work, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_files(run, staging: Path) -> None:
+    run.model.save(staging / MODEL_FILE)
+    run.split.save(staging / SPLIT_DIR)
+    arrays = {"user_ids": _ids_for_npz(run.user_ids), "dropped_user_ids": _ids_for_npz(run.dropped_user_ids)}
+    arrays.update(csr_to_arrays("history", run.history))
+    arrays.update(csr_to_arrays("seen", run.seen))
+    with open(staging / USERS_FILE, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    history = getattr(run.model, "history_", None)
+    if history is not None:
+        history.to_csv(staging / HISTORY_FILE, index=False)
+    _write_json(staging / METRICS_FILE, finite(run.metrics))
+    _write_json(staging / CONFIG_FILE, finite(run.config))
+    manifest = {"format": RUN_FORMAT, "recvae": __version__,
+                "files": {p.relative_to(staging).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                          for p in _files_under(staging)}}
+    _write_json(staging / MANIFEST_FILE, manifest)
+    _fsync_tree(staging)
+
+
+def _replace(staging: Path, path: Path, *, overwrite: bool) -> None:
+    """Rename ``staging`` to ``path``; an old run there is moved aside first and put back if the rename fails."""
+    old = None
+    if path.exists():
+        if not overwrite:
+            raise RunError(f"{path}: already holds a run; choose another directory or pass --overwrite")
+        old = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+        os.replace(path, old)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        if old is not None:  # a failed replacement leaves the old run whole, in place
+            os.replace(old, path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _ids_for_npz(ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids)
+    return ids.astype(str) if ids.dtype == object else ids
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Path, os.PathLike)):
+        return os.fspath(value)
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+def finite(value: Any) -> Any:
+    """NaN/inf as None, recursively (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return None
+    return value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files_under(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+def _fsync_tree(directory: Path) -> None:
+    for file in _files_under(directory):
+        with open(file, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+# ---------------------------------------------------------------------- reading
+def read_run(path: str | os.PathLike, *, device: str = "auto", verify: bool = True) -> dict:
+    """The parts of the run at ``path`` (the keyword arguments of ``Run``), every file checked against its manifest."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path}: no such run directory; give a directory written by 'recvae train' (Run.save)")
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        hint = " (written by an older recvae? train it again)" if (path / MODEL_FILE).exists() else ""
+        raise RunError(f"{path}: not a recvae run directory: no {MANIFEST_FILE}{hint}")
+    manifest = read_json(manifest_path)
+    if manifest.get("format") != RUN_FORMAT or not isinstance(manifest.get("files"), dict):
+        raise RunError(f"{manifest_path}: not a recvae run manifest of format {RUN_FORMAT}")
+    if verify:
+        _verify_manifest(path, manifest)
+    config = read_json(path / CONFIG_FILE)
+    metrics = read_json(path / METRICS_FILE)
+    try:
+        model = load_model(path / MODEL_FILE, device=device)
+    except (ValueError, KeyError, OSError) as err:
+        raise RunError(f"{path / MODEL_FILE}: cannot load the model: {one_line(err)}") from None
+    if config.get("model_class") not in (None, type(model).__name__):
+        raise RunError(f"{path}: config.json describes a {config.get('model_class')} but the model file holds a "
+                       f"{type(model).__name__}; the run directory is inconsistent, train it again")
+    try:
+        split = Split.load(path / SPLIT_DIR)
+        with np.load(path / USERS_FILE, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        history, seen = csr_from_arrays("history", arrays), csr_from_arrays("seen", arrays)
+        user_ids, dropped = arrays["user_ids"], arrays["dropped_user_ids"]
+    except (ValueError, KeyError, OSError, EOFError) as err:
+        raise RunError(f"{path}: cannot read the split or users file: {one_line(err)}") from None
+    if history.shape != (len(user_ids), model.n_items_) or seen.shape != history.shape \
+            or split.n_items != model.n_items_:
+        raise RunError(f"{path}: the users file, the split and the model disagree on the number of users or items; "
+                       "train the run again")
+    return dict(model=model, split=split, user_ids=user_ids, history=history, seen=seen, dropped_user_ids=dropped,
+                config=config, metrics=metrics, path=path)
+
+
+def read_json(path: Path) -> dict:
+    """A run's JSON file as a dict; a missing or damaged file is a :class:`RunError`."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; the run directory is incomplete, train it again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"{path}: not valid JSON ({one_line(err)}); the run directory is damaged") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path}: expected a JSON object; the run directory is damaged")
+    return value
+
+
+def _verify_manifest(path: Path, manifest: dict) -> None:
+    listed = manifest["files"]
+    present = {p.relative_to(path).as_posix() for p in _files_under(path)} - {MANIFEST_FILE}
+    missing = sorted(set(listed) - present)
+    if missing:
+        raise RunError(f"{path}: {missing[0]} is missing ({len(missing)} file(s) of the run); train the run again")
+    for name, entry in listed.items():
+        file = path / name
+        size = file.stat().st_size
+        if not isinstance(entry, dict) or "sha256" not in entry:
+            raise RunError(f"{path / MANIFEST_FILE}: malformed entry for {name}; the run directory is damaged")
+        if entry.get("bytes") is not None and size != entry["bytes"]:
+            cause = "truncated" if size < entry["bytes"] else "longer than written"
+            raise RunError(f"{file}: {cause} ({size:,} of {entry['bytes']:,} bytes); restore it or train the run again")
+        if _sha256(file) != entry["sha256"]:
+            raise RunError(f"{file}: checksum mismatch (the file changed since it was written: corrupted or "
+                           "replaced); restore it or train the run again")
+    extra = sorted(present - set(listed))
+    if extra:
+        logger.warning("%s: files not written by the run are ignored: %s", path, ", ".join(extra[:5]))
+
+
+# ---------------------------------------------------------------------- the target, the work sibling, the lock
+def work_dir(path: Path) -> Path:
+    """The sibling where a run is written and checkpointed until it is renamed into place."""
+    return path.with_name(f".{path.name}.partial")
+
+
+def check_run_target(path: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse, before any work, a target that holds a run (unless overwrite) or a killed run's leftovers."""
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{path}: is a file; give a directory for the run")
+    if path.is_dir() and any(path.iterdir()):
+        is_run = (path / MANIFEST_FILE).exists() or (path / MODEL_FILE).exists()
+        if not is_run:
+            # --overwrite replaces runs only: never delete a folder of someone's other files
+            raise RunError(f"{path}: holds files that are not a recvae run; choose another (or an empty) directory")
+        if not overwrite:
+            raise RunError(f"{path}: already holds a run; choose another directory or pass --overwrite (overwrite=True)")
+    work = work_dir(path)
+    if work.exists() and not resume:
+        if (work / CHECKPOINT_FILE).exists():
+            raise RunError(f"{path}: a killed run left a checkpoint in {work}; pass --resume (resume=True) to continue "
+                           f"it, or delete {work} to start over")
+        if not overwrite:
+            _probe_lock(work)
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory: Path):
+    """Hold an exclusive lock on ``directory/lock`` (released by the OS if the process dies)."""
+    import fcntl
+
+    handle = open(directory / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(
+                f"{directory}: another recvae process is writing this run now; wait for it or choose another output"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _probe_lock(work: Path) -> None:
+    """Fail when a live process holds ``work``'s lock; a dead writer's leftovers are cleared."""
+    import fcntl
+
+    lock = work / LOCK_FILE
+    if lock.exists():
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunError(f"{work.with_name(work.name.removeprefix('.').removesuffix('.partial'))}: another "
+                               "recvae process is writing this run now; wait for it or choose another output") from None
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    shutil.rmtree(work, ignore_errors=True)

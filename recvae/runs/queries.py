@@ -1,0 +1,306 @@
+"""Questions a fitted run answers by raw id: recommendations (known users, new users, everyone), embeddings, similar items.
+
+:class:`RunQueries` is the part of :class:`recvae.runs.Run` that reads a fitted
+run and never changes it: it resolves raw user and item ids to rows and columns,
+builds per-user exclusion and candidate masks, and ranks in memory-bounded batches
+(:func:`recvae.models.base.rank_in_blocks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recvae.data.ids import find_ids, lookup_ids
+from recvae.data.tables import TableWriter, check_table_output
+from recvae.models.base import UserEmbeddings, item_mask, rank_in_blocks
+from recvae.runs.errors import RunError, first_ids as _first
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunQueries", "SkippedUsers"]
+
+
+@dataclass
+class SkippedUsers:
+    """Requested user ids that got no recommendations, and why."""
+
+    dropped: list
+    unknown: list
+    min_user_events: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.dropped or self.unknown)
+
+    @property
+    def count(self) -> int:
+        return len(self.dropped) + len(self.unknown)
+
+    def message(self) -> str:
+        """One line: how many were skipped, the first few ids of each kind, and why."""
+        parts = []
+        if self.dropped:
+            why = (f"fewer than {self.min_user_events} positive events, or none on the model's items"
+                   if self.min_user_events is not None else "no usable events")
+            parts.append(f"{len(self.dropped):,} dropped by preprocessing ({why}): {_first(self.dropped)}")
+        if self.unknown:
+            parts.append(f"{len(self.unknown):,} not in the log: {_first(self.unknown)}")
+        return f"skipped {self.count:,} user id(s): " + "; ".join(parts)
+
+
+
+class RunQueries:
+    """Recommendations, embeddings and similar items of a fitted run, by raw id (mixed into :class:`Run`).
+
+    Needs ``model``, ``split``, ``user_ids``, ``history``, ``seen``, ``config`` and the
+    indexes ``_user_index`` / ``_dropped_index`` that :class:`Run` builds.
+    """
+
+    @property
+    def n_items(self) -> int:
+        return int(self.split.n_items)
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.split.item_ids
+
+    # ------------------------------------------------------------------ users
+    def resolve_users(self, user_ids: Iterable, *, strict: bool = False) -> tuple[np.ndarray, np.ndarray, SkippedUsers]:
+        """(rows, raw ids found, skipped) for raw user ids; ``strict`` refuses any skipped id."""
+        raw = list(np.atleast_1d(np.asarray(list(user_ids) if not isinstance(user_ids, (str, bytes)) else [user_ids],
+                                            dtype=object)).tolist())
+        if not raw:
+            raise RunError("no user ids given")
+        positions, found = find_ids(self._user_index, raw)
+        missing = [r for r, f in zip(raw, found) if not f]
+        if missing and len(self._dropped_index):
+            _, was_dropped = find_ids(self._dropped_index, missing)
+        else:
+            was_dropped = np.zeros(len(missing), dtype=bool)
+        skipped = SkippedUsers(dropped=[m for m, d in zip(missing, was_dropped) if d],
+                               unknown=[m for m, d in zip(missing, was_dropped) if not d],
+                               min_user_events=self.config.get("data", {}).get("min_user_events"))
+        if skipped and strict:
+            raise RunError(f"{skipped.message()}; drop them or run without --strict (strict=False) to skip them")
+        return positions[found], self.user_ids[positions[found]], skipped
+
+    def _item_filter(self, spec, rows: np.ndarray, what: str, strict: bool) -> tuple[sp.csr_matrix | None, np.ndarray | None]:
+        """Raw-id exclusion/candidate lists as (mask over (len(rows), items), rows it applies to).
+
+        ``spec``: one list of raw item ids for every user, a ``{user_id: [item ids]}``
+        dict, or a DataFrame with ``item_id`` (and ``user_id`` for per-user lists).
+        Per-user lists apply to the users they name only.
+        """
+        if spec is None:
+            return None, None
+        n = len(rows)
+        if isinstance(spec, pd.DataFrame):
+            if "item_id" not in spec.columns:
+                raise RunError(f"{what}: a table needs an item_id column (and user_id for per-user lists)")
+            spec = list(spec["item_id"]) if "user_id" not in spec.columns else \
+                spec.groupby("user_id", sort=False)["item_id"].apply(list).to_dict()
+        if not isinstance(spec, Mapping):
+            return item_mask(self._item_columns(spec, what, strict), n, self.n_items, what), None
+        user_positions, found = find_ids(self._user_index, list(spec))
+        order = np.argsort(rows, kind="stable")  # a user asked for twice holds two rows: each gets the list
+        ordered = np.asarray(rows)[order]
+        ri, ci = [], []
+        applies = np.zeros(n, dtype=bool)
+        for position, items in zip(user_positions[found], [v for v, f in zip(spec.values(), found) if f]):
+            at = order[np.searchsorted(ordered, position, "left"):np.searchsorted(ordered, position, "right")]
+            if len(at):
+                cols = self._item_columns(items, what, strict)
+                applies[at] = True
+                ri.extend(np.repeat(at, len(cols)).tolist())
+                ci.extend(np.tile(cols, len(at)).tolist())
+        mask = sp.csr_matrix((np.ones(len(ri), np.float32), (ri, ci)), shape=(n, self.n_items))
+        mask.sum_duplicates()
+        return mask, applies
+
+    def _item_columns(self, items, what: str, strict: bool) -> np.ndarray:
+        items = [items] if isinstance(items, (str, bytes)) or np.isscalar(items) else list(items)
+        positions, found = find_ids(pd.Index(np.asarray(self.item_ids)), items)
+        if not found.all():
+            unknown = [i for i, f in zip(items, found) if not f]
+            message = f"{what}: {len(unknown):,} item id(s) not in the model's catalogue: {_first(unknown)}"
+            if strict:
+                raise RunError(message)
+            logger.warning("%s; ignored", message)
+        return positions[found]
+
+    # ------------------------------------------------------------------ recommend
+    def recommend(
+        self,
+        user_ids: Iterable,
+        k: int = 10,
+        *,
+        filter_seen: bool = True,
+        exclude=None,
+        candidates=None,
+        strict: bool = False,
+        batch_size: int = 1000,
+        max_memory: int | None = None,
+    ) -> pd.DataFrame:
+        """Top-k items for known users by raw id: columns ``user_id, rank, item_id, score``.
+
+        Args:
+            user_ids: raw user ids of the log (strings or numbers as in the log; text that
+                spells a number finds a numeric id).
+            k: items per user.
+            filter_seen: never recommend what the user already interacted with in the
+                log (any rating, duplicates included); False keeps them.
+            exclude: raw item ids never to recommend: one list for everyone, or a
+                ``{user_id: [item ids]}`` dict / a ``user_id, item_id`` DataFrame per user.
+            candidates: the only raw item ids that may be recommended (same forms).
+            strict: refuse unknown or dropped user ids (and unknown item ids) instead of
+                skipping them.
+            max_memory: bytes the ranking of a batch may take (None: 1 GiB); see
+                :meth:`recommend_all`.
+
+        Skipped ids are logged as a warning and listed in ``frame.attrs["skipped"]``
+        (a :class:`SkippedUsers`).
+        """
+        rows, found_ids, skipped = self.resolve_users(user_ids, strict=strict)
+        if skipped:
+            logger.warning("%s", skipped.message())
+        frames = [self._recommend_rows(rows[s:s + batch_size], k, filter_seen, exclude, candidates, strict,
+                                       max_memory) for s in range(0, len(rows), batch_size)]
+        frames = frames or [self._empty_recommendations()]
+        frame = pd.concat(frames, ignore_index=True)
+        frame.attrs["skipped"] = skipped
+        return frame
+
+    def _empty_recommendations(self) -> pd.DataFrame:
+        return pd.DataFrame({"user_id": self.user_ids[:0], "rank": np.zeros(0, np.int64),
+                             "item_id": self.item_ids[:0], "score": np.zeros(0, np.float32)})
+
+    def _recommend_rows(self, rows: np.ndarray, k: int, filter_seen: bool, exclude, candidates,
+                        strict: bool, max_memory: int | None = None) -> pd.DataFrame:
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise RunError(f"k must be a positive integer; got {k!r}")
+        history = self.history[rows]
+        excluded = [self.seen[rows] if filter_seen else None, self._item_filter(exclude, rows, "exclude", strict)[0]]
+        allowed, restricted = self._item_filter(candidates, rows, "candidates", strict)
+        items, top = rank_in_blocks(self.model, history, min(int(k), self.n_items), exclude=excluded,
+                                    candidates=allowed, restricted=restricted, max_memory=max_memory)
+        n, kk = items.shape
+        valid = (items >= 0).ravel()
+        return pd.DataFrame({
+            "user_id": np.repeat(self.user_ids[rows], kk)[valid],
+            "rank": np.tile(np.arange(1, kk + 1), n)[valid],
+            "item_id": self.item_ids[np.maximum(items, 0)].ravel()[valid],
+            "score": top.ravel()[valid],
+        })
+
+    def recommend_for_items(self, item_ids: Iterable, k: int = 10, *, exclude=None, candidates=None,
+                            strict: bool = False) -> pd.DataFrame:
+        """Top-k for a new user from the raw ids of their items (fold-in, no retraining): ``rank, item_id, score``."""
+        items = self._item_columns(list(item_ids), "items", strict)
+        if len(items) == 0:
+            raise RunError(f"items (--items) {_first(list(item_ids))}: none is in the model's catalogue of "
+                           f"{self.n_items:,} items (ids look like {_first(self.item_ids[:3].tolist(), 3)}); "
+                           "nothing to fold in")
+        items = np.unique(items)
+        row = sp.csr_matrix((np.ones(len(items), np.float32), items, [0, len(items)]), shape=(1, self.n_items))
+        recs = self.model.recommend(
+            row, k=min(int(k), self.n_items),
+            exclude=None if exclude is None else self._item_columns(exclude, "exclude", strict),
+            candidates=None if candidates is None else self._item_columns(candidates, "candidates", strict))
+        return recs.to_frame()[["rank", "item_id", "score"]]
+
+    def recommend_all(
+        self,
+        path: str | os.PathLike | None = None,
+        k: int = 100,
+        *,
+        filter_seen: bool = True,
+        exclude=None,
+        candidates=None,
+        batch_size: int = 1000,
+        progress: bool | None = None,
+        max_memory: int | None = None,
+    ) -> Path | pd.DataFrame:
+        """Top-k for every known user, streamed in user batches.
+
+        With ``path`` (``.parquet``, ``.csv``, ``.json``, ``.jsonl``) the rows
+        ``user_id, rank, item_id, score`` are written there atomically and the
+        path is returned; without it, one DataFrame (fine for small logs).
+
+        Memory: each batch of ``batch_size`` users is ranked within ``max_memory`` bytes
+        (None: 1 GiB). When a batch's users x items scores would not fit, a model with
+        block scoring (``Recommender.block_scoring``) scores the catalogue a block of
+        items at a time and merges a running top-k; others are ranked in smaller user
+        batches (see :func:`recvae.models.base.rank_in_blocks`). The output does not
+        depend on it: e.g. ``run.recommend_all("recs.parquet", max_memory=256 * 2**20)``.
+        """
+        from tqdm.auto import tqdm
+
+        if path is not None:
+            check_table_output(path)
+        starts = range(0, len(self.user_ids), batch_size)
+        bar = tqdm(starts, desc="recommend", unit="batch", disable=None if progress is None else not progress)
+        if path is None:
+            frames = [self._recommend_rows(np.arange(s, min(s + batch_size, len(self.user_ids))), k, filter_seen,
+                                           exclude, candidates, False, max_memory) for s in bar]
+            return pd.concat(frames, ignore_index=True) if frames else self._empty_recommendations()
+        with TableWriter(path) as writer:
+            for s in bar:
+                rows = np.arange(s, min(s + batch_size, len(self.user_ids)))
+                writer.write(self._recommend_rows(rows, k, filter_seen, exclude, candidates, False, max_memory))
+            if writer.rows == 0 and not len(self.user_ids):
+                writer.write(self._empty_recommendations())
+        return Path(path)
+
+    # ------------------------------------------------------------------ embeddings, similar items
+    def embed_users(self, user_ids: Iterable | None = None, *, strict: bool = False,
+                    batch_size: int = 10_000) -> pd.DataFrame:
+        """User embeddings by raw id (all known users by default): ``user_id, mu_0.., sigma_0..``.
+
+        Each user's embedding comes from their positive history (for held-out
+        users of a strong split: fold-in and target together). See
+        :class:`recvae.models.UserEmbeddings` for what ``mu``/``sigma`` are per model.
+        """
+        if user_ids is None:
+            rows, ids = np.arange(len(self.user_ids)), self.user_ids
+        else:
+            rows, ids, skipped = self.resolve_users(user_ids, strict=strict)
+            if skipped:
+                logger.warning("%s", skipped.message())
+        parts = [self.model.embed_users(self.history[rows[s:s + batch_size]]) for s in range(0, len(rows), batch_size)]
+        if not parts:
+            raise RunError("no users to embed")
+        sigma = None if parts[0].sigma is None else np.concatenate([p.sigma for p in parts])
+        return UserEmbeddings(np.concatenate([p.mu for p in parts]), sigma).to_frame(ids)
+
+    def item_embeddings(self) -> pd.DataFrame:
+        """Item embeddings: ``item_id, emb_0..`` (decoder rows of a VAE, factors of ALS/BPR)."""
+        values = np.asarray(self.model.item_embeddings())
+        frame = pd.DataFrame({f"emb_{j}": values[:, j] for j in range(values.shape[1])})
+        frame.insert(0, "item_id", self.item_ids)
+        return frame
+
+    def similar_items(self, item_ids: Iterable, k: int = 10) -> pd.DataFrame:
+        """The ``k`` items most similar to each raw item id: ``item_id, rank, similar_item_id, score``.
+
+        The similarity is the model's own (see :meth:`Recommender.item_similarities`):
+        EASE's weights B[i, j], item-KNN's neighbour similarities, the cosine of
+        ALS/BPR item factors or of the VAE decoder's item rows.
+        """
+        ids = [item_ids] if isinstance(item_ids, (str, bytes)) or np.isscalar(item_ids) else list(item_ids)
+        columns = lookup_ids(pd.Index(np.asarray(self.item_ids)), ids, "item")
+        recs = self.model.similar_items(columns, k=k, by_column=True)
+        n, kk = recs.items.shape
+        valid = recs.valid.ravel()
+        return pd.DataFrame({
+            "item_id": np.repeat(self.item_ids[columns], kk)[valid],
+            "rank": np.tile(np.arange(1, kk + 1), n)[valid],
+            "similar_item_id": self.item_ids[np.maximum(recs.items, 0)].ravel()[valid],
+            "score": recs.scores.ravel()[valid],
+        })
