@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 
 import pandas as pd
 import scipy.sparse as sp
@@ -25,33 +24,22 @@ from recvae.distributed import DistributedContext, all_reduce_sum, parallel_cont
 from recvae.nn.rec_vae import RecVAENet
 from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.storage import CHECKPOINT_FIX, ModelFileError
-from recvae.training.loop import (
-    EpochCallback,
-    NetScorer,
-    TrainingConfig,
-    TrainingResult,
-    _active_users,
+from recvae.training.checkpoints import (
     _apply_lr,
-    _autocast,
-    _diverged,
-    _end_epoch,
     _read_checkpoint,
-    _restore_best,
     _restore_state,
-    _validate_epoch,
-    check_parallel_device,
-    divergence,
-    first_batch_loss,
-    host_memory_for,
-    make_optimizer,
-    prepare_item_training,
-    rank_noise_generator,
-    resolve_precision,
+    _write_atomically,
     resume_agreed,
     run_fingerprint,
-    warn_degenerate,
     warn_if_finished,
 )
+from recvae.training.config import EpochCallback, TrainingConfig, TrainingResult, warn_degenerate
+from recvae.training.device import _autocast, resolve_precision
+from recvae.training.divergence import _diverged, divergence, first_batch_loss
+from recvae.training.history import _end_epoch, new_state
+from recvae.training.loop import _active_users, check_parallel_device, host_memory_for, rank_noise_generator
+from recvae.training.optimizers import make_optimizer, prepare_item_training
+from recvae.training.validation import NetScorer, _restore_best, _validate_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -279,8 +267,7 @@ def _train_recvae(net: RecVAENet, train: sp.csr_matrix, validation: HeldOut | No
     optimizers = {part: make_optimizer(getattr(net, part).parameters(), config) for part in ("encoder", "decoder")}
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
-    state = {"epoch": 0, "step": 0, "history": [], "best_state": None, "best_epoch": None,
-             "best_score": None, "best_beta": None, "since_best": 0, "stopped_early": False}
+    state = new_state()
     warn_degenerate(config)
     precision = resolve_precision(config.precision, device)
     logger.info("precision: %s (asked: %s, device %s)", precision, config.precision, device)
@@ -351,9 +338,7 @@ def _recvae_result(state: dict, mean_beta: float) -> TrainingResult:
 
 
 def _save_checkpoint(path, net, optimizers, generator, state, fingerprint: dict) -> None:
-    """Write the checkpoint atomically: a temp file beside it, then ``os.replace`` (``Path.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write RecVAE's checkpoint (atomically, see :func:`recvae.training.checkpoints._write_atomically`)."""
     payload = {
         "format": _CHECKPOINT_FORMAT,
         "fingerprint": fingerprint,
@@ -363,14 +348,13 @@ def _save_checkpoint(path, net, optimizers, generator, state, fingerprint: dict)
         "state": {k: v for k, v in state.items() if k != "best_state"},
         "best_state": state["best_state"],
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    _write_atomically(path, payload)
 
 
 def _load_checkpoint(path, net, optimizers, generator, state, device, fingerprint: dict | None,
                      config: TrainingConfig) -> None:
-    """Resume from ``path``: checked (see :func:`recvae.training._read_checkpoint`), the requested lr applied."""
+    """Resume from ``path``: checked (see :func:`recvae.training.checkpoints._read_checkpoint`), the requested
+    lr applied."""
     payload, old_lr = _read_checkpoint(path, _CHECKPOINT_FORMAT, ("optimizers",), fingerprint)
     _restore_state(path, payload, net, generator, state)
     try:
