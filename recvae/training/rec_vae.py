@@ -186,25 +186,12 @@ def _train_phase(
             order = users[torch.randperm(len(users), generator=generator, device=users.device)]
             for batch in order.split(batch_size):
                 if ctx is None:
-                    x = data.rows(batch)
-                    with _autocast(users.device, precision):
-                        known = _known_terms(net, phase, x, batch, prior, encoder_is_prior, reuse)
-                        parts = net.loss(x, generator, dropout=phase == "encoder", **known)
-                    optimizer.zero_grad(set_to_none=True)
-                    parts["loss"].backward()
-                    optimizer.step()
-                    batch_sums = torch.stack([parts[k].detach() for k in ("loss", "nll", "kl")]).double() * len(batch)
+                    batch_sums = _phase_step(net, phase, optimizer, data.rows(batch), batch, generator, precision,
+                                             prior, encoder_is_prior, reuse)
                 else:
-                    x = data.rows(shard_batch(batch, ctx))
-                    with _autocast(users.device, precision):
-                        known = _known_terms(net, phase, x, batch, None, encoder_is_prior)
-                        nll, kl = net.terms(x, noise_generator, dropout=phase == "encoder", **known)
-                    loss_sum = (nll + net.kl_weight(x) * kl).sum()
-                    optimizer.zero_grad(set_to_none=True)
-                    (loss_sum / len(batch)).backward()
-                    _sum_gradients(trained, ctx)
-                    optimizer.step()
-                    batch_sums = torch.stack([loss_sum, nll.sum(), kl.sum()]).detach().double()
+                    batch_sums = _parallel_phase_step(net, phase, optimizer, data.rows(shard_batch(batch, ctx)),
+                                                      batch, trained, noise_generator, ctx, precision,
+                                                      encoder_is_prior)
                 sums += batch_sums
                 if first is not None and phase not in first:
                     first[phase] = (batch_sums, len(batch))
@@ -214,6 +201,39 @@ def _train_phase(
         net.encoder.requires_grad_(True)
         net.decoder.requires_grad_(True)
     return all_reduce_sum(sums, ctx) / (passes * len(users))
+
+
+def _phase_step(net: RecVAENet, phase: str, optimizer: torch.optim.Optimizer, x: SparseRows, users: torch.Tensor,
+                generator: torch.Generator, precision: str, prior: PriorPosteriors | None, encoder_is_prior: bool,
+                reuse: bool) -> torch.Tensor:
+    """One process's gradient step of ``phase`` on the batch ``users`` (rows ``x``); returns the batch's
+    summed (loss, nll, kl)."""
+    with _autocast(users.device, precision):
+        known = _known_terms(net, phase, x, users, prior, encoder_is_prior, reuse)
+        parts = net.loss(x, generator, dropout=phase == "encoder", **known)
+    optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    optimizer.step()
+    return torch.stack([parts[k].detach() for k in ("loss", "nll", "kl")]).double() * len(users)
+
+
+def _parallel_phase_step(net: RecVAENet, phase: str, optimizer: torch.optim.Optimizer, x: SparseRows,
+                         users: torch.Tensor, trained: list[torch.Tensor], noise_generator: torch.Generator | None,
+                         ctx: DistributedContext, precision: str, encoder_is_prior: bool) -> torch.Tensor:
+    """A data-parallel gradient step of ``phase``: ``x`` is this rank's slice of the global batch ``users``.
+
+    The slice's loss sum over the global batch size is backpropagated and the trained part's
+    gradients are summed over the ranks (the one-process step); returns the slice's summed (loss, nll, kl).
+    """
+    with _autocast(users.device, precision):
+        known = _known_terms(net, phase, x, users, None, encoder_is_prior)
+        nll, kl = net.terms(x, noise_generator, dropout=phase == "encoder", **known)
+    loss_sum = (nll + net.kl_weight(x) * kl).sum()
+    optimizer.zero_grad(set_to_none=True)
+    (loss_sum / len(users)).backward()
+    _sum_gradients(trained, ctx)
+    optimizer.step()
+    return torch.stack([loss_sum, nll.sum(), kl.sum()]).detach().double()
 
 
 def _sum_gradients(params: list[torch.Tensor], ctx: DistributedContext) -> None:
