@@ -33,7 +33,7 @@ from recvae.training import (
     prepare_item_training,
     train_step,
 )
-from recvae.training.loop import _differences
+from recvae.training.checkpoints import _differences
 
 CPU = torch.device("cpu")
 

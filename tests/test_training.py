@@ -286,14 +286,14 @@ def test_auto_precision_picks_bf16_only_where_the_hardware_has_it(monkeypatch):
 
 
 def test_the_chosen_precision_is_recorded_in_the_history(monkeypatch):
-    import recvae.training.loop as loop_module
+    import recvae.training.device as device_module
     from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
     from recvae.models import MultVAE
 
-    monkeypatch.delenv(loop_module.AUTO_PRECISION_ENV, raising=False)  # the hardware decides
+    monkeypatch.delenv(device_module.AUTO_PRECISION_ENV, raising=False)  # the hardware decides
     split = strong_generalization(synthetic_interactions(SyntheticConfig(n_users=150, n_items=40, seed=4)), 15)
     for native, expected in ((False, "fp32"), (True, "bf16")):
-        monkeypatch.setattr(loop_module, "cpu_has_native_bf16", lambda cpuinfo=None, native=native: native)
+        monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda cpuinfo=None, native=native: native)
         model = MultVAE(latent_dim=4, hidden_dims=[8], epochs=1, progress=False, eval_k=20, device="cpu").fit(split)
         assert list(model.history_["precision"]) == [expected]
 

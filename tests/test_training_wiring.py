@@ -2,7 +2,7 @@
 patience and min_epochs, eval_every, checkpoints and resume, divergence -- with the best epoch
 never the last one.
 
-Oracles of their own: validation scores are scripted per epoch (``recvae.training.loop.evaluate_model``
+Oracles of their own: validation scores are scripted per epoch (``recvae.training.validation.evaluate_model``
 is replaced, and the epoch is read from the gradient steps the net has taken, not from the loop's
 counters), so the best epoch, its score and where patience must stop are known by hand; the
 weights a run must return are those of a twin trained for exactly the best epoch's number of
@@ -23,6 +23,7 @@ import torch
 
 import recvae.training.loop as loop
 import recvae.training.rec_vae as rec_vae_loop
+import recvae.training.validation as validation
 from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
 from recvae.models import VAE, AnnealConfig, VAEConfig
 from recvae.models.rec_vae import RecVAEConfig, RecVAENet, train_recvae
@@ -85,7 +86,7 @@ class Scripted:
             return real(*args, **kwargs)
 
         monkeypatch.setattr(net, "loss", counting)
-        monkeypatch.setattr(loop, "evaluate_model", self.evaluate)
+        monkeypatch.setattr(validation, "evaluate_model", self.evaluate)
 
     def evaluate(self, scorer, held, *, ks, metrics, batch_size):
         assert self.steps % self.per_epoch == 0, "validation ran inside an epoch"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import recvae.tuning as tuning
+import recvae.tuning.scoring as tuning_scoring
 from recvae.data.splits import HeldOut, strong_generalization
 from recvae.data.synthetic import SyntheticConfig, synthetic_interactions
 from recvae.evaluation import evaluate
@@ -39,7 +39,7 @@ def test_records_every_trial_and_picks_the_best_on_validation(split, monkeypatch
         calls.append(which)
         return evaluate(model, split_, which, **kwargs)
 
-    monkeypatch.setattr(tuning, "evaluate", spy)
+    monkeypatch.setattr(tuning_scoring, "evaluate", spy)
     guarded = replace(split, test=_Untouchable())
     grid = {"l2": [1.0, 300.0, 1e6]}
     result = grid_search(EASE, grid, guarded, progress=False)

@@ -17,6 +17,7 @@ import pytest
 
 import recvae.training.loop as loop
 import recvae.tuning as tuning
+import recvae.tuning.search as tuning_search
 from recvae.data.splits import strong_generalization
 from recvae.data.synthetic import SyntheticConfig, synthetic_interactions, synthetic_log
 from recvae.evaluation import evaluate
@@ -242,7 +243,7 @@ def test_recvae_imports_without_optuna_and_the_search_names_the_extra(monkeypatc
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(ImportError, match=r'pip install "recvae\[tune\]"'):
         optuna_search(EASE, {"l2": [1.0]}, split, n_trials=1, progress=False)
-    monkeypatch.setattr(tuning.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(tuning_search.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"recvae\[tune\]"):
         tuning.check_optuna()
 

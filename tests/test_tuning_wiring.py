@@ -2,9 +2,10 @@
 how it samples a log range or a stepped range, when it prunes, and which edges it reports.
 
 Oracles of their own: the models here fit nothing, and a validation score is a known function of their
-parameters (``tuning.evaluate`` is replaced by that function), so the best trial, the sampled values and
-every pruning decision are computed by hand from the trials table. The enqueued default trial is never
-the best one, so a search that optimises the wrong way, or samples the wrong values, chooses another.
+parameters (``recvae.tuning.scoring.evaluate`` is replaced by that function), so the best trial, the
+sampled values and every pruning decision are computed by hand from the trials table. The enqueued default
+trial is never the best one, so a search that optimises the wrong way, or samples the wrong values, chooses
+another.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import optuna  # in the dev extra
 import pandas as pd
 import pytest
 
-import recvae.tuning as tuning
+import recvae.tuning.scoring as tuning_scoring
 from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
 from recvae.models.base import Recommender
 from recvae.models.mult_vae import TorchVAERecommender
@@ -70,7 +71,8 @@ def scored(objective, **defaults) -> type[Scored]:
 
 @pytest.fixture(autouse=True)
 def scores_by_objective(monkeypatch):
-    """``tuning.evaluate`` answers each model's ``value()`` as every metric asked, on the validation users only."""
+    """``recvae.tuning.scoring.evaluate`` answers each model's ``value()`` as every metric asked, on the validation
+    users only."""
 
     def evaluate(model, split, which="test", *, ks=(100,), metrics=("ndcg",), **kwargs):
         assert which == "validation"
@@ -79,7 +81,7 @@ def scores_by_objective(monkeypatch):
         summary = pd.DataFrame({"mean": value, "std_err": 0.0, "n_users": 10}, index=names)
         return SimpleNamespace(summary=summary)
 
-    monkeypatch.setattr(tuning, "evaluate", evaluate)
+    monkeypatch.setattr(tuning_scoring, "evaluate", evaluate)
 
 
 # ---------------------------------------------------------------------- grid search: the argmax of a known function

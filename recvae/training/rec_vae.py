@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 
 import pandas as pd
 import scipy.sparse as sp
@@ -25,33 +24,22 @@ from recvae.distributed import DistributedContext, all_reduce_sum, parallel_cont
 from recvae.nn.rec_vae import RecVAENet
 from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.storage import CHECKPOINT_FIX, ModelFileError
-from recvae.training.loop import (
-    EpochCallback,
-    NetScorer,
-    TrainingConfig,
-    TrainingResult,
-    _active_users,
+from recvae.training.checkpoints import (
     _apply_lr,
-    _autocast,
-    _diverged,
-    _end_epoch,
     _read_checkpoint,
-    _restore_best,
     _restore_state,
-    _validate_epoch,
-    check_parallel_device,
-    divergence,
-    first_batch_loss,
-    host_memory_for,
-    make_optimizer,
-    prepare_item_training,
-    rank_noise_generator,
-    resolve_precision,
+    _write_atomically,
     resume_agreed,
     run_fingerprint,
-    warn_degenerate,
     warn_if_finished,
 )
+from recvae.training.config import EpochCallback, TrainingConfig, TrainingResult, warn_degenerate
+from recvae.training.device import _autocast, resolve_precision
+from recvae.training.divergence import _diverged, divergence, first_batch_loss
+from recvae.training.history import _end_epoch, new_state
+from recvae.training.loop import _active_users, check_parallel_device, host_memory_for, rank_noise_generator
+from recvae.training.optimizers import make_optimizer, prepare_item_training
+from recvae.training.validation import NetScorer, _restore_best, _validate_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -198,25 +186,12 @@ def _train_phase(
             order = users[torch.randperm(len(users), generator=generator, device=users.device)]
             for batch in order.split(batch_size):
                 if ctx is None:
-                    x = data.rows(batch)
-                    with _autocast(users.device, precision):
-                        known = _known_terms(net, phase, x, batch, prior, encoder_is_prior, reuse)
-                        parts = net.loss(x, generator, dropout=phase == "encoder", **known)
-                    optimizer.zero_grad(set_to_none=True)
-                    parts["loss"].backward()
-                    optimizer.step()
-                    batch_sums = torch.stack([parts[k].detach() for k in ("loss", "nll", "kl")]).double() * len(batch)
+                    batch_sums = _phase_step(net, phase, optimizer, data.rows(batch), batch, generator, precision,
+                                             prior, encoder_is_prior, reuse)
                 else:
-                    x = data.rows(shard_batch(batch, ctx))
-                    with _autocast(users.device, precision):
-                        known = _known_terms(net, phase, x, batch, None, encoder_is_prior)
-                        nll, kl = net.terms(x, noise_generator, dropout=phase == "encoder", **known)
-                    loss_sum = (nll + net.kl_weight(x) * kl).sum()
-                    optimizer.zero_grad(set_to_none=True)
-                    (loss_sum / len(batch)).backward()
-                    _sum_gradients(trained, ctx)
-                    optimizer.step()
-                    batch_sums = torch.stack([loss_sum, nll.sum(), kl.sum()]).detach().double()
+                    batch_sums = _parallel_phase_step(net, phase, optimizer, data.rows(shard_batch(batch, ctx)),
+                                                      batch, trained, noise_generator, ctx, precision,
+                                                      encoder_is_prior)
                 sums += batch_sums
                 if first is not None and phase not in first:
                     first[phase] = (batch_sums, len(batch))
@@ -226,6 +201,39 @@ def _train_phase(
         net.encoder.requires_grad_(True)
         net.decoder.requires_grad_(True)
     return all_reduce_sum(sums, ctx) / (passes * len(users))
+
+
+def _phase_step(net: RecVAENet, phase: str, optimizer: torch.optim.Optimizer, x: SparseRows, users: torch.Tensor,
+                generator: torch.Generator, precision: str, prior: PriorPosteriors | None, encoder_is_prior: bool,
+                reuse: bool) -> torch.Tensor:
+    """One process's gradient step of ``phase`` on the batch ``users`` (rows ``x``); returns the batch's
+    summed (loss, nll, kl)."""
+    with _autocast(users.device, precision):
+        known = _known_terms(net, phase, x, users, prior, encoder_is_prior, reuse)
+        parts = net.loss(x, generator, dropout=phase == "encoder", **known)
+    optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    optimizer.step()
+    return torch.stack([parts[k].detach() for k in ("loss", "nll", "kl")]).double() * len(users)
+
+
+def _parallel_phase_step(net: RecVAENet, phase: str, optimizer: torch.optim.Optimizer, x: SparseRows,
+                         users: torch.Tensor, trained: list[torch.Tensor], noise_generator: torch.Generator | None,
+                         ctx: DistributedContext, precision: str, encoder_is_prior: bool) -> torch.Tensor:
+    """A data-parallel gradient step of ``phase``: ``x`` is this rank's slice of the global batch ``users``.
+
+    The slice's loss sum over the global batch size is backpropagated and the trained part's
+    gradients are summed over the ranks (the one-process step); returns the slice's summed (loss, nll, kl).
+    """
+    with _autocast(users.device, precision):
+        known = _known_terms(net, phase, x, users, None, encoder_is_prior)
+        nll, kl = net.terms(x, noise_generator, dropout=phase == "encoder", **known)
+    loss_sum = (nll + net.kl_weight(x) * kl).sum()
+    optimizer.zero_grad(set_to_none=True)
+    (loss_sum / len(users)).backward()
+    _sum_gradients(trained, ctx)
+    optimizer.step()
+    return torch.stack([loss_sum, nll.sum(), kl.sum()]).detach().double()
 
 
 def _sum_gradients(params: list[torch.Tensor], ctx: DistributedContext) -> None:
@@ -279,8 +287,7 @@ def _train_recvae(net: RecVAENet, train: sp.csr_matrix, validation: HeldOut | No
     optimizers = {part: make_optimizer(getattr(net, part).parameters(), config) for part in ("encoder", "decoder")}
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
-    state = {"epoch": 0, "step": 0, "history": [], "best_state": None, "best_epoch": None,
-             "best_score": None, "best_beta": None, "since_best": 0, "stopped_early": False}
+    state = new_state()
     warn_degenerate(config)
     precision = resolve_precision(config.precision, device)
     logger.info("precision: %s (asked: %s, device %s)", precision, config.precision, device)
@@ -351,9 +358,7 @@ def _recvae_result(state: dict, mean_beta: float) -> TrainingResult:
 
 
 def _save_checkpoint(path, net, optimizers, generator, state, fingerprint: dict) -> None:
-    """Write the checkpoint atomically: a temp file beside it, then ``os.replace`` (``Path.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write RecVAE's checkpoint (atomically, see :func:`recvae.training.checkpoints._write_atomically`)."""
     payload = {
         "format": _CHECKPOINT_FORMAT,
         "fingerprint": fingerprint,
@@ -363,14 +368,13 @@ def _save_checkpoint(path, net, optimizers, generator, state, fingerprint: dict)
         "state": {k: v for k, v in state.items() if k != "best_state"},
         "best_state": state["best_state"],
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    _write_atomically(path, payload)
 
 
 def _load_checkpoint(path, net, optimizers, generator, state, device, fingerprint: dict | None,
                      config: TrainingConfig) -> None:
-    """Resume from ``path``: checked (see :func:`recvae.training._read_checkpoint`), the requested lr applied."""
+    """Resume from ``path``: checked (see :func:`recvae.training.checkpoints._read_checkpoint`), the requested
+    lr applied."""
     payload, old_lr = _read_checkpoint(path, _CHECKPOINT_FORMAT, ("optimizers",), fingerprint)
     _restore_state(path, payload, net, generator, state)
     try:

@@ -1,11 +1,15 @@
-"""Room "training": the training loops' bookkeeping (recvae/training/loop.py, recvae/training/rec_vae.py) --
-best epoch and best weights, patience and min_epochs, eval_every and the last epoch, checkpoints and
-resume, divergence. Caught by tests/test_training_wiring.py, whose validation scores are scripted per
-epoch with the best epoch never the last, and whose weights oracle is a twin run stopped at the best
-epoch. (tools/mutate.py's own train-* mutations cover other lines of the same loops.)"""
+"""Room "training": the training loops' bookkeeping (recvae/training/: loop.py, rec_vae.py and the modules
+they share, validation.py, history.py, checkpoints.py, divergence.py) -- best epoch and best weights,
+patience and min_epochs, eval_every and the last epoch, checkpoints and resume, divergence. Caught by
+tests/test_training_wiring.py, whose validation scores are scripted per epoch with the best epoch never
+the last, and whose weights oracle is a twin run stopped at the best epoch. (tools/mutate.py's own
+train-* mutations cover other lines of the same loops.)"""
 
-LOOP = "recvae/training/loop.py"
 REC = "recvae/training/rec_vae.py"
+VALIDATION = "recvae/training/validation.py"
+HISTORY = "recvae/training/history.py"
+CHECKPOINTS = "recvae/training/checkpoints.py"
+DIVERGENCE = "recvae/training/divergence.py"
 T_WIRING = "tests/test_training_wiring.py"
 T_TRAIN = (T_WIRING, "tests/test_training.py", "tests/test_rec_vae_training.py")
 # the old resume tests of tests/test_vae.py and tests/test_rec_vae.py by name (the rest of those files is slow)
@@ -14,7 +18,7 @@ T_RESUME = (*T_TRAIN, "tests/test_faults.py", "tests/test_vae.py::test_checkpoin
 T_DIVERGE = (*T_TRAIN, "tests/test_faults.py")
 
 MUTATIONS = [
-    dict(name="training-boundary-min-epochs-one-late", file=LOOP,
+    dict(name="training-boundary-min-epochs-one-late", file=VALIDATION,
          old="and epoch >= config.min_epochs",
          new="and epoch > config.min_epochs",
          tests=T_TRAIN,
@@ -26,7 +30,7 @@ MUTATIONS = [
          tests=T_TRAIN,
          why="RecVAE with eval_every never validates a last epoch off the cycle (and a 1-epoch run with "
              "eval_every > 1 selects nothing); the Mult-VAE loop's copy of the line was pinned, this one not"),
-    dict(name="training-stale-cache-resume-takes-the-last-weights-as-best", file=LOOP,
+    dict(name="training-stale-cache-resume-takes-the-last-weights-as-best", file=CHECKPOINTS,
          old='best = payload["best_state"]',
          new='best = payload["model"]',
          tests=T_RESUME,
@@ -38,7 +42,7 @@ MUTATIONS = [
          tests=T_RESUME,
          why="RecVAE's checkpoint stores the current weights as the best ones; invisible while every fixture "
              "peaks at its last epoch"),
-    dict(name="training-wiring-checkpoint-drops-the-patience-count", file=LOOP,
+    dict(name="training-wiring-checkpoint-drops-the-patience-count", file=CHECKPOINTS,
          old='"state": {k: v for k, v in state.items() if k != "best_state"},',
          new='"state": {k: v for k, v in state.items() if k not in ("best_state", "since_best")},',
          tests=T_RESUME,
@@ -50,7 +54,7 @@ MUTATIONS = [
          tests=T_RESUME,
          why="resuming a RecVAE checkpoint that stopped early trains further epochs (and another early stop "
              "moves the result) instead of returning its best weights as they are"),
-    dict(name="training-direction-on-epoch-before-the-checkpoint", file=LOOP,
+    dict(name="training-direction-on-epoch-before-the-checkpoint", file=HISTORY,
          old="    if config.checkpoint and is_main:\n        save_checkpoint()\n"
              '    score = row.get(f"val_ndcg@{config.eval_k}")\n'
              "    if on_epoch is not None and score is not None:\n        on_epoch(epoch, score)\n",
@@ -60,7 +64,7 @@ MUTATIONS = [
          tests=T_RESUME,
          why="on_epoch runs before the checkpoint is written: a pruned (raising) epoch is never checkpointed, "
              "so a resumed run repeats it"),
-    dict(name="training-direction-divergence-scale-of-a-negative-reference", file=LOOP,
+    dict(name="training-direction-divergence-scale-of-a-negative-reference", file=DIVERGENCE,
          old="if loss - reference > (DIVERGENCE_FACTOR - 1) * abs(reference):",
          new="if loss - reference > (DIVERGENCE_FACTOR - 1) * reference:",
          tests=T_DIVERGE,
@@ -73,7 +77,7 @@ MUTATIONS = [
          tests=T_DIVERGE,
          why="only the decoder phase's loss is checked: an exploding encoder phase trains on, is validated and "
              "checkpointed"),
-    dict(name="training-boundary-finished-checkpoint-not-told", file=LOOP,
+    dict(name="training-boundary-finished-checkpoint-not-told", file=CHECKPOINTS,
          old='if state["epoch"] >= config.epochs:',
          new='if state["epoch"] > config.epochs:',
          tests=T_RESUME,
