@@ -1,22 +1,14 @@
 """Command line entry point: ``recvae`` (or ``python -m recvae``). It parses arguments and calls the public API.
 
-One module per command group (``recvae COMMAND --help`` documents each command):
+One module per command group, each documenting its commands (``recvae COMMAND --help`` documents each
+option): :mod:`.train` (train, tune), :mod:`.recommend` (recommend, embed, similar), :mod:`.evaluate`
+(evaluate, experiment), :mod:`.serve` (serve, export) and :mod:`.info` (demo, the default; info, datasets);
+:mod:`.common` holds what they share. This module builds the parser and runs a command (:func:`main`).
 
-- :mod:`recvae.cli.train`: ``train DATA -o RUN`` (:meth:`recvae.runs.Run.fit`: read a log, split, fit, evaluate,
-  write a run) and ``tune DATA --search SPACE --trials N -o OUT`` (:func:`recvae.runs.tune`, the ``tune`` extra).
-- :mod:`recvae.cli.recommend`: ``recommend RUN`` (:meth:`Run.recommend` by raw user id, :meth:`Run.recommend_all`,
-  :meth:`Run.recommend_for_items` for a new user), ``embed RUN`` and ``similar RUN --item ID``.
-- :mod:`recvae.cli.evaluate`: ``evaluate RUN`` (:meth:`Run.evaluate`) and ``experiment CONFIG``
-  (:func:`recvae.experiment.run_experiment`).
-- :mod:`recvae.cli.serve`: ``serve RUN`` (:func:`recvae.serve.serve`, the ``serve`` extra) and
-  ``export RUN --format onnx -o FILE`` (:func:`recvae.export.export_onnx`).
-- :mod:`recvae.cli.info`: ``demo`` (the default), ``info RUN`` (:meth:`Run.summary`) and ``datasets``.
-- :mod:`recvae.cli.common`: what they share (one-line errors, ``--param`` values, the run directory options).
-
-This module builds the parser and runs a command (:func:`main`). Every failure ends with one line
-naming the problem and the fix (exit status 1); ``--debug`` shows the traceback instead. ``-v``
-shows the library's log, ``-q`` only errors. Progress bars show on a terminal and hide when stderr
-is redirected. torch and the models are imported inside the handlers, not at import time.
+Every failure ends with one line naming the problem and the fix (exit status 1);
+``--debug`` shows the traceback instead. ``-v`` shows the library's log, ``-q``
+only errors. Progress bars show on a terminal and hide when stderr is redirected.
+torch and the models are imported inside the handlers, not at import time.
 """
 
 from __future__ import annotations

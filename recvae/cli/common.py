@@ -105,3 +105,16 @@ def check_output(path: str | None) -> None:
 
     check_table_output(path)
 
+
+
+def print_table(frame) -> None:
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def write_output(frame, path: str | None, what: str) -> None:
+    """Write ``frame`` to ``path`` when one is given (the format by its suffix) and say so."""
+    if path:
+        from recvae.data.tables import write_table
+
+        write_table(frame, path)
+        print(f"{what} written to {path}")

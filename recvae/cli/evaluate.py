@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from recvae.cli.common import add_run_dir, check_output, fail, load_run, one_line, subparser
+from recvae.cli.common import add_run_dir, check_output, fail, load_run, one_line, subparser, write_output
 
 
 def add_evaluate(sub, common) -> None:
@@ -62,11 +62,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"{type(run.model).__name__} on {len(result.per_user):,} {args.which} users of {args.run_dir} "
           f"({result.seconds:.1f} s):")
     print(table.to_string(na_rep="-", float_format=lambda v: f"{v:.0f}"))
-    if args.output:
-        from recvae.data.tables import write_table
-
-        write_table(result.per_user, args.output)
-        print(f"Per-user metrics written to {args.output}")
+    write_output(result.per_user, args.output, "Per-user metrics")
     return 0
 
 

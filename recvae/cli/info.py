@@ -1,5 +1,5 @@
-"""``recvae demo`` (the default command; :func:`recvae.demo.run_demo`), ``recvae info`` (:meth:`recvae.runs.Run.summary`)
-and ``recvae datasets`` (the MovieLens releases and which are cached)."""
+"""``recvae demo`` (the default command; :func:`recvae.demo.run_demo`), ``recvae info``
+(:meth:`recvae.runs.Run.summary`) and ``recvae datasets`` (the MovieLens releases and which are cached)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,6 @@ def run_info(args: argparse.Namespace) -> int:
     run = load_run(args)
     print(json.dumps(run.info(), indent=2, default=str) if args.json else run.summary())
     return 0
-
 
 
 def run_datasets(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recvae.cli.common import add_run_dir, check_output, fail, load_run, one_line, progress, subparser
+from recvae.cli.common import (add_run_dir, check_output, fail, load_run, one_line, print_table, progress, subparser,
+                               write_output)
 
 
 def add_recommend(sub, common) -> None:
@@ -104,7 +105,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         frame = run.recommend_for_items(args.items, k=args.k, exclude=exclude, candidates=candidates,
                                         strict=args.strict)
         print(f"Top {args.k} for a new user with {len(args.items)} items:")
-        print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print_table(frame)
         frame.insert(0, "user_id", "")
     else:
         users = args.user
@@ -121,26 +122,19 @@ def run_recommend(args: argparse.Namespace) -> int:
         if args.output is None or len(users) <= 20:
             for user, part in frame.groupby("user_id", sort=False):
                 print(f"Top {args.k} for user {user}:")
-                print(part[["rank", "item_id", "score"]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if args.output:
-        from recvae.data.tables import write_table
-
-        write_table(frame[["user_id", "rank", "item_id", "score"]], args.output)
-        print(f"Recommendations written to {args.output}")
+                print_table(part[["rank", "item_id", "score"]])
+    write_output(frame[["user_id", "rank", "item_id", "score"]], args.output, "Recommendations")
     return 0
-
-
-_EMBED_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "jsonl",
-                  ".npy": "npy"}
 
 
 def run_embed(args: argparse.Namespace) -> int:
     """``recvae embed``: :meth:`Run.embed_users` or :meth:`Run.item_embeddings` to a file."""
     import numpy as np
 
-    from recvae.data.tables import check_table_output, write_table
+    from recvae.data.tables import TABLE_SUFFIXES, check_table_output, write_table
 
-    fmt = check_table_output(args.output, _EMBED_FORMATS)
+    formats = {**TABLE_SUFFIXES, ".npy": "npy"}
+    fmt = check_table_output(args.output, formats)
     run = load_run(args)
     try:
         frame = run.item_embeddings() if args.items else run.embed_users(args.user, strict=args.strict)
@@ -161,7 +155,7 @@ def run_embed(args: argparse.Namespace) -> int:
         np.save(ids_path, ids.astype(str) if ids.dtype == object else ids)
         written.append(ids_path)
     else:
-        written = [write_table(frame, output, _EMBED_FORMATS)]
+        written = [write_table(frame, output, formats)]
     dims = frame.shape[1] - 1
     print(f"{len(frame):,} {'items' if args.items else 'users'} x {dims} columns written to "
           f"{', '.join(str(p) for p in written)}")
@@ -180,10 +174,6 @@ def run_similar(args: argparse.Namespace) -> int:
         fail(f"RUN_DIR {args.run_dir}: {one_line(err)}")
     for item, part in frame.groupby("item_id", sort=False):
         print(f"Most similar to item {item}:")
-        print(part[["rank", "similar_item_id", "score"]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if args.output:
-        from recvae.data.tables import write_table
-
-        write_table(frame, args.output)
-        print(f"Similar items written to {args.output}")
+        print_table(part[["rank", "similar_item_id", "score"]])
+    write_output(frame, args.output, "Similar items")
     return 0
