@@ -106,7 +106,6 @@ def check_output(path: str | None) -> None:
     check_table_output(path)
 
 
-
 def print_table(frame) -> None:
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 

@@ -108,7 +108,6 @@ def _rating_threshold(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
-
 def run_train(args: argparse.Namespace) -> int:
     """``recvae train``: :meth:`recvae.runs.Run.fit`."""
     from recvae.runs import Run
@@ -226,7 +225,6 @@ def _shortcut_params(args: argparse.Namespace, name: str, cls: type) -> dict[str
             anneal["cap"] = args.beta_cap
         out["anneal"] = anneal
     return out
-
 
 
 # ============================================================================ tune
