@@ -30,7 +30,7 @@ def test_layers_only_point_down():
 def test_no_function_level_imports_of_recvae_outside_the_cli():
     offenders = []
     for path in sorted((ROOT / "recvae").rglob("*.py")):
-        if path.name in ("cli.py", "__main__.py"):
+        if path.name == "__main__.py" or path.parent.name == "cli":  # recvae/cli/: the command line
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

@@ -297,6 +297,6 @@ def test_help_model_names_are_registered():
 
 def test_demo_stays_the_default_command(monkeypatch):
     seen = []
-    monkeypatch.setattr(cli, "run_demo", lambda args: seen.append(args) or 0)
+    monkeypatch.setattr(cli.info, "run_demo", lambda args: seen.append(args) or 0)  # where add_demo looks it up
     assert main([]) == 0 and main(["--epochs", "3", "--no-progress"]) == 0
     assert [a.command for a in seen] == ["demo", "demo"] and seen[1].epochs == 3 and seen[1].no_progress

@@ -1,0 +1,95 @@
+"""``recvae evaluate`` (:meth:`recvae.runs.Run.evaluate`) and ``recvae experiment``
+(:func:`recvae.experiment.run_experiment`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from recvae.cli.common import add_run_dir, check_output, fail, load_run, one_line, subparser, write_output
+
+
+def add_evaluate(sub, common) -> None:
+    p = subparser(sub, common, "evaluate", "metrics of a saved run on its validation or test users",
+                  "Score the held-out users of a run's split (fold-in, seen items excluded,\n"
+                  "full-catalogue ranking) and print each metric's mean with its 95% CI.\n\n"
+                  "example:\n  recvae evaluate runs/vae --k 10 20 100 --metrics ndcg recall mrr --output users.csv")
+    add_run_dir(p)
+    p.add_argument("--which", choices=("test", "validation"), default="test", help="held-out users (default test)")
+    p.add_argument("--k", metavar="K", type=int, nargs="+",
+                   help="cut-offs (default 20 50 100, those not above the number of items)")
+    p.add_argument("--metrics", metavar="M", nargs="+", default=["ndcg", "recall"],
+                   help="any of ndcg recall precision hit_rate map mrr coverage (default ndcg recall)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write the per-user metrics there (.csv, .parquet, .json, .jsonl)")
+    p.set_defaults(handler=run_evaluate)
+
+
+def add_experiment(sub, common) -> None:
+    p = subparser(sub, common, "experiment", "run an experiment config and write its report",
+                  "Run the experiment described by CONFIG (see experiments/) with\n"
+                  "recvae.experiment.run_experiment and print the path of its report.")
+    p.add_argument("config", metavar="CONFIG", help="experiment config file")
+    p.add_argument("--output", metavar="DIR", help="where to write results (default: the runner's)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--jobs", metavar="N", type=int, default=1,
+                   help="models run at a time, each in its own process with a share of the threads (default 1)")
+    p.set_defaults(handler=run_experiment_command)
+
+
+def _format_metric(row) -> str:
+    import math
+
+    mean, se = row.get("mean"), row.get("std_err")
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {1.96 * se:.4f}"
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``recvae evaluate``: :meth:`Run.evaluate`, a table of metrics (mean ± 95% CI)."""
+    import pandas as pd
+
+    check_output(args.output)
+    run = load_run(args)
+    result = run.evaluate(args.which, ks=args.k, metrics=args.metrics)
+    table = pd.DataFrame({"mean ± 95% CI": {m: _format_metric(row) for m, row in result.summary.iterrows()},
+                          "users": result.summary.get("n_users"), "excluded": result.summary.get("n_excluded")})
+    table.index.name = "metric"
+    print(f"{type(run.model).__name__} on {len(result.per_user):,} {args.which} users of {args.run_dir} "
+          f"({result.seconds:.1f} s):")
+    print(table.to_string(na_rep="-", float_format=lambda v: f"{v:.0f}"))
+    write_output(result.per_user, args.output, "Per-user metrics")
+    return 0
+
+
+def run_experiment_command(args: argparse.Namespace) -> int:
+    """``recvae experiment``: :func:`recvae.experiment.run_experiment` on CONFIG; prints the report path."""
+    config = Path(args.config)
+    if not config.is_file():
+        fail(f"CONFIG {config}: no such file; give an experiment config (see experiments/)")
+    try:
+        from recvae.experiment import run_experiment
+    except ImportError as err:
+        if err.name != "recvae.experiment":
+            raise
+        if isinstance(err, ModuleNotFoundError):
+            fail("the experiment runner (recvae.experiment) is not part of this installation yet; "
+                 "update recvae to run experiment configs")
+        fail(f"recvae.experiment has no run_experiment(): {one_line(err)}")
+    if args.jobs < 1:
+        fail(f"--jobs {args.jobs}: give a number of processes >= 1")
+    kwargs: dict[str, Any] = {"progress": not args.no_progress}
+    if args.jobs > 1:
+        kwargs["jobs"] = args.jobs
+    if args.output is not None:
+        kwargs["output_dir"] = args.output
+    try:
+        report = run_experiment(config, **kwargs)
+    except (FileNotFoundError, ValueError) as err:
+        fail(f"CONFIG {config}: {one_line(err)}")
+    print(f"Report written to {report}")
+    return 0

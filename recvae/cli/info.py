@@ -1,0 +1,94 @@
+"""``recvae demo`` (the default command; :func:`recvae.demo.run_demo`), ``recvae info``
+(:meth:`recvae.runs.Run.summary`) and ``recvae datasets`` (the MovieLens releases and which are cached)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from recvae.cli.common import add_run_dir, fail, load_run, subparser
+
+
+def add_demo(sub, common) -> None:
+    demo = subparser(sub, common, "demo", "train and compare models on the embedded synthetic dataset (default)",
+                     "Train Mult-VAE, Mult-DAE and baselines on a seeded synthetic MovieLens-style\n"
+                     "dataset (no download) and print the comparison on the test users.")
+    demo.add_argument("--users", type=int, default=3000, help="synthetic users (default 3000)")
+    demo.add_argument("--items", type=int, default=1500, help="synthetic items (default 1500)")
+    demo.add_argument("--epochs", type=int, default=40, help="Mult-VAE epochs (default 40)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the models (default 0)")
+    demo.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.set_defaults(handler=run_demo)
+
+
+def add_info(sub, common) -> None:
+    p = subparser(sub, common, "info", "what a run is: model, parameters, data, split, best epoch, metrics",
+                  "Summarise a run directory (recvae.runs.Run.summary); --json prints Run.info().")
+    add_run_dir(p)
+    p.add_argument("--json", action="store_true", help="print the full summary as JSON")
+    p.set_defaults(handler=run_info)
+
+
+def add_datasets(sub, common) -> None:
+    p = subparser(sub, common, "datasets", "list the MovieLens releases recvae knows and which are cached",
+                  "List every MovieLens release 'recvae train NAME' can load: its size, whether\n"
+                  "its ratings file is in the local cache (--data-dir) and its download URL.")
+    p.add_argument("--data-dir", metavar="DIR", default="data", help="the download cache (default ./data)")
+    p.add_argument("--shared", metavar="DIR", help="also list the data files found under DIR")
+    p.set_defaults(handler=run_datasets)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``recvae demo``: :func:`recvae.demo.run_demo`."""
+    from recvae.demo import run_demo as demo
+
+    return demo(args.users, args.items, args.epochs, args.seed, args.device,
+                progress=False if args.no_progress else None)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """``recvae info``: :meth:`Run.summary` (or :meth:`Run.info` as JSON)."""
+    run = load_run(args)
+    print(json.dumps(run.info(), indent=2, default=str) if args.json else run.summary())
+    return 0
+
+
+def run_datasets(args: argparse.Namespace) -> int:
+    """``recvae datasets``: the MovieLens registry with cache status, and files under --shared."""
+    from recvae.data import MOVIELENS
+    from recvae.data.movielens import _candidates
+
+    data_dir = Path(args.data_dir)
+    print(f"MovieLens releases ('recvae train NAME' loads one; cache: {data_dir.resolve()}):\n")
+    for name, spec in MOVIELENS.items():
+        sizes = ", ".join(f"{value:,} {label}" for value, label in
+                          ((spec.ratings, "ratings"), (spec.users, "users"), (spec.items, "items"))
+                          if value is not None) or "size varies by release"
+        cached = next((p for p in _candidates(spec, data_dir) if p.is_file()), None)
+        if cached is not None:
+            status = f"cached: {cached}"
+        elif (data_dir / spec.zip_name).is_file():
+            status = f"zip cached: {data_dir / spec.zip_name} (extracted on first use)"
+        else:
+            status = "not cached (downloaded on first use)"
+        print(f"{name:<16} {sizes}")
+        print(f"{'':<16} {spec.description}")
+        print(f"{'':<16} {status}")
+        print(f"{'':<16} {spec.url}")
+    if args.shared:
+        _list_shared(Path(args.shared))
+    return 0
+
+
+def _list_shared(shared: Path) -> None:
+    if not shared.is_dir():
+        fail(f"--shared {shared}: no such directory")
+    files = sorted(p for p in shared.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(shared).parts))
+    print(f"\nFiles under {shared} ('recvae train FILE' reads ratings files):")
+    if not files:
+        print("  (none)")
+    for p in files:
+        print(f"  {str(p.relative_to(shared)):<40} {p.stat().st_size / 1e6:9.1f} MB")

@@ -1,0 +1,179 @@
+"""``recvae recommend``, ``embed`` and ``similar``: a run directory's recommendations, embeddings and similar items."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from recvae.cli.common import (add_run_dir, check_output, fail, load_run, one_line, print_table, progress, subparser,
+                               write_output)
+
+
+def add_recommend(sub, common) -> None:
+    p = subparser(sub, common, "recommend", "top-k items for users by id, for every user, or for a new user",
+                  "Recommend for users of the log by raw id (--user), for every user the run knows\n"
+                  "(--all-users, streamed in batches to --output), or for a new user given the\n"
+                  "items they liked (--items: folded in, no retraining). Items a user already\n"
+                  "interacted with in the log (any rating) are never recommended unless --keep-seen.\n"
+                  "Ids that preprocessing dropped, or that are not in the log, are counted, named\n"
+                  "and skipped (--strict: refused).\n\n"
+                  "examples:\n  recvae recommend runs/prod --user u12 u57 -k 10 --exclude m3 m9\n"
+                  "  recvae recommend runs/prod --all-users -k 100 -o recs.parquet\n"
+                  "  recvae recommend runs/prod --items m1 m260 -k 10")
+    add_run_dir(p)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="USER_ID", nargs="+", help="raw user ids of the log")
+    who.add_argument("--users-file", metavar="FILE", help="a table (.csv/.parquet/.json) with a user_id column")
+    who.add_argument("--all-users", action="store_true", help="every user the run knows (needs --output)")
+    who.add_argument("--items", metavar="ITEM_ID", nargs="+", help="raw item ids of a new user's history")
+    p.add_argument("-k", "--k", type=int, default=10, help="items per user (default 10)")
+    p.add_argument("--exclude", metavar="ITEM_ID", nargs="+", help="items never to recommend (to anyone)")
+    p.add_argument("--exclude-file", metavar="FILE",
+                   help="a table with item_id (for everyone) or user_id, item_id (per user) never to recommend")
+    p.add_argument("--candidates", metavar="ITEM_ID", nargs="+", help="the only items that may be recommended")
+    p.add_argument("--candidates-file", metavar="FILE",
+                   help="a table with item_id (for everyone) or user_id, item_id (per user) of allowed items")
+    p.add_argument("--keep-seen", action="store_true", help="allow items the user already interacted with")
+    p.add_argument("--strict", action="store_true", help="refuse unknown or dropped user ids and unknown item ids")
+    p.add_argument("--batch-size", type=int, default=1000, help="users scored at once (default 1000)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write user_id, rank, item_id, score there (.parquet, .csv, .json, .jsonl)")
+    p.set_defaults(handler=run_recommend)
+
+
+def add_embed(sub, common) -> None:
+    p = subparser(sub, common, "embed", "export user embeddings (mu, sigma) or item embeddings",
+                  "Export the users' embeddings of a run (recvae.runs.Run.embed_users): VAEs give the\n"
+                  "posterior mean mu and standard deviation sigma of each user's history; ALS/BPR give\n"
+                  "factors (mu only). With --items, the item embeddings instead.\n\n"
+                  "Output by suffix:\n"
+                  "  .parquet / .csv / .json / .jsonl  one row per user: user_id, mu_0.., sigma_0..\n"
+                  "                   (--items: item_id, emb_0..)\n"
+                  "  .npy             FILE.npy holds mu (or the item embeddings), FILE_sigma.npy sigma,\n"
+                  "                   FILE_ids.npy the raw user (or item) id of each row\n\n"
+                  "example:\n  recvae embed runs/vae --output users.parquet\n"
+                  "  recvae embed runs/vae --user u1 u2 --output two.csv")
+    add_run_dir(p)
+    p.add_argument("--user", metavar="USER_ID", nargs="+", help="only these raw user ids (default: every user)")
+    p.add_argument("--items", action="store_true", help="export item embeddings instead of users'")
+    p.add_argument("--strict", action="store_true", help="refuse unknown or dropped user ids")
+    p.add_argument("--output", "-o", metavar="FILE", required=True, help="FILE.parquet, .csv, .json, .jsonl or .npy")
+    p.set_defaults(handler=run_embed)
+
+
+def add_similar(sub, common) -> None:
+    p = subparser(sub, common, "similar", "the items most similar to given items",
+                  "Items most similar to each given item in the model's own item space\n"
+                  "(recvae.runs.Run.similar_items): EASE's weights, item-KNN's similarities, the\n"
+                  "cosine of ALS/BPR item factors or of a VAE's decoder rows.\n\n"
+                  "example:\n  recvae similar runs/ease --item m1 m50 -k 5")
+    add_run_dir(p)
+    p.add_argument("--item", metavar="ITEM_ID", nargs="+", required=True, help="raw item ids")
+    p.add_argument("-k", "--k", type=int, default=10, help="similar items per item (default 10)")
+    p.add_argument("-o", "--output", metavar="FILE", help="also write them there (.parquet, .csv, .json, .jsonl)")
+    p.set_defaults(handler=run_similar)
+
+
+def _read_ids_table(path: str, flag: str):
+    from recvae.data.tables import read_table
+
+    frame = read_table(path)
+    if "item_id" not in frame.columns and "user_id" not in frame.columns:
+        fail(f"{flag} {path}: expected a user_id and/or item_id column; the columns are {list(frame.columns)}")
+    return frame
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    """``recvae recommend``: :meth:`Run.recommend`, :meth:`Run.recommend_all` or :meth:`Run.recommend_for_items`."""
+    if args.k < 1:
+        fail(f"-k {args.k}: ask for at least one item")
+    if args.all_users and not args.output:
+        fail("--all-users writes every user's recommendations to a file: give --output recs.parquet (or .csv)")
+    check_output(args.output)
+    exclude = args.exclude if args.exclude_file is None else _read_ids_table(args.exclude_file, "--exclude-file")
+    candidates = args.candidates if args.candidates_file is None else \
+        _read_ids_table(args.candidates_file, "--candidates-file")
+    if args.exclude and args.exclude_file or args.candidates and args.candidates_file:
+        fail("give items with --exclude/--candidates or with the -file option, not both")
+    run = load_run(args)
+    if args.all_users:
+        path = run.recommend_all(args.output, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
+                                 candidates=candidates, batch_size=args.batch_size, progress=progress(args))
+        print(f"Top {args.k} for {len(run.user_ids):,} users written to {path}")
+        return 0
+    if args.items is not None:
+        frame = run.recommend_for_items(args.items, k=args.k, exclude=exclude, candidates=candidates,
+                                        strict=args.strict)
+        print(f"Top {args.k} for a new user with {len(args.items)} items:")
+        print_table(frame)
+        frame.insert(0, "user_id", "")
+    else:
+        users = args.user
+        if args.users_file is not None:
+            users = list(dict.fromkeys(_read_ids_table(args.users_file, "--users-file").get("user_id", [])))
+            if not users:
+                fail(f"--users-file {args.users_file}: no user_id column, or no rows")
+        frame = run.recommend(users, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
+                              candidates=candidates, strict=args.strict, batch_size=args.batch_size)
+        if frame.empty:
+            sample = ", ".join(map(repr, run.user_ids[:3].tolist()))
+            fail(f"--user: no recommendations, {frame.attrs['skipped'].message()}; the run's user ids look like "
+                 f"{sample}; for a new user, pass their items with --items")
+        if args.output is None or len(users) <= 20:
+            for user, part in frame.groupby("user_id", sort=False):
+                print(f"Top {args.k} for user {user}:")
+                print_table(part[["rank", "item_id", "score"]])
+    write_output(frame[["user_id", "rank", "item_id", "score"]], args.output, "Recommendations")
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """``recvae embed``: :meth:`Run.embed_users` or :meth:`Run.item_embeddings` to a file."""
+    import numpy as np
+
+    from recvae.data.tables import TABLE_SUFFIXES, check_table_output, write_table
+
+    formats = {**TABLE_SUFFIXES, ".npy": "npy"}
+    fmt = check_table_output(args.output, formats)
+    run = load_run(args)
+    try:
+        frame = run.item_embeddings() if args.items else run.embed_users(args.user, strict=args.strict)
+    except NotImplementedError as err:
+        fail(f"RUN_DIR {args.run_dir}: {one_line(err)}; models with embeddings: mult-vae, mult-dae, recvae, als, bpr")
+    id_column = "item_id" if args.items else "user_id"
+    output = Path(args.output)
+    if fmt == "npy":
+        written = []
+        for prefix, path in (("emb_" if args.items else "mu_", output),
+                             ("sigma_", output.with_name(f"{output.stem}_sigma.npy"))):
+            values = frame.filter(regex=f"^{prefix}").to_numpy(np.float32)
+            if values.shape[1]:
+                np.save(path, values)
+                written.append(path)
+        ids = frame[id_column].to_numpy()
+        ids_path = output.with_name(f"{output.stem}_ids.npy")
+        np.save(ids_path, ids.astype(str) if ids.dtype == object else ids)
+        written.append(ids_path)
+    else:
+        written = [write_table(frame, output, formats)]
+    dims = frame.shape[1] - 1
+    print(f"{len(frame):,} {'items' if args.items else 'users'} x {dims} columns written to "
+          f"{', '.join(str(p) for p in written)}")
+    return 0
+
+
+def run_similar(args: argparse.Namespace) -> int:
+    """``recvae similar``: :meth:`Run.similar_items`."""
+    if args.k < 1:
+        fail(f"-k {args.k}: ask for at least one item")
+    check_output(args.output)
+    run = load_run(args)
+    try:
+        frame = run.similar_items(args.item, k=args.k)
+    except NotImplementedError as err:
+        fail(f"RUN_DIR {args.run_dir}: {one_line(err)}")
+    for item, part in frame.groupby("item_id", sort=False):
+        print(f"Most similar to item {item}:")
+        print_table(part[["rank", "similar_item_id", "score"]])
+    write_output(frame, args.output, "Similar items")
+    return 0

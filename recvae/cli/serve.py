@@ -1,0 +1,67 @@
+"""``recvae serve`` (:func:`recvae.serve.serve`, HTTP) and ``recvae export`` (:func:`recvae.export.export_onnx`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from recvae.cli.common import add_run_dir, fail, load_run, one_line, subparser
+
+
+def add_export(sub, common) -> None:
+    p = subparser(sub, common, "export", "write a run's fold-in scorer as an ONNX file (onnxruntime serving)",
+                  "Export the fold-in scorer of a run (recvae.export.export_onnx): a user's item\n"
+                  "indices (int64, CSR-style with int64 offsets) and weights (float32) in, the\n"
+                  "score of every item out (float32, users x items), at the posterior mean.\n"
+                  "Mult-VAE, Mult-DAE, RecVAE and EASE export; needs pip install recvae[onnx].\n\n"
+                  "example:\n  recvae export runs/vae --format onnx -o vae.onnx")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'recvae train'")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="the file format (default onnx)")
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="the file to write (replaced if present)")
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: recvae.export.DEFAULT_OPSET)")
+    p.add_argument("--unweighted", action="store_true",
+                   help="a graph without the values input: every item of a user counts 1")
+    p.set_defaults(handler=run_export, device="cpu")
+
+
+def add_serve(sub, common) -> None:
+    p = subparser(sub, common, "serve", "serve a run's recommendations over HTTP (FastAPI + uvicorn)",
+                  "Serve a run directory over HTTP (recvae.serve; needs pip install recvae[serve]):\n"
+                  "POST /recommend, /recommend/new-user, /similar; GET /health, /info (JSON).\n"
+                  "Concurrent /recommend requests are scored together in micro-batches (each waits\n"
+                  "at most --max-wait-ms for others); --no-batching scores each request alone.\n\n"
+                  "example:\n  recvae serve runs/prod --port 8000\n"
+                  "  curl -s localhost:8000/recommend -H 'content-type: application/json' "
+                  "-d '{\"user_id\": \"u17\", \"k\": 10}'")
+    add_run_dir(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each loading the run (default 1)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its batch (default 5)")
+    p.add_argument("--max-batch", type=int, default=256, help="most requests scored in one batch (default 256)")
+    p.add_argument("--no-batching", action="store_true", help="score each /recommend request alone")
+    p.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``recvae serve``: :func:`recvae.serve.serve` until interrupted (uvicorn logs the address; -v each request)."""
+    from recvae.serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, workers=args.workers, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, micro_batching=not args.no_batching, device=args.device,
+          log_level="warning" if args.quiet else "info", access_log=args.verbose > 0)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``recvae export``: :func:`recvae.export.export_onnx` on the run's model."""
+    from recvae.export import DEFAULT_OPSET, export_onnx
+
+    run = load_run(args)
+    try:
+        path = export_onnx(run, args.output, opset=DEFAULT_OPSET if args.opset is None else args.opset,
+                           weighted=not args.unweighted)
+    except ImportError as err:  # onnx / onnxscript missing: the message says what to install
+        fail(one_line(err))
+    print(f"{type(run.model).__name__} fold-in scorer ({run.n_items:,} items) written to {path}")
+    return 0
