@@ -25,7 +25,7 @@ import time
 import torch
 
 from recvae.data import HeldOut, ML20M_SHAPE, Split, strong_generalization, synthetic_interactions
-from recvae.distributed import spawn
+from recvae.runtime.distributed import spawn
 
 from protocol_datasets import RESULTS
 

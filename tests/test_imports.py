@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-MODULES = ["recvae.training", "recvae.evaluation", "recvae.tuning", "recvae.distributed",
+MODULES = ["recvae.training", "recvae.evaluation", "recvae.tuning", "recvae.runtime.distributed",
            "recvae.models.mult_vae", "recvae.models.rec_vae", "recvae.models.hybrid", "recvae.experiment"]
 
 

@@ -142,7 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
         from recvae.data.tables import check_output_path
 
         check_output_path(args.output, directory=True)
-        from recvae.distributed import launch_torchrun
+        from recvae.runtime.distributed import launch_torchrun
 
         return launch_torchrun(_without_nproc(args.argv), args.nproc)
     say = reporter(args)

@@ -34,7 +34,7 @@ from recvae.evaluation.ranking import (
     top_k_blocks,
 )
 from recvae.data.splits import HeldOut, Split
-from recvae.distributed import DistributedContext, all_reduce_sum, batch_aligned_range, gather_rows, parallel_context
+from recvae.runtime.distributed import DistributedContext, all_reduce_sum, batch_aligned_range, gather_rows, parallel_context
 
 __all__ = ["EvaluationResult", "evaluate", "evaluate_model", "evaluate_heldout", "top_k_for_rows", "paired_comparison",
            "average_results"]

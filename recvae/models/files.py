@@ -24,7 +24,7 @@ from pathlib import Path
 from collections.abc import Mapping
 
 from recvae.nn.annealing import AnnealConfig
-from recvae.storage import (
+from recvae.runtime.storage import (
     CHECKPOINT_FIX,
     _fail,
     _one_line,

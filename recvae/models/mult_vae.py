@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from recvae.data.splits import HeldOut
-from recvae.distributed import rank_device
+from recvae.runtime.distributed import rank_device
 from recvae.nn.annealing import AnnealConfig
 from recvae.models.files import read_vae_payload
 from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array, training_inputs

@@ -25,7 +25,7 @@ from recvae.data.interactions import Interactions
 from recvae.data.logs import InteractionLog, LogColumnError
 from recvae.data.specs import LogSpec, SplitSpec
 from recvae.data.splits import Split
-from recvae.distributed import setup_from_env, teardown
+from recvae.runtime.distributed import setup_from_env, teardown
 from recvae.evaluation import evaluate as evaluate_on_split
 from recvae.models.base import Recommender
 from recvae.models.mult_vae import TorchVAERecommender

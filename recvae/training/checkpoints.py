@@ -19,8 +19,8 @@ import scipy.sparse as sp
 import torch
 
 from recvae.data.splits import HeldOut
-from recvae.distributed import DistributedContext, all_reduce_sum
-from recvae.storage import CHECKPOINT_FIX, ModelFileError, read_torch_payload, require_keys
+from recvae.runtime.distributed import DistributedContext, all_reduce_sum
+from recvae.runtime.storage import CHECKPOINT_FIX, ModelFileError, read_torch_payload, require_keys
 from recvae.training.config import TrainingConfig
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from recvae.distributed import all_reduce_sum
+from recvae.runtime.distributed import all_reduce_sum
 from recvae.training.config import TrainingConfig, TrainingResult
 from recvae.training.validation import _restore_best
 

@@ -6,7 +6,7 @@ score the validation users (NDCG@100), keep the best weights, and stop early
 when the score has not improved for ``patience`` epochs.
 
 Under an initialised torch.distributed process group of several ranks
-(``torchrun``, :func:`recvae.distributed.spawn`) the same loop runs data-parallel:
+(``torchrun``, :func:`recvae.runtime.distributed.spawn`) the same loop runs data-parallel:
 every rank draws the same permutation, takes its slice of each global batch of
 ``batch_size`` users, and DistributedDataParallel all-reduces the gradients, scaled
 so that they equal the one-process gradient of the global batch. Validation is
@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recvae.data.splits import HeldOut
-from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
+from recvae.runtime.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
 from recvae.nn.annealing import BetaSchedule
 from recvae.nn.sparse import DeviceCSR, SparseRows
 from recvae.training.checkpoints import (

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recvae.distributed import DistributedContext
+from recvae.runtime.distributed import DistributedContext
 from recvae.nn.item_output import set_item_counts
 from recvae.training.config import TrainingConfig
 

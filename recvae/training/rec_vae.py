@@ -20,10 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from recvae.data.splits import HeldOut
-from recvae.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
+from recvae.runtime.distributed import DistributedContext, all_reduce_sum, parallel_context, shard_batch
 from recvae.nn.rec_vae import RecVAENet
 from recvae.nn.sparse import DeviceCSR, SparseRows
-from recvae.storage import CHECKPOINT_FIX, ModelFileError
+from recvae.runtime.storage import CHECKPOINT_FIX, ModelFileError
 from recvae.training.checkpoints import (
     _apply_lr,
     _read_checkpoint,

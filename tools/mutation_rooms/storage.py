@@ -1,10 +1,10 @@
-"""Room "storage": model-file checks (recvae/storage.py, recvae/models/files.py) and the run directory's
+"""Room "storage": model-file checks (recvae/runtime/storage.py, recvae/models/files.py) and the run directory's
 atomic replacement and load-time checks (recvae/runs/directory.py: write_run, read_run). Caught by
 tests/test_storage_wiring.py: one flaw per file (one NaN weight, one unexpected or missing weight
 name, one transposed weight, one member's CRC, a users file one user short), and a replacement
 failing at each of its steps."""
 
-STORAGE = "recvae/storage.py"
+STORAGE = "recvae/runtime/storage.py"
 FILES = "recvae/models/files.py"
 RUN_DIRECTORY = "recvae/runs/directory.py"
 T_STORAGE = ("tests/test_storage_wiring.py", "tests/test_faults.py", "tests/test_run_faults.py")
