@@ -13,7 +13,7 @@ peak memory is about ``users x block`` cells, whatever the catalogue size.
 - :func:`ordered_top_k` is the per-block top-k on a torch tensor (any device).
 
 Ties are broken exactly as :func:`recvae.evaluation.metrics.top_k` (and so
-``recvae.models.base.rank_items``) breaks them: by the lower item index, both in which
+``recvae.models.ranking.rank_items``) breaks them: by the lower item index, both in which
 items are kept and in their order. Blocks are merged in item order with a stable sort, so
 the result does not depend on the block size: blocked and unblocked rankings of the same
 scores are identical, item for item.
@@ -166,7 +166,7 @@ def top_k_blocks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(items, scores) of each user's top ``k``, scoring ``item_block`` items at a time.
 
-    Semantics are those of ``recvae.models.base.rank_items`` over the full score matrix:
+    Semantics are those of ``recvae.models.ranking.rank_items`` over the full score matrix:
     excluded items (each mask of ``exclude``, (users, items) sparse, nonzero cells) are
     never returned; with ``candidates`` ((users, items) sparse) only its items may be,
     for the rows ``restricted`` selects (bool per row; default all); rows with fewer than
