@@ -12,15 +12,8 @@ from pydantic import ValidationError
 from recvae.tuning import parameter_grid
 from recvae.experiment.config.messages import _message
 from recvae.experiment.config.schema import _LOG_KEYS, _SOURCES, _ConfigFile, _DatasetTable
-from recvae.experiment.config.specs import (
-    DatasetConfig,
-    ExperimentConfig,
-    ModelSpec,
-    PublishedTable,
-    SearchBudget,
-    SplitConfig,
-    component_list,
-)
+from recvae.experiment.config.specs import (DatasetConfig, ExperimentConfig, ModelSpec, PublishedTable,
+                                            SearchBudget, SplitConfig, component_list)
 
 __all__ = ["load_config"]
 

@@ -12,21 +12,6 @@ from typing import Any
 from recvae.evaluation import metrics as M
 from recvae.models import is_vae_model
 
-__all__ = [
-    "ExperimentConfig",
-    "DatasetConfig",
-    "SplitConfig",
-    "ModelSpec",
-    "SearchBudget",
-    "PublishedTable",
-    "DEFAULT_METRICS",
-    "DEFAULT_OUTPUT_DIR",
-    "parse_metric",
-    "component_list",
-    "blend_components",
-    "repo_root",
-]
-
 DEFAULT_METRICS = ("ndcg@100", "recall@20", "recall@50")
 DEFAULT_OUTPUT_DIR = "experiments/results"
 
