@@ -384,6 +384,14 @@ def create_app(
     app.state.run = run
     app.state.batcher = batcher
     _install_error_handlers(app)
+    _add_status_routes(app, run, batcher, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    _add_recommendation_routes(app, run, service, batcher)
+    return app
+
+
+def _add_status_routes(app: FastAPI, run: Run, batcher: _Batcher | None, *, max_batch: int,
+                       max_wait_ms: float) -> None:
+    """``GET /health`` and ``GET /info`` (the model, its catalogue, the version and the batching counters)."""
 
     @app.get("/health", response_model=HealthResponse)
     async def health() -> dict:
@@ -397,6 +405,10 @@ def create_app(
                 "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "batches": None if batcher is None else batcher.batches,
                 "batched_requests": None if batcher is None else batcher.requests}
+
+
+def _add_recommendation_routes(app: FastAPI, run: Run, service: _Service, batcher: _Batcher | None) -> None:
+    """``POST /recommend`` (through the batcher when there is one), ``/recommend/new-user`` and ``/similar``."""
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest) -> dict:
@@ -431,8 +443,6 @@ def create_app(
         item = frame["item_id"].iloc[0] if len(frame) else body.item_id
         item = item.item() if isinstance(item, np.generic) else item
         return {"item_id": item, "items": _ranked(frame, "similar_item_id")}
-
-    return app
 
 
 # ============================================================================ running it

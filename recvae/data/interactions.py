@@ -9,7 +9,7 @@ dropped or merged.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -242,108 +242,25 @@ class Interactions:
         Duplicate (user, item) events are merged into one, keeping the earliest
         log position and the earliest time. :attr:`report` counts every drop.
         """
-        if not isinstance(df, pd.DataFrame):
-            raise TypeError(f"expected a pandas DataFrame; got {type(df).__name__}")
-        missing = [c for c in (user_col, item_col) if c not in df.columns]
-        if missing:
-            raise ValueError(
-                f"missing column(s) {missing}; the frame has {list(df.columns)}. "
-                "Pass user_col=... and item_col=... to name the id columns."
-            )
-        if len(df) == 0:
-            raise ValueError("the interaction log is empty: there is nothing to build a matrix from")
-        use_rating = rating_col is not None and rating_col in df.columns
-        use_time = timestamp_col is not None and timestamp_col in df.columns
-        for col in [user_col, item_col] + ([rating_col] if use_rating else []) + ([timestamp_col] if use_time else []):
-            n_bad = int(df[col].isna().sum())
-            if n_bad:
-                first = int(np.flatnonzero(df[col].isna().to_numpy())[0])
-                raise ValueError(
-                    f"column {col!r} has {n_bad:,} missing (NaN) values, the first at row {first}; "
-                    "drop or fill them before building Interactions (e.g. df.dropna(subset=[...]))"
-                )
+        use_rating, use_time = _check_log(df, user_col, item_col, rating_col, timestamp_col)
         if min_user_interactions < 0 or min_item_interactions < 0:
             raise ValueError("min_user_interactions and min_item_interactions must be >= 0")
-
         raw_events = len(df)
-        weights = None
-        if weight_col is not None:
-            if weight_col not in df.columns:
-                raise ValueError(f"no weight column {weight_col!r}; the frame has {list(df.columns)}")
-            weights = pd.to_numeric(df[weight_col], errors="coerce").to_numpy(np.float64)
-            bad = ~np.isfinite(weights) | (weights <= 0)
-            if bad.any():
-                raise ValueError(
-                    f"weight column {weight_col!r} has {int(bad.sum()):,} missing, non-numeric or non-positive "
-                    f"value(s), the first at row {int(np.flatnonzero(bad)[0])}; weights must be positive numbers"
-                )
-        users = normalise_ids(df[user_col].to_numpy(), "user")
-        items = normalise_ids(df[item_col].to_numpy(), "item")
-        position = np.arange(raw_events, dtype=np.int64)
-        times = df[timestamp_col].to_numpy() if use_time else None
-
+        weights = None if weight_col is None else _positive_weights(df, weight_col)
+        events = _Events(normalise_ids(df[user_col].to_numpy(), "user"), normalise_ids(df[item_col].to_numpy(), "item"),
+                         np.arange(raw_events, dtype=np.int64), df[timestamp_col].to_numpy() if use_time else None,
+                         weights)
         below = invalid = 0
         if use_rating:
-            ratings = df[rating_col].to_numpy()
-            if not np.issubdtype(ratings.dtype, np.number) or ratings.dtype == bool:
-                raise ValueError(
-                    f"rating column {rating_col!r} is not numeric (dtype {ratings.dtype}); "
-                    "convert it with pd.to_numeric or pass rating_col=None for implicit data"
-                )
-            valid = ratings >= 0
-            if rating_scale is not None:
-                low, high = rating_scale
-                valid &= (ratings >= low) & (ratings <= high)
-            invalid = int(raw_events - valid.sum())
-            if invalid:
-                bad = ratings[~valid]
-                scale = f" on the scale {rating_scale[0]:g}-{rating_scale[1]:g}" if rating_scale else ""
-                message = (
-                    f"{invalid:,} rating(s) in column {rating_col!r} are negative or out of range{scale} "
-                    f"(e.g. {', '.join(f'{v:g}' for v in np.unique(bad)[:3])})"
-                )
-                if strict:
-                    raise ValueError(f"{message}; fix the log or drop --strict to skip them")
-                logger.warning("%s; they are dropped, never positives", message)
-            keep = valid if rating_threshold is None else valid & (ratings > rating_threshold)
-            below = int(valid.sum() - keep.sum())
-            users, items, position = users[keep], items[keep], position[keep]
-            times = times[keep] if times is not None else None
-            weights = weights[keep] if weights is not None else None
-
-        user_codes, user_ids = _factorize_sorted(users, "user")
-        item_codes, item_ids = _factorize_sorted(items, "item")
-
-        # Merge duplicates: sort by (user, item, position) and keep each pair's first event.
-        order = np.lexsort((position, item_codes, user_codes))
-        user_codes, item_codes, position = user_codes[order], item_codes[order], position[order]
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = (user_codes[1:] != user_codes[:-1]) | (item_codes[1:] != item_codes[:-1])
-        duplicates = int(len(order) - first.sum())
-        if times is not None:
-            # a merged pair keeps the earliest time of its events
-            times = np.minimum.reduceat(times[order], np.flatnonzero(first))
-        if weights is not None:
-            # a merged pair's weight is the sum of its events' (play counts add up)
-            weights = np.add.reduceat(weights[order], np.flatnonzero(first))
-        user_codes, item_codes, position = user_codes[first], item_codes[first], position[first]
-
-        n_events_before_filters = len(user_codes)
-        keep = np.ones(n_events_before_filters, dtype=bool)
-        item_counts = np.bincount(item_codes, minlength=len(item_ids))
-        keep_item = item_counts >= min_item_interactions
-        keep &= keep_item[item_codes]
-        dropped_by_item = int(n_events_before_filters - keep.sum())
-        user_counts = np.bincount(user_codes[keep], minlength=len(user_ids))
-        keep_user = user_counts >= min_user_interactions
-        after_items = keep.sum()
-        keep &= keep_user[user_codes]
-        dropped_by_user = int(after_items - keep.sum())
-
-        user_codes, item_codes, position = user_codes[keep], item_codes[keep], position[keep]
-        times = times[keep] if times is not None else None
-        weights = weights[keep] if weights is not None else None
-        if len(user_codes) == 0:
+            keep, invalid, below = _rating_filter(df[rating_col].to_numpy(), rating_col, rating_threshold,
+                                                  rating_scale, strict)
+            events = events.take(keep)
+        user_codes, user_ids = _factorize_sorted(events.users, "user")
+        item_codes, item_ids = _factorize_sorted(events.items, "item")
+        events, duplicates = _merge_duplicates(replace(events, users=user_codes, items=item_codes))
+        events, dropped_by_item, dropped_by_user = _activity_filters(
+            events, len(user_ids), len(item_ids), min_user_interactions, min_item_interactions)
+        if len(events.users) == 0:
             raise ValueError(
                 f"no events left after preprocessing ({raw_events:,} raw, "
                 + (f"{invalid:,} negative or out-of-scale ratings, " if invalid else "")
@@ -351,43 +268,167 @@ class Interactions:
                 f"rating_threshold={rating_threshold}, then min_user_interactions={min_user_interactions}, "
                 f"min_item_interactions={min_item_interactions}); relax the filters"
             )
-        kept_users = np.unique(user_codes)
-        kept_items = np.unique(item_codes)
-        user_remap = np.full(len(user_ids), -1, dtype=np.int64)
-        user_remap[kept_users] = np.arange(len(kept_users))
-        item_remap = np.full(len(item_ids), -1, dtype=np.int64)
-        item_remap[kept_items] = np.arange(len(kept_items))
-        rows, cols = user_remap[user_codes], item_remap[item_codes]
-        # (rows, cols) are already sorted by row then column: CSR assembles directly.
-        indptr = np.zeros(len(kept_users) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=len(kept_users)), out=indptr[1:])
-        matrix = sp.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32) if weights is None else weights.astype(np.float32),
-             cols.astype(np.int32), indptr),
-            shape=(len(kept_users), len(kept_items)),
-        )
+        matrix, kept_users, kept_items = _csr(events, len(user_ids), len(item_ids))
         report = PreprocessingReport(
-            raw_events=raw_events,
-            invalid_ratings=invalid,
-            below_rating_threshold=below,
-            duplicates_merged=duplicates,
-            dropped_by_item_filter=dropped_by_item,
-            dropped_by_user_filter=dropped_by_user,
-            dropped_items=int(len(item_ids) - len(kept_items)),
-            dropped_users=int(len(user_ids) - len(kept_users)),
-            events=int(matrix.nnz),
-            users=len(kept_users),
-            items=len(kept_items),
+            raw_events=raw_events, invalid_ratings=invalid, below_rating_threshold=below, duplicates_merged=duplicates,
+            dropped_by_item_filter=dropped_by_item, dropped_by_user_filter=dropped_by_user,
+            dropped_items=int(len(item_ids) - len(kept_items)), dropped_users=int(len(user_ids) - len(kept_users)),
+            events=int(matrix.nnz), users=len(kept_users), items=len(kept_items),
         )
         logger.info("preprocessing: %s", report)
-        return cls(
-            matrix,
-            user_ids[kept_users],
-            item_ids[kept_items],
-            timestamps=times,
-            event_order=position,
-            report=report,
+        return cls(matrix, user_ids[kept_users], item_ids[kept_items], timestamps=events.times,
+                   event_order=events.position, report=report)
+
+
+# ---------------------------------------------------------------------- the preprocessing steps
+@dataclass(frozen=True)
+class _Events:
+    """The log's events as parallel arrays, narrowed step by step: user and item (raw ids, then codes),
+    position in the raw log, time and weight (None when the log has none)."""
+
+    users: np.ndarray
+    items: np.ndarray
+    position: np.ndarray
+    times: np.ndarray | None
+    weights: np.ndarray | None
+
+    def take(self, keep: np.ndarray) -> _Events:
+        """The events ``keep`` selects (a mask or positions), every array alike."""
+        return _Events(self.users[keep], self.items[keep], self.position[keep],
+                       self.times[keep] if self.times is not None else None,
+                       self.weights[keep] if self.weights is not None else None)
+
+
+def _check_log(df: pd.DataFrame, user_col: str, item_col: str, rating_col: str | None,
+               timestamp_col: str | None) -> tuple[bool, bool]:
+    """Refuse what cannot be a log: not a DataFrame, id columns missing, no rows, missing values.
+
+    Returns whether the rating and the timestamp columns are there (and so used).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame; got {type(df).__name__}")
+    missing = [c for c in (user_col, item_col) if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"missing column(s) {missing}; the frame has {list(df.columns)}. "
+            "Pass user_col=... and item_col=... to name the id columns."
         )
+    if len(df) == 0:
+        raise ValueError("the interaction log is empty: there is nothing to build a matrix from")
+    use_rating = rating_col is not None and rating_col in df.columns
+    use_time = timestamp_col is not None and timestamp_col in df.columns
+    for col in [user_col, item_col] + ([rating_col] if use_rating else []) + ([timestamp_col] if use_time else []):
+        n_bad = int(df[col].isna().sum())
+        if n_bad:
+            first = int(np.flatnonzero(df[col].isna().to_numpy())[0])
+            raise ValueError(
+                f"column {col!r} has {n_bad:,} missing (NaN) values, the first at row {first}; "
+                "drop or fill them before building Interactions (e.g. df.dropna(subset=[...]))"
+            )
+    return use_rating, use_time
+
+
+def _positive_weights(df: pd.DataFrame, weight_col: str) -> np.ndarray:
+    """The weight column as float64; refuses a missing column and any missing, non-numeric or non-positive weight."""
+    if weight_col not in df.columns:
+        raise ValueError(f"no weight column {weight_col!r}; the frame has {list(df.columns)}")
+    weights = pd.to_numeric(df[weight_col], errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(weights) | (weights <= 0)
+    if bad.any():
+        raise ValueError(
+            f"weight column {weight_col!r} has {int(bad.sum()):,} missing, non-numeric or non-positive "
+            f"value(s), the first at row {int(np.flatnonzero(bad)[0])}; weights must be positive numbers"
+        )
+    return weights
+
+
+def _rating_filter(ratings: np.ndarray, rating_col: str, rating_threshold: float | None,
+                   rating_scale: tuple[float, float] | None, strict: bool) -> tuple[np.ndarray, int, int]:
+    """Which events are positives: a valid rating (not negative, on ``rating_scale``) strictly above the threshold.
+
+    Invalid ratings are dropped with a warning (refused with ``strict``). Returns the mask of positives,
+    the count of invalid ratings and that of valid ones at or below the threshold.
+    """
+    if not np.issubdtype(ratings.dtype, np.number) or ratings.dtype == bool:
+        raise ValueError(
+            f"rating column {rating_col!r} is not numeric (dtype {ratings.dtype}); "
+            "convert it with pd.to_numeric or pass rating_col=None for implicit data"
+        )
+    valid = ratings >= 0
+    if rating_scale is not None:
+        low, high = rating_scale
+        valid &= (ratings >= low) & (ratings <= high)
+    invalid = int(len(ratings) - valid.sum())
+    if invalid:
+        bad = ratings[~valid]
+        scale = f" on the scale {rating_scale[0]:g}-{rating_scale[1]:g}" if rating_scale else ""
+        message = (
+            f"{invalid:,} rating(s) in column {rating_col!r} are negative or out of range{scale} "
+            f"(e.g. {', '.join(f'{v:g}' for v in np.unique(bad)[:3])})"
+        )
+        if strict:
+            raise ValueError(f"{message}; fix the log or drop --strict to skip them")
+        logger.warning("%s; they are dropped, never positives", message)
+    keep = valid if rating_threshold is None else valid & (ratings > rating_threshold)
+    return keep, invalid, int(valid.sum() - keep.sum())
+
+
+def _merge_duplicates(events: _Events) -> tuple[_Events, int]:
+    """One event per (user, item) pair: its earliest in the log, at its earliest time, weighing its events' sum.
+
+    Returns the merged events, sorted by user then item, and how many events were merged away.
+    """
+    order = np.lexsort((events.position, events.items, events.users))
+    user_codes, item_codes, position = events.users[order], events.items[order], events.position[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (user_codes[1:] != user_codes[:-1]) | (item_codes[1:] != item_codes[:-1])
+    duplicates = int(len(order) - first.sum())
+    times = weights = None
+    if events.times is not None:
+        # a merged pair keeps the earliest time of its events
+        times = np.minimum.reduceat(events.times[order], np.flatnonzero(first))
+    if events.weights is not None:
+        # a merged pair's weight is the sum of its events' (play counts add up)
+        weights = np.add.reduceat(events.weights[order], np.flatnonzero(first))
+    return _Events(user_codes[first], item_codes[first], position[first], times, weights), duplicates
+
+
+def _activity_filters(events: _Events, n_users: int, n_items: int, min_user_interactions: int,
+                      min_item_interactions: int) -> tuple[_Events, int, int]:
+    """One pass of the item filter, then one of the user filter on what it kept (Liang et al.'s published
+    code; not iterated to a fixed point). Returns the kept events and how many events each filter dropped."""
+    n_events_before_filters = len(events.users)
+    keep = np.ones(n_events_before_filters, dtype=bool)
+    item_counts = np.bincount(events.items, minlength=n_items)
+    keep_item = item_counts >= min_item_interactions
+    keep &= keep_item[events.items]
+    dropped_by_item = int(n_events_before_filters - keep.sum())
+    user_counts = np.bincount(events.users[keep], minlength=n_users)
+    keep_user = user_counts >= min_user_interactions
+    after_items = keep.sum()
+    keep &= keep_user[events.users]
+    dropped_by_user = int(after_items - keep.sum())
+    return events.take(keep), dropped_by_item, dropped_by_user
+
+
+def _csr(events: _Events, n_users: int, n_items: int) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """The events as a CSR matrix over the users and items that kept any; returns it with their (sorted) codes."""
+    kept_users = np.unique(events.users)
+    kept_items = np.unique(events.items)
+    user_remap = np.full(n_users, -1, dtype=np.int64)
+    user_remap[kept_users] = np.arange(len(kept_users))
+    item_remap = np.full(n_items, -1, dtype=np.int64)
+    item_remap[kept_items] = np.arange(len(kept_items))
+    rows, cols = user_remap[events.users], item_remap[events.items]
+    # (rows, cols) are already sorted by row then column: CSR assembles directly.
+    indptr = np.zeros(len(kept_users) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(kept_users)), out=indptr[1:])
+    matrix = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32) if events.weights is None else events.weights.astype(np.float32),
+         cols.astype(np.int32), indptr),
+        shape=(len(kept_users), len(kept_items)),
+    )
+    return matrix, kept_users, kept_items
 
 
 def _factorize_sorted(values: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:

@@ -295,19 +295,64 @@ def _looks_like_rating(values: pd.Series) -> bool:
 
 def _named_log(frame: pd.DataFrame, label: str, scale, user_col, item_col, rating_col, timestamp_col,
                implicit: bool, weight_col: str | None = None) -> InteractionLog:
+    """Give ``frame``'s columns their roles: those named, else those found by common names; refuse what is
+    missing, contradictory or a rating left unnamed. The roles' columns are renamed in the log's frame."""
     columns = list(frame.columns)
-    # pandas renames a repeated header name 'x' to 'x.1': say so instead of guessing at 'x.1'
+    _refuse_repeated_names(columns, label)
+    chosen, missing = _id_columns(columns, user_col, item_col, label)
+    taken: set = set(chosen.values())
+    notes: list[str] = []
+
+    rating_none = rating_col is not None and rating_col.strip().lower() == "none"
+    if implicit and rating_col is not None and not rating_none:
+        raise LogColumnError(f"{label}: --rating-col {rating_col!r} and --implicit contradict; give one of them")
+    if rating_col is not None and not rating_none and rating_col not in columns:
+        missing.append(f"rating column {rating_col!r} (--rating-col)")
+    time_none = timestamp_col is not None and timestamp_col.strip().lower() == "none"
+    if timestamp_col is not None and not time_none and timestamp_col not in columns:
+        missing.append(f"timestamp column {timestamp_col!r} (--timestamp-col)")
+    if weight_col is not None and weight_col not in columns:
+        missing.append(f"weight column {weight_col!r} (--weight-col)")
+    if missing:
+        raise LogColumnError(f"{label}: cannot find {'; '.join(missing)}; the columns are {columns}")
+
+    if implicit or rating_none:
+        notes.append("implicit: every event counts as positive")
+    for role, given, none, names in (("rating", rating_col, implicit or rating_none, _RATING_NAMES),
+                                     ("timestamp", timestamp_col, time_none, _TIME_NAMES)):
+        chosen[role] = _optional_column(columns, given, none, names, taken)
+        if chosen[role] is not None:
+            taken.add(chosen[role])
+
+    others = [c for c in columns if c not in taken and c != weight_col]
+    if chosen["rating"] is None and not (implicit or rating_none):
+        _refuse_unnamed_rating(frame, others, label)
+        notes.append("no rating column: every event counts as positive")
+
+    out = _frame_by_role(frame, chosen, label, notes, explicit_time=timestamp_col is not None)
+    notes.insert(0, "columns: " + ", ".join(f"{r}={c!r}" for r, c in chosen.items() if c is not None)
+                 + (f"; ignored: {others}" if others else ""))
+    return InteractionLog(out, label, {r: chosen.get(r) for r in ("user", "item", "rating", "timestamp")},
+                          scale, notes)
+
+
+def _refuse_repeated_names(columns: list, label: str) -> None:
+    """pandas renames a repeated header name 'x' to 'x.1': say so instead of guessing at 'x.1'."""
     repeated = [c for c in columns if isinstance(c, str) and re.fullmatch(r"(.+)\.\d+", c)
                 and re.fullmatch(r"(.+)\.\d+", c).group(1) in columns]
     if repeated:
         base = re.fullmatch(r"(.+)\.\d+", repeated[0]).group(1)
         raise LogColumnError(f"{label}: the header names the column {base!r} more than once; give each column "
                              "a distinct name")
+
+
+def _id_columns(columns: list, user_col: str | None, item_col: str | None,
+                label: str) -> tuple[dict[str, str | None], list[str]]:
+    """The user and item columns (named, else found by common names; two equally good candidates are refused),
+    and a description of each one that is missing."""
     taken: set = set()
     chosen: dict[str, str | None] = {}
     missing: list[str] = []
-    notes: list[str] = []
-
     for role, given, names, flag in (("user", user_col, _USER_NAMES, "--user-col"),
                                      ("item", item_col, _ITEM_NAMES, "--item-col")):
         if given is not None:
@@ -324,69 +369,47 @@ def _named_log(frame: pd.DataFrame, label: str, scale, user_col, item_col, ratin
                 raise LogColumnError(f"{label}: several columns could be the {role} id ({found}); name one with {flag}")
             chosen[role] = found[0]
         taken.add(chosen[role])
+    return chosen, missing
 
-    rating_none = rating_col is not None and rating_col.strip().lower() == "none"
-    if implicit and rating_col is not None and not rating_none:
-        raise LogColumnError(f"{label}: --rating-col {rating_col!r} and --implicit contradict; give one of them")
-    if rating_col is not None and not rating_none and rating_col not in columns:
-        missing.append(f"rating column {rating_col!r} (--rating-col)")
-    time_none = timestamp_col is not None and timestamp_col.strip().lower() == "none"
-    if timestamp_col is not None and not time_none and timestamp_col not in columns:
-        missing.append(f"timestamp column {timestamp_col!r} (--timestamp-col)")
-    if weight_col is not None and weight_col not in columns:
-        missing.append(f"weight column {weight_col!r} (--weight-col)")
-    if missing:
-        raise LogColumnError(f"{label}: cannot find {'; '.join(missing)}; the columns are {columns}")
 
-    if implicit or rating_none:
-        chosen["rating"] = None
-        notes.append("implicit: every event counts as positive")
-    elif rating_col is not None:
-        chosen["rating"] = rating_col
-    else:
-        found = _find(columns, _RATING_NAMES, taken)
-        chosen["rating"] = found[0] if found else None
-    if chosen["rating"] is not None:
-        taken.add(chosen["rating"])
+def _optional_column(columns: list, given: str | None, none: bool, names: tuple[str, ...], taken: set) -> str | None:
+    """The rating or time column: None when declared absent, the one named, else the first found by its names."""
+    if none:
+        return None
+    if given is not None:
+        return given
+    found = _find(columns, names, taken)
+    return found[0] if found else None
 
-    if time_none:
-        chosen["timestamp"] = None
-    elif timestamp_col is not None:
-        chosen["timestamp"] = timestamp_col
-    else:
-        found = _find(columns, _TIME_NAMES, taken)
-        chosen["timestamp"] = found[0] if found else None
-    if chosen["timestamp"] is not None:
-        taken.add(chosen["timestamp"])
 
-    others = [c for c in columns if c not in taken and c != weight_col]
-    if chosen["rating"] is None and not (implicit or rating_none):
-        suspects = [c for c in others if _key(c) in _RATING_LIKE_NAMES or _looks_like_rating(frame[c])]
-        if suspects:
-            column = suspects[0]
-            values = frame[column].dropna()
-            span = f"values {values.min():g} to {values.max():g}" if pd.api.types.is_numeric_dtype(values) and \
-                not pd.api.types.is_bool_dtype(values) and len(values) else "few distinct values"
-            raise LogColumnError(
-                f"{label}: column {column!r} looks like a rating ({span}) but was not named; pass "
-                f"--rating-col {column} (rating_col=) to keep events rated above --min-rating, or --implicit "
-                "(implicit=True) to count every row as a positive"
-            )
-        notes.append("no rating column: every event counts as positive")
+def _refuse_unnamed_rating(frame: pd.DataFrame, others: list, label: str) -> None:
+    """A column that looks like a rating but was not named is refused: read or ignored, it changes the positives."""
+    suspects = [c for c in others if _key(c) in _RATING_LIKE_NAMES or _looks_like_rating(frame[c])]
+    if suspects:
+        column = suspects[0]
+        values = frame[column].dropna()
+        span = f"values {values.min():g} to {values.max():g}" if pd.api.types.is_numeric_dtype(values) and \
+            not pd.api.types.is_bool_dtype(values) and len(values) else "few distinct values"
+        raise LogColumnError(
+            f"{label}: column {column!r} looks like a rating ({span}) but was not named; pass "
+            f"--rating-col {column} (rating_col=) to keep events rated above --min-rating, or --implicit "
+            "(implicit=True) to count every row as a positive"
+        )
 
+
+def _frame_by_role(frame: pd.DataFrame, chosen: dict[str, str | None], label: str, notes: list[str], *,
+                   explicit_time: bool) -> pd.DataFrame:
+    """The chosen columns renamed to their roles, times as epoch seconds; a time column that holds no times
+    is dropped (its role in ``chosen`` set to None, with a note)."""
     renamed = {chosen[r]: r for r in ("user", "item", "rating", "timestamp") if chosen.get(r) is not None}
     out = frame[list(renamed)].rename(columns=renamed)
     if "timestamp" in out.columns:
-        out["timestamp"] = _epoch_seconds(out["timestamp"], chosen["timestamp"], label,
-                                          explicit=timestamp_col is not None)
+        out["timestamp"] = _epoch_seconds(out["timestamp"], chosen["timestamp"], label, explicit=explicit_time)
         if out["timestamp"] is None or out["timestamp"].isna().all():
             out = out.drop(columns="timestamp")
             notes.append(f"column {chosen['timestamp']!r} is not a time; event times are not used")
             chosen["timestamp"] = None
-    notes.insert(0, "columns: " + ", ".join(f"{r}={c!r}" for r, c in chosen.items() if c is not None)
-                 + (f"; ignored: {others}" if others else ""))
-    return InteractionLog(out, label, {r: chosen.get(r) for r in ("user", "item", "rating", "timestamp")},
-                          scale, notes)
+    return out
 
 
 def _epoch_seconds(values: pd.Series, name: str, label: str, *, explicit: bool) -> pd.Series:

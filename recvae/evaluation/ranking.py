@@ -13,7 +13,7 @@ peak memory is about ``users x block`` cells, whatever the catalogue size.
 - :func:`ordered_top_k` is the per-block top-k on a torch tensor (any device).
 
 Ties are broken exactly as :func:`recvae.evaluation.metrics.top_k` (and so
-``recvae.models.base.rank_items``) breaks them: by the lower item index, both in which
+``recvae.models.ranking.rank_items``) breaks them: by the lower item index, both in which
 items are kept and in their order. Blocks are merged in item order with a stable sort, so
 the result does not depend on the block size: blocked and unblocked rankings of the same
 scores are identical, item for item.
@@ -166,7 +166,7 @@ def top_k_blocks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(items, scores) of each user's top ``k``, scoring ``item_block`` items at a time.
 
-    Semantics are those of ``recvae.models.base.rank_items`` over the full score matrix:
+    Semantics are those of ``recvae.models.ranking.rank_items`` over the full score matrix:
     excluded items (each mask of ``exclude``, (users, items) sparse, nonzero cells) are
     never returned; with ``candidates`` ((users, items) sparse) only its items may be,
     for the rows ``restricted`` selects (bool per row; default all); rows with fewer than
@@ -205,34 +205,14 @@ def top_k_blocks(
         if tuple(block.shape) != (n_users, stop - start):
             raise ValueError(f"the block scorer returned shape {tuple(block.shape)} for {n_users} users and items "
                              f"[{start}, {stop}); expected {(n_users, stop - start)}")
-        if allowed is not None:
-            keep = torch.zeros(block.shape, dtype=torch.bool, device=block.device)
-            rows, columns = _cells(allowed, start, stop, block.device)
-            keep[rows, columns] = True
-            if restricted is not None:
-                keep[torch.from_numpy(~np.asarray(restricted, dtype=bool)).to(block.device)] = True
-            block.masked_fill_(~keep, float("-inf"))
-        for mask in masks:
-            rows, columns = _cells(mask, start, stop, block.device)
-            block[rows, columns] = float("-inf")
-        nans = torch.isnan(block)
-        if nans.any():
-            if nan == "raise":
-                raise ValueError(
-                    f"scores contains {int(nans.sum())} NaN value(s); NaN has no rank. Check the model output "
-                    "(or replace them, e.g. np.nan_to_num(scores, nan=-np.inf))")
-            block.masked_fill_(nans, float("-inf"))
+        _mask_block(block, start, stop, allowed, restricted, masks, nan)
         values, items = ordered_top_k(block, min(k, stop - start))
         items += start
         del block
         if best_values is None:
             best_values, best_items = values, items
-            continue
-        # Running items all have lower indices than the block's, and each list is ordered by (score desc,
-        # index asc): a stable sort of the concatenation is that order over both.
-        values, items = torch.cat([best_values, values], dim=1), torch.cat([best_items, items], dim=1)
-        values, order = torch.sort(values, dim=1, descending=True, stable=True)
-        best_values, best_items = values[:, :k], torch.gather(items, 1, order[:, :k])
+        else:
+            best_values, best_items = _merge_top_k(best_values, best_items, values, items, k)
     if pad:
         best_items[torch.isneginf(best_values)] = -1
     return best_items.cpu().numpy().astype(np.int64, copy=False), best_values.cpu().numpy().astype(np.float32,
@@ -240,6 +220,39 @@ def top_k_blocks(
 
 
 # ---------------------------------------------------------------------- helpers
+def _mask_block(block: torch.Tensor, start: int, stop: int, allowed: sp.csc_matrix | None,
+                restricted: np.ndarray | None, masks: list[sp.csc_matrix], nan: str) -> None:
+    """Set to -inf, in place, the block's cells (item columns ``[start, stop)``) that may not be returned:
+    outside the candidates (on the ``restricted`` rows), excluded, or NaN (``nan="lowest"``; else refused)."""
+    if allowed is not None:
+        keep = torch.zeros(block.shape, dtype=torch.bool, device=block.device)
+        rows, columns = _cells(allowed, start, stop, block.device)
+        keep[rows, columns] = True
+        if restricted is not None:
+            keep[torch.from_numpy(~np.asarray(restricted, dtype=bool)).to(block.device)] = True
+        block.masked_fill_(~keep, float("-inf"))
+    for mask in masks:
+        rows, columns = _cells(mask, start, stop, block.device)
+        block[rows, columns] = float("-inf")
+    nans = torch.isnan(block)
+    if nans.any():
+        if nan == "raise":
+            raise ValueError(
+                f"scores contains {int(nans.sum())} NaN value(s); NaN has no rank. Check the model output "
+                "(or replace them, e.g. np.nan_to_num(scores, nan=-np.inf))")
+        block.masked_fill_(nans, float("-inf"))
+
+
+def _merge_top_k(best_values: torch.Tensor, best_items: torch.Tensor, values: torch.Tensor, items: torch.Tensor,
+                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running top-k merged with a later block's: the best ``k`` of both, by (score desc, index asc)."""
+    # Running items all have lower indices than the block's, and each list is ordered by (score desc,
+    # index asc): a stable sort of the concatenation is that order over both.
+    values, items = torch.cat([best_values, values], dim=1), torch.cat([best_items, items], dim=1)
+    values, order = torch.sort(values, dim=1, descending=True, stable=True)
+    return values[:, :k], torch.gather(items, 1, order[:, :k])
+
+
 def _as_tensor(scores) -> torch.Tensor:
     if isinstance(scores, torch.Tensor):
         return scores if scores.dtype == torch.float32 else scores.float()

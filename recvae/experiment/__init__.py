@@ -15,13 +15,17 @@ config and looks for its dataset file, without running anything).
 The package's rooms:
 
 - :mod:`recvae.experiment.config`: the TOML schema (its docstring lists every
-  key), validated by pydantic; :func:`load_config` returns an :class:`ExperimentConfig`.
+  key), validated by pydantic; :func:`load_config` returns an :class:`ExperimentConfig`
+  (a package: specs, schema, messages, load).
 - :mod:`recvae.experiment.runner`: dataset loading, splitting, the per-model
   tuning and testing loop, :func:`run_experiment` and :func:`main`.
 - :mod:`recvae.experiment.seeds`: each seeded model's chosen configuration refit
   with further seeds (``[evaluation] seeds``, 3 by default), its per-user test
   metrics averaged over the seeds.
-- :mod:`recvae.experiment.report`: the results table, the Markdown report and the plots.
+- :mod:`recvae.experiment.results`: each model's :class:`~recvae.experiment.results.Outcome` and the
+  tables built from them (results, finalists, per-user).
+- :mod:`recvae.experiment.report`: the CSV files and the Markdown report.
+- :mod:`recvae.experiment.plots`: the PNG plots (training curves, test CIs).
 
 The paired tests, on per-user test metrics averaged over each model's seeds,
 compare every model with the one whose validation ``select_by`` is best (chosen

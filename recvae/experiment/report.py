@@ -1,4 +1,4 @@
-"""The experiment report: the results table, the Markdown page, the CSV files and the plots.
+"""The experiment report: the CSV files, the plots and the Markdown page.
 
 :func:`write_report` takes the runner's :class:`Outcome` list (one per model,
 in config order) and writes ``<name>.csv`` (one row per model),
@@ -6,7 +6,9 @@ in config order) and writes ``<name>.csv`` (one row per model),
 state: complete, pruned or failed), ``<name>_finalists.csv`` (the finalists
 re-scored over seeds, with ``[evaluation] finalists`` > 1), ``<name>_history.csv``
 (per-epoch histories), PNG plots and ``<name>.md``, whose path it returns. The Markdown
-tables are built with ``DataFrame.to_markdown`` (tabulate).
+tables are built with ``DataFrame.to_markdown`` (tabulate). This module words the
+Markdown page; the outcomes and the tables built from them live in
+:mod:`recvae.experiment.results`, the plots in :mod:`recvae.experiment.plots`.
 
 The paired tests compare every model with the one whose validation
 ``select_by`` is best (chosen without looking at the test users), and the best
@@ -19,68 +21,35 @@ plots the ``select_by`` CIs.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import platform
 import re
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from recvae import __version__
 from recvae.data import Interactions, Split
-from recvae.evaluation import EvaluationResult, paired_comparison
 from recvae.models import VAE_MODELS
-from recvae.tuning import EDGE_FRACTION, GridSearchResult, SearchResult
-from recvae.experiment.config import ExperimentConfig, ModelSpec, repo_root
-
-logger = logging.getLogger(__name__)
+from recvae.tuning import EDGE_FRACTION, SearchResult
+from recvae.experiment.config import ExperimentConfig, repo_root
+from recvae.experiment.plots import _plots, _test_ci_plot
+from recvae.experiment.results import (
+    Outcome,
+    SeedRun,
+    _paired,
+    _reference,
+    _runs,
+    _search_columns,
+    finalists_table,
+    per_user_table,
+    results_table,
+)
 
 __all__ = ["Outcome", "SeedRun", "finalists_table", "results_table", "write_report"]
-
-
-@dataclass
-class SeedRun:
-    """One fit of a model's chosen configuration: seed ``seed`` is the model's configured seed + ``seed``.
-
-    ``model`` is kept only while a later blend refers to it (None otherwise).
-    """
-
-    seed: int
-    test: EvaluationResult
-    fit_seconds: float
-    best_epoch: int | None = None
-    beta_reached: float | None = None
-    model: Any = None
-
-
-@dataclass
-class Outcome:
-    """One model's results, as the runner hands them to the report.
-
-    ``search``, ``history``, ``best_epoch`` and ``beta_reached`` are the tuned fit's (seed 0).
-    ``seed_runs`` holds every fit (seed 0 first; one for a deterministic model), ``test``
-    their per-user test metrics averaged over the seeds (see
-    :func:`recvae.evaluation.average_results`) and ``fit_seconds`` their mean. A blend's
-    ``component_fit_seconds`` is the mean per-seed fit time of the earlier entries it
-    reuses (``{ ref }``), which its own ``fit_seconds`` excludes.
-    """
-
-    spec: ModelSpec
-    search: GridSearchResult
-    test: EvaluationResult
-    history: pd.DataFrame | None
-    fit_seconds: float
-    best_epoch: int | None
-    beta_reached: float | None
-    blend_weights: list[float] | None = None
-    seed_runs: list[SeedRun] = field(default_factory=list)
-    component_fit_seconds: float | None = None
 
 
 def write_report(config: ExperimentConfig, data: Interactions, split: Split, outcomes: list[Outcome], out: Path,
@@ -116,76 +85,7 @@ def write_report(config: ExperimentConfig, data: Interactions, split: Split, out
     return md_path
 
 
-# =============================================================================== tables
-def _reference(outcomes: list[Outcome], pool: list[Outcome] | None = None) -> Outcome | None:
-    """The outcome with the best validation score (first on ties)."""
-    pool = outcomes if pool is None else pool
-    scored = [o for o in pool if math.isfinite(o.search.best_score)]
-    return max(scored, key=lambda o: o.search.best_score) if scored else None
-
-
-def _paired(a: Outcome, b: Outcome, metric: str) -> dict | None:
-    try:
-        return paired_comparison(a.test, b.test, metric)
-    except ValueError as err:  # fewer than 2 users with a value under both
-        logger.warning("no paired test of %s vs %s: %s", a.spec.label, b.spec.label, err)
-        return None
-
-
-def results_table(outcomes: list[Outcome], config: ExperimentConfig) -> pd.DataFrame:
-    """One row per model: test means and CIs, validation score, fit time, chosen parameters, paired test."""
-    ref = _reference(outcomes)
-    rows = []
-    for o in outcomes:
-        s = o.test.summary
-        row: dict[str, Any] = {"model": o.spec.label, "registry_name": o.spec.name, "vae": o.spec.is_vae}
-        for m in config.metrics:
-            row[m] = float(s.loc[m, "mean"])
-            row[f"{m} ci95"] = 1.96 * float(s.loc[m, "std_err"])
-        row.update(_seed_columns(o, config))
-        row["test_users"] = int(s.loc[config.select_by, "n_users"])
-        row["test_users_without_target"] = int(s.loc[config.select_by, "n_excluded"]) if "n_excluded" in s.columns else None
-        row[f"validation {config.select_by}"] = o.search.best_score
-        row["fit_seconds"] = o.fit_seconds
-        row["trials"] = len(o.search.trials)
-        row.update(_search_columns(o))
-        row["best_params"] = json.dumps(o.search.best_params, default=str)
-        row["best_epoch"] = o.best_epoch
-        row["beta_reached"] = o.beta_reached
-        row["blend_weights"] = json.dumps(o.blend_weights) if o.blend_weights is not None else None
-        row["paired_reference"] = ref.spec.label if ref is not None else None
-        test = _paired(o, ref, config.select_by) if ref is not None and o is not ref else None
-        row["paired_diff"] = test["mean_diff"] if test else np.nan
-        row["paired_diff_ci95_low"] = test["diff_ci95_low"] if test else np.nan
-        row["paired_diff_ci95_high"] = test["diff_ci95_high"] if test else np.nan
-        row["t_pvalue"] = test["t_pvalue"] if test else np.nan
-        row["wilcoxon_pvalue"] = test["wilcoxon_pvalue"] if test else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _runs(o: Outcome) -> list[SeedRun]:
-    """The outcome's fits, seed 0 first (an outcome built without ``seed_runs`` is its one fit)."""
-    return o.seed_runs or [SeedRun(seed=0, test=o.test, fit_seconds=o.fit_seconds, best_epoch=o.best_epoch,
-                                   beta_reached=o.beta_reached)]
-
-
-def _seed_columns(o: Outcome, config: ExperimentConfig) -> dict[str, Any]:
-    """The per-seed columns of a results row: seeds, each metric's sd across seeds and per-seed values, times."""
-    runs = _runs(o)
-    row: dict[str, Any] = {"seeds": json.dumps([r.seed for r in runs])}
-    for m in config.metrics:
-        values = [float(r.test.summary.loc[m, "mean"]) for r in runs]
-        row[f"{m} sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
-        row[f"{m} per seed"] = json.dumps(values)
-    row["fit_seconds per seed"] = json.dumps([round(r.fit_seconds, 3) for r in runs])
-    row["component_fit_seconds"] = o.component_fit_seconds
-    row["best_epoch per seed"] = json.dumps([r.best_epoch for r in runs])
-    row["beta_reached per seed"] = json.dumps([None if r.beta_reached is None else round(float(r.beta_reached), 4)
-                                               for r in runs])
-    return row
-
-
+# =============================================================================== cells
 def _fmt(x: Any, spec: str = ".4f") -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
@@ -338,19 +238,6 @@ def _seeds_sentence(outcomes: list[Outcome], config: ExperimentConfig) -> str:
             "1.96 × standard error over test users with a target of each user's metric averaged over the seeds).")
 
 
-def _search_columns(o: Outcome) -> dict[str, Any]:
-    """The tuning columns of a results row: grid or sampler, trials per state, budget, wall time, edge flag."""
-    s = o.search
-    if isinstance(s, SearchResult):
-        counts, kind, budget = s.counts, s.sampler, s.n_trials
-    else:
-        counts, kind, budget = {"complete": len(s.trials), "pruned": 0, "failed": 0}, "grid", len(s.trials)
-    return {"search": kind, "trial_budget": budget, "trials_complete": counts["complete"],
-            "trials_pruned": counts["pruned"], "trials_failed": counts["failed"],
-            "search_timeout_s": s.timeout_s if isinstance(s, SearchResult) else None,
-            "search_seconds": s.seconds, "edge": s.edge_note() or None}
-
-
 def _sampled_values(params: dict, row: pd.Series) -> dict:
     """A search's chosen floats to 4 significant digits for the table (full values in ``best_params``)."""
     if row.get("search") in (None, "grid"):
@@ -385,16 +272,6 @@ def _budget_section(outcomes: list[Outcome]) -> list[str]:
                       "(on the log scale for a log range), or is the smallest / largest numeric value tried; the "
                       "optimum may lie outside what was searched: widen the grid or search space there."]
     return lines + [""]
-
-
-def finalists_table(outcomes: list[Outcome]) -> pd.DataFrame | None:
-    """Every model's finalists re-scored over seeds (:func:`recvae.tuning.reselect_over_seeds`), one row each;
-    None when no model was re-scored."""
-    frames = [o.search.finalists.assign(model=o.spec.label) for o in outcomes if o.search.finalists is not None]
-    if not frames:
-        return None
-    table = pd.concat(frames, ignore_index=True)
-    return table[["model", *[c for c in table.columns if c != "model"]]]
 
 
 def _finalists_section(outcomes: list[Outcome], config: ExperimentConfig) -> list[str]:
@@ -486,15 +363,6 @@ def _fit_once_section(outcomes: list[Outcome], others: list[Outcome], sel: str) 
     return lines + [""]
 
 
-def per_user_table(outcomes: list[Outcome], metric: str) -> pd.DataFrame:
-    """Each test user's ``metric`` per model (averaged over the model's seeds): the data of every paired test."""
-    table = None
-    for o in outcomes:
-        column = o.test.per_user[["user_id", metric]].rename(columns={metric: o.spec.label})
-        table = column if table is None else table.merge(column, on="user_id", how="outer")
-    return table
-
-
 def _published_section(config: ExperimentConfig, outcomes: list[Outcome]) -> list[str]:
     pub = config.published
     keys = list(dict.fromkeys(k for row in pub.rows for k in row if k not in ("model", "note")))
@@ -520,110 +388,3 @@ def _published_section(config: ExperimentConfig, outcomes: list[Outcome]) -> lis
              "(mean ± 95% CI); — where the config has no such model. Compare only numbers from the same protocol "
              "and metric definitions (Recall@k here divides by min(k, |target|)).", ""]
     return lines + _markdown_table(cells, header) + [""]
-
-
-# =============================================================================== plots
-def _plots(outcomes: list[Outcome], out: Path, name: str) -> tuple[list[tuple[str, str]], str]:
-    """PNG plots of the per-epoch histories; returns (alt text, file name) pairs and a note."""
-    with_history = [o for o in outcomes if o.history is not None]
-    if not with_history:
-        return [], "No model of this config records a per-epoch history (only the torch models do)."
-    try:
-        # imported here, not at the top: matplotlib is slow to import and the report works without it
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plots (pip install matplotlib)")
-        return [], "Plots skipped: matplotlib is not installed (`pip install matplotlib`)."
-
-    def figure():
-        fig = Figure(figsize=(7, 4.2), dpi=110)
-        FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
-        ax = fig.subplots()
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        return fig, ax
-
-    plots, notes = [], []
-    val = [(o, _val_column(o.history)) for o in with_history]
-    val = [(o, c) for o, c in val if c is not None]
-    if val:
-        fig, ax = figure()
-        columns = sorted({c for _, c in val})
-        for o, c in val:
-            h = o.history.dropna(subset=[c])
-            (line,) = ax.plot(h["epoch"], h[c], label=o.spec.label, linewidth=1.4)
-            if o.best_epoch is not None and (h["epoch"] == o.best_epoch).any():
-                best = h.loc[h["epoch"] == o.best_epoch, c].iloc[0]
-                ax.plot([o.best_epoch], [best], "o", color=line.get_color(), markersize=5)
-        metric = columns[0].removeprefix("val_").replace("ndcg", "NDCG") if len(columns) == 1 else "NDCG@k"
-        ax.set(xlabel="epoch", ylabel=f"validation {metric}",
-               title=f"{name}: validation {metric} per epoch (dot: selected epoch)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        file = f"{name}_val_ndcg.png"
-        fig.savefig(out / file)
-        plots.append((f"validation {metric} per epoch", file))
-    beta = [o for o in with_history if "beta" in o.history.columns and o.history["beta"].notna().any()]
-    if beta:
-        fig, ax = figure()
-        for o in beta:
-            ax.plot(o.history["epoch"], o.history["beta"], label=o.spec.label, linewidth=1.4)
-        ax.set(xlabel="epoch", ylabel="β (KL weight) at the end of the epoch", title=f"{name}: β schedule per epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        file = f"{name}_beta.png"
-        fig.savefig(out / file)
-        plots.append(("β per epoch", file))
-        if any(o.spec.name == "recvae" for o in beta):
-            notes.append("RecVAE's β is per user (γ·|x_u|); its curve is the mean over training users.")
-    without_beta = [o.spec.label for o in with_history if o not in beta]
-    if without_beta:
-        notes.append(f"No β column in the history of: {', '.join(without_beta)}.")
-    return plots, " ".join(notes)
-
-
-def _test_ci_plot(outcomes: list[Outcome], out: Path, config: ExperimentConfig) -> str | None:
-    """``<name>_test_ci.png``: each model's test ``select_by`` with its 95% CI, sorted; returns the file name."""
-    sel = config.select_by
-    rows = [(o, o.test.summary.loc[sel]) for o in outcomes if sel in o.test.summary.index]
-    rows = sorted([(o, r) for o, r in rows if math.isfinite(r["mean"])], key=lambda x: x[1]["mean"])
-    if not rows:
-        return None
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        logger.warning("matplotlib is not installed: no test CI plot (pip install matplotlib)")
-        return None
-    fig = Figure(figsize=(7, 1.2 + 0.38 * len(rows)), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    y = np.arange(len(rows))
-    means = np.array([r["mean"] for _, r in rows])
-    ax.errorbar(means, y, xerr=1.96 * np.array([r["std_err"] for _, r in rows]), fmt="o", color="black",
-                ecolor="tab:blue", elinewidth=2, capsize=3, label="seed-averaged mean, 95% CI over users")
-    per_seed = [(i, float(run.test.summary.loc[sel, "mean"])) for i, (o, _) in enumerate(rows)
-                for run in _runs(o) if len(_runs(o)) > 1]
-    if per_seed:
-        ax.plot([v for _, v in per_seed], [i for i, _ in per_seed], "|", color="tab:orange", markersize=10,
-                label="each seed's mean")
-    ax.set_yticks(y, [o.spec.label for o, _ in rows])
-    ax.set(xlabel=f"test {sel}", title=f"{config.name}: test {sel} (95% CI over test users)")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    file = f"{config.name}_test_ci.png"
-    fig.savefig(out / file)
-    return file
-
-
-def _val_column(history: pd.DataFrame) -> str | None:
-    if "val_ndcg@100" in history.columns and history["val_ndcg@100"].notna().any():
-        return "val_ndcg@100"
-    for c in history.columns:
-        if str(c).startswith("val_ndcg@") and history[c].notna().any():
-            return c
-    return None

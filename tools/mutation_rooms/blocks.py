@@ -38,7 +38,7 @@ MUTATIONS = [
              '                                               per_sample_weights=x.values.to(weight.dtype))',
          new='return scale * F.embedding_bag(entries, rows, offsets, mode="sum")',
          tests=T, why="the joint model's item-item path sums W's rows unweighted in blocks (score weighs them)"),
-    dict(name="blocks-rows-restricted-rows-of-the-first-batch", file="recvae/models/base.py",
+    dict(name="blocks-rows-restricted-rows-of-the-first-batch", file="recvae/models/ranking.py",
          old="restricted=None if restricted is None else np.asarray(restricted, dtype=bool)[part])",
          new="restricted=None if restricted is None else np.asarray(restricted, dtype=bool)[: stop - start])",
          tests=T, why="every user batch takes the first batch's restricted flags"),
