@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from recvae import distributed as D
+from recvae.runtime import distributed as D
 from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
 from recvae.evaluation import evaluate, evaluate_heldout
 from recvae.models import MultDAE, MultVAE, RecVAE, RecVAEConfig, RecVAENet, VAE, VAEConfig
