@@ -148,7 +148,7 @@ def onnx_vs_torch(run_dir: Path, workdir: Path, n_users: int = 1000, repeats: in
     """Users/s of the fold-in scorer: torch ``model.score`` beside onnxruntime on the exported graph, same rows."""
     import onnxruntime
 
-    from recvae.export import export_onnx
+    from recvae.serving.onnx_export import export_onnx
     from recvae.runs import LogSpec, Run, SplitSpec
 
     run = Run.load(run_dir, device="cpu")

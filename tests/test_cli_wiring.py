@@ -477,9 +477,9 @@ def test_info_is_the_runs_own_description(monkeypatch, runs):
 
 # ============================================================================ serve, export, tune, demo
 def test_serve_options_reach_the_server(monkeypatch, runs):
-    import recvae.serve
+    import recvae.serving.server
 
-    calls = spy(monkeypatch, recvae.serve, "serve", lambda *args, **kwargs: None)
+    calls = spy(monkeypatch, recvae.serving.server, "serve", lambda *args, **kwargs: None)
     run_cli(["-v", "serve", runs["ease"], "--host", "0.0.0.0", "--port", "9001", "--workers", "3", "--max-batch",
              "17", "--max-wait-ms", "2.5", "--no-batching", "--device", "cpu"])
     run_cli(["serve", runs["ease"]])
@@ -496,15 +496,15 @@ def test_serve_options_reach_the_server(monkeypatch, runs):
 
 
 def test_export_options_reach_export_onnx(monkeypatch, runs, tmp_path):
-    import recvae.export
+    import recvae.serving.onnx_export
 
-    calls = spy(monkeypatch, recvae.export, "export_onnx", lambda run, path, **kwargs: path)
+    calls = spy(monkeypatch, recvae.serving.onnx_export, "export_onnx", lambda run, path, **kwargs: path)
     run_cli(["export", runs["ease"], "-o", tmp_path / "a.onnx", "--opset", "17", "--unweighted"])
     run_cli(["export", runs["ease"], "-o", tmp_path / "b.onnx"])
     custom, default = calls
     assert isinstance(custom["model_or_run"], Run) and custom["model_or_run"].path == runs["ease"]
     assert (custom["path"], custom["opset"], custom["weighted"]) == (str(tmp_path / "a.onnx"), 17, False)
-    assert (default["opset"], default["weighted"]) == (recvae.export.DEFAULT_OPSET, True)
+    assert (default["opset"], default["weighted"]) == (recvae.serving.onnx_export.DEFAULT_OPSET, True)
 
 
 def _fake_tune(*args, **kwargs):
@@ -549,9 +549,9 @@ def test_tune_passes_every_option(monkeypatch, log_csv, tmp_path, capsys):
 
 
 def test_demo_options_reach_run_demo(monkeypatch):
-    import recvae.demo
+    import recvae.experiment.demo
 
-    calls = spy(monkeypatch, recvae.demo, "run_demo", lambda *args, **kwargs: 0)
+    calls = spy(monkeypatch, recvae.experiment.demo, "run_demo", lambda *args, **kwargs: 0)
     run_cli(["demo", "--users", "50", "--items", "20", "--epochs", "2", "--seed", "9", "--device", "cpu",
              "--no-progress"])
     run_cli(["demo"])

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from recvae.cli import main
 from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions, synthetic_log
-from recvae.export import ONNX_FORMAT, export_onnx
+from recvae.serving.onnx_export import ONNX_FORMAT, export_onnx
 from recvae.models import EASE, MultDAE, MultVAE, Popularity, RecVAE
 from recvae.runs import Run
 
@@ -135,7 +135,7 @@ def test_importing_recvae_export_needs_no_onnx():
     """Without onnx installed the module imports, and the export names the extra to install."""
     code = (
         "import sys; sys.modules['onnx'] = None; sys.modules['onnxscript'] = None\n"
-        "import recvae.export as e\n"
+        "import recvae.serving.onnx_export as e\n"
         "from recvae.models import EASE\n"
         "import numpy as np, scipy.sparse as sp\n"
         "m = EASE(l2=1.0).fit(sp.csr_matrix(np.eye(4, dtype=np.float32) + np.eye(4, k=1, dtype=np.float32)))\n"

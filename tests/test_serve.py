@@ -1,4 +1,4 @@
-"""The HTTP server (recvae.serve): a real `recvae serve` subprocess on 127.0.0.1 and the app in-process.
+"""The HTTP server (recvae.serving.server): a real `recvae serve` subprocess on 127.0.0.1 and the app in-process.
 
 Every answer is checked against the Python API (`Run.recommend`, `recommend_for_items`,
 `similar_items`) on the same run directory; bad requests answer 4xx JSON with a one-line
@@ -27,7 +27,7 @@ with warnings.catch_warnings():  # starlette's notice about its httpx client, no
 from recvae.cli import build_parser, main  # noqa: E402
 from recvae.data import SyntheticConfig, synthetic_log  # noqa: E402
 from recvae.runs import Run, SplitSpec  # noqa: E402
-from recvae.serve import MISSING_SERVER, create_app  # noqa: E402
+from recvae.serving.server import MISSING_SERVER, create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60
@@ -236,7 +236,7 @@ def test_internal_errors_answer_one_line_500(runs, monkeypatch):
 # ============================================================================ the extra and the command line
 def test_import_without_fastapi_and_a_clear_error():
     code = ("import sys; sys.modules['fastapi'] = None; sys.modules['uvicorn'] = None\n"
-            "import recvae.serve as s\n"
+            "import recvae.serving.server as s\n"
             "assert not s.HAVE_SERVER\n"
             "try:\n    s.create_app('x')\nexcept RuntimeError as err:\n    print(err)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -22,10 +22,10 @@ with warnings.catch_warnings():  # starlette's notice about its httpx client, no
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-import recvae.serve as serve_module  # noqa: E402
+import recvae.serving.server as serve_module  # noqa: E402
 from recvae.data import SyntheticConfig, synthetic_log  # noqa: E402
 from recvae.runs import Run  # noqa: E402
-from recvae.serve import ServerError, create_app  # noqa: E402
+from recvae.serving.server import ServerError, create_app  # noqa: E402
 from oracles import ScoreOracle as Oracle  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -314,7 +314,7 @@ def test_serve_worker_processes_read_every_option(runs, uvicorn_calls, micro_bat
     serve_module.serve(path, port=8124, workers=3, max_batch=9, max_wait_ms=2.5, max_list=12,
                        micro_batching=micro_batching, device="cpu", log_level="error", access_log=False)
     [(args, kwargs)] = uvicorn_calls["run"]
-    assert args == ("recvae.serve:_app_from_environment",)
+    assert args == ("recvae.serving.server:_app_from_environment",)
     assert kwargs == {"factory": True, "host": "127.0.0.1", "port": 8124, "workers": 3, "log_level": "error",
                       "access_log": False}
     # what each worker process does on start: build the app from the environment

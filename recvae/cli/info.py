@@ -1,4 +1,4 @@
-"""``recvae demo`` (the default command; :func:`recvae.demo.run_demo`), ``recvae info``
+"""``recvae demo`` (the default command; :func:`recvae.experiment.demo.run_demo`), ``recvae info``
 (:meth:`recvae.runs.Run.summary`) and ``recvae datasets`` (the MovieLens releases and which are cached)."""
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def add_datasets(sub, common) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """``recvae demo``: :func:`recvae.demo.run_demo`."""
-    from recvae.demo import run_demo as demo
+    """``recvae demo``: :func:`recvae.experiment.demo.run_demo`."""
+    from recvae.experiment.demo import run_demo as demo
 
     return demo(args.users, args.items, args.epochs, args.seed, args.device,
                 progress=False if args.no_progress else None)

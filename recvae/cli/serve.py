@@ -1,4 +1,5 @@
-"""``recvae serve`` (:func:`recvae.serve.serve`, HTTP) and ``recvae export`` (:func:`recvae.export.export_onnx`)."""
+"""``recvae serve`` (:func:`recvae.serving.server.serve`, HTTP) and ``recvae export``
+(:func:`recvae.serving.onnx_export.export_onnx`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from recvae.cli.common import add_run_dir, fail, load_run, one_line, subparser
 
 def add_export(sub, common) -> None:
     p = subparser(sub, common, "export", "write a run's fold-in scorer as an ONNX file (onnxruntime serving)",
-                  "Export the fold-in scorer of a run (recvae.export.export_onnx): a user's item\n"
+                  "Export the fold-in scorer of a run (recvae.serving.onnx_export.export_onnx): a user's item\n"
                   "indices (int64, CSR-style with int64 offsets) and weights (float32) in, the\n"
                   "score of every item out (float32, users x items), at the posterior mean.\n"
                   "Mult-VAE, Mult-DAE, RecVAE and EASE export; needs pip install recvae[onnx].\n\n"
@@ -17,7 +18,7 @@ def add_export(sub, common) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'recvae train'")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="the file format (default onnx)")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="the file to write (replaced if present)")
-    p.add_argument("--opset", type=int, help="ONNX opset version (default: recvae.export.DEFAULT_OPSET)")
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: recvae.serving.onnx_export.DEFAULT_OPSET)")
     p.add_argument("--unweighted", action="store_true",
                    help="a graph without the values input: every item of a user counts 1")
     p.set_defaults(handler=run_export, device="cpu")
@@ -25,7 +26,7 @@ def add_export(sub, common) -> None:
 
 def add_serve(sub, common) -> None:
     p = subparser(sub, common, "serve", "serve a run's recommendations over HTTP (FastAPI + uvicorn)",
-                  "Serve a run directory over HTTP (recvae.serve; needs pip install recvae[serve]):\n"
+                  "Serve a run directory over HTTP (recvae.serving.server; needs pip install recvae[serve]):\n"
                   "POST /recommend, /recommend/new-user, /similar; GET /health, /info (JSON).\n"
                   "Concurrent /recommend requests are scored together in micro-batches (each waits\n"
                   "at most --max-wait-ms for others); --no-batching scores each request alone.\n\n"
@@ -44,8 +45,9 @@ def add_serve(sub, common) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """``recvae serve``: :func:`recvae.serve.serve` until interrupted (uvicorn logs the address; -v each request)."""
-    from recvae.serve import serve
+    """``recvae serve``: :func:`recvae.serving.server.serve` until interrupted (uvicorn logs the address;
+    -v each request)."""
+    from recvae.serving.server import serve
 
     serve(args.run_dir, host=args.host, port=args.port, workers=args.workers, max_batch=args.max_batch,
           max_wait_ms=args.max_wait_ms, micro_batching=not args.no_batching, device=args.device,
@@ -54,8 +56,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """``recvae export``: :func:`recvae.export.export_onnx` on the run's model."""
-    from recvae.export import DEFAULT_OPSET, export_onnx
+    """``recvae export``: :func:`recvae.serving.onnx_export.export_onnx` on the run's model."""
+    from recvae.serving.onnx_export import DEFAULT_OPSET, export_onnx
 
     run = load_run(args)
     try:

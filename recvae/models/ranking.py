@@ -10,8 +10,8 @@ within ``max_memory`` bytes, user batch by user batch and item block by item blo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,10 +19,18 @@ import scipy.sparse as sp
 from recvae.evaluation.metrics import mask_seen, top_k
 from recvae.evaluation.ranking import SCORE_CELL_BYTES, check_max_memory, plan_blocks, top_k_blocks
 
-if TYPE_CHECKING:  # pragma: no cover - the annotation only: base imports this module
-    from recvae.models.base import Recommender
-
 __all__ = ["item_mask", "rank_items", "rank_in_blocks"]
+
+
+class BlockScored(Protocol):
+    """What :func:`rank_in_blocks` asks of a model; every :class:`~recvae.models.base.Recommender` has it
+    (stated here so that base.py, which ranks through this module, is not imported back)."""
+
+    block_scoring: bool
+
+    def block_score_bytes(self, user_rows: sp.csr_matrix) -> float: ...
+
+    def item_block_scorer(self, user_rows: sp.csr_matrix) -> Callable[[int, int], np.ndarray]: ...
 
 
 def item_mask(spec, n_users: int, n_items: int, what: str) -> sp.csr_matrix | None:
@@ -80,7 +88,7 @@ def rank_items(
 
 
 def rank_in_blocks(
-    model: Recommender,
+    model: BlockScored,
     user_rows: sp.csr_matrix,
     k: int,
     *,

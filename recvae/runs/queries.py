@@ -1,4 +1,4 @@
-"""Questions a fitted run answers by raw id: recommendations (known users, new users, everyone), embeddings, similar items.
+"""What a fitted run answers by raw id: recommendations (known, new, every user), embeddings, similar items.
 
 :class:`RunQueries` is the part of :class:`recvae.runs.Run` that reads a fitted
 run and never changes it: it resolves raw user and item ids to rows and columns,

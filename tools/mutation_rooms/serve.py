@@ -1,6 +1,6 @@
-"""Bugs planted in the HTTP server (recvae/serve.py); tests/test_serve_wiring.py is meant to catch each."""
+"""Bugs planted in the HTTP server (recvae/serving/server.py); tests/test_serve_wiring.py is meant to catch each."""
 
-F = "recvae/serve.py"
+F = "recvae/serving/server.py"
 T = ("tests/test_serve_wiring.py", "tests/test_serve.py")
 
 MUTATIONS = [

@@ -3,7 +3,7 @@
     recvae serve runs/prod --port 8000                        # the command line
     curl -s localhost:8000/recommend -H 'content-type: application/json' -d '{"user_id": "u17", "k": 10}'
 
-    from recvae.serve import create_app, serve
+    from recvae.serving.server import create_app, serve
     app = create_app("runs/prod")                            # a FastAPI app (tests, your own ASGI server)
     serve("runs/prod", port=8000)                            # uvicorn on 127.0.0.1
 
@@ -494,5 +494,5 @@ def serve(
     Run.load(path, device="cpu")  # fail here, once, with the run's own message, before forking workers
     os.environ[ENV_RUN] = str(path.resolve())
     os.environ[ENV_OPTIONS] = _encode_options(options)
-    uvicorn.run("recvae.serve:_app_from_environment", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("recvae.serving.server:_app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=access_log)

@@ -1,0 +1,11 @@
+"""Serving a fitted run to other programs.
+
+- :mod:`recvae.serving.server`: ``create_app`` / ``serve``, JSON endpoints over a
+  :class:`recvae.runs.Run` (FastAPI + uvicorn, the ``serve`` extra), micro-batching
+  concurrent requests into one scoring call.
+- :mod:`recvae.serving.onnx_export`: ``export_onnx``, a fitted model's fold-in scorer
+  (item indices + CSR offsets + weights -> scores) as an ONNX graph for onnxruntime
+  (the ``onnx`` extra).
+
+Nothing below this room imports it; it imports runs, models and data.
+"""
