@@ -56,23 +56,17 @@ def tune(
 ) -> SearchResult:
     """Read a log, split it, and search a model's hyper-parameters on the validation users.
 
-    The log is read, filtered and split as :meth:`Run.fit` does; each trial fits
-    ``model`` with ``params`` plus the sampled values on the training users and is
-    scored by ``metric`` on the validation users (:func:`recvae.tuning.optuna_search`:
-    TPE or random search, median pruning of torch trials on their per-epoch
-    validation NDCG). The test users are never read.
+    The log is read and split as :meth:`Run.fit` does; each trial fits ``model`` with
+    ``params`` plus the sampled values on the training users and is scored by ``metric``
+    on the validation users (:func:`recvae.tuning.optuna_search`: TPE or random search,
+    torch trials median-pruned on their per-epoch NDCG). The test users are never read.
 
     Args:
-        log: a file, a MovieLens name, a DataFrame, an :class:`InteractionLog` or a
-            :class:`~recvae.data.LogSpec` (as in :meth:`Run.fit`).
-        model: a registry name.
-        search: the search space (see :func:`recvae.tuning.search_space`).
+        log, split: as in :meth:`Run.fit`; the split needs validation users (not ``heldout_users=0``).
+        model: a registry name; ``search``: its space (:func:`recvae.tuning.search_space`).
         n_trials, sampler, seed, timeout_s, prune, metric: the search's budget and
             settings (``seed`` seeds the sampler).
-        params: fixed parameters of every trial. Torch models train without their
-            per-epoch progress bar unless ``params`` sets ``progress``.
-        split: the split's kind or a :class:`~recvae.data.SplitSpec` (its seed defaults to
-            98765); it needs validation users, so ``heldout_users=0`` is refused.
+        params: fixed parameters of every trial (torch models: no progress bar unless set).
         finalists, seeds: with ``finalists > 1`` (seeded models: the torch VAEs, ALS,
             BPR), the best ``finalists`` trials are each fit with ``seeds`` seeds and the
             best validation mean over seeds wins (:func:`recvae.tuning.reselect_over_seeds`);
