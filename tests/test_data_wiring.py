@@ -19,7 +19,7 @@ import pytest
 import scipy.sparse as sp
 
 from recvae.data import Interactions, strong_generalization, temporal_split, weak_generalization
-from recvae.data.logs import read_log
+from recvae.data.logs import LogColumnError, read_log
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -339,3 +339,17 @@ def test_temporal_ties_in_time_go_by_log_order():
     assert sorted(columns[1]) == [4, 6] and sorted(columns[2]) == [2, 7]  # user 2: the earliest log rows are latest
     assert data.item_ids[split.validation.target[0].indices].tolist() == [1]
     assert data.item_ids[split.validation.target[1].indices].tolist() == [9]
+
+
+# ---------------------------------------------------------------------- event times named or guessed
+def test_a_named_time_column_without_times_is_refused_and_a_guessed_one_ignored():
+    """--timestamp-col names a column: one holding neither numbers nor dates is refused, not silently dropped;
+    a column only guessed by its name ("time") is left out with a note. Dates become epoch seconds (by hand)."""
+    frame = pd.DataFrame({"user": [1, 1, 2], "item": [10, 11, 10], "when": ["soon", "later", "never"]})
+    with pytest.raises(LogColumnError, match="'when' holds neither numbers nor dates"):
+        read_log(frame, timestamp_col="when")
+    guessed = read_log(frame.rename(columns={"when": "time"}))
+    assert "timestamp" not in guessed.frame.columns and guessed.columns["timestamp"] is None
+    assert any("'time' is not a time" in note for note in guessed.notes)
+    dated = read_log(frame.assign(when=["2020-01-01", "2020-01-02", "1970-01-01T00:01:40"]), timestamp_col="when")
+    assert dated.frame["timestamp"].tolist() == [1577836800, 1577923200, 100]

@@ -333,3 +333,43 @@ def test_a_saved_torch_run_keeps_no_checkpoint_path(int_log, tmp_path):
     assert not (tmp_path / ".vae.partial").exists()
     for model in (run.model, Run.load(tmp_path / "vae").model):
         assert model.get_params()["checkpoint"] is None and model.get_params()["resume"] is False
+
+
+# ----------------------------------------------------------------------------- the seed and strict reach their place
+def _kept_users(log: pd.DataFrame) -> np.ndarray:
+    """The users preprocessing keeps, from the log alone: at least 5 distinct items rated above 3.5, sorted."""
+    positives = log[log["rating"] > THRESHOLD].drop_duplicates(["user", "item"])
+    counts = positives.groupby("user").size()
+    return np.sort(counts[counts >= 5].index.to_numpy())
+
+
+def test_the_seed_reaches_the_split(int_log):
+    """Run.fit(seed=S) splits with S (strong_generalization's documented rule, computed here: the sorted kept
+    users permuted by RandomState(S), the last n the test users, the n before them the validation users)."""
+    users, n, seed = _kept_users(int_log), 8, 11
+    end = len(users)
+
+    def held(s: int) -> tuple[set, set]:
+        order = np.random.RandomState(s).permutation(end)
+        return set(users[order[end - n:]].tolist()), set(users[order[end - 2 * n:end - n]].tolist())
+
+    assert held(seed) != held(98765)  # the seed makes a difference here
+    run = Run.fit(int_log, "popularity", heldout_users=n, seed=seed, evaluate=False, report=lambda _: None)
+    assert (set(run.split.test.user_ids.tolist()), set(run.split.validation.user_ids.tolist())) == held(seed)
+    assert run.config["seed"] == seed and run.split.info["seed"] == seed
+
+
+def test_strict_refuses_a_user_dropped_by_preprocessing_as_it_does_an_unknown_one(pop_run, int_log):
+    kept = set(_kept_users(int_log).tolist())
+    dropped = sorted(set(int_log["user"].tolist()) - kept)
+    assert dropped and dropped[0] in set(pop_run.dropped_user_ids.tolist())
+    user, known = dropped[0], pop_run.user_ids[0]
+    for asked in ([known, user], [user]):
+        with pytest.raises(RunError, match="1 dropped by preprocessing"):
+            pop_run.recommend(asked, k=3, strict=True)
+    with pytest.raises(RunError, match="not in the log"):
+        pop_run.recommend([known, 10**9], k=3, strict=True)
+    loose = pop_run.recommend([known, user], k=3)
+    assert loose["user_id"].unique().tolist() == [known]
+    skipped = loose.attrs["skipped"]
+    assert (skipped.dropped, skipped.unknown) == ([user], [])

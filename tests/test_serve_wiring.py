@@ -234,6 +234,38 @@ def test_list_limit_holds_at_its_edge(runs, oracles):
             check_error(client.post(path, json=body), 422, "6", "at most 5")
 
 
+# ============================================================================ a group that fails
+@pytest.mark.parametrize("micro_batching", [True, False])
+def test_a_failing_scoring_call_answers_its_error_and_the_other_requests_their_items(runs, oracles, monkeypatch,
+                                                                                     micro_batching):
+    """The scoring of one option group fails (here: whenever an exclude list is given): its request answers a
+    one-line 500 naming the cause, never a 200 with no items, and the requests of other groups their own top-k."""
+    _, run = runs["ease"]
+    oracle = oracles["ease"]
+    real = run.recommend
+
+    def flaky(user_ids, k=10, **kwargs):
+        if kwargs.get("exclude"):
+            raise RuntimeError("the scorer ran out of memory")
+        return real(user_ids, k, **kwargs)
+
+    monkeypatch.setattr(run, "recommend", flaky)
+    app = create_app(run, max_wait_ms=50.0, micro_batching=micro_batching)
+    users, items = run.user_ids[[0, 7, 12]].tolist(), run.item_ids[:4].tolist()
+
+    async def go():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=TIMEOUT_S) as client:
+            return await asyncio.gather(client.post("/recommend", json={"user_id": users[0], "k": 4}),
+                                        client.post("/recommend", json={"user_id": users[1], "k": 4, "exclude": items}),
+                                        client.post("/recommend", json={"user_id": users[2], "k": 3}))
+
+    good, failed, other = asyncio.run(asyncio.wait_for(go(), TIMEOUT_S))
+    check_error(failed, 500, "out of memory")
+    check_items(good.json()["items"], oracle.user(users[0], 4))
+    check_items(other.json()["items"], oracle.user(users[2], 3))
+
+
 # ============================================================================ unsupported operations
 def test_unsupported_operations_answer_their_status(runs, oracles):
     _, run = runs["popularity"]

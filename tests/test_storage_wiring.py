@@ -286,6 +286,37 @@ def test_every_member_of_a_model_file_is_crc_checked(saved, tmp_path, kind):
         assert_one_line(info.value, str(path), f"CRC mismatch in member {name!r}")
 
 
+def test_a_flipped_byte_past_the_first_mib_of_a_large_member_is_found(tmp_path):
+    """The CRC of a member is compared once its last byte is read: damage near the end of a 3 MiB array is
+    named as zipfile's own test finds it, not missed because only the member's first chunk was read."""
+    path = tmp_path / "model"
+    with open(path, "wb") as fh:
+        np.savez(fh, weights=np.arange(3 * 2**18, dtype=np.float32), meta=np.asarray("{}"))
+    offset, size = _member_data_offsets(path)["weights.npy"]
+    assert size > 2**21
+    data = bytearray(path.read_bytes())
+    data[offset + size - 100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() == "weights.npy"  # the oracle: zipfile's own full read
+    with pytest.raises(ModelFileError) as info:
+        check_model_file(path)
+    assert_one_line(info.value, str(path), "CRC mismatch in member 'weights.npy'")
+
+
+def test_a_zip_of_an_array_beside_other_files_is_not_a_model_file(tmp_path):
+    """An npz model file holds .npy members only: one other member makes it a zip of other files."""
+    path = tmp_path / "model"
+    with zipfile.ZipFile(path, "w") as zf:
+        with zf.open("weights.npy", "w") as member:
+            np.save(member, np.zeros((3, 3), np.float32))
+        zf.writestr("notes.txt", "not an array")
+    for read in (check_model_file, load_model):
+        with pytest.raises(ModelFileError) as info:
+            read(path)
+        assert_one_line(info.value, str(path), "a zip archive of other files", "notes.txt")
+
+
 def test_damage_to_a_checkpoint_is_told_to_delete_it(saved, tmp_path):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes((saved["vae"] / "model").read_bytes()[:-300])

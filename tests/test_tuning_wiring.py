@@ -252,3 +252,21 @@ def test_the_chosen_finalist_is_a_fit_of_its_own_parameters(split):
     assert [f.model.params for f in result.seed_fits] == [{"c": 2, "seed": s} for s in range(3)]
     assert result.best_model is result.seed_fits[0].model and result.best_model.fits == 1
     assert result.edges == {"c": None}
+
+
+# ---------------------------------------------------------------------- errors: only a divergence is a failed trial
+def test_an_error_other_than_a_divergence_stops_the_search(split):
+    """A fit raising anything but FloatingPointError (TrainingDivergedError) is a bug or bad data, not a bad corner
+    of the space: it propagates from its trial (documented), here the enqueued first one, and no later trial runs."""
+    fits = []
+
+    class Broken(scored(lambda x: x, x=0.9)):
+        def fit(self, train, validation=None):
+            fits.append(self.params["x"])
+            if self.params["x"] > 0.5:
+                raise ValueError("the training matrix has no column 'weight'")
+            return super().fit(train, validation)
+
+    with pytest.raises(ValueError, match="no column 'weight'"):
+        optuna_search(Broken, {"x": [0.1, 0.9]}, split, n_trials=6, sampler="random", seed=0, progress=False)
+    assert fits == [0.9]

@@ -15,6 +15,9 @@ A mutation is *caught* when the tests fail (or time out, or fail to import), and
 *survives* when they pass. ``--full`` runs the whole suite against each survivor.
 ``--tests-from REV`` takes ``tests/`` from a git revision (``git show``; read-only)
 instead of the working tree, to score an older suite against today's mutations.
+``--rooms-from FILE`` runs the mutations of one room file kept anywhere (a ``MUTATIONS``
+list of dicts, as in ``tools/mutation_rooms/``) instead of the built-in ones, e.g. a
+blind set written without reading the tests.
 
 Examples::
 
@@ -23,6 +26,7 @@ Examples::
     python tools/mutate.py --tests-from HEAD --json before.json
     python tools/mutate.py --list                 # names, files, targeted tests
     python tools/mutate.py --check                # every snippet occurs exactly once?
+    python tools/mutate.py --rooms-from /tmp/blind.py --json blind.json   # only that file's mutations
 
 See docs/development.md.
 """
@@ -304,9 +308,29 @@ MUTATIONS: list[Mutation] = [
       "    return latent.to(dtype) + linear.to(dtype)", "    return latent + linear.to(latent.dtype)", T_PREC),
 ]
 
-#: The classes of bug the room files plant (the second part of a room mutation's name).
-MUTATION_CLASSES = ("wiring", "rows", "boundary", "direction", "stale-cache", "all-to-any")
+#: The classes of bug the room files plant (the second part of a room mutation's name); "errors":
+#: an exception swallowed or a failed write's leftovers kept.
+MUTATION_CLASSES = ("wiring", "rows", "boundary", "direction", "stale-cache", "all-to-any", "errors")
 ROOMS_DIR = ROOT / "tools" / "mutation_rooms"
+
+
+def load_room_file(path: Path, room: str | None = None) -> list[Mutation]:
+    """The ``MUTATIONS`` of one room file, each named ``<room>-<class>-<what>`` with a class in
+    :data:`MUTATION_CLASSES`; ``room`` (when given) must be every name's first part."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_mutation_room_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = []
+    for entry in module.MUTATIONS:
+        mutation = Mutation(**{**entry, "tests": tuple(entry["tests"])})
+        prefix, _, rest = mutation.name.partition("-")
+        if (room is not None and prefix != room) or not any(rest.startswith(c + "-") for c in MUTATION_CLASSES):
+            raise SystemExit(f"{path}: mutation {mutation.name!r} must be named {room or '<room>'}-<class>-<what> "
+                             f"with a class in {MUTATION_CLASSES}")
+        found.append(mutation)
+    return found
 
 
 def room_mutations(directory: Path = ROOMS_DIR) -> list[Mutation]:
@@ -316,30 +340,20 @@ def room_mutations(directory: Path = ROOMS_DIR) -> list[Mutation]:
     ``<room>-<class>-<what>``, the class one of :data:`MUTATION_CLASSES`, so that scores can
     be read per room and per class (``--by-room``).
     """
-    import importlib.util
-
     found = []
     for path in sorted(p for p in directory.glob("*.py") if not p.name.startswith("_")):
-        spec = importlib.util.spec_from_file_location(f"_mutation_room_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        for entry in module.MUTATIONS:
-            mutation = Mutation(**{**entry, "tests": tuple(entry["tests"])})
-            room, _, rest = mutation.name.partition("-")
-            if room != path.stem or not any(rest.startswith(c + "-") for c in MUTATION_CLASSES):
-                raise SystemExit(f"{path}: mutation {mutation.name!r} must be named {path.stem}-<class>-<what> "
-                                 f"with a class in {MUTATION_CLASSES}")
-            found.append(mutation)
+        found.extend(load_room_file(path, path.stem))
     return found
 
 
 MUTATIONS += room_mutations()
 
 
-def scores_by_room(outcomes) -> dict[str, tuple[int, int]]:
+def scores_by_room(outcomes, extra_rooms: set[str] = frozenset()) -> dict[str, tuple[int, int]]:
     """(caught, counted) per room and per class of the room mutations among ``outcomes``
-    (keys ``room <name>`` and ``class <name>``), for docs/development.md's table."""
-    rooms = {p.stem for p in ROOMS_DIR.glob("*.py") if not p.name.startswith("_")}
+    (keys ``room <name>`` and ``class <name>``), for docs/development.md's table;
+    ``extra_rooms``: rooms of a ``--rooms-from`` file."""
+    rooms = {p.stem for p in ROOMS_DIR.glob("*.py") if not p.name.startswith("_")} | set(extra_rooms)
     scores: dict[str, list[int]] = {}
     for o in outcomes:
         room, _, rest = o.mutation.name.partition("-")
@@ -517,12 +531,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the unmutated run that finds (and deselects) already-failing tests")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspaces")
+    parser.add_argument("--rooms-from", metavar="FILE", type=Path,
+                        help="run only the mutations of this room file (MUTATIONS: dicts named "
+                             "<room>-<class>-<what>, as in tools/mutation_rooms/), not the built-in ones")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so running pytest groups are killed and workspaces removed.
     signal.signal(signal.SIGTERM, _interrupt)
 
-    chosen = [m for m in MUTATIONS if not args.only or any(s in m.name for s in args.only)]
-    if len({m.name for m in MUTATIONS}) != len(MUTATIONS):
+    pool = load_room_file(args.rooms_from) if args.rooms_from else MUTATIONS
+    extra_rooms = {m.name.partition("-")[0] for m in pool} if args.rooms_from else set()
+    chosen = [m for m in pool if not args.only or any(s in m.name for s in args.only)]
+    if len({m.name for m in pool}) != len(pool):
         raise SystemExit("mutation names must be unique")
     if args.list:
         for m in chosen:
@@ -581,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"caught {full_caught}/{len(counted)} by the whole suite")
     for o in survivors:
         print(f"  survived: {o.mutation.name} ({o.mutation.file})" + (f", full suite: {o.full_status}" if args.full else ""))
-    for label, score in scores_by_room(counted).items():
+    for label, score in scores_by_room(counted, extra_rooms).items():
         print(f"  {label}: caught {score[0]}/{score[1]}")
     for o in outcomes:
         if o.status == "stale":
