@@ -344,8 +344,8 @@ def _kept_users(log: pd.DataFrame) -> np.ndarray:
 
 
 def test_the_seed_reaches_the_split(int_log):
-    """Run.fit(seed=S) splits with S (strong_generalization's documented rule, computed here: the sorted kept
-    users permuted by RandomState(S), the last n the test users, the n before them the validation users)."""
+    """Run.fit(split=SplitSpec(seed=S)) splits with S (strong_generalization's documented rule, computed here:
+    the sorted kept users permuted by RandomState(S), the last n the test users, the n before them validation)."""
     users, n, seed = _kept_users(int_log), 8, 11
     end = len(users)
 
@@ -354,7 +354,8 @@ def test_the_seed_reaches_the_split(int_log):
         return set(users[order[end - n:]].tolist()), set(users[order[end - 2 * n:end - n]].tolist())
 
     assert held(seed) != held(98765)  # the seed makes a difference here
-    run = Run.fit(int_log, "popularity", heldout_users=n, seed=seed, evaluate=False, report=lambda _: None)
+    run = Run.fit(int_log, "popularity", split=SplitSpec(heldout_users=n, seed=seed), evaluate=False,
+                  report=lambda _: None)
     assert (set(run.split.test.user_ids.tolist()), set(run.split.validation.user_ids.tolist())) == held(seed)
     assert run.config["seed"] == seed and run.split.info["seed"] == seed
 
