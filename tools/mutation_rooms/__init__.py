@@ -3,4 +3,8 @@
 old, new, tests, why), named ``<room>-<class>-<what>`` with the class one of
 ``wiring`` (an option dropped on its way to the library), ``rows`` (rows swapped or misaligned),
 ``boundary`` (off by one at a limit), ``direction`` (a comparison or order flipped),
-``stale-cache`` (a derivative kept across a refit) and ``all-to-any`` (a check weakened)."""
+``stale-cache`` (a derivative kept across a refit), ``all-to-any`` (a check weakened) and
+``errors`` (an exception swallowed, or a failed write's leftovers kept).
+
+``python tools/mutate.py --rooms-from FILE`` runs one such file kept elsewhere (e.g. a blind set
+written before reading the tests) instead of the built-in mutations."""
