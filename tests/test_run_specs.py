@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from recvae.data import SyntheticConfig, strong_generalization, synthetic_log
-from recvae.data.logs import LogColumnError, read_log
+from recvae.data.logs import read_log
 from recvae.data.splits import weak_generalization
 from recvae.models import MultVAE
 from recvae.runs import LogSpec, Run, RunError, RunOutput, SplitSpec, default_heldout_users
