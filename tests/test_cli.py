@@ -262,10 +262,8 @@ def test_experiment_calls_the_runner(tmp_path, monkeypatch, capsys):
     fake.run_experiment = lambda path, **kwargs: calls.append((path, kwargs)) or tmp_path / "report.md"
     monkeypatch.setitem(sys.modules, "recvae.experiment", fake)
     assert main(["experiment", str(config), "--output", str(tmp_path / "out"), "--no-progress"]) == 0
-    assert calls == [(config, {"progress": False, "output_dir": str(tmp_path / "out")})]
+    assert calls == [(config, {"progress": False, "output_dir": str(tmp_path / "out"), "jobs": 1})]
     assert str(tmp_path / "report.md") in capsys.readouterr().out
-    monkeypatch.setitem(sys.modules, "recvae.experiment", None)  # as if the module were absent
-    assert "recvae.experiment" in error_of(["experiment", config])
     assert "no such file" in error_of(["experiment", tmp_path / "missing.toml"])
 
 
@@ -292,7 +290,7 @@ def test_every_command_has_help(command, capsys):
 def test_help_model_names_are_registered():
     from recvae.models import MODELS
 
-    assert set(cli.MODEL_NAMES) == set(MODELS) and set(cli.TORCH_MODEL_NAMES) <= set(MODELS)
+    assert set(cli.MODEL_NAMES) == set(MODELS)
 
 
 def test_demo_stays_the_default_command(monkeypatch):

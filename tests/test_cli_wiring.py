@@ -212,14 +212,14 @@ def test_train_refuses_each_torch_only_option_for_a_baseline(monkeypatch, log_cs
 
 
 @pytest.mark.parametrize("form", [["--nproc", "2"], ["--nproc=2"]])
-def test_train_nproc_relaunches_without_nproc(monkeypatch, log_csv, tmp_path, form):
+def test_train_nproc_relaunches_under_torchrun(monkeypatch, log_csv, tmp_path, form):
     import recvae.runtime.distributed
 
     calls = spy(monkeypatch, recvae.runtime.distributed, "launch_torchrun", lambda argv, nproc: 7)
     fits = spy(monkeypatch, Run, "fit", _fake_fit)
     assert main(["train", str(log_csv), "-o", str(tmp_path / "ddp"), *form, "--epochs", "1"]) == 7  # torchrun's
     assert fits == []
-    assert calls == [{"argv": ["train", str(log_csv), "-o", str(tmp_path / "ddp"), "--epochs", "1"], "nproc": 2}]
+    assert calls == [{"argv": ["train", str(log_csv), "-o", str(tmp_path / "ddp"), *form, "--epochs", "1"], "nproc": 2}]
     assert "--nproc 0" in error_of(["train", log_csv, "-o", tmp_path / "ddp", "--nproc", "0"])
 
 

@@ -265,6 +265,9 @@ def test_torchrun_command():
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in cmd and "--nproc-per-node=4" in cmd
     assert cmd[-5:] == ["-m", "recvae", "train", "--epochs", "3"]
+    for form in (["--nproc", "2"], ["--nproc=2"]):  # the workers must not launch again
+        cmd = D.torchrun_command(["train", "log.csv", *form, "--epochs", "3"], 2)
+        assert cmd[cmd.index("recvae"):] == ["recvae", "train", "log.csv", "--epochs", "3"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")

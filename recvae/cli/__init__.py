@@ -21,7 +21,7 @@ import sys
 from recvae import __version__
 from recvae.cli import evaluate, info, recommend, serve, train
 from recvae.cli.common import CommandError, one_line, parse_params, parse_value
-from recvae.cli.train import MODEL_NAMES, TORCH_MODEL_NAMES, model_params  # noqa: F401 (help-text model names)
+from recvae.cli.train import MODEL_NAMES, model_params  # noqa: F401 (help-text model names)
 
 __all__ = ["main", "build_parser", "parse_params", "parse_value", "model_params"]
 

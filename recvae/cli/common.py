@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, NoReturn
+
+from recvae.models.params import parse_param_pairs, parse_param_value as parse_value  # noqa: F401
 
 
 class CommandError(Exception):
@@ -21,55 +22,12 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
-def parse_value(text: str) -> Any:
-    """A ``--param`` value: a TOML literal, else JSON, else a number, else the string itself.
-
-    ``100`` -> int, ``5e-4`` -> float, ``true`` -> bool, ``[600, 200]`` -> list,
-    ``{kind = "constant", cap = 0.1}`` (TOML) or ``{"kind": "constant"}`` (JSON)
-    -> dict, ``none``/``null`` -> None, ``multinomial`` -> ``"multinomial"``.
-    """
-    stripped = text.strip()
-    lowered = stripped.lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if "\n" not in stripped:
-        import tomllib
-
-        try:
-            value = tomllib.loads(f"v = {stripped}")["v"]
-        except tomllib.TOMLDecodeError:
-            pass
-        else:
-            if isinstance(value, (bool, int, float, str, list, dict)):  # not TOML dates
-                return value
-    try:
-        return json.loads(stripped)
-    except json.JSONDecodeError:
-        pass
-    try:
-        return float(stripped)
-    except ValueError:
-        return text
-
-
 def parse_params(pairs: list[str] | None) -> dict[str, Any]:
-    """``["latent_dim=100", "lr=5e-4"]`` -> ``{"latent_dim": 100, "lr": 0.0005}`` (see :func:`parse_value`).
-
-    A pair without ``=``, an empty or non-identifier key, or a key given twice
-    ends the command with an error naming the pair.
-    """
-    params: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            fail(f"--param {pair!r}: expected KEY=VALUE with a parameter name as KEY, e.g. --param latent_dim=100")
-        if key in params:
-            fail(f"--param {key} is given twice; give each parameter once")
-        params[key] = parse_value(raw)
-    return params
+    """``--param`` pairs (:func:`recvae.models.options.parse_param_pairs`); a bad pair ends the command."""
+    try:
+        return parse_param_pairs(pairs)
+    except ValueError as err:
+        fail(f"--param {err}")
 
 
 def subparser(sub, common, name: str, help: str, description: str) -> argparse.ArgumentParser:

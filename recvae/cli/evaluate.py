@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from recvae.cli.common import add_run_dir, check_output, fail, load_run, one_line, subparser, write_output
 
@@ -38,30 +37,14 @@ def add_experiment(sub, common) -> None:
     p.set_defaults(handler=run_experiment_command)
 
 
-def _format_metric(row) -> str:
-    import math
-
-    mean, se = row.get("mean"), row.get("std_err")
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "n/a"
-    if se is None or (isinstance(se, float) and math.isnan(se)):
-        return f"{mean:.4f}"
-    return f"{mean:.4f} ± {1.96 * se:.4f}"
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     """``recvae evaluate``: :meth:`Run.evaluate`, a table of metrics (mean ± 95% CI)."""
-    import pandas as pd
-
     check_output(args.output)
     run = load_run(args)
     result = run.evaluate(args.which, ks=args.k, metrics=args.metrics)
-    table = pd.DataFrame({"mean ± 95% CI": {m: _format_metric(row) for m, row in result.summary.iterrows()},
-                          "users": result.summary.get("n_users"), "excluded": result.summary.get("n_excluded")})
-    table.index.name = "metric"
     print(f"{type(run.model).__name__} on {len(result.per_user):,} {args.which} users of {args.run_dir} "
           f"({result.seconds:.1f} s):")
-    print(table.to_string(na_rep="-", float_format=lambda v: f"{v:.0f}"))
+    print(result.table().to_string(na_rep="-", float_format=lambda v: f"{v:.0f}"))
     write_output(result.per_user, args.output, "Per-user metrics")
     return 0
 
@@ -71,24 +54,12 @@ def run_experiment_command(args: argparse.Namespace) -> int:
     config = Path(args.config)
     if not config.is_file():
         fail(f"CONFIG {config}: no such file; give an experiment config (see experiments/)")
-    try:
-        from recvae.experiment import run_experiment
-    except ImportError as err:
-        if err.name != "recvae.experiment":
-            raise
-        if isinstance(err, ModuleNotFoundError):
-            fail("the experiment runner (recvae.experiment) is not part of this installation yet; "
-                 "update recvae to run experiment configs")
-        fail(f"recvae.experiment has no run_experiment(): {one_line(err)}")
+    from recvae.experiment import run_experiment
+
     if args.jobs < 1:
         fail(f"--jobs {args.jobs}: give a number of processes >= 1")
-    kwargs: dict[str, Any] = {"progress": not args.no_progress}
-    if args.jobs > 1:
-        kwargs["jobs"] = args.jobs
-    if args.output is not None:
-        kwargs["output_dir"] = args.output
     try:
-        report = run_experiment(config, **kwargs)
+        report = run_experiment(config, output_dir=args.output, progress=not args.no_progress, jobs=args.jobs)
     except (FileNotFoundError, ValueError) as err:
         fail(f"CONFIG {config}: {one_line(err)}")
     print(f"Report written to {report}")

@@ -57,38 +57,22 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_datasets(args: argparse.Namespace) -> int:
     """``recvae datasets``: the MovieLens registry with cache status, and files under --shared."""
-    from recvae.data import MOVIELENS
-    from recvae.data.movielens import _candidates
+    from recvae.data.movielens import MOVIELENS, cache_status
+    from recvae.data.tables import list_data_files
 
-    data_dir = Path(args.data_dir)
-    print(f"MovieLens releases ('recvae train NAME' loads one; cache: {data_dir.resolve()}):\n")
+    print(f"MovieLens releases ('recvae train NAME' loads one; cache: {Path(args.data_dir).resolve()}):\n")
     for name, spec in MOVIELENS.items():
         sizes = ", ".join(f"{value:,} {label}" for value, label in
                           ((spec.ratings, "ratings"), (spec.users, "users"), (spec.items, "items"))
                           if value is not None) or "size varies by release"
-        cached = next((p for p in _candidates(spec, data_dir) if p.is_file()), None)
-        if cached is not None:
-            status = f"cached: {cached}"
-        elif (data_dir / spec.zip_name).is_file():
-            status = f"zip cached: {data_dir / spec.zip_name} (extracted on first use)"
-        else:
-            status = "not cached (downloaded on first use)"
-        print(f"{name:<16} {sizes}")
-        print(f"{'':<16} {spec.description}")
-        print(f"{'':<16} {status}")
-        print(f"{'':<16} {spec.url}")
+        for line in (sizes, spec.description, cache_status(spec, args.data_dir), spec.url):
+            print(f"{name:<16} {line}")
+            name = ""
     if args.shared:
-        _list_shared(Path(args.shared))
+        if not Path(args.shared).is_dir():
+            fail(f"--shared {args.shared}: no such directory")
+        files = list_data_files(args.shared)
+        print(f"\nFiles under {args.shared} ('recvae train FILE' reads ratings files):")
+        for path, size in files or [("(none)", None)]:
+            print(f"  {str(path):<40} {size / 1e6:9.1f} MB" if size is not None else f"  {path}")
     return 0
-
-
-def _list_shared(shared: Path) -> None:
-    if not shared.is_dir():
-        fail(f"--shared {shared}: no such directory")
-    files = sorted(p for p in shared.rglob("*") if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(shared).parts))
-    print(f"\nFiles under {shared} ('recvae train FILE' reads ratings files):")
-    if not files:
-        print("  (none)")
-    for p in files:
-        print(f"  {str(p.relative_to(shared)):<40} {p.stat().st_size / 1e6:9.1f} MB")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from recvae.cli.common import (add_run_dir, check_output, fail, load_run, one_line, print_table, progress, subparser,
                                write_output)
@@ -74,27 +73,21 @@ def add_similar(sub, common) -> None:
     p.set_defaults(handler=run_similar)
 
 
-def _read_ids_table(path: str, flag: str):
-    from recvae.data.tables import read_table
-
-    frame = read_table(path)
-    if "item_id" not in frame.columns and "user_id" not in frame.columns:
-        fail(f"{flag} {path}: expected a user_id and/or item_id column; the columns are {list(frame.columns)}")
-    return frame
-
-
 def run_recommend(args: argparse.Namespace) -> int:
     """``recvae recommend``: :meth:`Run.recommend`, :meth:`Run.recommend_all` or :meth:`Run.recommend_for_items`."""
+    from recvae.data.tables import read_ids_table
+
     if args.k < 1:
         fail(f"-k {args.k}: ask for at least one item")
     if args.all_users and not args.output:
         fail("--all-users writes every user's recommendations to a file: give --output recs.parquet (or .csv)")
     check_output(args.output)
-    exclude = args.exclude if args.exclude_file is None else _read_ids_table(args.exclude_file, "--exclude-file")
-    candidates = args.candidates if args.candidates_file is None else \
-        _read_ids_table(args.candidates_file, "--candidates-file")
     if args.exclude and args.exclude_file or args.candidates and args.candidates_file:
         fail("give items with --exclude/--candidates or with the -file option, not both")
+    exclude = args.exclude if args.exclude_file is None else read_ids_table(args.exclude_file)
+    candidates = args.candidates if args.candidates_file is None else read_ids_table(args.candidates_file)
+    users = args.user if args.users_file is None else \
+        read_ids_table(args.users_file, "user_id")["user_id"].drop_duplicates().tolist()
     run = load_run(args)
     if args.all_users:
         path = run.recommend_all(args.output, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
@@ -108,11 +101,6 @@ def run_recommend(args: argparse.Namespace) -> int:
         print_table(frame)
         frame.insert(0, "user_id", "")
     else:
-        users = args.user
-        if args.users_file is not None:
-            users = list(dict.fromkeys(_read_ids_table(args.users_file, "--users-file").get("user_id", [])))
-            if not users:
-                fail(f"--users-file {args.users_file}: no user_id column, or no rows")
         frame = run.recommend(users, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
                               candidates=candidates, strict=args.strict, batch_size=args.batch_size)
         if frame.empty:
@@ -129,35 +117,16 @@ def run_recommend(args: argparse.Namespace) -> int:
 
 def run_embed(args: argparse.Namespace) -> int:
     """``recvae embed``: :meth:`Run.embed_users` or :meth:`Run.item_embeddings` to a file."""
-    import numpy as np
+    from recvae.data.tables import EMBEDDING_SUFFIXES, check_table_output, write_embeddings
 
-    from recvae.data.tables import TABLE_SUFFIXES, check_table_output, write_table
-
-    formats = {**TABLE_SUFFIXES, ".npy": "npy"}
-    fmt = check_table_output(args.output, formats)
+    check_table_output(args.output, EMBEDDING_SUFFIXES)
     run = load_run(args)
     try:
         frame = run.item_embeddings() if args.items else run.embed_users(args.user, strict=args.strict)
     except NotImplementedError as err:
         fail(f"RUN_DIR {args.run_dir}: {one_line(err)}; models with embeddings: mult-vae, mult-dae, recvae, als, bpr")
-    id_column = "item_id" if args.items else "user_id"
-    output = Path(args.output)
-    if fmt == "npy":
-        written = []
-        for prefix, path in (("emb_" if args.items else "mu_", output),
-                             ("sigma_", output.with_name(f"{output.stem}_sigma.npy"))):
-            values = frame.filter(regex=f"^{prefix}").to_numpy(np.float32)
-            if values.shape[1]:
-                np.save(path, values)
-                written.append(path)
-        ids = frame[id_column].to_numpy()
-        ids_path = output.with_name(f"{output.stem}_ids.npy")
-        np.save(ids_path, ids.astype(str) if ids.dtype == object else ids)
-        written.append(ids_path)
-    else:
-        written = [write_table(frame, output, formats)]
-    dims = frame.shape[1] - 1
-    print(f"{len(frame):,} {'items' if args.items else 'users'} x {dims} columns written to "
+    written = write_embeddings(frame, args.output)
+    print(f"{len(frame):,} {'items' if args.items else 'users'} x {frame.shape[1] - 1} columns written to "
           f"{', '.join(str(p) for p in written)}")
     return 0
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 from typing import Any
 
-from recvae.cli.common import fail, one_line, parse_params, parse_value, progress, reporter, subparser
+from recvae.cli.common import fail, one_line, parse_params, progress, reporter, subparser
 
 #: Examples of ``recvae.models.MODELS`` names for help texts (importing the registry would slow
 #: ``--help``; the registry is what validates, and an unknown name lists every model).
 MODEL_NAMES = ("popularity", "itemknn", "als", "bpr", "ease", "edlae", "sparse-ease", "mult-dae", "mult-vae", "recvae",
                "joint-vae", "blend")
-TORCH_MODEL_NAMES = ("mult-dae", "mult-vae", "recvae", "joint-vae")
+SHORTCUT_FLAGS = {"epochs": "--epochs", "likelihood": "--likelihood", "anneal": "--anneal", "beta_cap": "--beta-cap",
+                  "device": "--device", "iterations": "--param iterations", "gamma": "--param gamma"}
 LIANG_SEED = 98765
 
 
@@ -66,7 +66,13 @@ def add_train(sub, common) -> None:
     g.add_argument("--nproc", metavar="N", type=int, default=1,
                    help="data-parallel training processes on this machine (torch.distributed: gloo on CPU, "
                         "nccl on CUDA; default 1). Same as: torchrun --nproc-per-node N -m recvae train ...")
-    d = p.add_argument_group("data and split")
+    add_data_options(p.add_argument_group("data and split"))
+    p.add_argument("--no-test", action="store_true", help="do not evaluate on the test users")
+    p.set_defaults(handler=run_train)
+
+
+def add_data_options(d) -> None:
+    """The options of :class:`recvae.data.LogSpec` and :class:`recvae.data.SplitSpec` (train and tune)."""
     d.add_argument("--split", choices=("strong", "weak", "temporal"), default="strong",
                    help="strong: held-out users never train (Liang et al.); weak: every user trains and "
                         "10%%+10%% of each user's events are validation/test targets; temporal: like weak with "
@@ -95,8 +101,6 @@ def add_train(sub, common) -> None:
     d.add_argument("--timestamp-col", metavar="COL",
                    help="time column (default: found by name: timestamp, time, ...; needed by --split temporal)")
     d.add_argument("--sep", metavar="S", help="field separator of a text log (default: sniffed)")
-    p.add_argument("--no-test", action="store_true", help="do not evaluate on the test users")
-    p.set_defaults(handler=run_train)
 
 
 def _rating_threshold(text: str) -> float | None:
@@ -115,7 +119,7 @@ def log_spec(args: argparse.Namespace):
     return LogSpec(args.data, user_col=args.user_col, item_col=args.item_col, rating_col=args.rating_col,
                    timestamp_col=args.timestamp_col, implicit=args.implicit, weight_col=args.weight_col, sep=args.sep,
                    data_dir=args.data_dir, rating_threshold=args.min_rating, min_user_events=args.min_user_events,
-                   strict=getattr(args, "strict", False))
+                   strict=args.strict)
 
 
 def split_spec(args: argparse.Namespace, seed: int | None):
@@ -127,24 +131,23 @@ def split_spec(args: argparse.Namespace, seed: int | None):
 
 def run_train(args: argparse.Namespace) -> int:
     """``recvae train``: :meth:`recvae.runs.Run.fit`."""
+    from recvae.data.tables import check_output_path
+    from recvae.models.options import torch_model_names
     from recvae.runs import Run, RunOutput
+    from recvae.runtime.distributed import launch_torchrun
 
     if args.nproc < 1:
         fail(f"--nproc {args.nproc}: give a number of processes >= 1")
     name, params = model_params(args)
-    if args.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if name not in TORCH_MODEL_NAMES:
-            fail(f"--nproc / torchrun: data-parallel training applies to the torch models "
-                 f"({', '.join(TORCH_MODEL_NAMES)}), not to {name!r}; run it with one process")
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if (args.nproc > 1 or under_torchrun) and name not in torch_model_names():
+        fail(f"--nproc / torchrun: data-parallel training applies to the torch models "
+             f"({', '.join(torch_model_names())}), not to {name!r}; run it with one process")
     if args.nproc > 1:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if under_torchrun:
             fail("--nproc under torchrun: torchrun already started the processes; drop --nproc")
-        from recvae.data.tables import check_output_path
-
         check_output_path(args.output, directory=True)
-        from recvae.runtime.distributed import launch_torchrun
-
-        return launch_torchrun(_without_nproc(args.argv), args.nproc)
+        return launch_torchrun(args.argv, args.nproc)
     say = reporter(args)
     run = Run.fit(
         log_spec(args), model=args.model and name, params=params, split=split_spec(args, args.seed),
@@ -159,86 +162,25 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _without_nproc(argv: list[str]) -> list[str]:
-    """The command line minus ``--nproc N`` / ``--nproc=N`` (the workers must not launch again)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            out.append(arg)
-    return out
-
-
 def model_params(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """The registry name and the flat parameters: ``--param`` pairs plus the shortcut options.
+    """The registry name and the flat parameters: ``--param`` pairs plus the shortcut options
+    (:func:`recvae.models.options.training_shortcuts`); a shortcut that repeats a ``--param`` is refused."""
+    from recvae.models.options import training_shortcuts
+    from recvae.runs.fitting import earlier_model
 
-    A shortcut that does not apply to the chosen model, or that repeats a
-    ``--param``, ends with an error naming both.
-    """
-    from recvae.models import MODELS
-
-    name = str(args.model or _earlier_model(args) or "mult-vae").strip().lower()
-    if name not in MODELS:
-        fail(f"--model {args.model!r}: unknown model; choose one of: {', '.join(MODELS)}")
+    name = str(args.model or earlier_model(getattr(args, "epochs_from", None)) or "mult-vae").strip().lower()
     params = parse_params(args.param)
-    shortcuts = _shortcut_params(args, name, MODELS[name])
+    try:
+        shortcuts = training_shortcuts(
+            name, epochs=args.epochs, likelihood=args.likelihood, anneal=args.anneal, beta_cap=args.beta_cap,
+            device=args.device, seed=args.seed, progress=progress(args), labels=SHORTCUT_FLAGS)
+    except KeyError as err:
+        fail(f"--model {args.model!r}: {one_line(err)}")
+    except ValueError as err:
+        fail(one_line(err))
     for key in sorted(set(shortcuts) & set(params)):
         fail(f"--param {key}=... repeats a shortcut option that also sets {key!r}; give it once")
     return name, {**params, **shortcuts}
-
-
-def _earlier_model(args: argparse.Namespace) -> str | None:
-    if not getattr(args, "epochs_from", None):
-        return None
-    try:
-        return json.loads((Path(args.epochs_from) / "config.json").read_text()).get("model")
-    except (OSError, ValueError):
-        return None  # Run.fit names the problem
-
-
-def _shortcut_params(args: argparse.Namespace, name: str, cls: type) -> dict[str, Any]:
-    import dataclasses
-    import inspect
-
-    from recvae.models.mult_vae import MultVAE, TorchVAERecommender
-
-    out: dict[str, Any] = {}
-    if not issubclass(cls, TorchVAERecommender):
-        torch_only = {"--epochs": args.epochs, "--likelihood": args.likelihood, "--anneal": args.anneal,
-                      "--beta-cap": args.beta_cap, "--device": args.device}
-        for flag, value in torch_only.items():
-            if value is not None:
-                hint = "; set its iterations with --param iterations=N" if flag == "--epochs" and \
-                    "iterations" in inspect.signature(cls).parameters else ""
-                fail(f"{flag} applies to the torch models ({', '.join(TORCH_MODEL_NAMES)}), not to {name!r}{hint}")
-        if args.seed is not None and "seed" in inspect.signature(cls).parameters:
-            out["seed"] = args.seed
-        return out  # --no-progress: baselines show no progress bar
-    config_fields = {f.name for f in dataclasses.fields(cls.default_config())}
-    for key, value in (("epochs", args.epochs), ("device", args.device), ("seed", args.seed)):
-        if value is not None:
-            out[key] = value
-    if progress(args) is False:
-        out["progress"] = False
-    if args.likelihood is not None:
-        if "likelihood" not in config_fields:
-            fail(f"--likelihood does not apply to {name!r}: its config has no likelihood")
-        out["likelihood"] = args.likelihood
-    if args.anneal is not None or args.beta_cap is not None:
-        if not (issubclass(cls, MultVAE) and cls.default_config().variational):
-            reason = ("RecVAE weights its KL term per user (beta_u = gamma * |x_u|): set --param gamma=X"
-                      if "gamma" in config_fields else "it has no KL term (not variational)")
-            fail(f"--anneal/--beta-cap do not apply to {name!r}: {reason}")
-        anneal = dataclasses.asdict(cls.default_training().anneal)
-        if args.anneal is not None:
-            anneal["kind"] = args.anneal
-        if args.beta_cap is not None:
-            anneal["cap"] = args.beta_cap
-        out["anneal"] = anneal
-    return out
 
 
 # ============================================================================ tune
@@ -285,39 +227,21 @@ def add_tune(sub, common) -> None:
                         "(seeded models: torch VAEs, als, bpr; default 1: the search's best trial)")
     g.add_argument("--seeds", metavar="N", type=int, default=3, help="fits per finalist (default 3)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    d = p.add_argument_group("data and split (as in 'recvae train')")
-    d.add_argument("--split", choices=("strong", "weak", "temporal"), default="strong",
-                   help="strong (held-out users), weak or temporal (default strong)")
-    d.add_argument("--heldout-users", metavar="N", type=int,
-                   help="users in each of validation and test for --split strong (default 10%%, at most 10,000)")
-    d.add_argument("--min-rating", metavar="R", type=_rating_threshold, default=3.5,
-                   help="keep events rated strictly above R (default 3.5); 'none' keeps every rating")
-    d.add_argument("--min-user-events", metavar="N", type=int, default=5, help="drop users with fewer kept events")
-    d.add_argument("--data-dir", metavar="DIR", default="data", help="download cache for MovieLens names")
-    d.add_argument("--user-col", metavar="COL", help="user id column (default: found by name)")
-    d.add_argument("--item-col", metavar="COL", help="item id column (default: found by name)")
-    d.add_argument("--rating-col", metavar="COL", help="rating column ('none' = every row positive)")
-    d.add_argument("--implicit", action="store_true", help="every row is a positive event; no rating is read")
-    d.add_argument("--weight-col", metavar="COL", help="positive interaction weights used as confidence")
-    d.add_argument("--timestamp-col", metavar="COL", help="time column (needed by --split temporal)")
-    d.add_argument("--sep", metavar="S", help="field separator of a text log (default: sniffed)")
+    add_data_options(p.add_argument_group("data and split (as in 'recvae train')"))
     p.set_defaults(handler=run_tune)
 
 
 def run_tune(args: argparse.Namespace) -> int:
     """``recvae tune``: :func:`recvae.runs.tune`; prints the best parameters, writes the trials table."""
     from recvae.runs import tune
-    from recvae.tuning import read_search_space
+    from recvae.tuning import parse_search_space, read_search_space
 
     if args.trials < 1:
         fail(f"--trials {args.trials}: give a number of trials >= 1")
-    if args.search is not None:
-        space = parse_value(args.search)
-        if not isinstance(space, dict):
-            fail(f"--search {args.search!r}: expected a table of parameter -> range or list of choices, e.g. "
-                 "--search '{lr = {low = 1e-4, high = 3e-3, log = true}, input_dropout = [0.2, 0.5]}'")
-    else:
-        space = read_search_space(args.search_file)
+    try:
+        space = read_search_space(args.search_file) if args.search is None else parse_search_space(args.search)
+    except ValueError as err:
+        fail(f"{'--search-file' if args.search is None else '--search'} {one_line(err)}")
     try:
         result = tune(
             log_spec(args), args.model, search=space, n_trials=args.trials, params=parse_params(args.param),

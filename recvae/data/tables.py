@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["TABLE_SUFFIXES", "table_format", "check_output_path", "check_table_output", "write_table", "TableWriter",
-           "read_table"]
+__all__ = ["TABLE_SUFFIXES", "EMBEDDING_SUFFIXES", "table_format", "check_output_path", "check_table_output",
+           "write_table", "TableWriter", "read_table", "read_ids_table", "write_embeddings", "list_data_files"]
 
 TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
+#: what :func:`write_embeddings` writes: a table, or NumPy arrays (.npy)
+EMBEDDING_SUFFIXES = {**TABLE_SUFFIXES, ".npy": "npy"}
 
 
 def table_format(path: str | os.PathLike, allowed: dict[str, str] | None = None) -> str:
@@ -180,3 +182,56 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(f"{path}: cannot be read as a {suffix[1:]} table ({' '.join(str(err).split())[:200]})") from None
     raise ValueError(f"{path}: unknown table format {suffix or '(no suffix)'!r}; use .csv, .tsv, .parquet, .json "
                      "or .jsonl")
+
+
+def read_ids_table(path: str | os.PathLike, required: str | None = None) -> pd.DataFrame:
+    """A table of raw ids (:func:`read_table`): a ``user_id`` and/or an ``item_id`` column, or the ``required``
+    one. Raises ValueError naming the columns the file has otherwise, or when it has no rows."""
+    frame = read_table(path)
+    wanted = (required,) if required else ("user_id", "item_id")
+    if not any(column in frame.columns for column in wanted):
+        raise ValueError(f"{path}: expected {' and/or '.join(wanted)} column{'s' * (len(wanted) > 1)}; "
+                         f"the columns are {list(frame.columns)}")
+    if frame.empty:
+        raise ValueError(f"{path}: the table has no rows")
+    return frame
+
+
+def list_data_files(directory: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Every file under ``directory`` (hidden ones excepted) as (path relative to it, size in bytes), sorted."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory")
+    return [(p.relative_to(root), p.stat().st_size) for p in sorted(root.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+
+
+def write_embeddings(frame: pd.DataFrame, path: str | os.PathLike) -> list[Path]:
+    """Write embeddings (an id column, then ``mu_*``/``sigma_*`` or ``emb_*`` columns) by ``path``'s suffix.
+
+    A table suffix writes the frame as it is. ``.npy`` writes float32 arrays: ``FILE.npy`` the
+    ``mu_*`` (or ``emb_*``) columns, ``FILE_sigma.npy`` the ``sigma_*`` ones when there are any,
+    and ``FILE_ids.npy`` the id of each row (strings as a unicode array). Each file appears
+    whole (a temporary sibling renamed into place). Returns the paths written.
+    """
+    path = Path(path)
+    if table_format(path, EMBEDDING_SUFFIXES) != "npy":
+        return [write_table(frame, path, EMBEDDING_SUFFIXES)]
+    ids = frame.iloc[:, 0].to_numpy()
+    arrays = [(path, frame.filter(regex="^(mu|emb)_").to_numpy(np.float32)),
+              (path.with_name(f"{path.stem}_sigma.npy"), frame.filter(regex="^sigma_").to_numpy(np.float32)),
+              (path.with_name(f"{path.stem}_ids.npy"), ids.astype(str) if ids.dtype == object else ids)]
+    written = []
+    for target, values in arrays:
+        if values.ndim == 2 and not values.shape[1]:
+            continue  # no sigma columns: a point embedding
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, values)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(target)
+    return written

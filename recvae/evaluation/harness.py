@@ -65,6 +65,21 @@ class EvaluationResult:
         """Mean of a metric, e.g. ``result["ndcg@100"]``."""
         return float(self.summary.loc[metric, "mean"])
 
+    def table(self) -> pd.DataFrame:
+        """One row per metric, for people: ``mean ± 95% CI`` as text (``n/a`` when no user counted),
+        the users counted and those excluded (empty targets)."""
+        def cell(mean: float, std_err: float) -> str:
+            if np.isnan(mean):
+                return "n/a"
+            return f"{mean:.4f}" if np.isnan(std_err) else f"{mean:.4f} ± {1.96 * std_err:.4f}"
+
+        table = pd.DataFrame({
+            "mean ± 95% CI": [cell(float(r["mean"]), float(r["std_err"])) for _, r in self.summary.iterrows()],
+            "users": self.summary.get("n_users"), "excluded": self.summary.get("n_excluded"),
+        }, index=self.summary.index)
+        table.index.name = "metric"
+        return table
+
     def __repr__(self) -> str:
         cells = ", ".join(
             f"{m}={row['mean']:.4f}±{row['std_err']:.4f}" for m, row in self.summary.iterrows()

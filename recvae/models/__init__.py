@@ -43,6 +43,10 @@ _HOMES = {
     "load_model": "registry",
     "make_model": "registry",
     "model_names": "registry",
+    "training_shortcuts": "options",
+    "torch_model_names": "options",
+    "parse_param_pairs": "params",
+    "parse_param_value": "params",
 }
 
 __all__ = list(_HOMES)
@@ -71,4 +75,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from recvae.models.rec_vae import RecVAE, RecVAEConfig, RecVAENet
     from recvae.models.joint import JointVAE, JointVAEConfig
     from recvae.models.registry import MODELS, VAE_MODELS, is_vae_model, load_model, make_model, model_names
+    from recvae.models.options import torch_model_names, training_shortcuts
+    from recvae.models.params import parse_param_pairs, parse_param_value
     from recvae.nn.vae import VAE, VAEConfig

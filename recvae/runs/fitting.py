@@ -254,6 +254,15 @@ def resolve_model(model, params, epochs_from, say) -> tuple[str, dict]:
     return str(model or "mult-vae").strip().lower(), params
 
 
+def earlier_model(epochs_from: str | os.PathLike | None) -> str | None:
+    """The registry name of the model an earlier run fitted, which ``Run.fit(epochs_from=...)`` refits
+    when no model is given; None when there is no such run or it cannot be read (fitting names why)."""
+    try:
+        return read_json(Path(epochs_from) / CONFIG_FILE).get("model") if epochs_from else None
+    except (RunError, OSError):
+        return None
+
+
 def make_named(name: str, params: Mapping[str, Any] | None) -> Recommender:
     """The registry's model ``name`` with ``params``; a bad name or parameter is one :class:`RunError` line."""
     try:

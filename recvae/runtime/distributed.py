@@ -267,17 +267,21 @@ def spawn(fn: Callable, nproc: int, *args, device: str = "cpu", threads: int | N
 
 
 def torchrun_command(argv: list[str], nproc: int) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc-per-node N -m recvae <argv>``."""
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m recvae <argv>``, with ``argv``'s own
+    ``--nproc N`` / ``--nproc=N`` dropped: the workers must not launch again."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1; got {nproc}")
+    workers, skip = [], False
+    for arg in argv:
+        if not skip and arg != "--nproc" and not arg.startswith("--nproc="):
+            workers.append(arg)
+        skip = arg == "--nproc" and not skip
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "recvae", *argv]
+            "-m", "recvae", *workers]
 
 
 def launch_torchrun(argv: list[str], nproc: int) -> int:
-    """Re-run ``python -m recvae <argv>`` as ``nproc`` processes under torchrun on this machine.
-
-    For the CLI's ``--nproc N``: pass the arguments without ``--nproc`` (the workers
-    must not launch again). Returns torchrun's exit status.
+    """Re-run ``python -m recvae <argv>`` as ``nproc`` processes under torchrun on this machine
+    (:func:`torchrun_command`; the CLI's ``--nproc N``). Returns torchrun's exit status.
     """
     return subprocess.run(torchrun_command(argv, nproc), check=False).returncode

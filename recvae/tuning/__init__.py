@@ -51,7 +51,8 @@ from recvae.tuning.results import (
     space_edges,
 )
 from recvae.tuning.search import INSTALL_HINT, SAMPLERS, check_optuna, optuna_search
-from recvae.tuning.spaces import Choices, Range, SearchSpaceError, read_search_space, search_space, space_corners
+from recvae.tuning.spaces import (Choices, Range, SearchSpaceError, parse_search_space, read_search_space, search_space,
+                                  space_corners)
 
 __all__ = [
     "GridSearchResult",
@@ -68,6 +69,7 @@ __all__ = [
     "SearchSpaceError",
     "search_space",
     "read_search_space",
+    "parse_search_space",
     "space_corners",
     "grid_edges",
     "space_edges",

@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Range", "Choices", "SearchSpaceError", "search_space", "read_search_space", "space_corners"]
+from recvae.models.params import parse_param_value
+
+__all__ = ["Range", "Choices", "SearchSpaceError", "search_space", "read_search_space", "parse_search_space",
+           "space_corners"]
 
 
 class SearchSpaceError(ValueError):
@@ -173,6 +176,22 @@ def read_search_space(path: str | Path) -> dict[str, Any]:
         search_space(raw)
     except SearchSpaceError as err:
         raise ValueError(f"{path}: {err}") from None
+    return raw
+
+
+def parse_search_space(text: str) -> dict[str, Any]:
+    """A search space written inline, TOML or JSON (``'{lr = {low = 1e-4, high = 3e-3, log = true}}'``), validated.
+
+    Raises ValueError (one line, with an example) when it is not a table or the space is malformed.
+    """
+    raw = parse_param_value(text)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{text!r}: expected a table of parameter -> range or list of choices, e.g. "
+                         "'{lr = {low = 1e-4, high = 3e-3, log = true}, input_dropout = [0.2, 0.5]}'")
+    try:
+        search_space(raw)
+    except SearchSpaceError as err:
+        raise ValueError(f"{text!r}: {err}") from None
     return raw
 
 

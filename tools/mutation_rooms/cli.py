@@ -1,4 +1,5 @@
-"""Bugs planted in the command line (recvae/cli/); tests/test_cli_wiring.py is meant to catch each."""
+"""Bugs planted in the command line (recvae/cli/) and the library code behind its options (training shortcuts,
+embedding files, the CI column); tests/test_cli_wiring.py is meant to catch each."""
 
 CLI = "recvae/cli/"
 T = ("tests/test_cli_wiring.py", "tests/test_cli.py")
@@ -16,9 +17,9 @@ MUTATIONS = [
          old="result = run.evaluate(args.which, ks=args.k, metrics=args.metrics)",
          new='result = run.evaluate("test", ks=args.k, metrics=args.metrics)',
          tests=T, why="evaluate --which validation scores the test users (and prints 'validation')"),
-    dict(name="cli-wiring-ci-half-width", file=CLI + "evaluate.py",
-         old='return f"{mean:.4f} ± {1.96 * se:.4f}"',
-         new='return f"{mean:.4f} ± {se:.4f}"',
+    dict(name="cli-wiring-ci-half-width", file="recvae/evaluation/harness.py",
+         old='f"{mean:.4f} ± {1.96 * std_err:.4f}"',
+         new='f"{mean:.4f} ± {std_err:.4f}"',
          tests=T, why="the column says 95% CI but prints the standard error"),
     dict(name="cli-wiring-run-device", file=CLI + "common.py",
          old="return Run.load(args.run_dir, device=args.device)",
@@ -28,9 +29,9 @@ MUTATIONS = [
          old='print_table(part[["rank", "similar_item_id", "score"]])',
          new='print_table(part[["rank", "item_id", "score"]])',
          tests=T, why="similar prints the query item on every row instead of its neighbours"),
-    dict(name="cli-rows-embed-npy-ids", file=CLI + "recommend.py",
-         old="ids = frame[id_column].to_numpy()",
-         new="ids = np.sort(frame[id_column].to_numpy())",
+    dict(name="cli-rows-embed-npy-ids", file="recvae/data/tables.py",
+         old="ids = frame.iloc[:, 0].to_numpy()",
+         new="ids = np.sort(frame.iloc[:, 0].to_numpy())",
          tests=T, why="embed --output X.npy writes sorted ids beside rows in request order: rows and ids misaligned"),
     dict(name="cli-boundary-recommend-k", file=CLI + "recommend.py",
          old='    if args.k < 1:\n        fail(f"-k {args.k}: ask for at least one item")\n    if args.all_users',
@@ -40,8 +41,8 @@ MUTATIONS = [
          old="micro_batching=not args.no_batching",
          new="micro_batching=args.no_batching",
          tests=T, why="serve --no-batching turns micro-batching on (and its absence off)"),
-    dict(name="cli-all-to-any-torch-only-flags", file=CLI + "train.py",
-         old="        for flag, value in torch_only.items():\n",
-         new="        for flag, value in list(torch_only.items())[:1]:\n",
+    dict(name="cli-all-to-any-torch-only-flags", file="recvae/models/options.py",
+         old="        for option in _TORCH_ONLY:\n",
+         new="        for option in _TORCH_ONLY[:1]:\n",
          tests=T, why="only --epochs is refused for a baseline; --likelihood/--anneal/--beta-cap/--device are ignored"),
 ]

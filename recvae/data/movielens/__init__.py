@@ -32,8 +32,7 @@ The package's rooms:
 """
 
 from recvae.data.movielens.download import ChecksumMismatchError, DatasetUnavailableError, download_movielens
-from recvae.data.movielens.load import _candidates  # noqa: F401 - recvae.cli's `datasets` imports it from here
-from recvae.data.movielens.load import load_movielens, read_movielens, read_movielens_file
+from recvae.data.movielens.load import cache_status, load_movielens, read_movielens, read_movielens_file
 from recvae.data.movielens.readers import read_dat, read_ml100k, read_ratings_csv
 from recvae.data.movielens.registry import MOVIELENS, MovieLensSpec
 
@@ -49,4 +48,5 @@ __all__ = [
     "download_movielens",
     "read_movielens_file",
     "load_movielens",
+    "cache_status",
 ]

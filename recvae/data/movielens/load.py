@@ -17,7 +17,7 @@ from recvae.data.sniff import read_zipped_ratings, sniff_file
 
 logger = logging.getLogger(__package__)  # the package's logger, "recvae.data.movielens"
 
-__all__ = ["read_movielens", "read_movielens_file", "load_movielens"]
+__all__ = ["read_movielens", "read_movielens_file", "load_movielens", "cache_status"]
 
 
 def _candidates(spec: MovieLensSpec, data_dir: Path) -> list[Path]:
@@ -28,6 +28,19 @@ def _candidates(spec: MovieLensSpec, data_dir: Path) -> list[Path]:
             if q not in paths:
                 paths.append(q)
     return paths
+
+
+def cache_status(name: str | MovieLensSpec, data_dir: str | os.PathLike[str] = "data") -> str:
+    """Where a release stands in the cache ``data_dir``: its ratings file, its zip (extracted on first use),
+    or not cached (downloaded on first use)."""
+    spec = _resolve(name)
+    data_dir = Path(data_dir)
+    cached = next((p for p in _candidates(spec, data_dir) if p.is_file()), None)
+    if cached is not None:
+        return f"cached: {cached}"
+    if (data_dir / spec.zip_name).is_file():
+        return f"zip cached: {data_dir / spec.zip_name} (extracted on first use)"
+    return "not cached (downloaded on first use)"
 
 
 def read_movielens(
