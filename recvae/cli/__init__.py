@@ -64,6 +64,9 @@ def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.ERROR if args.quiet else (logging.DEBUG if args.verbose > 1 else
                                               logging.INFO if args.verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    if level == logging.WARNING and not getattr(args, "no_progress", False) and not sys.stderr.isatty():
+        # No progress bar off a terminal (a scheduler, nohup, a pipe): each epoch's line stands in for it.
+        logging.getLogger("recvae.training.history").setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:

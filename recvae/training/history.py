@@ -13,13 +13,30 @@ from recvae.training.config import EpochCallback, TrainingConfig
 
 logger = logging.getLogger(__name__)
 
-__all__: list[str] = []
+__all__ = ["epoch_line"]
 
 
 def new_state() -> dict:
     """A run's bookkeeping before its first epoch (a resumed run then loads the checkpoint's)."""
     return {"epoch": 0, "step": 0, "history": [], "best_state": None, "best_epoch": None,
             "best_score": None, "best_beta": None, "since_best": 0, "stopped_early": False}
+
+
+def epoch_line(row: dict, epochs: int, eval_k: int) -> str:
+    """One epoch as a log line for unattended jobs: loss, beta, the validation metric, seconds and an ETA
+    (this epoch's seconds times the epochs left; early stopping may end sooner)."""
+    seconds = row.get("train_seconds", 0.0) + row.get("eval_seconds", 0.0)
+    score = row.get(f"val_ndcg@{eval_k}")
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}", f"beta {row['beta']:.3f}",
+             f"val ndcg@{eval_k} {score:.4f}" if score is not None else None, f"{seconds:.1f} s",
+             f"eta {_duration(seconds * (epochs - row['epoch']))}" if row["epoch"] < epochs else None]
+    return ", ".join(p for p in parts if p)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _end_epoch(state: dict, epoch: int, row: dict, postfix: dict, bar, config: TrainingConfig, is_main: bool,
@@ -33,6 +50,8 @@ def _end_epoch(state: dict, epoch: int, row: dict, postfix: dict, bar, config: T
     state["epoch"] = epoch
     bar.set_postfix(postfix, refresh=False)
     bar.set_description(f"epoch {epoch}/{config.epochs}")
+    if is_main and bar.disable and config.progress:
+        logger.info("%s", epoch_line(row, config.epochs, config.eval_k))  # no bar (not a terminal): one line instead
     if config.history_csv and is_main:
         pd.DataFrame(state["history"]).to_csv(config.history_csv, index=False)
     if config.checkpoint and is_main:

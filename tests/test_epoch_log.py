@@ -1,0 +1,81 @@
+"""Unattended jobs see every epoch: with no progress bar (stderr not a terminal) each epoch is one log line."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+from recvae.cli import main
+from recvae.data import SyntheticConfig, strong_generalization, synthetic_interactions
+from recvae.models import VAE, AnnealConfig, VAEConfig
+from recvae.models.rec_vae import RecVAEConfig, RecVAENet, train_recvae
+from recvae.training import TrainingConfig, train_vae
+from recvae.training.history import epoch_line
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+LOGGER = "recvae.training.history"
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def split():
+    return strong_generalization(synthetic_interactions(SyntheticConfig(n_users=120, n_items=40, seed=3)), 15)
+
+
+def _config(progress: bool) -> TrainingConfig:
+    return TrainingConfig(epochs=3, batch_size=40, lr=1e-2, progress=progress, seed=0, device="cpu", eval_k=10,
+                          precision="fp32", anneal=AnnealConfig(kind="constant", cap=0.2))
+
+
+@pytest.mark.parametrize("loop", ["mult-vae", "recvae"])
+def test_every_epoch_is_a_line_when_no_bar_shows(split, caplog, loop):
+    torch.manual_seed(0)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    if loop == "mult-vae":
+        result = train_vae(VAE(split.n_items, VAEConfig(hidden_dims=(8,), latent_dim=4)), split.train,
+                           split.validation, _config(progress=True), CPU)
+    else:
+        net = RecVAENet(split.n_items, RecVAEConfig(hidden_dim=8, n_layers=2, latent_dim=4, encoder_epochs=1,
+                                                    decoder_epochs=1))
+        result = train_recvae(net, split.train, split.validation, _config(progress=True), CPU)
+    lines = [r.getMessage() for r in caplog.records if r.name == LOGGER and r.getMessage().startswith("epoch ")]
+    assert [line.split(",")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    history = result.history
+    for line, (_, row) in zip(lines, history.iterrows()):
+        assert f"loss {row['loss']:.4f}" in line and f"beta {row['beta']:.3f}" in line
+        assert f"val ndcg@10 {row['val_ndcg@10']:.4f}" in line
+    assert ", eta " in lines[0] and ", eta " not in lines[-1]  # nothing left after the last epoch
+
+
+def test_no_lines_when_progress_is_off(split, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    train_vae(VAE(split.n_items, VAEConfig(hidden_dims=(8,), latent_dim=4)), split.train, split.validation,
+              _config(progress=False), CPU)
+    assert not [r for r in caplog.records if r.name == LOGGER and r.getMessage().startswith("epoch ")]
+
+
+def test_epoch_line_by_hand():
+    row = {"epoch": 2, "loss": 1.23456, "beta": 0.1, "val_ndcg@100": 0.25, "train_seconds": 50.0,
+           "eval_seconds": 10.0}
+    assert epoch_line(row, 10, 100) == "epoch 2/10, loss 1.2346, beta 0.100, val ndcg@100 0.2500, 60.0 s, eta 8m00s"
+    unvalidated = {"epoch": 10, "loss": 1.0, "beta": 0.2, "train_seconds": 4000.0}
+    assert epoch_line(unvalidated, 10, 100) == "epoch 10/10, loss 1.0000, beta 0.200, 4000.0 s"
+    assert epoch_line({**unvalidated, "epoch": 1}, 10, 100).endswith("eta 10h00m")
+
+
+def test_train_command_logs_epochs_off_a_terminal(tmp_path, capsys):
+    rows = [(u, i, 5.0) for u in range(60) for i in range(30) if (u * 7 + i * 3) % 5 < 2]
+    pd.DataFrame(rows, columns=["user", "item", "rating"]).to_csv(tmp_path / "log.csv", index=False)
+    args = ["train", str(tmp_path / "log.csv"), "-o", str(tmp_path / "run"), "--epochs", "2", "--param",
+            "latent_dim=4", "--param", "hidden_dims=[8]", "--heldout-users", "6"]
+    assert main(args) == 0
+    err = capsys.readouterr().err  # captured: not a terminal, as under a scheduler or nohup
+    assert re.search(r"epoch 1/2, loss [\d.]+, beta", err) and "epoch 2/2" in err
+    assert main([*args[:3], str(tmp_path / "quiet"), *args[4:], "--no-progress"]) == 0
+    assert "epoch 1/2" not in capsys.readouterr().err
+    logging.getLogger(LOGGER).setLevel(logging.NOTSET)  # main() raised it for this process
