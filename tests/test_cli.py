@@ -279,7 +279,8 @@ def test_param_values_are_toml_or_json_literals():
     assert parse_params(["latent_dim=8", "anneal={kind='auto'}"]) == {"latent_dim": 8, "anneal": {"kind": "auto"}}
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "recommend", "embed", "datasets", "experiment", "demo"])
+@pytest.mark.parametrize("command", ["train", "tune", "evaluate", "recommend", "embed", "similar", "info", "datasets",
+                                     "experiment", "demo", "serve", "export", "models"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (info.add_demo, train.add_train, evaluate.add_evaluate, recommend.add_recommend, recommend.add_embed,
                 recommend.add_similar, info.add_info, serve.add_export, info.add_datasets, evaluate.add_experiment,
-                serve.add_serve, train.add_tune):
+                serve.add_serve, train.add_tune, info.add_models):
         add(sub, common)
     return parser
 

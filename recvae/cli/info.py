@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from recvae.cli.common import add_run_dir, fail, load_run, subparser
+from recvae.cli.common import add_run_dir, fail, load_run, one_line, subparser
 
 
 def add_demo(sub, common) -> None:
@@ -38,6 +38,38 @@ def add_datasets(sub, common) -> None:
     p.add_argument("--data-dir", metavar="DIR", default="data", help="the download cache (default ./data)")
     p.add_argument("--shared", metavar="DIR", help="also list the data files found under DIR")
     p.set_defaults(handler=run_datasets)
+
+
+def add_models(sub, common) -> None:
+    p = subparser(sub, common, "models", "list the models, or one model's hyper-parameters",
+                  "Without NAME: every model 'recvae train --model' accepts. With NAME: its hyper-parameters\n"
+                  "(recvae.models.describe.model_parameters), each with its type, default and one line; set\n"
+                  "them with --param KEY=VALUE.\n\nexample:\n  recvae models mult-vae")
+    p.add_argument("name", metavar="NAME", nargs="?", help="a model name, e.g. mult-vae, ease, als")
+    p.set_defaults(handler=run_models)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """``recvae models [NAME]``: :func:`~recvae.models.describe.model_summary` or :func:`model_parameters`."""
+    import textwrap
+
+    from recvae.models.describe import model_parameters, model_summary
+
+    if args.name is None:
+        for row in model_summary().itertuples(index=False):
+            print(f"{row.model:<12} {row.parameters:>3} parameters  {row.about}")
+        print("\n'recvae models NAME' lists a model's hyper-parameters.")
+        return 0
+    try:
+        table = model_parameters(args.name)
+    except KeyError as err:
+        fail(f"NAME {args.name!r}: {one_line(err)}")
+    print(f"{args.name.strip().lower()}: {len(table)} hyper-parameters (--param KEY=VALUE)")
+    for row in table.itertuples(index=False):
+        print(f"\n  {row.parameter} ({row.type or 'any'}; default {row.default})")
+        if row.help:
+            print(textwrap.fill(row.help, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

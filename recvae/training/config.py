@@ -53,6 +53,7 @@ class TrainingConfig:
             half is untrained, is not cut off inside the dip).
         eval_k: validation metric is NDCG@eval_k.
         eval_every: validate every this many epochs.
+        eval_batch_size: validation users scored at once (memory: eval_batch_size x items scores).
         seed: seeds initialisation, shuffling, dropout and noise (data-parallel:
             every rank shuffles alike; dropout and noise streams differ per rank).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
@@ -64,6 +65,7 @@ class TrainingConfig:
         history_csv: write the per-epoch history there after each epoch.
         checkpoint: a file written (atomically) after each epoch; with
             ``resume=True`` training continues from it when it exists.
+        resume: continue from ``checkpoint`` when it exists (a killed run picks up where it stopped).
         sparse_item_updates: give the item matrices sparse gradients and a lazy
             Adam (``torch.optim.SparseAdam``: only the rows of the batch's items
             move, and only their moments are updated), so the optimizer step
