@@ -327,11 +327,13 @@ def test_cli_tune_end_to_end(log_csv, tmp_path, capsys):
                  "--trials", "4", "--heldout-users", "30", "-o", str(out), "-q"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "Best parameters (validation ndcg@80" in printed and f"Trials written to {out}" in printed
+    assert "Best parameters (validation ndcg@80" in printed and f"written to {out}" in printed
     best = json.loads(printed.split(": ", 1)[1].split("\n")[0].split(" [")[0])
     trials = pd.read_csv(out)
     assert len(trials) == 4 and set(trials["state"]) == {"complete"}
     assert math.isclose(best["l2"], trials.loc[trials["ndcg@80"].idxmax(), "l2"])
+    chosen = json.loads((tmp_path / "trials.best.json").read_text())  # the older table form: STEM.best.json beside it
+    assert chosen["model"] == "ease" and math.isclose(chosen["params"]["l2"], best["l2"])
 
     space = tmp_path / "space.toml"
     space.write_text("[search]\nl2 = [10.0, 100.0]\n")

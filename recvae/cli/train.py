@@ -56,9 +56,13 @@ def add_train(sub, common) -> None:
     g.add_argument("--beta-cap", metavar="X", type=float, help="largest KL weight beta of mult-vae (default 0.2)")
     g.add_argument("--epochs", metavar="N", type=int,
                    help="training epochs of the torch models (baselines: --param iterations=N for als/bpr)")
-    g.add_argument("--epochs-from", metavar="RUN",
-                   help="an earlier run on held-out users: train for its best epoch, with its model and "
-                        "parameters unless given (the refit on every user after tuning)")
+    g.add_argument("--epochs-from", metavar="DIR",
+                   help="an earlier run or tuning ('recvae tune -o DIR') on held-out users: train for its best "
+                        "epoch, with its model and parameters unless given and its KL schedule up to that epoch "
+                        "(the refit on every user after tuning)")
+    g.add_argument("--params-from", metavar="DIR",
+                   help="take the model and parameters (not the epochs) of a tuning directory or a run; "
+                        "--model and --param override them")
     g.add_argument("--device", metavar="D", help="torch models: auto, cpu, cuda, cuda:1 ... (default auto)")
     g.add_argument("--seed", metavar="S", type=int,
                    help=f"seeds the model and the split (default: the model's own seed, {LIANG_SEED} for the split)")
@@ -150,7 +154,8 @@ def run_train(args: argparse.Namespace) -> int:
         return launch_torchrun(args.argv, args.nproc)
     say = reporter(args)
     run = Run.fit(
-        log_spec(args), model=args.model and name, params=params, split=split_spec(args, args.seed),
+        log_spec(args), model=(args.model or args.params_from) and name, params=params,
+        split=split_spec(args, args.seed),
         output=args.output and RunOutput(args.output, overwrite=args.overwrite, resume=args.resume,
                                          checkpoint=not args.no_checkpoint, command_line=args.argv),
         epochs_from=args.epochs_from, evaluate="validation" if args.no_test else True, report=say,
@@ -167,9 +172,12 @@ def model_params(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     (:func:`recvae.models.options.training_shortcuts`); a shortcut that repeats a ``--param`` is refused."""
     from recvae.models.options import training_shortcuts
     from recvae.runs.fitting import earlier_model
+    from recvae.runs.refit import tuned_params
 
-    name = str(args.model or earlier_model(getattr(args, "epochs_from", None)) or "mult-vae").strip().lower()
-    params = parse_params(args.param)
+    tuned_model, params = tuned_params(args.params_from) if getattr(args, "params_from", None) else (None, {})
+    name = str(args.model or tuned_model or earlier_model(getattr(args, "epochs_from", None)) or "mult-vae")
+    name = name.strip().lower()
+    params = {**params, **parse_params(args.param)}
     try:
         shortcuts = training_shortcuts(
             name, epochs=args.epochs, likelihood=args.likelihood, anneal=args.anneal, beta_cap=args.beta_cap,
@@ -191,19 +199,22 @@ def add_tune(sub, common) -> None:
         "validation users (recvae.runs.tune; needs pip install \"recvae[tune]\"): TPE or random\n"
         "search for --trials trials; a torch trial whose per-epoch validation NDCG falls below\n"
         "the median of earlier trials at that epoch is pruned. Prints the best parameters and\n"
-        "writes every trial (parameters, state, validation score, epochs, seconds) to -o FILE.\n\n"
+        "writes every trial (parameters, state, validation score, epochs, seconds) and the chosen\n"
+        "parameters to -o DIR ('recvae train --epochs-from DIR' refits them on every user).\n\n"
         "A search space maps parameter names to a range {low, high} (ints when both are ints;\n"
         "optional log = true, or step = N) or to a list of choices, in TOML or JSON.\n\n"
         "examples:\n"
         "  recvae tune ratings.csv --model ease --search '{l2 = {low = 10.0, high = 1e4, log = true}}' \\\n"
-        "      --trials 20 -o ease_trials.csv\n"
+        "      --trials 20 -o runs/ease-tune\n"
         "  recvae tune ratings.csv --model mult-vae --search-file space.toml --trials 30 --param epochs=50 \\\n"
-        "      --sampler random --timeout 3600 -o vae_trials.csv",
+        "      --sampler random --timeout 3600 -o runs/vae-tune",
     )
     p.add_argument("data", metavar="DATA",
                    help="a log (CSV/TSV/Parquet, plain or .gz; MovieLens files) or a MovieLens name such as ml-1m")
-    p.add_argument("-o", "--output", metavar="FILE", required=True,
-                   help="the trials table to write (.csv, .parquet, .json, .jsonl)")
+    p.add_argument("-o", "--output", metavar="DIR", required=True,
+                   help="a directory for trials.csv (every trial) and best.json (the chosen model, parameters, "
+                        "epoch and beta: 'recvae train --epochs-from DIR' refits it); a .csv/.parquet/.json/.jsonl "
+                        "path writes the trials there and STEM.best.json beside it")
     g = p.add_argument_group("search")
     g.add_argument("--model", metavar="NAME", default="mult-vae",
                    help=f"a model registry name: {', '.join(MODEL_NAMES)} (default mult-vae)")
@@ -255,5 +266,6 @@ def run_tune(args: argparse.Namespace) -> int:
     over = f", mean over {args.seeds} seeds of {args.finalists} finalists" if args.finalists > 1 else ""
     print(f"Best parameters (validation {result.metric} {result.best_score:.4f}{over}): "
           f"{json.dumps(result.best_params, default=str)}" + (f" [{edge}]" if edge else ""))
-    print(f"Trials written to {args.output}")
+    print(f"Trials and the chosen parameters written to {args.output}; refit on every user with: recvae train "
+          f"{args.data} -o RUN --heldout-users 0 --epochs-from {args.output}")
     return 0

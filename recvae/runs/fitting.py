@@ -42,6 +42,7 @@ from recvae.runs.directory import (
     write_run,
 )
 from recvae.runs.errors import RunError, one_line
+from recvae.runs.refit import best_record, carried_anneal, earlier_record
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ def describe(estimator: Recommender, model_name: str, params: dict, raw_log: Int
         "seed": split_spec.seed,
         "epochs_from": None if epochs_from is None else os.fspath(epochs_from),
         "best_epoch": _best_epoch(estimator),
+        **{k: v for k, v in best_record(model_name, params, estimator, metric="", score=0.0).items()
+           if k in ("best_beta", "steps_per_epoch")},
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -236,9 +239,8 @@ def resolve_model(model, params, epochs_from, say) -> tuple[str, dict]:
         name = next((n for n, c in MODELS.items() if type(model) is c), type(model).__name__.lower())
         return name, params
     if epochs_from is not None:
-        earlier = read_json(Path(epochs_from) / CONFIG_FILE) if Path(epochs_from).is_dir() else None
-        if earlier is None:
-            raise RunError(f"epochs_from {epochs_from}: not a run directory written by 'recvae train'")
+        earlier = earlier_record(epochs_from)
+        given_anneal = "anneal" in params
         best = earlier.get("best_epoch")
         if best is None:
             raise RunError(f"epochs_from {epochs_from}: that run has no best epoch (not a torch model, or it had "
@@ -251,6 +253,12 @@ def resolve_model(model, params, epochs_from, say) -> tuple[str, dict]:
             raise RunError("give epochs (params['epochs'], --epochs) or epochs_from, not both")
         params["epochs"] = int(best)
         say(f"epochs: {params['epochs']}, the best epoch of {epochs_from}")
+        if not given_anneal and str(model).strip().lower() == earlier.get("model"):
+            anneal, carried = carried_anneal(earlier, params["epochs"])
+            if anneal is not None:
+                params["anneal"] = anneal
+            if carried:
+                say(carried)
     return str(model or "mult-vae").strip().lower(), params
 
 
@@ -258,7 +266,7 @@ def earlier_model(epochs_from: str | os.PathLike | None) -> str | None:
     """The registry name of the model an earlier run fitted, which ``Run.fit(epochs_from=...)`` refits
     when no model is given; None when there is no such run or it cannot be read (fitting names why)."""
     try:
-        return read_json(Path(epochs_from) / CONFIG_FILE).get("model") if epochs_from else None
+        return earlier_record(epochs_from).get("model") if epochs_from else None
     except (RunError, OSError):
         return None
 

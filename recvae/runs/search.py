@@ -19,6 +19,7 @@ from recvae.models.mult_vae import TorchVAERecommender
 from recvae.models.registry import MODELS
 from recvae.runs.errors import RunError
 from recvae.runs.fitting import as_split_spec, legacy_options, lower_eval_k, make_named, read_and_split
+from recvae.runs.refit import best_record, tuning_outputs, write_best
 from recvae.tuning import (
     SearchResult,
     check_finalist_counts,
@@ -71,8 +72,10 @@ def tune(
             BPR), the best ``finalists`` trials are each fit with ``seeds`` seeds and the
             best validation mean over seeds wins (:func:`recvae.tuning.reselect_over_seeds`);
             the result's ``finalists`` table lists them.
-        output: write the trials table there (``.csv``, ``.parquet``, ``.json``,
-            ``.jsonl``; checked before any work).
+        output: a directory for ``trials.csv`` (every trial) and ``best.json`` (the chosen model,
+            parameters, epoch and beta: ``Run.fit(epochs_from=DIR)`` refits exactly that), or a
+            table path (``.csv``, ``.parquet``, ``.json``, ``.jsonl``) for the trials with
+            ``STEM.best.json`` beside it; checked before any work.
         progress: show the bar over trials (None: on a terminal only).
         report: called with each line worth showing a user (default: logged at INFO).
         deprecated: recvae 0.1's flat keywords (``heldout_users``, ``split_seed``,
@@ -88,8 +91,9 @@ def tune(
     log, split, _, params, _ = legacy_options("tune", deprecated, log=log, split=split, output=None, params=params,
                                               split_seed_name="split_seed")
     say = report or logger.info
-    if output is not None:
-        check_table_output(output)
+    outputs = None if output is None else tuning_outputs(output)
+    if outputs is not None:
+        check_table_output(outputs[0])
     split_spec = as_split_spec(split)
     if split_spec.every_user:
         raise RunError("tuning scores trials on validation users: heldout_users (--heldout-users) must be above 0")
@@ -111,8 +115,12 @@ def tune(
         f"{result.best_score:.4f} with {result.best_params}" + (f" ({edge})" if edge else ""))
     if finalists > 1:
         result = _rescore_finalists(result, make, the_split, metric, finalists, seeds, progress, say)
-    if output is not None:
-        write_table(result.trials, output)
+    if outputs is not None:
+        write_table(result.trials, outputs[0])
+        write_best(outputs[1], best_record(name, {**fixed, **result.best_params}, result.best_model, metric=metric,
+                                           score=result.best_score))
+        say(f"trials written to {outputs[0]}; the chosen parameters to {outputs[1]} (refit on every user: "
+            f"Run.fit(..., split=SplitSpec(heldout_users=0), epochs_from={str(output)!r}))")
     return result
 
 
