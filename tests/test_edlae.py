@@ -95,13 +95,13 @@ def test_dropout_changes_the_weights_as_a_popularity_scaled_penalty(split):
 
 # ----------------------------------------------------------------------------- parameters
 @pytest.mark.parametrize("params, error, match", [
-    ({"dropout": 1.0}, ValueError, "dropout must be < 1"),
-    ({"dropout": 1.5}, ValueError, "dropout must be < 1"),
-    ({"dropout": -0.1}, ValueError, "dropout must be >= 0"),
-    ({"l2": -1.0}, ValueError, "l2 must be >= 0"),
+    ({"dropout": 1.0}, ValueError, r"dropout=1\.0: expected a number in \[0, 1\)"),
+    ({"dropout": 1.5}, ValueError, r"dropout=1\.5: expected a number in \[0, 1\)"),
+    ({"dropout": -0.1}, ValueError, r"dropout=-0\.1: expected a number in \[0, 1\)"),
+    ({"l2": -1.0}, ValueError, "l2=-1.0: expected a finite number >= 0"),
     ({"l2": 0.0, "dropout": 0.0}, ValueError, "l2 must be > 0 when dropout is 0"),
-    ({"l2": "big"}, TypeError, "l2 must be a finite number"),
-    ({"dropout": float("nan")}, TypeError, "dropout must be a finite number"),
+    ({"l2": "big"}, TypeError, "l2='big': expected a finite number >= 0"),
+    ({"dropout": float("nan")}, TypeError, r"dropout=nan: expected a number in \[0, 1\)"),
 ])
 def test_invalid_parameters_are_refused(params, error, match):
     full = {"l2": 10.0, "dropout": 0.25, **params}

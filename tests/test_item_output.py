@@ -244,13 +244,13 @@ def test_popularity_sampler_draws_in_proportion_to_counts_to_the_power():
 
 # ---------------------------------------------------------------------- settings
 @pytest.mark.parametrize("settings, message", [
-    ({"item_chunk": 0}, "item_chunk must be a positive integer"),
-    ({"sampled_softmax": 0}, "sampled_softmax must be a positive"),
+    ({"item_chunk": 0}, "item_chunk=0: expected an integer >= 1 or None"),
+    ({"sampled_softmax": 0}, "sampled_softmax=0: expected an integer >= 1 or None"),
     ({"sampled_softmax": 100, "likelihood": "bernoulli"}, "sampled_softmax needs the multinomial"),
     ({"item_chunk": 100, "likelihood": "gaussian_learned"}, "item_chunk supports the multinomial"),
     ({"item_chunk": 100, "sampled_softmax": 100}, "alternatives"),
-    ({"sampled_softmax": 100, "negative_sampler": "zipf"}, "negative_sampler must be one of"),
-    ({"negative_power": -1.0}, "negative_power must be >= 0"),
+    ({"sampled_softmax": 100, "negative_sampler": "zipf"}, "negative_sampler='zipf': expected one of 'uniform', 'popularity'"),
+    ({"negative_power": -1.0}, "negative_power=-1.0: expected a finite number >= 0"),
 ])
 def test_bad_settings_raise_one_line_errors(settings, message):
     for config in (VAEConfig, RecVAEConfig):
@@ -427,7 +427,7 @@ def test_lazy_adam_refuses_dense_gradients():
 def test_item_moments_settings_are_checked():
     with pytest.raises(ValueError, match="set sparse_item_updates=True with it"):
         TrainingConfig(item_moments="bf16")
-    with pytest.raises(ValueError, match="item_moments must be one of fp32, bf16"):
+    with pytest.raises(ValueError, match="item_moments='fp16': expected one of 'fp32', 'bf16'"):
         TrainingConfig(sparse_item_updates=True, item_moments="fp16")
 
 

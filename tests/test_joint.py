@@ -139,14 +139,14 @@ def test_registry_and_flat_params():
 
 
 @pytest.mark.parametrize("bad, needle", [
-    ({"paths": "neither"}, "paths must be one of"),
-    ({"linear_init": "random"}, "linear_init must be one of"),
-    ({"linear_dropout": 1.0}, "linear_dropout must lie in"),
-    ({"linear_l2": -1.0}, "linear_l2 must be >= 0"),
+    ({"paths": "neither"}, "paths='neither': expected one of 'both'"),
+    ({"linear_init": "random"}, "linear_init='random': expected one of"),
+    ({"linear_dropout": 1.0}, r"linear_dropout=1\.0: expected a number in \[0, 1\)"),
+    ({"linear_l2": -1.0}, "linear_l2=-1.0: expected a finite number >= 0"),
     ({"linear_init": "zeros"}, "set train_linear=True"),
     ({"likelihood": "gaussian_learned"}, "one output per item"),
-    ({"linear_scale": 0.0}, "linear_scale must be positive"),
-    ({"linear_input_dropout": -0.1}, "linear_input_dropout must lie in"),
+    ({"linear_scale": 0.0}, "linear_scale=0.0: expected a finite number > 0"),
+    ({"linear_input_dropout": -0.1}, r"linear_input_dropout=-0\.1: expected a number in \[0, 1\)"),
     ({"vae_loss_weight": 0.0}, "leaves the VAE untrained"),
 ])
 def test_bad_config_is_refused_in_one_line(bad, needle):

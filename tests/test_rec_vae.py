@@ -242,7 +242,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path, small, split):
         RecVAEConfig(beta=0.2)
     with pytest.raises(ValueError, match="prior_weights"):
         RecVAEConfig(prior_weights=(0.5, 0.5, 0.5))
-    with pytest.raises(ValueError, match="unknown likelihood"):
+    with pytest.raises(ValueError, match="likelihood='poisson': expected one of"):
         RecVAEConfig(likelihood="poisson")
     with pytest.raises(ValueError, match="encoder_epochs"):
         RecVAEConfig(encoder_epochs=0)

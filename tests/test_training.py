@@ -241,7 +241,7 @@ def test_patience_does_not_stop_before_min_epochs(split):
     result, scorer = scripted_run(_net(split.n_items), train_vae, split, cfg)
     assert list(result.history["epoch"]) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert result.stopped_early and result.best_epoch == 7
-    with pytest.raises(ValueError, match="min_epochs must be an integer >= 0"):
+    with pytest.raises(ValueError, match="min_epochs=-1: expected an integer >= 0"):
         dataclasses.replace(BASE, min_epochs=-1)
 
 
@@ -281,7 +281,7 @@ def test_auto_precision_picks_bf16_only_where_the_hardware_has_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_precision("auto", cuda) == "fp32"
     assert TrainingConfig().precision == "auto" and set(PRECISIONS) == {"auto", "fp32", "bf16"}
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="precision='fp16': expected one of 'auto', 'fp32', 'bf16'"):
         TrainingConfig(precision="fp16")
 
 

@@ -174,7 +174,7 @@ def test_bad_inputs_raise_clear_errors(fitted, split):
         fitted.score([[1, 0]])
     with pytest.raises(TypeError, match="Split, an Interactions"):
         MultVAE().fit("ratings.csv")
-    with pytest.raises(ValueError, match="unknown likelihood"):
+    with pytest.raises(ValueError, match="likelihood='poisson': expected one of"):
         VAEConfig(likelihood="poisson")
 
 

@@ -295,6 +295,7 @@ def run_experiment(config_path: str | Path, *, output_dir: str | Path | None = N
     data = load_dataset(config)
     split = make_split(data, config.split)
     say(f"{config.name}: {config.dataset.describe()}\n{data.report or data}\n{split}")
+    config.check_cutoffs(split.n_items)
 
     wanted = [*config.metrics, config.select_by]
     if config.published is not None:

@@ -21,6 +21,7 @@ _HOMES = {
     "Popularity": "baselines",
     "load_baseline": "baselines",
     "NotFittedError": "base",
+    "HyperParameterError": "recvae.nn.hyperparams",
     "Recommendations": "base",
     "Recommender": "base",
     "UserEmbeddings": "base",
@@ -67,6 +68,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from recvae.nn.annealing import AnnealConfig
+    from recvae.nn.hyperparams import HyperParameterError
     from recvae.models.base import NotFittedError, Recommendations, Recommender, UserEmbeddings
     from recvae.models.baselines import ALS, BPR, EASE, EDLAE, ItemKNN, Popularity, SparseEASE, load_baseline
     from recvae.models.hybrid import Blend

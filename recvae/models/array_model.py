@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recvae.nn import hyperparams
 from recvae.models.base import Recommender, as_user_rows, ids_from_array, ids_to_array, training_inputs
 from recvae.models.files import MODEL_FIX, ModelFileError, read_npz_arrays
 
@@ -35,12 +36,14 @@ def training_matrix(train, validation=None) -> tuple[sp.csr_matrix, np.ndarray |
     return matrix, item_ids
 
 
-def check_number(name: str, value: Any, *, minimum: float, integer: bool = False, strict: bool = False) -> None:
-    kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kind) or not np.isfinite(value):
-        raise TypeError(f"{name} must be a finite {'integer' if integer else 'number'}; got {value!r}")
-    if value < minimum or (strict and value == minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}; got {value!r}")
+def check_number(name: str, value: Any, *, minimum: float, integer: bool = False, strict: bool = False) -> float:
+    """A baseline's numeric hyper-parameter, checked as every model's are (:mod:`recvae.nn.hyperparams`):
+    finite, not a bool, ``>= minimum`` (``> minimum`` when ``strict``), an integer when ``integer``
+    (integral floats accepted). Returns it as an int or a float; raises ``HyperParameterError``
+    (a ``ValueError`` and a ``TypeError``) naming it and the value."""
+    if integer:
+        return hyperparams.integer(name, value, minimum=int(minimum) + (1 if strict else 0))
+    return hyperparams.number(name, value, minimum=minimum, low_open=strict)
 
 
 @contextlib.contextmanager

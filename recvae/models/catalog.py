@@ -15,6 +15,7 @@ from recvae.models.files import ModelFileError, check_model_file, check_vae_payl
 from recvae.models.mult_vae import MultDAE, MultVAE, TorchVAERecommender
 from recvae.models.joint import JointVAE
 from recvae.models.rec_vae import RecVAE
+from recvae.nn.hyperparams import HyperParameterError
 
 __all__ = ["SINGLE_MODELS", "make_single_model", "load_model_file"]
 
@@ -36,12 +37,21 @@ SINGLE_MODELS: dict[str, type[Recommender]] = {
 
 def make_single_model(name: str, params: dict[str, Any] | None = None,
                       models: dict[str, type[Recommender]] = SINGLE_MODELS) -> Recommender:
-    """An unfitted model from its name and flat keyword parameters (``TypeError`` names unknown ones)."""
+    """An unfitted model from its name and flat keyword parameters, every one checked now.
+
+    Raises:
+        KeyError: an unknown model name.
+        TypeError: an unknown parameter (named).
+        HyperParameterError: a parameter's value of the wrong type, range or shape (a ``ValueError``
+            and a ``TypeError``), in one line naming it, the value and what is allowed.
+    """
     key = str(name).strip().lower()
     if key not in models:
         raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(models)}")
     try:
         return models[key](**dict(params or {}))
+    except HyperParameterError:
+        raise  # already one line naming the parameter and its value
     except TypeError as err:
         raise TypeError(f"bad parameters for model {name!r}: {err}") from None
 

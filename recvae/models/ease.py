@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from recvae.models.array_model import ArrayRecommender, check_number, training_matrix
+from recvae.nn import hyperparams
 
 logger = logging.getLogger(__name__)
 
@@ -237,9 +238,7 @@ class EDLAE(EASE):
 
 def _check_edlae_params(l2: float, dropout: float) -> None:
     check_number("l2", l2, minimum=0.0)
-    check_number("dropout", dropout, minimum=0.0)
-    if dropout >= 1.0:
-        raise ValueError(f"dropout must be < 1 (a dropout probability in [0, 1)); got {dropout!r}")
+    hyperparams.DROPOUT("dropout", dropout)
     if l2 == 0 and dropout == 0:
         raise ValueError("l2 must be > 0 when dropout is 0 (EASE's ridge); got l2=0, dropout=0")
 

@@ -42,6 +42,8 @@ from recvae.models.base import NotFittedError, Recommender, as_user_rows
 from recvae.models.catalog import load_model_file, make_single_model
 from recvae.models.mult_vae import TorchVAERecommender
 from recvae.models.files import MODEL_FIX, ModelFileError, ModelFileNotFoundError
+from recvae.nn import hyperparams
+from recvae.nn.hyperparams import HyperParameterError, shown
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,27 @@ def normalise_scores(scores: np.ndarray, rows: sp.csr_matrix, how: str) -> np.nd
         np.put_along_axis(ranks, order, np.arange(n_items, dtype=np.float64)[None, :], axis=1)
         return ranks / n_items
     raise ValueError(f"unknown normalisation {how!r}; choose one of {NORMALISATIONS}")
+
+
+def _build_components(components: Sequence) -> list[Recommender]:
+    """The models of a blend's components: models as they are, ``{name, params}`` dicts made afresh."""
+    built = []
+    for i, component in enumerate(components):
+        if isinstance(component, Recommender):
+            built.append(component)
+        elif isinstance(component, Mapping) and "name" in component:
+            extra = set(component) - {"name", "params"}
+            if extra:
+                raise ValueError(f"component {i} has unknown key(s) {sorted(extra)}; use 'name' and 'params'")
+            params = component.get("params") or {}
+            if not isinstance(params, Mapping):
+                raise HyperParameterError(f"component {i}: params={shown(params)}: expected a table of parameters")
+            built.append(make_single_model(component["name"], dict(params)))
+        else:
+            raise TypeError(
+                f"component {i} must be a recvae model or a {{'name': ..., 'params': ...}} dict; got {component!r}"
+            )
+    return built
 
 
 def _simplex_grid(n: int, step: float) -> list[tuple[float, ...]]:
@@ -124,22 +147,26 @@ class Blend(Recommender):
         refit: bool = False,
     ) -> None:
         if isinstance(components, (str, bytes)) or not isinstance(components, Sequence) or len(components) < 1:
-            raise TypeError("components must be a non-empty list of models or {'name': ..., 'params': ...} dicts")
-        if normalization not in NORMALISATIONS:
-            raise ValueError(f"normalization must be one of {NORMALISATIONS}; got {normalization!r}")
+            raise HyperParameterError(f"components={shown(components)}: expected a non-empty list of models or "
+                                      "{'name': ..., 'params': ...} dicts")
+        normalization = hyperparams.choice("normalization", normalization, NORMALISATIONS)
         if weights is not None:
-            weights = [float(w) for w in weights]
+            weights = list(hyperparams.number_list("weights", weights, minimum=0.0, rule="a list of numbers >= 0"))
             if len(weights) != len(components):
                 raise ValueError(f"{len(weights)} weights for {len(components)} components; give one per component")
-            if any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise ValueError(f"weights must be >= 0 with a positive sum; got {weights}")
-        if not 0 < weight_step <= 1 or abs(round(1 / weight_step) * weight_step - 1) > 1e-9:
-            raise ValueError(f"weight_step must divide 1 (e.g. 0.05, 0.1); got {weight_step}")
+            if sum(weights) <= 0:
+                raise ValueError(f"weights={weights}: expected numbers >= 0 with a positive sum")
+        weight_step = hyperparams.number("weight_step", weight_step, minimum=0.0, maximum=1.0, low_open=True)
+        if abs(round(1 / weight_step) * weight_step - 1) > 1e-9:
+            raise ValueError(f"weight_step={weight_step!r}: expected a step that divides 1 (e.g. 0.05, 0.1)")
+        eval_k = hyperparams.integer("eval_k", eval_k, minimum=1)
+        refit = hyperparams.flag("refit", refit)
+        _build_components(components)  # every component's name and parameters checked now, before any data
         self.components = list(components)
         self.normalization = normalization
         self.weights = weights
         self.weight_step = weight_step
-        self.eval_k = int(eval_k)
+        self.eval_k = eval_k
         self.refit = refit
         self.components_: list[Recommender] | None = None
         self.weights_: np.ndarray | None = None
@@ -156,20 +183,7 @@ class Blend(Recommender):
 
     # ------------------------------------------------------------------ fitting
     def _built_components(self) -> list[Recommender]:
-        built = []
-        for i, component in enumerate(self.components):
-            if isinstance(component, Recommender):
-                built.append(component)
-            elif isinstance(component, Mapping) and "name" in component:
-                extra = set(component) - {"name", "params"}
-                if extra:
-                    raise ValueError(f"component {i} has unknown key(s) {sorted(extra)}; use 'name' and 'params'")
-                built.append(make_single_model(component["name"], dict(component.get("params") or {})))
-            else:
-                raise TypeError(
-                    f"component {i} must be a recvae model or a {{'name': ..., 'params': ...}} dict; got {component!r}"
-                )
-        return built
+        return _build_components(self.components)
 
     def fit(self, train, validation: HeldOut | None = None) -> Blend:
         """Fit every component on ``train``, then tune the weights on the validation users.

@@ -12,12 +12,14 @@ import scipy.sparse as sp
 
 from recvae.models.array_model import ArrayRecommender, check_number, single_threaded_blas, training_matrix
 from recvae.models.base import UserEmbeddings
+from recvae.models.ease import available_memory_bytes
+from recvae.nn import hyperparams
 from recvae.training import RecvaeWarning
 from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ALS", "BPR", "ItemKNN", "sparse_block_scorer"]
+__all__ = ["ALS", "BPR", "ItemKNN", "sparse_block_scorer", "factor_memory_bytes", "check_factor_memory"]
 
 
 # =============================================================================== ALS
@@ -49,6 +51,9 @@ class ALS(ArrayRecommender):
             default); False solves each step exactly (Cholesky). Fold-in is always exact.
         num_threads: implicit's training threads (0 = all cores).
 
+    Memory: about :func:`factor_memory_bytes`, checked before fitting (a :class:`MemoryError`
+    names the fix when the factors cannot fit).
+
     Attributes set by ``fit``: ``item_factors_`` ((items, factors) float32),
     ``user_factors_`` (the training users', float32; not saved),
     ``implicit_model_`` (the trained implicit object; not saved), ``item_ids_``, ``n_items_``.
@@ -76,7 +81,7 @@ class ALS(ArrayRecommender):
         check_number("num_threads", num_threads, minimum=0, integer=True)
         self.factors, self.regularization, self.alpha = int(factors), float(regularization), float(alpha)
         self.iterations, self.seed = int(iterations), int(seed)
-        self.use_cg, self.num_threads = bool(use_cg), int(num_threads)
+        self.use_cg, self.num_threads = hyperparams.flag("use_cg", use_cg), int(num_threads)
         self.item_factors_: np.ndarray | None = None
         self.user_factors_: np.ndarray | None = None
         self.implicit_model_ = None
@@ -97,6 +102,7 @@ class ALS(ArrayRecommender):
         from implicit.cpu.als import AlternatingLeastSquares
 
         matrix, item_ids = training_matrix(train, validation)
+        check_factor_memory("ALS", matrix.shape, self.factors)
         _warn_degenerate_als(self.factors, self.regularization, matrix.shape[1])
         confidence = matrix.copy()
         confidence.data = (1.0 + self.alpha * confidence.data).astype(np.float32)
@@ -155,6 +161,33 @@ class ALS(ArrayRecommender):
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.item_factors_ = arrays["item_factors"]
+
+
+def factor_memory_bytes(n_users: int, n_items: int, factors: int) -> int:
+    """About the peak memory of fitting a factor model (ALS, BPR) and folding users in.
+
+    float32 user and item factors (implicit's), the float64 item factors and ``factors x factors``
+    Gram matrix of the fold-in, and implicit's float32 ``YᵀY``: ``4 (users + items) f + 8 items f + 12 f²``.
+    """
+    users, items, f = int(n_users), int(n_items), int(factors)
+    return 4 * (users + items) * f + 8 * items * f + 12 * f * f
+
+
+def check_factor_memory(label: str, shape: tuple[int, int], factors: int, extra_columns: int = 0) -> None:
+    """Refuse, before anything is allocated, a factor model whose matrices cannot fit in available RAM
+    (``shape``: users x items; ``extra_columns``: factor columns beyond ``factors``, BPR's item bias).
+
+    Raises:
+        MemoryError: one line naming the need, what is available and the fix (``recvae train``
+            prints it as ``recvae: error: out of memory: ...``).
+    """
+    needed, available = factor_memory_bytes(shape[0], shape[1], factors + extra_columns), available_memory_bytes()
+    if needed > available:
+        gib = 2**30
+        raise MemoryError(
+            f"{label} with factors={factors:,} on {shape[0]:,} users x {shape[1]:,} items needs about "
+            f"{needed / gib:,.2f} GiB (factor matrices and a Gram matrix of {factors + extra_columns:,} squared) "
+            f"but only {available / gib:.2f} GiB is available; use fewer factors (e.g. 64-512)")
 
 
 def _factor_block_scorer(user_factors: np.ndarray, item_factors: np.ndarray):
@@ -256,6 +289,8 @@ class BPR(ArrayRecommender):
         num_threads: implicit's training threads (0 = all cores; >1 makes SGD
             updates race, so results vary slightly between runs).
 
+    Memory: about :func:`factor_memory_bytes` of ``factors + 1``, checked before fitting, as for ALS.
+
     Attributes set by ``fit``: ``item_factors_`` ((items, factors + 1) float32,
     the last column the item bias), ``user_factors_`` (training users; not
     saved), ``item_ids_``, ``n_items_``.
@@ -304,6 +339,7 @@ class BPR(ArrayRecommender):
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         matrix, item_ids = training_matrix(train, validation)
+        check_factor_memory("BPR", matrix.shape, self.factors, extra_columns=1)  # + the item bias column
         started = time.perf_counter()
         with single_threaded_blas():
             model = BayesianPersonalizedRanking(
@@ -396,12 +432,9 @@ class ItemKNN(ArrayRecommender):
         self, k: int = 100, similarity: str = "cosine", K1: float = 1.2, B: float = 0.75, *, num_threads: int = 0
     ) -> None:
         check_number("k", k, minimum=1, integer=True)
-        if similarity not in _SIMILARITIES:
-            raise ValueError(f"similarity must be one of {_SIMILARITIES}; got {similarity!r}")
+        hyperparams.choice("similarity", similarity, _SIMILARITIES)
         check_number("K1", K1, minimum=0.0)
-        check_number("B", B, minimum=0.0)
-        if B > 1:
-            raise ValueError(f"B must lie in [0, 1]; got {B!r}")
+        hyperparams.number("B", B, minimum=0.0, maximum=1.0)
         check_number("num_threads", num_threads, minimum=0, integer=True)
         self.k, self.similarity, self.K1, self.B = int(k), similarity, float(K1), float(B)
         self.num_threads = int(num_threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, replace
+from dataclasses import fields as fields_of
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from recvae.data.splits import HeldOut
 from recvae.runtime.distributed import rank_device
-from recvae.nn.annealing import AnnealConfig
+from recvae.nn.annealing import AnnealConfig, anneal_config
 from recvae.models.files import read_vae_payload
 from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array, training_inputs
 from recvae.nn.likelihoods import Likelihood
@@ -87,6 +88,15 @@ class TorchVAERecommender(Recommender):
     def get_params(self) -> dict[str, Any]:
         """Every model and training hyper-parameter as one flat dict (``anneal`` as a dict)."""
         return {**_plain(asdict(self.training)), **_plain(asdict(self.config))}
+
+    def set_params(self, **params: Any):
+        """Change hyper-parameters, checked as the constructor checks them (the flat ``anneal_<field>``
+        keys included, e.g. ``anneal_cap=0.3``); returns self. A refused value leaves the model as it was."""
+        fields = {f"anneal_{f.name}": f.name for f in fields_of(AnnealConfig)}
+        schedule = {fields[k]: params.pop(k) for k in list(params) if k in fields}
+        if schedule:
+            params["anneal"] = {**asdict(anneal_config(params.get("anneal", self.training.anneal))), **schedule}
+        return super().set_params(**params)
 
     def _take_params(self, fresh: Recommender) -> None:
         self.config, self.training = fresh.config, fresh.training
@@ -332,8 +342,8 @@ def _split_flat_params(name: str, config, training: TrainingConfig, params: dict
         )
     config_values = {k: v for k, v in params.items() if k in config_fields}
     training_values = {k: v for k, v in params.items() if k in training_fields and k not in config_fields}
-    if isinstance(training_values.get("anneal"), dict):
-        training_values["anneal"] = AnnealConfig(**training_values["anneal"])
+    if "anneal" in training_values:
+        training_values["anneal"] = anneal_config(training_values["anneal"])
     if anneal_values:
         training_values["anneal"] = dataclasses.replace(training_values.get("anneal", training.anneal), **anneal_values)
     return dataclasses.replace(config, **config_values), dataclasses.replace(training, **training_values)

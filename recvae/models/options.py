@@ -14,6 +14,8 @@ from typing import Any
 
 from recvae.models.mult_vae import MultVAE, TorchVAERecommender
 from recvae.models.registry import MODELS
+from recvae.nn import hyperparams
+from recvae.nn.annealing import ANNEAL_KINDS
 
 __all__ = ["training_shortcuts", "torch_model_names"]
 
@@ -37,7 +39,9 @@ def training_shortcuts(name: str, *, epochs: int | None = None, likelihood: str 
 
     Raises:
         KeyError: an unknown model name.
-        ValueError: a shortcut the model has no parameter for, in one line that names it
+        ValueError: a shortcut the model has no parameter for, or a value out of its rule
+            (``HyperParameterError``: ``epochs`` an integer >= 1, ``beta_cap`` a finite number >= 0,
+            ``anneal`` a schedule kind, ``device`` a device name), in one line that names it
             (``labels`` maps a shortcut to what the caller calls it, e.g. ``{"epochs": "--epochs"}``).
     """
     key = str(name).strip().lower()
@@ -57,6 +61,15 @@ def training_shortcuts(name: str, *, epochs: int | None = None, likelihood: str 
                                  f"not to {key!r}{hint}")
         return {"seed": seed} if seed is not None and "seed" in accepts else {}
     config_fields = {f.name for f in dataclasses.fields(cls.default_config())}
+    # Each value checked here, under the caller's name for it (e.g. "--beta-cap=inf: expected ...").
+    if epochs is not None:
+        epochs = hyperparams.integer(label["epochs"], epochs, minimum=1)
+    if anneal is not None:
+        anneal = hyperparams.choice(label["anneal"], anneal, ANNEAL_KINDS)
+    if beta_cap is not None:
+        beta_cap = hyperparams.number(label["beta_cap"], beta_cap, minimum=0.0)
+    if device is not None:
+        device = hyperparams.device_name(label["device"], device)
     out.update({k: v for k, v in (("epochs", epochs), ("device", device), ("seed", seed)) if v is not None})
     if progress is False:
         out["progress"] = False

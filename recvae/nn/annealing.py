@@ -8,9 +8,14 @@ scores.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["AnnealConfig", "BetaSchedule", "make_schedule"]
+from recvae.nn.hyperparams import HyperParameterError, apply_rules, choice, integer, number, optional, rule, shown
+
+__all__ = ["AnnealConfig", "ANNEAL_KINDS", "anneal_config", "BetaSchedule", "make_schedule"]
 
 
 @dataclass(frozen=True)
@@ -45,16 +50,41 @@ class AnnealConfig:
     auto_patience: int = 5
 
     def __post_init__(self) -> None:
-        if self.kind not in ("linear", "constant", "cyclical", "auto"):
-            raise ValueError(f"unknown annealing kind {self.kind!r}; choose linear, constant, cyclical or auto")
-        if self.cap < 0:
-            raise ValueError(f"cap must be >= 0; got {self.cap}")
-        if self.total_steps is not None and self.total_steps < 1:
-            raise ValueError("total_steps must be >= 1 (or None to scale to the run)")
-        if not 0.0 < self.ramp_fraction <= 1.0 or not 0.0 < self.cycle_ramp <= 1.0:
-            raise ValueError("ramp_fraction and cycle_ramp must lie in (0, 1]")
-        if self.cycles < 1 or self.auto_patience < 1:
-            raise ValueError("cycles and auto_patience must be >= 1")
+        # Named as the flat parameters spell them (anneal_cap=..., what --beta-cap sets).
+        apply_rules(self, _ANNEAL_RULES, prefix="anneal_")
+
+
+#: the kinds of schedule (:attr:`AnnealConfig.kind`).
+ANNEAL_KINDS = ("linear", "constant", "cyclical", "auto")
+
+_ANNEAL_RULES = {
+    "kind": rule(choice, options=ANNEAL_KINDS),
+    "cap": rule(number, minimum=0.0),  # the largest KL weight: finite, >= 0 (inf/nan diverge)
+    "total_steps": optional(rule(integer, minimum=1)),
+    "ramp_fraction": rule(number, minimum=0.0, maximum=1.0, low_open=True),
+    "cycles": rule(integer, minimum=1),
+    "cycle_ramp": rule(number, minimum=0.0, maximum=1.0, low_open=True),
+    "auto_patience": rule(integer, minimum=1),
+}
+
+
+def anneal_config(value: Any, name: str = "anneal") -> AnnealConfig:
+    """An :class:`AnnealConfig` from itself or a table of its fields (``{"kind": "constant", "cap": 0.1}``).
+
+    Raises:
+        HyperParameterError: not a table, an unknown key (named), or a field's value out of its rule.
+    """
+    if isinstance(value, AnnealConfig):
+        return value
+    fields = [f.name for f in dataclasses.fields(AnnealConfig)]
+    if not isinstance(value, Mapping):
+        raise HyperParameterError(f"{name}={shown(value)}: expected a table of the KL schedule, e.g. "
+                                  f"{{kind = \"linear\", cap = 0.2}} (or set anneal_kind=..., anneal_cap=...)")
+    unknown = sorted(str(k) for k in value if k not in fields)
+    if unknown:
+        raise HyperParameterError(f"{name}={shown(dict(value))}: unknown key(s) {unknown}; "
+                                  f"the schedule's keys are {', '.join(fields)}")
+    return AnnealConfig(**value)
 
 
 class BetaSchedule:

@@ -23,11 +23,22 @@ import torch
 import torch.nn as nn
 
 from recvae.nn.chunked import CHUNKED_LIKELIHOODS, chunked_output_nll
+from recvae.nn.hyperparams import choice, integer, number, optional, rule
 from recvae.nn.likelihoods import Likelihood
 from recvae.nn.sampled import NEGATIVE_SAMPLERS, NegativeSampler, sampled_softmax_nll
 from recvae.nn.sparse import SparseRows
 
-__all__ = ["ItemOutput", "item_output_for", "check_item_output", "set_item_counts", "mark_sparse_item_gradients"]
+__all__ = ["ItemOutput", "item_output_for", "check_item_output", "ITEM_OUTPUT_RULES", "set_item_counts",
+           "mark_sparse_item_gradients"]
+
+#: the type and range of the output-layer settings every VAE config shares (see :mod:`recvae.nn.hyperparams`);
+#: :func:`check_item_output` then checks how they combine.
+ITEM_OUTPUT_RULES = {
+    "item_chunk": optional(rule(integer, minimum=1)),
+    "sampled_softmax": optional(rule(integer, minimum=1)),
+    "negative_sampler": rule(choice, options=NEGATIVE_SAMPLERS),
+    "negative_power": rule(number, minimum=0.0),
+}
 
 
 def check_item_output(likelihood: str, item_chunk: int | None, sampled_softmax: int | None,

@@ -20,13 +20,13 @@ path off, which gives back RecVAE (``"vae"``) or the linear model (``"linear"``)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recvae.nn.hyperparams import DROPOUT, apply_rules, choice, flag, number, rule
 from recvae.nn.likelihoods import make_likelihood
 from recvae.nn.rec_vae import RecVAEConfig, RecVAENet
 from recvae.nn.sparse import SparseRows
@@ -86,22 +86,7 @@ class JointVAEConfig(RecVAEConfig):
         super().__post_init__()
         if self.item_chunk is not None or self.sampled_softmax is not None:
             raise ValueError("the joint model fuses full logits of both paths: leave item_chunk and sampled_softmax unset")
-        if self.paths not in JOINT_PATHS:
-            raise ValueError(f"paths must be one of {JOINT_PATHS}; got {self.paths!r}")
-        if self.linear_init not in LINEAR_INITS:
-            raise ValueError(f"linear_init must be one of {LINEAR_INITS}; got {self.linear_init!r}")
-        if not self.linear_l2 >= 0:
-            raise ValueError(f"linear_l2 must be >= 0; got {self.linear_l2}")
-        if not 0.0 <= self.linear_dropout < 1.0:
-            raise ValueError(f"linear_dropout must lie in [0, 1); got {self.linear_dropout}")
-        if not self.linear_weight_decay >= 0:
-            raise ValueError(f"linear_weight_decay must be >= 0; got {self.linear_weight_decay}")
-        if not (math.isfinite(self.linear_scale) and self.linear_scale > 0):
-            raise ValueError(f"linear_scale must be positive; got {self.linear_scale}")
-        if not 0.0 <= self.linear_input_dropout < 1.0:
-            raise ValueError(f"linear_input_dropout must lie in [0, 1); got {self.linear_input_dropout}")
-        if not self.vae_loss_weight >= 0:
-            raise ValueError(f"vae_loss_weight must be >= 0; got {self.vae_loss_weight}")
+        apply_rules(self, _JOINT_RULES)
         if not self.fusion_gradient and not self.vae_loss_weight and self.paths == "both":
             raise ValueError("fusion_gradient=False with vae_loss_weight=0 leaves the VAE untrained; "
                              "set vae_loss_weight > 0 or fusion_gradient=True")
@@ -111,6 +96,21 @@ class JointVAEConfig(RecVAEConfig):
         if self.paths != "vae" and self.linear_init == "zeros" and not self.train_linear:
             raise ValueError("linear_init='zeros' with train_linear=False leaves the linear path at zero; "
                              "set train_linear=True or linear_init='edlae'")
+
+
+#: each linear-path field's type and range (see :mod:`recvae.nn.hyperparams`); RecVAE's are RecVAEConfig's.
+_JOINT_RULES = {
+    "paths": rule(choice, options=JOINT_PATHS),
+    "linear_init": rule(choice, options=LINEAR_INITS),
+    "linear_l2": rule(number, minimum=0.0),
+    "linear_dropout": DROPOUT,
+    "train_linear": flag,
+    "linear_weight_decay": rule(number, minimum=0.0),
+    "linear_scale": rule(number, minimum=0.0, low_open=True),
+    "linear_input_dropout": DROPOUT,
+    "vae_loss_weight": rule(number, minimum=0.0),
+    "fusion_gradient": flag,
+}
 
 
 def fuse_logits(latent: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recvae.nn.item_output import check_item_output, item_output_for, mark_sparse_item_gradients
+from recvae.nn.hyperparams import DROPOUT, apply_rules, choice, integer, number, number_list, optional, rule, shown
+from recvae.nn.item_output import ITEM_OUTPUT_RULES, check_item_output, item_output_for, mark_sparse_item_gradients
 from recvae.nn.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.nn.sparse import SparseRows
 from recvae.nn.vae import SparseLinear, dropout_values, l2_normalised_values, posterior_mean_scores
@@ -80,33 +81,35 @@ class RecVAEConfig:
     negative_power: float = 0.75
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prior_weights", tuple(float(w) for w in self.prior_weights))
-        if self.hidden_dim < 1 or self.n_layers < 1 or self.latent_dim < 1:
-            raise ValueError("hidden_dim, n_layers and latent_dim must be positive")
-        if not 0.0 <= self.input_dropout < 1.0:
-            raise ValueError(f"input_dropout must lie in [0, 1); got {self.input_dropout}")
+        apply_rules(self, _RECVAE_RULES)
         w = self.prior_weights
-        if len(w) != 3 or min(w) <= 0 or abs(sum(w) - 1.0) > 1e-6:
-            raise ValueError(f"prior_weights must be 3 positive numbers summing to 1; got {w}")
-        if not math.isfinite(self.wide_prior_log_var):
-            raise ValueError("wide_prior_log_var must be finite")
-        if self.prior_mixture not in _PRIOR_MIXTURES:
-            raise ValueError(f"prior_mixture must be one of {_PRIOR_MIXTURES}; got {self.prior_mixture!r}")
+        if abs(sum(w) - 1.0) > 1e-6:
+            raise ValueError(f"prior_weights={shown(list(w))}: expected 3 positive numbers summing to 1")
         if (self.gamma is None) == (self.beta is None):
             raise ValueError("set exactly one of gamma (beta_u = gamma * |x_u|) and beta (a constant); "
                              f"got gamma={self.gamma}, beta={self.beta}")
-        if self.gamma is not None and not self.gamma > 0:
-            raise ValueError(f"gamma must be positive; got {self.gamma}")
-        if self.beta is not None and not self.beta >= 0:
-            raise ValueError(f"beta must be >= 0; got {self.beta}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be positive; got {self.layer_norm_eps}")
-        if self.encoder_epochs < 1 or self.decoder_epochs < 1:
-            raise ValueError("encoder_epochs and decoder_epochs must be >= 1")
         check_item_output(self.likelihood, self.item_chunk, self.sampled_softmax, self.negative_sampler,
                           self.negative_power)
+
+
+#: each field's type and range (see :mod:`recvae.nn.hyperparams`).
+_RECVAE_RULES = {
+    "hidden_dim": rule(integer, minimum=1),
+    "n_layers": rule(integer, minimum=1),
+    "latent_dim": rule(integer, minimum=1),
+    "input_dropout": DROPOUT,
+    "prior_weights": rule(number_list, length=3, minimum=0.0, low_open=True,
+                          rule="3 positive numbers summing to 1"),
+    "wide_prior_log_var": number,
+    "prior_mixture": rule(choice, options=_PRIOR_MIXTURES),
+    "gamma": optional(rule(number, minimum=0.0, low_open=True)),
+    "beta": optional(rule(number, minimum=0.0)),
+    "likelihood": rule(choice, options=sorted(LIKELIHOODS)),
+    "layer_norm_eps": rule(number, minimum=0.0, low_open=True),
+    "encoder_epochs": rule(integer, minimum=1),
+    "decoder_epochs": rule(integer, minimum=1),
+    **ITEM_OUTPUT_RULES,
+}
 
 
 # ---------------------------------------------------------------------- densities

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recvae.nn.item_output import check_item_output, item_output_for, mark_sparse_item_gradients
+from recvae.nn.hyperparams import DROPOUT, apply_rules, choice, flag, integer, integer_list, rule
+from recvae.nn.item_output import ITEM_OUTPUT_RULES, check_item_output, item_output_for, mark_sparse_item_gradients
 from recvae.nn.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.nn.sparse import SparseRows
 
@@ -30,6 +31,8 @@ _ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "swish": F.silu, "sigmoid": 
 @dataclass(frozen=True)
 class VAEConfig:
     """Architecture and likelihood. The defaults are Mult-VAE's (I-600-200-600-I).
+
+    Every field is checked when the config is made (see :mod:`recvae.nn.hyperparams`).
 
     Attributes:
         hidden_dims: encoder hidden widths; the decoder mirrors them.
@@ -69,17 +72,22 @@ class VAEConfig:
     negative_power: float = 0.75
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_dims", tuple(int(d) for d in self.hidden_dims))
-        if any(d < 1 for d in self.hidden_dims) or self.latent_dim < 1:
-            raise ValueError("hidden_dims and latent_dim must be positive")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
-        if not 0.0 <= self.input_dropout < 1.0:
-            raise ValueError(f"input_dropout must lie in [0, 1); got {self.input_dropout}")
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(_ACTIVATIONS)}")
+        apply_rules(self, _VAE_RULES)
         check_item_output(self.likelihood, self.item_chunk, self.sampled_softmax, self.negative_sampler,
                           self.negative_power)
+
+
+#: each field's type and range (see :mod:`recvae.nn.hyperparams`).
+_VAE_RULES = {
+    "hidden_dims": rule(integer_list, minimum=1),
+    "latent_dim": rule(integer, minimum=1),
+    "likelihood": rule(choice, options=sorted(LIKELIHOODS)),
+    "input_dropout": DROPOUT,
+    "activation": rule(choice, options=sorted(_ACTIVATIONS)),
+    "variational": flag,
+    "normalize_input": flag,
+    **ITEM_OUTPUT_RULES,
+}
 
 
 class SparseLinear(nn.Module):

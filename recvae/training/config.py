@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from recvae.nn.annealing import AnnealConfig
+from recvae.nn.annealing import AnnealConfig, anneal_config
+from recvae.nn.hyperparams import (apply_rules, choice, device_name, flag, integer, number, optional, path_or_none,
+                                   rule)
 
 __all__ = [
     "EpochCallback",
@@ -39,6 +41,10 @@ class RecvaeWarning(UserWarning):
 @dataclass(frozen=True)
 class TrainingConfig:
     """How to train. Defaults follow Liang et al. (Adam 1e-3, batch 500, 200 epochs).
+
+    Every field is checked when the config is made (:mod:`recvae.nn.hyperparams`: integers
+    refuse 2.5 and bools, numbers are finite, ``lr`` > 0, flags are bools, strings come from
+    their known sets); a bad one raises ``HyperParameterError`` (a ``ValueError``) naming it.
 
     Attributes:
         epochs, batch_size, lr: as in the paper. ``batch_size`` is the global batch:
@@ -107,27 +113,37 @@ class TrainingConfig:
     retain_host_memory: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.anneal, dict):
-            object.__setattr__(self, "anneal", AnnealConfig(**self.anneal))
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1 or self.eval_k < 1:
-            raise ValueError("epochs, batch_size, eval_every and eval_k must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive; got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError("weight_decay must be >= 0")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError("patience must be >= 1 or None")
-        if isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int) or self.min_epochs < 0:
-            raise ValueError(f"min_epochs must be an integer >= 0; got {self.min_epochs!r}")
-        if self.item_moments not in ITEM_MOMENTS:
-            raise ValueError(f"item_moments must be one of {', '.join(ITEM_MOMENTS)}; got {self.item_moments!r}")
+        object.__setattr__(self, "anneal", anneal_config(self.anneal))
+        apply_rules(self, _TRAINING_RULES)
         if self.item_moments != "fp32" and not self.sparse_item_updates:
             raise ValueError(f"item_moments={self.item_moments!r} is the storage of the sparse item updates' "
                              "moments; set sparse_item_updates=True with it")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.resume and not self.checkpoint:
             raise ValueError("resume=True needs checkpoint=<path>")
+
+
+#: each field's type and range (see :mod:`recvae.nn.hyperparams`); ``anneal`` is an :class:`AnnealConfig`.
+_TRAINING_RULES = {
+    "epochs": rule(integer, minimum=1),
+    "batch_size": rule(integer, minimum=1),
+    "lr": rule(number, minimum=0.0, low_open=True),
+    "weight_decay": rule(number, minimum=0.0),
+    "patience": optional(rule(integer, minimum=1)),
+    "min_epochs": rule(integer, minimum=0),
+    "eval_k": rule(integer, minimum=1),
+    "eval_every": rule(integer, minimum=1),
+    "eval_batch_size": rule(integer, minimum=1),
+    "seed": rule(integer, minimum=0),
+    "device": device_name,
+    "precision": rule(choice, options=PRECISIONS),
+    "progress": flag,
+    "history_csv": path_or_none,
+    "checkpoint": path_or_none,
+    "resume": flag,
+    "sparse_item_updates": flag,
+    "item_moments": rule(choice, options=ITEM_MOMENTS),
+    "retain_host_memory": flag,
+}
 
 
 def warn_degenerate(config: TrainingConfig) -> None:

@@ -75,6 +75,16 @@ def _diverged(epoch: int, problem: str, config: TrainingConfig, state: dict, net
     kept = (f"the weights of the best epoch so far ({state['best_epoch']}) are restored" if state["best_state"]
             is not None else "no epoch was validated, so the net keeps the diverged weights")
     return TrainingDivergedError(
-        f"training diverged at epoch {epoch} ({problem}): lower lr (now {config.lr:g}) and train again; {kept}",
+        f"training diverged at epoch {epoch} ({problem}): {_advice(config)} and train again; {kept}",
         result(state),
     )
+
+
+def _advice(config: TrainingConfig) -> str:
+    """What to lower: the learning rate, and the KL weight's cap too when it is above the ELBO's 1
+    (a beta that large can be what exploded). RecVAE's per-user beta does not use the schedule."""
+    anneal = config.anneal
+    if anneal.kind != "auto" and anneal.cap > 1:
+        return (f"lower lr (now {config.lr:g}) or the KL weight's cap anneal_cap (--beta-cap, now {anneal.cap:g}; "
+                "the ELBO's is 1, Mult-VAE's 0.2)")
+    return f"lower lr (now {config.lr:g})"

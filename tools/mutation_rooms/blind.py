@@ -113,10 +113,12 @@ MUTATIONS = [
          old="unexpected = sorted(set(arrays) - set(model._state()))",
          new="unexpected = sorted(set(model._state()) - set(arrays))",
          tests=T_FILES, why="a baseline file with another model's extra arrays loads, dropping them silently"),
-    dict(name="blind-boundary-files-strict-minimum-accepted", file="recvae/models/array_model.py",
-         old="    if value < minimum or (strict and value == minimum):",
-         new="    if value < minimum:",
-         tests=T_FILES, why="parameters that must be > 0 (SparseEASE l2, ...) accept 0"),
+    # (check_number now delegates to recvae/nn/hyperparams.py, where the same strict bound lives for every model)
+    dict(name="blind-boundary-files-strict-minimum-accepted", file="recvae/nn/hyperparams.py",
+         old="    if minimum is not None and (value < minimum or (low_open and value == minimum)):",
+         new="    if minimum is not None and value < minimum:",
+         tests=(*T_FILES, "tests/test_param_validation.py"),
+         why="parameters that must be > 0 (SparseEASE l2, EASE l2, lr, ...) accept 0"),
     # ------------------------------------------------------------------ training/loop.py
     dict(name="blind-stale-cache-loop-checkpoint-drops-best-weights", file="recvae/training/checkpoints.py",
          old='        "best_state": state["best_state"],\n    }',

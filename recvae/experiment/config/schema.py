@@ -281,6 +281,17 @@ class _ModelTable(_Table):
         return self.label if self.label is not None else self.name
 
 
+def _referenced(params: dict[str, Any]) -> dict[str, Any]:
+    """A blend's parameters with each ``{ ref = LABEL }`` component (checked above) replaced by a
+    placeholder model: a blend checks its components when it is made, and the runner passes the
+    referenced entry's fitted model there (that entry's own parameters were checked as it)."""
+    components = component_list(params)
+    if not any(isinstance(c, Mapping) and "ref" in c for c in components):
+        return params
+    return {**params, "components": [MODELS["popularity"]() if isinstance(c, Mapping) and "ref" in c else c
+                                     for c in components]}
+
+
 class _PublishedRow(_Table):
     # the other keys are metrics (name@k = number), so they cannot be listed as fields
     model_config = ConfigDict(extra="allow")
@@ -344,7 +355,7 @@ class _ConfigFile(_Table):
             for combo in combos:
                 params = {**entry.params, **combo}
                 try:
-                    make_model(entry.name, params)
+                    make_model(entry.name, _referenced(params))
                     for component in blend_components(params):  # a blend builds these only in fit
                         make_model(component["name"], dict(component.get("params") or {}))
                 except (TypeError, ValueError, KeyError) as err:

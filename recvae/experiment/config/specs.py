@@ -118,6 +118,24 @@ class ExperimentConfig:
         """The repository holding the config file (relative output and data paths start there)."""
         return repo_root(self.path.parent)
 
+    def check_cutoffs(self, n_items: int) -> None:
+        """Refuse a metric whose cut-off k exceeds the catalogue the data gave (called once the data is
+        split, before any model is fit), naming the config key that asks for it.
+
+        Raises:
+            ValueError: ``<file>: evaluation.select_by = "ndcg@500": k=500 exceeds the 80 items ...``.
+        """
+        keys = [("evaluation.select_by", self.select_by)]
+        keys += [(f"evaluation.metrics[{i}]", metric) for i, metric in enumerate(self.metrics)]
+        if self.published is not None:
+            keys += [(f"published.rows[{i}]", metric) for i, row in enumerate(self.published.rows)
+                     for metric in row if metric not in ("model", "note")]
+        for key, metric in keys:
+            _, k = parse_metric(metric)
+            if k > n_items:
+                raise ValueError(f"{self.path}: {key} = {metric!r}: k={k} exceeds the {n_items} items of the "
+                                 f"dataset's catalogue; choose k <= {n_items}")
+
 
 def repo_root(start: Path) -> Path | None:
     """The nearest directory at or above ``start`` holding pyproject.toml or .git."""
