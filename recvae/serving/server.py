@@ -17,7 +17,14 @@ Endpoints (JSON in and out; ids are strings or numbers, looked up as :class:`rec
 
 Unknown user or item ids answer 404, a bad ``k`` (below 1 or above the catalogue), a list
 longer than ``max_list`` or a wrong type 422, each as ``{"detail": "<one line>"}``; no answer
-carries a traceback.
+carries a traceback, and an id echoed in a message is cut to its first 64 characters.
+A request body over ``max_body_bytes`` (1 MiB by default) answers 413 before it is read: a
+declared ``Content-Length`` is checked first, and a chunked body is counted while it streams
+in and refused as soon as it passes the limit.
+
+``items`` holds what was returned, at most ``k`` entries: fewer when fewer items are eligible
+(the user's seen items filtered out, ``exclude``, ``candidates``); a client reads its length,
+never assumes ``k``.
 
 Micro-batching: ``/recommend`` requests wait in a queue; one background task takes the
 first waiting request, collects more for at most ``max_wait_ms`` (or until ``max_batch``),
@@ -44,12 +51,12 @@ import numpy as np
 import pandas as pd
 
 from recvae import __version__
-from recvae.data.ids import UnknownIdError, lookup_ids
+from recvae.data.ids import UnknownIdError, lookup_ids, short_id
 from recvae.runs import Run, RunError
 
 try:
     import uvicorn
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
@@ -65,6 +72,10 @@ __all__ = ["create_app", "serve", "HAVE_SERVER", "MISSING_SERVER"]
 MISSING_SERVER = "the server needs FastAPI and uvicorn: pip install recvae[serve]"
 DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_LIST = 10_000
+#: The largest request body read (bytes); a larger one answers 413 unread.
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: The longest ``detail`` an error answer carries (ids in it are cut shorter still, see ``short_id``).
+MAX_DETAIL_CHARS = 500
 #: The environment variables a uvicorn worker process reads its settings from (``serve(workers=N)``).
 ENV_RUN, ENV_OPTIONS = "RECVAE_SERVE_RUN", "RECVAE_SERVE_OPTIONS"
 
@@ -144,8 +155,10 @@ class RequestError(ValueError):
 
 
 def _one_line(err: BaseException) -> str:
+    """An error as one line of at most ``MAX_DETAIL_CHARS`` (a request's long text never comes back whole)."""
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    return " ".join(text.split()) or type(err).__name__
+    line = " ".join(text.split()) or type(err).__name__
+    return line if len(line) <= MAX_DETAIL_CHARS else line[: MAX_DETAIL_CHARS - 3] + "..."
 
 
 def _validation_message(err: RequestValidationError) -> str:
@@ -186,7 +199,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def internal(_: Request, err: Exception) -> JSONResponse:
         # The boundary to HTTP clients: the traceback goes to the server's log, one line to the client.
         logger.error("internal error", exc_info=err)
-        return JSONResponse({"detail": f"internal error: {type(err).__name__}: {_one_line(err)}"[:500]},
+        return JSONResponse({"detail": f"internal error: {type(err).__name__}: {_one_line(err)}"[:MAX_DETAIL_CHARS]},
                             status_code=500)
 
     app.add_exception_handler(RequestError, request_error)
@@ -195,6 +208,80 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValueError, bad_value)  # RunError
     app.add_exception_handler(NotImplementedError, not_supported)
     app.add_exception_handler(Exception, internal)
+
+
+# ============================================================================ the body limit
+def _too_large_message(limit: int, declared: int | None = None) -> str:
+    size = f"{declared:,} bytes" if declared is not None else f"more than {limit:,} bytes"
+    return (f"request body of {size}: at most {limit:,} bytes per request; send fewer ids per request "
+            "(or start the server with a larger max_body_bytes)")
+
+
+if HAVE_SERVER:
+    class _BodyTooLarge(HTTPException):
+        """A body that passed the limit while streaming in (FastAPI lets an HTTPException through its body read)."""
+
+        def __init__(self, limit: int) -> None:
+            super().__init__(413, _too_large_message(limit), headers={"connection": "close"})
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse a request body over ``max_body_bytes`` with 413 before it is read.
+
+    A declared ``Content-Length`` over the limit is answered at once (the body is never received,
+    and the connection is closed); a body without one (chunked) is counted as it streams in and
+    refused as soon as it passes the limit, so at most one chunk past it is ever held.
+    """
+
+    def __init__(self, app, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            response = JSONResponse({"detail": _too_large_message(limit, declared)}, status_code=413,
+                                    headers={"connection": "close"})
+            await response(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        async def watched_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except _BodyTooLarge as err:  # read outside FastAPI's body handling: answer here if nothing was sent
+            if started:
+                raise
+            await JSONResponse({"detail": err.detail}, status_code=413, headers=err.headers)(scope, receive, send)
+
+
+def _content_length(scope) -> int | None:
+    """The request's declared Content-Length, or None (absent or not a number: the server judges those)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 # ============================================================================ the service
@@ -236,10 +323,10 @@ class _Service:
         _, found, skipped = self.run.resolve_users([user_id])
         if skipped.dropped:
             events = skipped.min_user_events
-            raise RequestError(f"user id {user_id!r} was dropped by preprocessing (fewer than {events} positive "
-                               "events); recommend from their items with /recommend/new-user", status=404)
+            raise RequestError(f"user id {short_id(user_id)} was dropped by preprocessing (fewer than {events} "
+                               "positive events); recommend from their items with /recommend/new-user", status=404)
         if skipped or not len(found):
-            raise RequestError(f"unknown user id {user_id!r}: not in the run's log", status=404)
+            raise RequestError(f"unknown user id {short_id(user_id)}: not in the run's log", status=404)
         return found[0].item() if isinstance(found[0], np.generic) else found[0]
 
     def recommend_batch(self, key: tuple, user_ids: list, k: int) -> dict[Any, list[dict]]:
@@ -356,6 +443,7 @@ def create_app(
     max_list: int = DEFAULT_MAX_LIST,
     micro_batching: bool = True,
     device: str = "auto",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """A FastAPI app serving a run (a directory, loaded with ``device``, or a :class:`Run`).
 
@@ -364,11 +452,14 @@ def create_app(
         max_wait_ms: how long the first request of a batch waits for more (micro-batching).
         max_list: most item ids in one request's list (``exclude``, ``candidates``, ``item_ids``).
         micro_batching: False scores each /recommend request alone.
+        max_body_bytes: the largest request body read; a larger one answers 413 unread (see the module
+            docstring).
     """
     _require_server()
     if max_batch < 1 or max_wait_ms < 0 or max_list < 1:
         raise ServerError(f"max_batch {max_batch}, max_wait_ms {max_wait_ms}, max_list {max_list}: max_batch and "
                           "max_list must be at least 1 and max_wait_ms at least 0")
+    _check_max_body_bytes(max_body_bytes)
     run = run_dir_or_run if isinstance(run_dir_or_run, Run) else Run.load(run_dir_or_run, device=device)
     service = _Service(run, max_list=max_list)
     batcher = _Batcher(service, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0) if micro_batching else None
@@ -383,10 +474,17 @@ def create_app(
                   description=f"Recommendations from {run!r}")
     app.state.run = run
     app.state.batcher = batcher
+    app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes)
     _install_error_handlers(app)
     _add_status_routes(app, run, batcher, max_batch=max_batch, max_wait_ms=max_wait_ms)
     _add_recommendation_routes(app, run, service, batcher)
     return app
+
+
+def _check_max_body_bytes(max_body_bytes) -> None:
+    if not isinstance(max_body_bytes, (int, np.integer)) or isinstance(max_body_bytes, bool) or max_body_bytes < 1:
+        raise ServerError(f"max_body_bytes {max_body_bytes!r}: give a whole number of bytes, at least 1 "
+                          f"(the default is {DEFAULT_MAX_BODY_BYTES:,})")
 
 
 def _add_status_routes(app: FastAPI, run: Run, batcher: _Batcher | None, *, max_batch: int,
@@ -458,7 +556,7 @@ def _encode_options(options: dict) -> str:
 
 def _decode_options(text: str) -> dict:
     casts = {"max_batch": int, "max_list": int, "max_wait_ms": float, "micro_batching": lambda v: v == "True",
-             "device": str}
+             "device": str, "max_body_bytes": int}
     pairs = (part.split("=", 1) for part in text.split(";") if part)
     return {key: casts[key](value) for key, value in pairs if key in casts}
 
@@ -476,15 +574,20 @@ def serve(
     device: str = "auto",
     log_level: str = "warning",
     access_log: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> None:
-    """Serve a run directory with uvicorn until interrupted (each of ``workers`` processes loads the run)."""
+    """Serve a run directory with uvicorn until interrupted (each of ``workers`` processes loads the run).
+
+    The options are :func:`create_app`'s (``max_body_bytes``: the largest request body read, 413 above it).
+    """
     _require_server()
+    _check_max_body_bytes(max_body_bytes)
     if workers < 1:
         raise ServerError(f"workers {workers}: give at least 1")
     if not 0 <= port <= 65535:
         raise ServerError(f"port {port}: choose a port between 0 and 65535")
     options = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_list": max_list,
-               "micro_batching": micro_batching, "device": device}
+               "micro_batching": micro_batching, "device": device, "max_body_bytes": max_body_bytes}
     if workers == 1:
         app = create_app(run_dir, **options)
         logger.info("serving %r on http://%s:%d", app.state.run, host, port)
