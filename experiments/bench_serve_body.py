@@ -150,7 +150,7 @@ def main() -> None:
         run_dir = Path(tmp) / "pop"
         Run.fit(synthetic_log(SyntheticConfig(n_users=200, n_items=50, seed=0)), "popularity", output=run_dir,
                 report=lambda _: None)
-        print(f"| limit | case | answers | RSS before (MiB) | peak (MiB) | RSS after (MiB) |\n|---|---|---|---|---|---|")
+        print("| limit | case | answers | RSS before (MiB) | peak (MiB) | RSS after (MiB) |\n|---|---|---|---|---|---|")
         for label, limit in (("none (2**40)", 2**40), ("1 MiB (default)", 1 << 20)):
             with Server(run_dir, limit) as server:
                 for case, clients, chunked in (("one", 1, False), ("two", 2, False), ("chunked", 1, True)):
