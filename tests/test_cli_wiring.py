@@ -487,7 +487,7 @@ def test_serve_options_reach_the_server(monkeypatch, runs):
     every, plain, quiet = calls
     assert every == {"run_dir": str(runs["ease"]), "host": "0.0.0.0", "port": 9001, "workers": 3, "max_batch": 17,
                      "max_wait_ms": 2.5, "max_list": 10_000, "micro_batching": False, "device": "cpu",
-                     "log_level": "info", "access_log": True}
+                     "log_level": "info", "access_log": True, "max_body_bytes": 1 << 20}
     assert {k: plain[k] for k in ("host", "port", "workers", "max_batch", "max_wait_ms", "micro_batching", "device",
                                   "log_level", "access_log")} == {
         "host": "127.0.0.1", "port": 8000, "workers": 1, "max_batch": 256, "max_wait_ms": 5.0, "micro_batching": True,

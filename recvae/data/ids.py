@@ -20,7 +20,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["normalise_ids", "lookup_ids", "coerce_ids", "UnknownIdError"]
+__all__ = ["normalise_ids", "lookup_ids", "coerce_ids", "short_id", "UnknownIdError"]
+
+#: How many characters of an id a message shows (a request may send a megabyte-long "id").
+SHORT_ID_CHARS = 64
 
 
 class UnknownIdError(KeyError):
@@ -32,6 +35,12 @@ class UnknownIdError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def short_id(value, limit: int = SHORT_ID_CHARS) -> str:
+    """An id as messages show it: its ``repr``, cut to ``limit`` characters plus "..." when longer."""
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def normalise_ids(values, what: str = "id") -> np.ndarray:
@@ -111,7 +120,7 @@ def lookup_ids(index: pd.Index | np.ndarray, raw, what: str = "item") -> np.ndar
     positions = index.get_indexer(query)
     if (positions < 0).any():
         unknown = query[positions < 0].tolist()
-        shown = ", ".join(map(repr, unknown[:5]))
+        shown = ", ".join(map(short_id, unknown[:5]))
         more = f" and {len(unknown) - 5:,} more" if len(unknown) > 5 else ""
         raise UnknownIdError(f"unknown {what} id(s): {shown}{more}", unknown)
     return positions.astype(np.int64)

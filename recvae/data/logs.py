@@ -37,13 +37,11 @@ from recvae.data.ids import find_ids, normalise_ids
 from recvae.data.files import read_interactions_file
 from recvae.data.interactions import Interactions
 from recvae.data.movielens import MOVIELENS, read_movielens, read_movielens_file
+from recvae.data.movielens.registry import MOVIELENS_RATING_SCALE
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["InteractionLog", "LogColumnError", "read_log", "MOVIELENS_RATING_SCALE"]
-
-#: MovieLens ratings lie in 0.5..5 (half stars in the newer releases, 1..5 in 100K/1M).
-MOVIELENS_RATING_SCALE = (0.5, 5.0)
 
 _USER_NAMES = ("user", "userid", "uid", "users", "customer", "customerid", "visitor", "visitorid", "member",
                "memberid", "account", "accountid", "client", "clientid", "viewer", "viewerid", "listener",
@@ -298,8 +296,12 @@ def _named_log(frame: pd.DataFrame, label: str, scale, user_col, item_col, ratin
     """Give ``frame``'s columns their roles: those named, else those found by common names; refuse what is
     missing, contradictory or a rating left unnamed. The roles' columns are renamed in the log's frame."""
     columns = list(frame.columns)
-    _refuse_repeated_names(columns, label)
-    chosen, missing = _id_columns(columns, user_col, item_col, label)
+    try:
+        _refuse_repeated_names(columns, label)
+        chosen, missing = _id_columns(columns, user_col, item_col, label)
+    except LogColumnError:
+        _refuse_headerless(columns, label)
+        raise
     taken: set = set(chosen.values())
     notes: list[str] = []
 
@@ -314,6 +316,7 @@ def _named_log(frame: pd.DataFrame, label: str, scale, user_col, item_col, ratin
     if weight_col is not None and weight_col not in columns:
         missing.append(f"weight column {weight_col!r} (--weight-col)")
     if missing:
+        _refuse_headerless(columns, label)
         raise LogColumnError(f"{label}: cannot find {'; '.join(missing)}; the columns are {columns}")
 
     if implicit or rating_none:
@@ -334,6 +337,31 @@ def _named_log(frame: pd.DataFrame, label: str, scale, user_col, item_col, ratin
                  + (f"; ignored: {others}" if others else ""))
     return InteractionLog(out, label, {r: chosen.get(r) for r in ("user", "item", "rating", "timestamp")},
                           scale, notes)
+
+
+def _refuse_headerless(columns: list, label: str) -> None:
+    """Columns that could not be given roles and whose names look like data (mostly numbers, no known role
+    name): the file has no header row and its first event was read as one. Say so, not "no column 'user'"."""
+    # pandas renames a repeated name '1' to '1.1': the first line held '1' twice
+    first = [re.sub(r"\.\d+$", "", c) if isinstance(c, str) and re.sub(r"\.\d+$", "", c) in columns else c
+             for c in columns]
+    numbers = sum(_is_number(c) for c in first)
+    known = set(_USER_NAMES + _ITEM_NAMES + _RATING_NAMES + _RATING_LIKE_NAMES + _TIME_NAMES)
+    if numbers == 0 or 2 * numbers < len(first) or any(_key(c) in known for c in first):
+        return
+    raise LogColumnError(
+        f"{label}: the file seems to have no header row: its first line {[str(c) for c in first]} looks like data, "
+        "not column names; add a header line naming the columns (e.g. user,item,rating,timestamp) and pass "
+        "those names with --user-col/--item-col (user_col=, item_col=) if they are not the usual ones"
+    )
+
+
+def _is_number(name: object) -> bool:
+    try:
+        float(name)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _refuse_repeated_names(columns: list, label: str) -> None:

@@ -43,11 +43,13 @@ def sniff_file(path: str | os.PathLike[str]) -> str:
     """The kind of a log file from its first bytes: "parquet", "gzip", "zip", "text" or "binary".
 
     "binary" is anything else holding NUL bytes or bytes that are not UTF-8 in
-    its first 8 KiB. Refuses a missing path, a directory and an empty file.
+    its first 8 KiB. Refuses a missing path, a directory, an empty file and a
+    file named ``.zip`` that is not a zip archive (a failed download, a log
+    renamed by mistake): read as text it would fail later, on its separator.
 
     Raises:
         LogFileNotFoundError: the file does not exist.
-        LogFileError: a directory, or an empty file.
+        LogFileError: a directory, an empty file, or a ``.zip`` that is not a zip archive.
     """
     path = Path(path)
     if not path.exists():
@@ -58,6 +60,15 @@ def sniff_file(path: str | os.PathLike[str]) -> str:
         head = fh.read(_HEAD)
     if not head:
         raise LogFileError(f"{path} is empty (0 bytes): expected a header line and one event per line")
+    kind = _kind_of(head)
+    if path.suffix.lower() == ".zip" and kind != "zip":
+        raise LogFileError(f"{path} is not a zip archive (its content is {kind}, without a zip's PK header); "
+                           "download or create the archive again, or, if it is the log itself, give it the "
+                           "name of what it is (e.g. .csv)")
+    return kind
+
+
+def _kind_of(head: bytes) -> str:
     if head.startswith(b"PAR1"):
         return "parquet"
     if head.startswith(b"\x1f\x8b"):

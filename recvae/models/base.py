@@ -11,6 +11,7 @@ in :mod:`recvae.models.ranking`; :func:`item_mask`, :func:`rank_items` and
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from recvae.data.ids import UnknownIdError, lookup_ids
 from recvae.data.interactions import Interactions
 from recvae.data.splits import HeldOut, Split
 from recvae.models.ranking import item_mask, rank_in_blocks, rank_items
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Recommender",
@@ -300,7 +303,7 @@ class Recommender(ABC):
 
         Args:
             item_ids: raw item ids (or item columns with ``by_column=True``).
-            k: items per query item.
+            k: items per query item; past the other items of the catalogue, all of them, with a warning.
 
         Each model uses its own item space; see :meth:`item_similarities`.
         """
@@ -316,6 +319,9 @@ class Recommender(ABC):
         similarity = np.asarray(self.item_similarities(columns), dtype=np.float32)
         own = sp.csr_matrix((np.ones(len(columns), np.float32), columns, np.arange(len(columns) + 1)),
                             shape=(len(columns), self.n_items_))
+        if k > self.n_items_ - 1:
+            logger.warning("k=%s is more than the %s other items of the catalogue: returning at most %s similar "
+                           "items per item", f"{int(k):,}", f"{self.n_items_ - 1:,}", f"{self.n_items_ - 1:,}")
         items, scores = rank_items(similarity, min(k, self.n_items_ - 1), exclude=own)
         return Recommendations(items=items, scores=scores, item_ids=self._item_ids_of(items))
 

@@ -71,6 +71,36 @@ class RunQueries:
     def item_ids(self) -> np.ndarray:
         return self.split.item_ids
 
+    # ------------------------------------------------------------------ k past the catalogue
+    def k_limit(self, *, similar: bool = False) -> int:
+        """The most items one answer can hold: the catalogue (every other item for :meth:`similar_items`)."""
+        return max(self.n_items - 1, 1) if similar else self.n_items
+
+    def effective_k(self, k: int, *, similar: bool = False, warn: bool = True) -> int:
+        """``k`` checked (a positive integer) and cut to :meth:`k_limit`; a cut is logged as a warning naming
+        the real k (``warn=False``: silently, for a heading). Every query uses it and stores the result in
+        ``frame.attrs["k"]`` (and what was asked in ``frame.attrs["k_asked"]``)."""
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise RunError(f"k must be a positive integer; got {k!r}")
+        limit = self.k_limit(similar=similar)
+        if k > limit and warn:
+            what = "similar items per item (every other item)" if similar else "items per user (the whole catalogue)"
+            logger.warning("k=%s is more than the catalogue's %s items allow: returning at most %s %s",
+                           f"{int(k):,}", f"{self.n_items:,}", f"{limit:,}", what)
+        return min(int(k), limit)
+
+    def k_label(self, k: int, *, similar: bool = False) -> str:
+        """``k`` as a heading shows it: ``"10"``, or ``"1,682 (the whole catalogue; asked for 100,000)"`` when the
+        catalogue is smaller than what was asked (``"Top " + run.k_label(k)``)."""
+        real = self.effective_k(k, similar=similar, warn=False)
+        if real == k:
+            return f"{real:,}"
+        return f"{real:,} ({'every other item' if similar else 'the whole catalogue'}; asked for {int(k):,})"
+
+    def _with_k(self, frame: pd.DataFrame, k: int, asked: int) -> pd.DataFrame:
+        frame.attrs["k"], frame.attrs["k_asked"] = k, int(asked)
+        return frame
+
     # ------------------------------------------------------------------ users
     def resolve_users(self, user_ids: Iterable, *, strict: bool = False) -> tuple[np.ndarray, np.ndarray, SkippedUsers]:
         """(rows, raw ids found, skipped) for raw user ids; ``strict`` refuses any skipped id."""
@@ -165,8 +195,10 @@ class RunQueries:
                 :meth:`recommend_all`.
 
         Skipped ids are logged as a warning and listed in ``frame.attrs["skipped"]``
-        (a :class:`SkippedUsers`).
+        (a :class:`SkippedUsers`). A ``k`` past the catalogue returns the whole catalogue, with a
+        warning; ``frame.attrs["k"]`` holds the k used (``"k_asked"`` the one asked, see :meth:`k_label`).
         """
+        asked, k = k, self.effective_k(k)
         rows, found_ids, skipped = self.resolve_users(user_ids, strict=strict)
         if skipped:
             logger.warning("%s", skipped.message())
@@ -175,7 +207,7 @@ class RunQueries:
         frames = frames or [self._empty_recommendations()]
         frame = pd.concat(frames, ignore_index=True)
         frame.attrs["skipped"] = skipped
-        return frame
+        return self._with_k(frame, k, asked)
 
     def _empty_recommendations(self) -> pd.DataFrame:
         return pd.DataFrame({"user_id": self.user_ids[:0], "rank": np.zeros(0, np.int64),
@@ -201,7 +233,10 @@ class RunQueries:
 
     def recommend_for_items(self, item_ids: Iterable, k: int = 10, *, exclude=None, candidates=None,
                             strict: bool = False) -> pd.DataFrame:
-        """Top-k for a new user from the raw ids of their items (fold-in, no retraining): ``rank, item_id, score``."""
+        """Top-k for a new user from the raw ids of their items (fold-in, no retraining): ``rank, item_id, score``.
+
+        ``k`` past the catalogue: as :meth:`recommend` (a warning, ``frame.attrs["k"]``)."""
+        asked, k = k, self.effective_k(k)
         items = self._item_columns(list(item_ids), "items", strict)
         if len(items) == 0:
             raise RunError(f"items (--items) {_first(list(item_ids))}: none is in the model's catalogue of "
@@ -210,10 +245,10 @@ class RunQueries:
         items = np.unique(items)
         row = sp.csr_matrix((np.ones(len(items), np.float32), items, [0, len(items)]), shape=(1, self.n_items))
         recs = self.model.recommend(
-            row, k=min(int(k), self.n_items),
+            row, k=k,
             exclude=None if exclude is None else self._item_columns(exclude, "exclude", strict),
             candidates=None if candidates is None else self._item_columns(candidates, "candidates", strict))
-        return recs.to_frame()[["rank", "item_id", "score"]]
+        return self._with_k(recs.to_frame()[["rank", "item_id", "score"]], k, asked)
 
     def recommend_all(
         self,
@@ -239,9 +274,13 @@ class RunQueries:
         items at a time and merges a running top-k; others are ranked in smaller user
         batches (see :func:`recvae.models.base.rank_in_blocks`). The output does not
         depend on it: e.g. ``run.recommend_all("recs.parquet", max_memory=256 * 2**20)``.
+
+        ``k`` past the catalogue: the whole catalogue, with one warning (a returned frame
+        holds ``attrs["k"]``; with ``path``, :meth:`effective_k` tells the k used).
         """
         from tqdm.auto import tqdm
 
+        asked, k = k, self.effective_k(k)
         if path is not None:
             check_table_output(path)
         starts = range(0, len(self.user_ids), batch_size)
@@ -249,7 +288,8 @@ class RunQueries:
         if path is None:
             frames = [self._recommend_rows(np.arange(s, min(s + batch_size, len(self.user_ids))), k, filter_seen,
                                            exclude, candidates, False, max_memory) for s in bar]
-            return pd.concat(frames, ignore_index=True) if frames else self._empty_recommendations()
+            frame = pd.concat(frames, ignore_index=True) if frames else self._empty_recommendations()
+            return self._with_k(frame, k, asked)
         with TableWriter(path) as writer:
             for s in bar:
                 rows = np.arange(s, min(s + batch_size, len(self.user_ids)))
@@ -291,16 +331,18 @@ class RunQueries:
 
         The similarity is the model's own (see :meth:`Recommender.item_similarities`):
         EASE's weights B[i, j], item-KNN's neighbour similarities, the cosine of
-        ALS/BPR item factors or of the VAE decoder's item rows.
+        ALS/BPR item factors or of the VAE decoder's item rows. A ``k`` past the catalogue
+        returns every other item, with a warning; ``frame.attrs["k"]`` holds the k used.
         """
+        asked, k = k, self.effective_k(k, similar=True)
         ids = [item_ids] if isinstance(item_ids, (str, bytes)) or np.isscalar(item_ids) else list(item_ids)
         columns = lookup_ids(pd.Index(np.asarray(self.item_ids)), ids, "item")
         recs = self.model.similar_items(columns, k=k, by_column=True)
         n, kk = recs.items.shape
         valid = recs.valid.ravel()
-        return pd.DataFrame({
+        return self._with_k(pd.DataFrame({
             "item_id": np.repeat(self.item_ids[columns], kk)[valid],
             "rank": np.tile(np.arange(1, kk + 1), n)[valid],
             "similar_item_id": self.item_ids[np.maximum(recs.items, 0)].ravel()[valid],
             "score": recs.scores.ravel()[valid],
-        })
+        }), k, asked)

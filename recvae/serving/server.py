@@ -17,7 +17,14 @@ Endpoints (JSON in and out; ids are strings or numbers, looked up as :class:`rec
 
 Unknown user or item ids answer 404, a bad ``k`` (below 1 or above the catalogue), a list
 longer than ``max_list`` or a wrong type 422, each as ``{"detail": "<one line>"}``; no answer
-carries a traceback.
+carries a traceback, and an id echoed in a message is cut to its first 64 characters.
+A request body over ``max_body_bytes`` (1 MiB by default) answers 413 before it is read: a
+declared ``Content-Length`` is checked first, and a chunked body is counted while it streams
+in and refused as soon as it passes the limit (both in :mod:`recvae.serving.http_errors`).
+
+``items`` holds what was returned, at most ``k`` entries: fewer when fewer items are eligible
+(the user's seen items filtered out, ``exclude``, ``candidates``); a client reads its length,
+never assumes ``k``.
 
 Micro-batching: ``/recommend`` requests wait in a queue; one background task takes the
 first waiting request, collects more for at most ``max_wait_ms`` (or until ``max_batch``),
@@ -44,14 +51,13 @@ import numpy as np
 import pandas as pd
 
 from recvae import __version__
-from recvae.data.ids import UnknownIdError, lookup_ids
-from recvae.runs import Run, RunError
+from recvae.data.ids import lookup_ids, short_id
+from recvae.runs import Run
+from recvae.serving.http_errors import DEFAULT_MAX_BODY_BYTES, BodyLimit, RequestError, install_error_handlers
 
 try:
     import uvicorn
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI
     from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 except ImportError:  # the optional ``serve`` extra is not installed
     HAVE_SERVER = False
@@ -134,69 +140,6 @@ def _require_server() -> None:
         raise ServerError(MISSING_SERVER)
 
 
-# ============================================================================ errors
-class RequestError(ValueError):
-    """A request the server refuses; ``status`` is the HTTP status (404 unknown ids, 422 bad values)."""
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    return " ".join(text.split()) or type(err).__name__
-
-
-def _validation_message(err: RequestValidationError) -> str:
-    """FastAPI's list of validation errors as one line: ``k: Input should be a valid integer; ...``."""
-    parts: dict[str, str] = {}
-    for error in err.errors():
-        if error.get("type") == "json_invalid":
-            parts["body"] = f"invalid JSON ({error.get('msg', 'decode error')} at position {error['loc'][-1]})"
-            continue
-        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
-        if loc and loc[-1] in _ID_TYPES:  # one error per member of the id union: say it once
-            parts.setdefault(".".join(loc[:-1]) or "body", "an id must be a string or a number")
-            continue
-        parts.setdefault(".".join(loc) or "body", error.get("msg", "invalid"))
-    shown = [f"{where}: {what}" for where, what in parts.items()]
-    return "; ".join(shown[:5]) + (f"; and {len(shown) - 5} more" if len(shown) > 5 else "")
-
-
-_ID_TYPES = ("str", "int", "float")
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    async def request_error(_: Request, err: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(err)}, status_code=err.status)
-
-    async def validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_message(err)}, status_code=422)
-
-    async def unknown_id(_: Request, err: KeyError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(err)}, status_code=404)
-
-    async def bad_value(_: Request, err: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(err)}, status_code=422)
-
-    async def not_supported(_: Request, err: NotImplementedError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(err)}, status_code=501)
-
-    async def internal(_: Request, err: Exception) -> JSONResponse:
-        # The boundary to HTTP clients: the traceback goes to the server's log, one line to the client.
-        logger.error("internal error", exc_info=err)
-        return JSONResponse({"detail": f"internal error: {type(err).__name__}: {_one_line(err)}"[:500]},
-                            status_code=500)
-
-    app.add_exception_handler(RequestError, request_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(KeyError, unknown_id)  # UnknownIdError
-    app.add_exception_handler(ValueError, bad_value)  # RunError
-    app.add_exception_handler(NotImplementedError, not_supported)
-    app.add_exception_handler(Exception, internal)
-
-
 # ============================================================================ the service
 @dataclass
 class _Pending:
@@ -236,10 +179,10 @@ class _Service:
         _, found, skipped = self.run.resolve_users([user_id])
         if skipped.dropped:
             events = skipped.min_user_events
-            raise RequestError(f"user id {user_id!r} was dropped by preprocessing (fewer than {events} positive "
-                               "events); recommend from their items with /recommend/new-user", status=404)
+            raise RequestError(f"user id {short_id(user_id)} was dropped by preprocessing (fewer than {events} "
+                               "positive events); recommend from their items with /recommend/new-user", status=404)
         if skipped or not len(found):
-            raise RequestError(f"unknown user id {user_id!r}: not in the run's log", status=404)
+            raise RequestError(f"unknown user id {short_id(user_id)}: not in the run's log", status=404)
         return found[0].item() if isinstance(found[0], np.generic) else found[0]
 
     def recommend_batch(self, key: tuple, user_ids: list, k: int) -> dict[Any, list[dict]]:
@@ -356,6 +299,7 @@ def create_app(
     max_list: int = DEFAULT_MAX_LIST,
     micro_batching: bool = True,
     device: str = "auto",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """A FastAPI app serving a run (a directory, loaded with ``device``, or a :class:`Run`).
 
@@ -364,11 +308,14 @@ def create_app(
         max_wait_ms: how long the first request of a batch waits for more (micro-batching).
         max_list: most item ids in one request's list (``exclude``, ``candidates``, ``item_ids``).
         micro_batching: False scores each /recommend request alone.
+        max_body_bytes: the largest request body read; a larger one answers 413 unread (see the module
+            docstring).
     """
     _require_server()
     if max_batch < 1 or max_wait_ms < 0 or max_list < 1:
         raise ServerError(f"max_batch {max_batch}, max_wait_ms {max_wait_ms}, max_list {max_list}: max_batch and "
                           "max_list must be at least 1 and max_wait_ms at least 0")
+    _check_max_body_bytes(max_body_bytes)
     run = run_dir_or_run if isinstance(run_dir_or_run, Run) else Run.load(run_dir_or_run, device=device)
     service = _Service(run, max_list=max_list)
     batcher = _Batcher(service, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0) if micro_batching else None
@@ -383,10 +330,17 @@ def create_app(
                   description=f"Recommendations from {run!r}")
     app.state.run = run
     app.state.batcher = batcher
-    _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
+    install_error_handlers(app)
     _add_status_routes(app, run, batcher, max_batch=max_batch, max_wait_ms=max_wait_ms)
     _add_recommendation_routes(app, run, service, batcher)
     return app
+
+
+def _check_max_body_bytes(max_body_bytes) -> None:
+    if not isinstance(max_body_bytes, (int, np.integer)) or isinstance(max_body_bytes, bool) or max_body_bytes < 1:
+        raise ServerError(f"max_body_bytes {max_body_bytes!r}: give a whole number of bytes, at least 1 "
+                          f"(the default is {DEFAULT_MAX_BODY_BYTES:,})")
 
 
 def _add_status_routes(app: FastAPI, run: Run, batcher: _Batcher | None, *, max_batch: int,
@@ -458,7 +412,7 @@ def _encode_options(options: dict) -> str:
 
 def _decode_options(text: str) -> dict:
     casts = {"max_batch": int, "max_list": int, "max_wait_ms": float, "micro_batching": lambda v: v == "True",
-             "device": str}
+             "device": str, "max_body_bytes": int}
     pairs = (part.split("=", 1) for part in text.split(";") if part)
     return {key: casts[key](value) for key, value in pairs if key in casts}
 
@@ -476,15 +430,20 @@ def serve(
     device: str = "auto",
     log_level: str = "warning",
     access_log: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> None:
-    """Serve a run directory with uvicorn until interrupted (each of ``workers`` processes loads the run)."""
+    """Serve a run directory with uvicorn until interrupted (each of ``workers`` processes loads the run).
+
+    The options are :func:`create_app`'s (``max_body_bytes``: the largest request body read, 413 above it).
+    """
     _require_server()
+    _check_max_body_bytes(max_body_bytes)
     if workers < 1:
         raise ServerError(f"workers {workers}: give at least 1")
     if not 0 <= port <= 65535:
         raise ServerError(f"port {port}: choose a port between 0 and 65535")
     options = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_list": max_list,
-               "micro_batching": micro_batching, "device": device}
+               "micro_batching": micro_batching, "device": device, "max_body_bytes": max_body_bytes}
     if workers == 1:
         app = create_app(run_dir, **options)
         logger.info("serving %r on http://%s:%d", app.state.run, host, port)

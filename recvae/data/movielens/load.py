@@ -12,7 +12,7 @@ import pandas as pd
 from recvae.data.interactions import Interactions
 from recvae.data.movielens.download import download_movielens
 from recvae.data.movielens.readers import read_dat, read_ml100k, read_ratings_csv
-from recvae.data.movielens.registry import MOVIELENS, MovieLensSpec, _resolve
+from recvae.data.movielens.registry import MOVIELENS, MOVIELENS_RATING_SCALE, MovieLensSpec, _resolve
 from recvae.data.sniff import read_zipped_ratings, sniff_file
 
 logger = logging.getLogger(__package__)  # the package's logger, "recvae.data.movielens"
@@ -112,9 +112,14 @@ def load_movielens(
     Applies Liang et al.'s preprocessing by default (rating > 3.5, users with
     >= 5 events; files without ratings keep every pair). ``preprocessing``
     overrides :meth:`recvae.data.Interactions.from_dataframe`'s keyword arguments.
+
+    Ratings off the MovieLens scale (``rating_scale``, 0.5-5 by default) are never
+    positives, as in :func:`recvae.data.logs.read_log`: they are dropped, counted in
+    ``report.invalid_ratings`` and logged as a warning; ``strict=True`` refuses them.
     """
     if isinstance(name_or_path, MovieLensSpec) or str(name_or_path).lower() in MOVIELENS:
         log = read_movielens(name_or_path, data_dir=data_dir, download=download)
     else:
         log = read_movielens_file(name_or_path)
+    preprocessing.setdefault("rating_scale", MOVIELENS_RATING_SCALE)
     return Interactions.from_dataframe(log, **preprocessing)

@@ -11,7 +11,10 @@ import pandas as pd
 
 from recvae.data.movielens.readers import read_dat, read_ml100k, read_ratings_csv
 
-__all__ = ["MOVIELENS", "MovieLensSpec"]
+__all__ = ["MOVIELENS", "MovieLensSpec", "MOVIELENS_RATING_SCALE"]
+
+#: MovieLens ratings lie in 0.5..5 (half stars in the newer releases, 1..5 in 100K/1M).
+MOVIELENS_RATING_SCALE = (0.5, 5.0)
 
 
 @dataclass(frozen=True)
