@@ -365,18 +365,15 @@ def create_app(
         max_wait_ms: how long the first request of a batch waits for more (micro-batching).
         max_list: most item ids in one request's list (``exclude``, ``candidates``, ``item_ids``).
         micro_batching: False scores each /recommend request alone.
-        allow_failed: serve a run whose training failed anyway (refused by default, a
-            :class:`recvae.runs.RunError`).
+        allow_failed: serve a run whose training failed anyway (refused by default).
     """
     _require_server()
     if max_batch < 1 or max_wait_ms < 0 or max_list < 1:
         raise ServerError(f"max_batch {max_batch}, max_wait_ms {max_wait_ms}, max_list {max_list}: max_batch and "
                           "max_list must be at least 1 and max_wait_ms at least 0")
-    if isinstance(run_dir_or_run, Run):
-        run = run_dir_or_run
-        run.check_status(allow_failed=allow_failed)
-    else:
-        run = Run.load(run_dir_or_run, device=device, allow_failed=allow_failed)
+    run = run_dir_or_run if isinstance(run_dir_or_run, Run) else \
+        Run.load(run_dir_or_run, device=device, allow_failed=allow_failed)
+    run.check_status(allow_failed=allow_failed)  # a run whose training failed is refused (RunError)
     service = _Service(run, max_list=max_list)
     batcher = _Batcher(service, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0) if micro_batching else None
 
@@ -485,10 +482,8 @@ def serve(
     access_log: bool = False,
     allow_failed: bool = False,
 ) -> None:
-    """Serve a run directory with uvicorn until interrupted (each of ``workers`` processes loads the run).
-
-    ``allow_failed`` serves a run whose training failed anyway (refused by default).
-    """
+    """Serve a run directory with uvicorn until interrupted (each of ``workers`` processes loads the run);
+    ``allow_failed`` serves a run whose training failed anyway (refused by default)."""
     _require_server()
     if workers < 1:
         raise ServerError(f"workers {workers}: give at least 1")
