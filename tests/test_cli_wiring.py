@@ -315,6 +315,13 @@ def test_recommend_by_user_defaults_and_the_smallest_k(monkeypatch, runs, ease, 
     assert "-k 0" in error_of(["recommend", runs["ease"], "--user", users[0], "-k", "0"])
 
 
+def test_recommend_past_the_catalogue_says_how_many_it_returns(runs, ease):
+    user, n = ease.user_ids[30], len(ease.item_ids)
+    out = run_cli(["recommend", runs["ease"], "--user", str(user), "-k", "100000"])
+    assert f"Top {n:,} (the whole catalogue; asked for 100,000) for user {user}:" in out
+    assert "Top 100000" not in out and "Top 100,000 for" not in out
+
+
 def test_recommend_tables_of_users_exclusions_and_candidates(monkeypatch, runs, ease, oracle, tmp_path):
     calls = spy(monkeypatch, Run, "recommend")
     users = ease.user_ids[[12, 7, 12, 40]].tolist()
@@ -481,17 +488,18 @@ def test_serve_options_reach_the_server(monkeypatch, runs):
 
     calls = spy(monkeypatch, recvae.serving.server, "serve", lambda *args, **kwargs: None)
     run_cli(["-v", "serve", runs["ease"], "--host", "0.0.0.0", "--port", "9001", "--workers", "3", "--max-batch",
-             "17", "--max-wait-ms", "2.5", "--no-batching", "--device", "cpu"])
+             "17", "--max-wait-ms", "2.5", "--no-batching", "--device", "cpu", "--allow-failed",
+             "--max-body-bytes", "4096"])
     run_cli(["serve", runs["ease"]])
     run_cli(["-q", "serve", runs["ease"]])
     every, plain, quiet = calls
     assert every == {"run_dir": str(runs["ease"]), "host": "0.0.0.0", "port": 9001, "workers": 3, "max_batch": 17,
                      "max_wait_ms": 2.5, "max_list": 10_000, "micro_batching": False, "device": "cpu",
-                     "log_level": "info", "access_log": True, "max_body_bytes": 1 << 20}
+                     "log_level": "info", "access_log": True, "max_body_bytes": 4096, "allow_failed": True}
     assert {k: plain[k] for k in ("host", "port", "workers", "max_batch", "max_wait_ms", "micro_batching", "device",
-                                  "log_level", "access_log")} == {
+                                  "log_level", "access_log", "allow_failed", "max_body_bytes")} == {
         "host": "127.0.0.1", "port": 8000, "workers": 1, "max_batch": 256, "max_wait_ms": 5.0, "micro_batching": True,
-        "device": "auto", "log_level": "info", "access_log": False}
+        "device": "auto", "log_level": "info", "access_log": False, "allow_failed": False, "max_body_bytes": 1 << 20}
     assert (quiet["log_level"], quiet["access_log"], quiet["micro_batching"]) == ("warning", False, True)
 
 

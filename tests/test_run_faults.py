@@ -202,7 +202,9 @@ def test_a_diverging_run_is_written_as_failed_and_exits_non_zero(log_csv, tmp_pa
     assert "diverged" in message and "lower lr" in message and "status 'failed'" in message
     metrics = json.loads((target / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "diverged" in metrics["error"]
-    assert Run.load(target).info()["status"] == "failed"
+    assert Run.load(target, allow_failed=True).info()["status"] == "failed"
+    with pytest.raises(RunError, match="training failed .*diverged.*--allow-failed"):
+        Run.load(target)  # a failed run is not used by accident (tests/test_run_trust.py: every command)
 
 
 # ----------------------------------------------------------------------------- fail before the work

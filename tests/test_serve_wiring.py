@@ -336,7 +336,7 @@ def test_serve_one_process_passes_every_option(runs, uvicorn_calls, micro_batchi
                        micro_batching=micro_batching, device="cpu", log_level="info", access_log=True)
     [(args, kwargs)] = uvicorn_calls["run"]
     assert kwargs == {"host": "127.0.0.9", "port": 8123, "log_level": "info", "access_log": True}
-    assert uvicorn_calls["load"] == [(str(path), {"device": "cpu"})]
+    assert uvicorn_calls["load"] == [(str(path), {"device": "cpu", "allow_failed": False})]
     _check_options(args[0], micro_batching=micro_batching, max_batch=7, max_wait_ms=3.5, max_list=11, run=run)
 
 
@@ -351,7 +351,7 @@ def test_serve_worker_processes_read_every_option(runs, uvicorn_calls, micro_bat
                       "access_log": False}
     # what each worker process does on start: build the app from the environment
     app = serve_module._app_from_environment()
-    assert [kw for _, kw in uvicorn_calls["load"]] == [{"device": "cpu"}, {"device": "cpu"}]
+    assert [kw for _, kw in uvicorn_calls["load"]] == [{"device": "cpu", "allow_failed": False}] * 2
     assert uvicorn_calls["load"][-1][0] == str(path.resolve())
     _check_options(app, micro_batching=micro_batching, max_batch=9, max_wait_ms=2.5, max_list=12, run=run)
 

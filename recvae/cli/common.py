@@ -35,9 +35,14 @@ def subparser(sub, common, name: str, help: str, description: str) -> argparse.A
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_run_dir(p: argparse.ArgumentParser) -> None:
+def add_run_dir(p: argparse.ArgumentParser, *, device: bool = True, allow_failed: bool = True) -> None:
+    """RUN_DIR, --device and --allow-failed (``Run.load``'s ``device`` and ``allow_failed``)."""
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'recvae train'")
-    p.add_argument("--device", default="auto", help="device for torch models: auto, cpu, cuda (default auto)")
+    if device:
+        p.add_argument("--device", default="auto", help="device for torch models: auto, cpu, cuda (default auto)")
+    if allow_failed:
+        p.add_argument("--allow-failed", action="store_true",
+                       help="use a run whose training failed (diverged) anyway; refused by default")
 
 
 def progress(args: argparse.Namespace) -> bool | None:
@@ -49,10 +54,13 @@ def reporter(args: argparse.Namespace):
     return (lambda line: None) if args.quiet else print
 
 
-def load_run(args: argparse.Namespace):
+def load_run(args: argparse.Namespace, *, allow_failed: bool | None = None):
+    """``Run.load`` of RUN_DIR with --device and --allow-failed (``allow_failed`` overrides the option)."""
     from recvae.runs import Run
 
-    return Run.load(args.run_dir, device=args.device)
+    if allow_failed is None:
+        allow_failed = getattr(args, "allow_failed", False)
+    return Run.load(args.run_dir, device=args.device, allow_failed=allow_failed)
 
 
 def check_output(path: str | None) -> None:

@@ -25,8 +25,9 @@ def add_demo(sub, common) -> None:
 
 def add_info(sub, common) -> None:
     p = subparser(sub, common, "info", "what a run is: model, parameters, data, split, best epoch, metrics",
-                  "Summarise a run directory (recvae.runs.Run.summary); --json prints Run.info().")
-    add_run_dir(p)
+                  "Summarise a run directory (recvae.runs.Run.summary); --json prints Run.info().\n"
+                  "A run whose training failed is shown too (its status says so).")
+    add_run_dir(p, allow_failed=False)
     p.add_argument("--json", action="store_true", help="print the full summary as JSON")
     p.set_defaults(handler=run_info)
 
@@ -82,7 +83,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     """``recvae info``: :meth:`Run.summary` (or :meth:`Run.info` as JSON)."""
-    run = load_run(args)
+    run = load_run(args, allow_failed=True)  # info shows a failed run's status; it is not used
     print(json.dumps(run.info(), indent=2, default=str) if args.json else run.summary())
     return 0
 

@@ -92,12 +92,12 @@ def run_recommend(args: argparse.Namespace) -> int:
     if args.all_users:
         path = run.recommend_all(args.output, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
                                  candidates=candidates, batch_size=args.batch_size, progress=progress(args))
-        print(f"Top {args.k} for {len(run.user_ids):,} users written to {path}")
+        print(f"Top {run.k_label(args.k)} for {len(run.user_ids):,} users written to {path}")
         return 0
     if args.items is not None:
         frame = run.recommend_for_items(args.items, k=args.k, exclude=exclude, candidates=candidates,
                                         strict=args.strict)
-        print(f"Top {args.k} for a new user with {len(args.items)} items:")
+        print(f"Top {run.k_label(args.k)} for a new user with {len(args.items)} items:")
         print_table(frame)
         frame.insert(0, "user_id", "")
     else:
@@ -109,7 +109,7 @@ def run_recommend(args: argparse.Namespace) -> int:
                  f"{sample}; for a new user, pass their items with --items")
         if args.output is None or len(users) <= 20:
             for user, part in frame.groupby("user_id", sort=False):
-                print(f"Top {args.k} for user {user}:")
+                print(f"Top {run.k_label(args.k)} for user {user}:")
                 print_table(part[["rank", "item_id", "score"]])
     write_output(frame[["user_id", "rank", "item_id", "score"]], args.output, "Recommendations")
     return 0

@@ -15,7 +15,7 @@ def add_export(sub, common) -> None:
                   "score of every item out (float32, users x items), at the posterior mean.\n"
                   "Mult-VAE, Mult-DAE, RecVAE and EASE export; needs pip install recvae[onnx].\n\n"
                   "example:\n  recvae export runs/vae --format onnx -o vae.onnx")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'recvae train'")
+    add_run_dir(p, device=False)
     p.add_argument("--format", choices=("onnx",), default="onnx", help="the file format (default onnx)")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="the file to write (replaced if present)")
     p.add_argument("--opset", type=int, help="ONNX opset version (default: recvae.serving.onnx_export.DEFAULT_OPSET)")
@@ -41,6 +41,8 @@ def add_serve(sub, common) -> None:
                    help="how long a request waits for others to share its batch (default 5)")
     p.add_argument("--max-batch", type=int, default=256, help="most requests scored in one batch (default 256)")
     p.add_argument("--no-batching", action="store_true", help="score each /recommend request alone")
+    p.add_argument("--max-body-bytes", metavar="N", type=int, default=1 << 20,
+                   help="largest request body read, in bytes; larger ones answer 413 unread (default 1,048,576)")
     p.set_defaults(handler=run_serve)
 
 
@@ -51,7 +53,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     serve(args.run_dir, host=args.host, port=args.port, workers=args.workers, max_batch=args.max_batch,
           max_wait_ms=args.max_wait_ms, micro_batching=not args.no_batching, device=args.device,
-          log_level="warning" if args.quiet else "info", access_log=args.verbose > 0)
+          log_level="warning" if args.quiet else "info", access_log=args.verbose > 0,
+          max_body_bytes=args.max_body_bytes, allow_failed=args.allow_failed)
     return 0
 
 
@@ -62,7 +65,7 @@ def run_export(args: argparse.Namespace) -> int:
     run = load_run(args)
     try:
         path = export_onnx(run, args.output, opset=DEFAULT_OPSET if args.opset is None else args.opset,
-                           weighted=not args.unweighted)
+                           weighted=not args.unweighted, allow_failed=args.allow_failed)
     except ImportError as err:  # onnx / onnxscript missing: the message says what to install
         fail(one_line(err))
     print(f"{type(run.model).__name__} fold-in scorer ({run.n_items:,} items) written to {path}")

@@ -137,14 +137,20 @@ class Split:
                 "write one with Split.save(directory)"
             )
         meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"{directory} holds split format {meta.get('format_version')}, this recvae reads "
-                f"{_FORMAT_VERSION}; re-create the split"
-            )
         with np.load(npz_path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
+        return cls.from_saved(meta, arrays, directory)
 
+    @classmethod
+    def from_saved(cls, meta: dict, arrays: dict[str, np.ndarray], directory: str | Path = "the split") -> Split:
+        """The split of ``split.json``'s ``meta`` and ``matrices.npz``'s ``arrays``, already read (by :meth:`load`,
+        or by a reader that checked the files first); ``directory`` names them in errors."""
+        if not isinstance(meta, dict) or meta.get("format_version") != _FORMAT_VERSION:
+            version = meta.get("format_version") if isinstance(meta, dict) else None
+            raise ValueError(
+                f"{directory} holds split format {version}, this recvae reads "
+                f"{_FORMAT_VERSION}; re-create the split"
+            )
         held = {
             which: HeldOut(
                 fold_in=csr_from_arrays(f"{which}_fold_in", arrays),

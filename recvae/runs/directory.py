@@ -31,6 +31,7 @@ from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
 from recvae.data.splits import Split
 from recvae.data.tables import check_output_path
 from recvae.models.registry import load_model
+from recvae.runs import trust
 from recvae.runs.errors import RunError, one_line
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ __all__ = ["RunOutput", "RUN_FORMAT"]
 RUN_FORMAT = "recvae.run/1"
 MODEL_FILE = "model"
 SPLIT_DIR = "split"
+SPLIT_META_FILE = "split.json"
+SPLIT_ARRAYS_FILE = "matrices.npz"
 USERS_FILE = "users.npz"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
@@ -47,6 +50,8 @@ CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = "lock"
+#: every file the loader opens (with the model): each must be listed in the manifest.
+_READ_FILES = (CONFIG_FILE, METRICS_FILE, USERS_FILE, f"{SPLIT_DIR}/{SPLIT_META_FILE}", f"{SPLIT_DIR}/{SPLIT_ARRAYS_FILE}")
 
 
 @dataclass(frozen=True)
@@ -187,37 +192,51 @@ def _fsync_tree(directory: Path) -> None:
 
 
 # ---------------------------------------------------------------------- reading
-def read_run(path: str | os.PathLike, *, device: str = "auto", verify: bool = True) -> dict:
-    """The parts of the run at ``path`` (the keyword arguments of ``Run``), every file checked against its manifest."""
+def read_run(path: str | os.PathLike, *, device: str = "auto", verify: bool = True, allow_failed: bool = False) -> dict:
+    """The parts of the run at ``path`` (the keyword arguments of ``Run``), trusting only its manifest.
+
+    Before any file is opened: no link inside the run, every listed name a regular file inside it
+    of the listed size, every file the loader opens listed (:mod:`recvae.runs.trust`); with
+    ``verify`` every listed file's sha256 too. Files the manifest does not list are never opened.
+    A run whose training failed is refused unless ``allow_failed``. Every refusal is a one-line
+    :class:`RunError` naming the file and the fix.
+    """
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"{path}: no such run directory; give a directory written by 'recvae train' (Run.save)")
     manifest_path = path / MANIFEST_FILE
-    if not manifest_path.is_file():
-        hint = " (written by an older recvae? train it again)" if (path / MODEL_FILE).exists() else ""
-        raise RunError(f"{path}: not a recvae run directory: no {MANIFEST_FILE}{hint}")
+    if not os.path.lexists(manifest_path):
+        hint = " (written by an older recvae?)" if os.path.lexists(path / MODEL_FILE) else ""
+        raise RunError(f"{path}: not a recvae run directory: no {MANIFEST_FILE}{hint}; train it again")
+    trust.refuse_links(path)  # before anything is opened, the manifest included
+    trust.require_regular(manifest_path)
     manifest = read_json(manifest_path)
     if manifest.get("format") != RUN_FORMAT or not isinstance(manifest.get("files"), dict):
-        raise RunError(f"{manifest_path}: not a recvae run manifest of format {RUN_FORMAT}")
+        raise RunError(f"{manifest_path}: not a recvae run manifest of format {RUN_FORMAT}; train it again")
+    listed = manifest["files"]
+    trust.check_tree(path, listed, manifest=MANIFEST_FILE)
+    trust.require_listed(path, listed, _READ_FILES, MODEL_FILE, manifest=MANIFEST_FILE)
     if verify:
         _verify_manifest(path, manifest)
     config = read_json(path / CONFIG_FILE)
     metrics = read_json(path / METRICS_FILE)
+    trust.check_status(metrics, path, allow_failed=allow_failed)
     try:
         model = load_model(path / MODEL_FILE, device=device)
-    except (ValueError, KeyError, OSError) as err:
+    except (ValueError, KeyError, OSError, TypeError, IndexError, EOFError, RuntimeError) as err:
         raise RunError(f"{path / MODEL_FILE}: cannot load the model: {one_line(err)}") from None
     if config.get("model_class") not in (None, type(model).__name__):
         raise RunError(f"{path}: config.json describes a {config.get('model_class')} but the model file holds a "
                        f"{type(model).__name__}; the run directory is inconsistent, train it again")
+    split_meta = read_json(path / SPLIT_DIR / SPLIT_META_FILE)
+    split_arrays = trust.read_run_npz(path / SPLIT_DIR / SPLIT_ARRAYS_FILE)
+    arrays = trust.read_run_npz(path / USERS_FILE)
     try:
-        split = Split.load(path / SPLIT_DIR)
-        with np.load(path / USERS_FILE, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        split = Split.from_saved(split_meta, split_arrays, path / SPLIT_DIR)
         history, seen = csr_from_arrays("history", arrays), csr_from_arrays("seen", arrays)
         user_ids, dropped = arrays["user_ids"], arrays["dropped_user_ids"]
-    except (ValueError, KeyError, OSError, EOFError) as err:
-        raise RunError(f"{path}: cannot read the split or users file: {one_line(err)}") from None
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise RunError(f"{path}: cannot read the split or users file: {one_line(err)}; train the run again") from None
     if history.shape != (len(user_ids), model.n_items_) or seen.shape != history.shape \
             or split.n_items != model.n_items_:
         raise RunError(f"{path}: the users file, the split and the model disagree on the number of users or items; "
@@ -232,33 +251,27 @@ def read_json(path: Path) -> dict:
         value = json.loads(path.read_text())
     except FileNotFoundError:
         raise RunError(f"{path}: missing; the run directory is incomplete, train it again") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunError(f"{path}: not valid JSON ({one_line(err)}); the run directory is damaged") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise RunError(f"{path}: not valid JSON ({one_line(err)}); the run directory is damaged, "
+                       "restore it or train the run again") from None
+    except OSError as err:
+        raise RunError(f"{path}: cannot be read ({one_line(err.strerror or err)}); check its permissions") from None
     if not isinstance(value, dict):
-        raise RunError(f"{path}: expected a JSON object; the run directory is damaged")
+        raise RunError(f"{path}: expected a JSON object; the run directory is damaged, restore it or train it again")
     return value
 
 
 def _verify_manifest(path: Path, manifest: dict) -> None:
+    """Compare the sha256 of every listed file (already checked by :func:`trust.check_tree`) with the manifest."""
     listed = manifest["files"]
-    present = {p.relative_to(path).as_posix() for p in _files_under(path)} - {MANIFEST_FILE}
-    missing = sorted(set(listed) - present)
-    if missing:
-        raise RunError(f"{path}: {missing[0]} is missing ({len(missing)} file(s) of the run); train the run again")
     for name, entry in listed.items():
         file = path / name
-        size = file.stat().st_size
-        if not isinstance(entry, dict) or "sha256" not in entry:
-            raise RunError(f"{path / MANIFEST_FILE}: malformed entry for {name}; the run directory is damaged")
-        if entry.get("bytes") is not None and size != entry["bytes"]:
-            cause = "truncated" if size < entry["bytes"] else "longer than written"
-            raise RunError(f"{file}: {cause} ({size:,} of {entry['bytes']:,} bytes); restore it or train the run again")
         if _sha256(file) != entry["sha256"]:
             raise RunError(f"{file}: checksum mismatch (the file changed since it was written: corrupted or "
                            "replaced); restore it or train the run again")
-    extra = sorted(present - set(listed))
+    extra = sorted({p.relative_to(path).as_posix() for p in _files_under(path)} - set(listed) - {MANIFEST_FILE})
     if extra:
-        logger.warning("%s: files not written by the run are ignored: %s", path, ", ".join(extra[:5]))
+        logger.warning("%s: files not written by the run are ignored: %s (never opened)", path, ", ".join(extra[:5]))
 
 
 # ---------------------------------------------------------------------- the target, the work sibling, the lock

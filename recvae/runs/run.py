@@ -25,6 +25,7 @@ from recvae.runs.errors import RunError
 from recvae.runs.fitting import default_ks as _default_ks
 from recvae.runs.fitting import fit_run, jsonable as _jsonable, legacy_options, safe_params as _safe_params
 from recvae.runs.queries import RunQueries
+from recvae.runs.trust import check_status
 
 __all__ = ["Run"]
 
@@ -129,10 +130,30 @@ class Run(RunQueries):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str = "auto", verify: bool = True) -> Run:
-        """Read a run directory, checking every file against its manifest."""
-        parts = read_run(path, device=device, verify=verify)
+    def load(cls, path: str | os.PathLike, *, device: str = "auto", verify: bool = True,
+             allow_failed: bool = False) -> Run:
+        """Read a run directory, trusting only the files its manifest lists (see :mod:`recvae.runs.trust`).
+
+        Args:
+            path: the run directory (it may be reached through a link; links inside it are refused).
+            device: where torch models go (``auto``, ``cpu``, ``cuda``).
+            verify: compare every listed file's sha256 with the manifest (False skips only the
+                hashes: the listing, links, sizes and each file's own checks still apply).
+            allow_failed: load a run whose training failed (diverged) anyway; by default it is
+                refused, since its model's scores mean nothing. :meth:`info` shows the status.
+
+        Raises:
+            RunError: one line naming the file or the run, the cause and the fix.
+        """
+        parts = read_run(path, device=device, verify=verify, allow_failed=allow_failed)
         return cls(parts.pop("model"), parts.pop("split"), **parts)
+
+    def check_status(self, *, allow_failed: bool = False) -> None:
+        """Refuse (a :class:`RunError`) a run whose training failed, unless ``allow_failed``.
+
+        :meth:`load` does this; the server and the ONNX export call it for a run they are given.
+        """
+        check_status(self.metrics, self.path if self.path is not None else repr(self), allow_failed=allow_failed)
 
     # ------------------------------------------------------------------ evaluation and summary
     def evaluate(self, which: str = "test", *, ks=None, metrics=("ndcg", "recall"), progress: bool | None = None,

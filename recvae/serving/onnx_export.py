@@ -242,7 +242,8 @@ def _quiet_exporter():
 
 
 # ---------------------------------------------------------------------- the export
-def export_onnx(model_or_run, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, weighted: bool = True) -> Path:
+def export_onnx(model_or_run, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, weighted: bool = True,
+                allow_failed: bool = False) -> Path:
     """Write the fold-in scorer of a fitted model (or of a :class:`recvae.runs.Run`) as ONNX.
 
     The graph's inputs and output are described in the module docstring. The file is
@@ -255,6 +256,7 @@ def export_onnx(model_or_run, path: str | os.PathLike, *, opset: int = DEFAULT_O
         opset: the ai.onnx opset version to target (default :data:`DEFAULT_OPSET`).
         weighted: True adds the ``values`` input (interaction weights); False
             exports a graph of ``indices`` and ``offsets`` only, every item counting 1.
+        allow_failed: export a run whose training failed anyway (refused by default).
 
     Returns:
         The path written.
@@ -263,7 +265,11 @@ def export_onnx(model_or_run, path: str | os.PathLike, *, opset: int = DEFAULT_O
         ValueError: the model cannot be exported (its kind, not fitted, or weights
             over ONNX's 2 GiB single-file limit), or ``opset`` is out of range.
         ImportError: onnx / onnxscript are not installed (``pip install recvae[onnx]``).
+        recvae.runs.RunError: a run whose training failed (unless ``allow_failed``).
     """
+    check_status = getattr(model_or_run, "check_status", None)  # a Run: its recorded training outcome
+    if callable(check_status):
+        check_status(allow_failed=allow_failed)
     if isinstance(opset, bool) or not isinstance(opset, int) or not 18 <= opset <= 23:
         raise ValueError(f"opset must be an integer from 18 to 23 (the dynamo exporter's range); got {opset!r}")
     scorer = scorer_module(model_or_run)

@@ -300,6 +300,7 @@ def create_app(
     micro_batching: bool = True,
     device: str = "auto",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    allow_failed: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving a run (a directory, loaded with ``device``, or a :class:`Run`).
 
@@ -310,13 +311,16 @@ def create_app(
         micro_batching: False scores each /recommend request alone.
         max_body_bytes: the largest request body read; a larger one answers 413 unread (see the module
             docstring).
+        allow_failed: serve a run whose training failed anyway (refused by default).
     """
     _require_server()
     if max_batch < 1 or max_wait_ms < 0 or max_list < 1:
         raise ServerError(f"max_batch {max_batch}, max_wait_ms {max_wait_ms}, max_list {max_list}: max_batch and "
                           "max_list must be at least 1 and max_wait_ms at least 0")
     _check_max_body_bytes(max_body_bytes)
-    run = run_dir_or_run if isinstance(run_dir_or_run, Run) else Run.load(run_dir_or_run, device=device)
+    run = run_dir_or_run if isinstance(run_dir_or_run, Run) else \
+        Run.load(run_dir_or_run, device=device, allow_failed=allow_failed)
+    run.check_status(allow_failed=allow_failed)  # a run whose training failed is refused (RunError)
     service = _Service(run, max_list=max_list)
     batcher = _Batcher(service, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0) if micro_batching else None
 
@@ -412,7 +416,7 @@ def _encode_options(options: dict) -> str:
 
 def _decode_options(text: str) -> dict:
     casts = {"max_batch": int, "max_list": int, "max_wait_ms": float, "micro_batching": lambda v: v == "True",
-             "device": str, "max_body_bytes": int}
+             "device": str, "max_body_bytes": int, "allow_failed": lambda v: v == "True"}
     pairs = (part.split("=", 1) for part in text.split(";") if part)
     return {key: casts[key](value) for key, value in pairs if key in casts}
 
@@ -431,10 +435,12 @@ def serve(
     log_level: str = "warning",
     access_log: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    allow_failed: bool = False,
 ) -> None:
     """Serve a run directory with uvicorn until interrupted (each of ``workers`` processes loads the run).
 
-    The options are :func:`create_app`'s (``max_body_bytes``: the largest request body read, 413 above it).
+    The options are :func:`create_app`'s (``max_body_bytes``: the largest request body read, 413 above it;
+    ``allow_failed``: serve a run whose training failed anyway, refused by default).
     """
     _require_server()
     _check_max_body_bytes(max_body_bytes)
@@ -443,14 +449,15 @@ def serve(
     if not 0 <= port <= 65535:
         raise ServerError(f"port {port}: choose a port between 0 and 65535")
     options = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_list": max_list,
-               "micro_batching": micro_batching, "device": device, "max_body_bytes": max_body_bytes}
+               "micro_batching": micro_batching, "device": device, "max_body_bytes": max_body_bytes,
+               "allow_failed": allow_failed}
     if workers == 1:
         app = create_app(run_dir, **options)
         logger.info("serving %r on http://%s:%d", app.state.run, host, port)
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
         return
     path = Path(run_dir)
-    Run.load(path, device="cpu")  # fail here, once, with the run's own message, before forking workers
+    Run.load(path, device="cpu", allow_failed=allow_failed)  # fail here, once, before forking workers
     os.environ[ENV_RUN] = str(path.resolve())
     os.environ[ENV_OPTIONS] = _encode_options(options)
     uvicorn.run("recvae.serving.server:_app_from_environment", factory=True, host=host, port=port, workers=workers,
