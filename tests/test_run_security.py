@@ -215,7 +215,7 @@ def test_save_failing_at_each_rename_step_keeps_the_old_run(old_run, log_csv, tm
     target = tmp_path / "run"
     shutil.copytree(old_run, target)
     before = _snapshot(target)
-    real_replace, real_mkdir, real_rmtree = os.replace, os.mkdir, shutil.rmtree
+    real_replace, real_mkdir = os.replace, os.mkdir
 
     def replace(src, dst):
         final = Path(dst) == target and str(src).endswith(".staging")

@@ -58,7 +58,8 @@ MUTATIONS = [
          old='return _new_folder(path, lambda token: f".{path.name}.{token}.staging", 0o777)',
          new='return _new_folder(path, lambda token: f".{path.name}.{token}.staging", 0o700)',
          tests=T_STORAGE,
-         why="the staging folder is made 0700, not 0777 less the umask: every run directory is private, other users cannot read it"),
+         why="the staging folder is made 0700, not 0777 less the umask: every run directory is private, other "
+             "users cannot read it"),
     dict(name="storage-all-to-any-run-shapes", file=RUN_DIRECTORY,
          old="if history.shape != (len(user_ids), model.n_items_) or seen.shape != history.shape",
          new="if history.shape != (len(user_ids), model.n_items_) and seen.shape != history.shape",
