@@ -7,13 +7,15 @@ when complete: rows go to a temporary sibling that is renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from recvae.data.writing import atomic_file, create_exclusive
 
 __all__ = ["TABLE_SUFFIXES", "EMBEDDING_SUFFIXES", "table_format", "check_output_path", "check_table_output",
            "write_table", "TableWriter", "read_table", "read_ids_table", "write_embeddings", "list_data_files"]
@@ -38,7 +40,11 @@ def table_format(path: str | os.PathLike, allowed: dict[str, str] | None = None)
 def check_output_path(path: str | os.PathLike, *, directory: bool = False) -> Path:
     """Check, before any work, that ``path`` can be written: no file on its way, a writable parent.
 
-    Creates nothing. Raises ValueError with a one-line reason.
+    The nearest existing folder on the way is probed by creating (and at once removing) a
+    file in it, so a place the permission bits call writable but that refuses new files
+    (``/proc``, a read-only mount, root on a foreign file system) is refused too. A run
+    directory (``directory=True``) is written beside itself, so its parent is probed.
+    Raises ValueError with a one-line reason.
     """
     path = Path(path).expanduser()
     if path.exists():
@@ -46,14 +52,20 @@ def check_output_path(path: str | os.PathLike, *, directory: bool = False) -> Pa
             raise ValueError(f"{path}: is a file; give a directory")
         if not directory and path.is_dir():
             raise ValueError(f"{path}: is a directory; give a file name")
-    parent = path.parent if not path.exists() or not directory else path
-    probe = parent
+    probe = path.parent
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
         raise ValueError(f"{path}: cannot be created, {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{path}: cannot be written, {probe} is not writable")
+        raise ValueError(f"{path}: cannot be written, {probe} is not writable; choose another output")
+    try:
+        tmp, fd = create_exclusive(probe / path.name, suffix=".probe")
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be written, {probe} refuses new files ({err.strerror or err}); "
+                         "choose another output") from None
+    os.close(fd)
+    tmp.unlink(missing_ok=True)
     return path
 
 
@@ -84,8 +96,10 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 class TableWriter:
     """Append DataFrames with the same columns to one file, as its suffix says; atomic on close.
 
-    Use as a context manager; on an exception the partial file is removed and
-    nothing appears at ``path``.
+    Use as a context manager. Rows go to a fresh temporary sibling (see
+    :func:`recvae.data.writing.atomic_file`: never through a link, mode ``0o666 & ~umask``)
+    renamed to ``path`` on a clean exit; on an exception (a full disk included: a one-line
+    :class:`~recvae.data.writing.DiskFullError`) it is removed and nothing appears at ``path``.
     """
 
     def __init__(self, path: str | os.PathLike, allowed: dict[str, str] | None = None) -> None:
@@ -94,21 +108,20 @@ class TableWriter:
         self.rows = 0
         self._parquet = None
         self._started = False
-        self._tmp: Path | None = None
+        self._stack: contextlib.ExitStack | None = None
         self._handle = None
 
     def __enter__(self) -> TableWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(name)
-        if self.format in ("csv", "json", "jsonl"):
-            self._handle = open(self._tmp, "w", encoding="utf-8", newline="")
+        with contextlib.ExitStack() as stack:
+            self._handle = stack.enter_context(atomic_file(self.path, text=self.format != "parquet"))
             if self.format == "json":
                 self._handle.write("[")
+            self._stack = stack.pop_all()
         return self
 
     def write(self, frame: pd.DataFrame) -> None:
+        """Append ``frame``'s rows (the columns of the first frame)."""
         if frame.attrs:
             frame = frame.copy(deep=False)
             frame.attrs = {}  # metadata such as skipped users is not part of the table
@@ -118,7 +131,7 @@ class TableWriter:
 
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self._tmp, table.schema)
+                self._parquet = pq.ParquetWriter(self._handle, table.schema)
             self._parquet.write_table(table.cast(self._parquet.schema))
         elif self.format == "csv":
             frame.to_csv(self._handle, index=False, header=not self._started)
@@ -134,21 +147,28 @@ class TableWriter:
         self._started = True
         self.rows += len(frame)
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if self._handle is not None:
-                if self.format == "json" and exc_type is None:
-                    self._handle.write("\n]\n")
-                self._handle.close()
-            if self._parquet is not None:
+    def _finish(self) -> None:
+        if self.format == "json":
+            self._handle.write("\n]\n")
+        if self.format == "parquet":
+            if self._parquet is None:
+                raise ValueError(f"{self.path}: no table was written (no columns known); nothing to save")
+            self._parquet.close()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        stack, self._stack = self._stack, None
+        if exc_type is None:
+            try:
+                self._finish()
+            except BaseException as err:
+                stack.__exit__(type(err), err, err.__traceback__)  # removes the file; may raise a better error
+                raise
+            stack.__exit__(None, None, None)  # renames the file into place
+            return False
+        if self._parquet is not None:
+            with contextlib.suppress(Exception):
                 self._parquet.close()
-            if exc_type is None:
-                if self.format == "parquet" and self._parquet is None:
-                    raise ValueError(f"{self.path}: no table was written (no columns known); nothing to save")
-                os.replace(self._tmp, self.path)
-        finally:
-            if self._tmp is not None and self._tmp.exists():
-                self._tmp.unlink()
+        return stack.__exit__(exc_type, exc, tb)
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike, allowed: dict[str, str] | None = None) -> Path:
@@ -212,7 +232,8 @@ def write_embeddings(frame: pd.DataFrame, path: str | os.PathLike) -> list[Path]
     A table suffix writes the frame as it is. ``.npy`` writes float32 arrays: ``FILE.npy`` the
     ``mu_*`` (or ``emb_*``) columns, ``FILE_sigma.npy`` the ``sigma_*`` ones when there are any,
     and ``FILE_ids.npy`` the id of each row (strings as a unicode array). Each file appears
-    whole (a temporary sibling renamed into place). Returns the paths written.
+    whole (:func:`recvae.data.writing.atomic_file`: a temporary sibling renamed into place,
+    removed on failure). Returns the paths written.
     """
     path = Path(path)
     if table_format(path, EMBEDDING_SUFFIXES) != "npy":
@@ -225,13 +246,7 @@ def write_embeddings(frame: pd.DataFrame, path: str | os.PathLike) -> list[Path]
     for target, values in arrays:
         if values.ndim == 2 and not values.shape[1]:
             continue  # no sigma columns: a point embedding
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, values)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(target) as handle:
+            np.save(handle, values)
         written.append(target)
     return written

@@ -6,7 +6,11 @@ item they interacted with), ``history.csv`` (torch models), ``metrics.json``,
 ``config.json`` and ``manifest.json`` (the sha256 and size of every file). It is
 written into a temporary sibling and renamed into place, so a directory at the
 run's path is always a whole run; a killed run's checkpoint waits in the
-``.<name>.partial`` sibling, under a lock, until ``resume``.
+``.<name>.partial`` sibling, under a lock, until ``resume``. Those siblings are never
+followed through a link, and a killed write's leftovers are cleared by the next
+write of the run (:mod:`recvae.runs.workdir`). Every file and folder of a run gets
+the mode ``open()`` and ``mkdir`` give (``0o666``/``0o777`` less the umask), also
+when it replaces a run of another mode.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +33,19 @@ from recvae import __version__
 from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
 from recvae.data.splits import Split
 from recvae.data.tables import check_output_path
+from recvae.data.writing import write_failure
 from recvae.models.registry import load_model
 from recvae.runs import trust
 from recvae.runs.errors import RunError, one_line
+from recvae.runs.workdir import (  # noqa: F401 (work_dir, exclusive_lock: the writers' API, used by fitting and run)
+    CHECKPOINT_FILE,
+    LOCK_FILE,
+    check_work_dir,
+    exclusive_lock,
+    new_staging,
+    reserve_aside,
+    work_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +61,6 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-LOCK_FILE = "lock"
 #: every file the loader opens (with the model): each must be listed in the manifest.
 _READ_FILES = (CONFIG_FILE, METRICS_FILE, USERS_FILE, f"{SPLIT_DIR}/{SPLIT_META_FILE}", f"{SPLIT_DIR}/{SPLIT_ARRAYS_FILE}")
 
@@ -87,14 +98,21 @@ class RunOutput:
 
 # ---------------------------------------------------------------------- writing
 def write_run(run, work: Path, path: Path, *, overwrite: bool) -> None:
-    """Write every file of ``run`` into a staging sibling (``work`` is locked), then rename it to ``path``."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".staging", dir=work.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make the run private
+    """Write every file of ``run`` into a new staging sibling (``work`` is locked), then rename it to ``path``.
+
+    Any failure removes the staging folder and leaves an old run at ``path`` whole; a full disk is
+    one line (:class:`recvae.data.writing.DiskFullError`, the bytes written so far named).
+    """
+    staging = new_staging(path)
     try:
-        _write_files(run, staging)
-        _replace(staging, path, overwrite=overwrite)
+        try:
+            _write_files(run, staging)
+            _replace(staging, path, overwrite=overwrite)
+        except (OSError, RuntimeError) as err:
+            better = write_failure(path, err, needed=sum(p.stat().st_size for p in _files_under(staging)) or None)
+            if better is None:
+                raise
+            raise better from None
         shutil.rmtree(work, ignore_errors=True)
     finally:
         if staging.exists():
@@ -122,21 +140,36 @@ def _write_files(run, staging: Path) -> None:
 
 
 def _replace(staging: Path, path: Path, *, overwrite: bool) -> None:
-    """Rename ``staging`` to ``path``; an old run there is moved aside first and put back if the rename fails."""
+    """Rename ``staging`` to ``path``; an old run there is moved aside first and put back if the rename fails.
+
+    Should the move back fail too, the old run is whole in the moved-aside folder, named in the
+    error, and the next write of the run moves it back (:func:`recvae.runs.workdir.clear_leftovers`).
+    """
     old = None
     if path.exists():
         if not overwrite:
             raise RunError(f"{path}: already holds a run; choose another directory or pass --overwrite")
-        old = path.with_name(f".{path.name}.replaced-{os.getpid()}")
-        os.replace(path, old)
+        old = reserve_aside(path)
+        try:
+            os.replace(path, old)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rmdir(old)
+            raise
     try:
         os.replace(staging, path)
-    except BaseException:
+    except BaseException as err:
         if old is not None:  # a failed replacement leaves the old run whole, in place
-            os.replace(old, path)
+            try:
+                os.replace(old, path)
+            except OSError as again:
+                raise RunError(f"{path}: the new run could not be renamed into place ({one_line(err)}) nor the old "
+                               f"run moved back ({one_line(again)}); it is whole in {old}: move it back "
+                               f"(mv {old} {path}), or the next write of the run will") from None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    _fsync_folder(path.parent)
 
 
 def _ids_for_npz(ids: np.ndarray) -> np.ndarray:
@@ -186,9 +219,26 @@ def _files_under(directory: Path) -> list[Path]:
 
 
 def _fsync_tree(directory: Path) -> None:
+    """Flush every file and folder under ``directory`` (and itself) to the disk."""
     for file in _files_under(directory):
         with open(file, "rb") as fh:
             os.fsync(fh.fileno())
+    for folder in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
+        _fsync_folder(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk; where folders cannot be opened, nothing."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------- reading
@@ -274,14 +324,13 @@ def _verify_manifest(path: Path, manifest: dict) -> None:
         logger.warning("%s: files not written by the run are ignored: %s (never opened)", path, ", ".join(extra[:5]))
 
 
-# ---------------------------------------------------------------------- the target, the work sibling, the lock
-def work_dir(path: Path) -> Path:
-    """The sibling where a run is written and checkpointed until it is renamed into place."""
-    return path.with_name(f".{path.name}.partial")
-
-
+# ---------------------------------------------------------------------- the target
 def check_run_target(path: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse, before any work, a target that holds a run (unless overwrite) or a killed run's leftovers."""
+    """Refuse, before any work, a target that holds a run (unless overwrite), a link, or a killed
+    run's leftovers that are not ours (see :func:`recvae.runs.workdir.check_work_dir`)."""
+    if path.is_symlink():
+        raise RunError(f"{path}: is a symbolic link; give the directory it points to "
+                       f"({os.path.realpath(path)}) or remove the link")
     if path.exists() and not path.is_dir():
         raise RunError(f"{path}: is a file; give a directory for the run")
     if path.is_dir() and any(path.iterdir()):
@@ -291,48 +340,4 @@ def check_run_target(path: Path, *, overwrite: bool, resume: bool) -> None:
             raise RunError(f"{path}: holds files that are not a recvae run; choose another (or an empty) directory")
         if not overwrite:
             raise RunError(f"{path}: already holds a run; choose another directory or pass --overwrite (overwrite=True)")
-    work = work_dir(path)
-    if work.exists() and not resume:
-        if (work / CHECKPOINT_FILE).exists():
-            raise RunError(f"{path}: a killed run left a checkpoint in {work}; pass --resume (resume=True) to continue "
-                           f"it, or delete {work} to start over")
-        if not overwrite:
-            _probe_lock(work)
-
-
-@contextlib.contextmanager
-def exclusive_lock(directory: Path):
-    """Hold an exclusive lock on ``directory/lock`` (released by the OS if the process dies)."""
-    import fcntl
-
-    handle = open(directory / LOCK_FILE, "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(
-                f"{directory}: another recvae process is writing this run now; wait for it or choose another output"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
-    finally:
-        handle.close()
-
-
-def _probe_lock(work: Path) -> None:
-    """Fail when a live process holds ``work``'s lock; a dead writer's leftovers are cleared."""
-    import fcntl
-
-    lock = work / LOCK_FILE
-    if lock.exists():
-        with open(lock, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunError(f"{work.with_name(work.name.removeprefix('.').removesuffix('.partial'))}: another "
-                               "recvae process is writing this run now; wait for it or choose another output") from None
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    shutil.rmtree(work, ignore_errors=True)
+    check_work_dir(work_dir(path), resume=resume, overwrite=overwrite)

@@ -35,6 +35,7 @@ from recvae.runs.directory import (
     CONFIG_FILE,
     RUN_FORMAT,
     RunOutput,
+    check_run_target,
     exclusive_lock,
     finite,
     read_json,
@@ -43,6 +44,7 @@ from recvae.runs.directory import (
 )
 from recvae.runs.errors import RunError, one_line
 from recvae.runs.refit import best_record, carried_anneal, earlier_record
+from recvae.runs.workdir import discard_work_dir
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +72,13 @@ def fit_run(cls, log, model, *, params, split, output, epochs_from, evaluate, re
     if ctx is not None and not ctx.is_main:
         say = _quiet
     started = time.perf_counter()
-    raw_log, data, the_split = read_and_split(log_spec, split_spec, say)
-    lower_eval_k(estimator, the_split, say)
     with contextlib.ExitStack() as stack:
         if ctx is not None:
             stack.callback(teardown)
+        # the output is claimed before the log is read: a place that cannot take the run fails at once
         work = _claim_work_dir(stack, estimator, out, out_path, say) if writes else None
+        raw_log, data, the_split = read_and_split(log_spec, split_spec, say)
+        lower_eval_k(estimator, the_split, say)
         fit_seconds, failure = _fit(estimator, the_split)
         results = {} if failure is not None else _evaluate(estimator, the_split, evaluate)
         config = describe(estimator, model_name, params, raw_log, data, the_split, log_spec, split_spec,
@@ -97,10 +100,15 @@ def fit_run(cls, log, model, *, params, split, output, epochs_from, evaluate, re
 
 def _claim_work_dir(stack: contextlib.ExitStack, estimator: Recommender, out: RunOutput, out_path: Path,
                     say) -> Path:
-    """Create and lock the run's work sibling; a torch model checkpoints there (and resumes a killed run's)."""
+    """Create (or take back) and lock the run's work sibling; a torch model checkpoints there (and
+    resumes a killed run's). It is never followed through a link nor taken from another user
+    (:func:`recvae.runs.workdir.exclusive_lock`, which also clears a killed write's leftovers);
+    a failure before the run is written removes it unless it keeps a checkpoint."""
     work = work_dir(out_path)
-    work.mkdir(parents=True, exist_ok=True)
     stack.enter_context(exclusive_lock(work))
+    stack.callback(discard_work_dir, work)
+    # again under the lock: a run moved back from a killed overwrite is at the path now
+    check_run_target(out_path, overwrite=out.overwrite, resume=True)
     if _is_torch(estimator) and out.checkpoint:
         estimator.set_params(checkpoint=str(work / CHECKPOINT_FILE), resume=True)
         if (work / CHECKPOINT_FILE).exists():

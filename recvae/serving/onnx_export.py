@@ -47,7 +47,6 @@ import contextlib
 import copy
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -55,6 +54,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recvae.data.writing import written_by_name
 from recvae.models.base import Recommender
 from recvae.models.ease import EASE
 from recvae.models.mult_vae import MultVAE
@@ -247,8 +247,10 @@ def export_onnx(model_or_run, path: str | os.PathLike, *, opset: int = DEFAULT_O
     """Write the fold-in scorer of a fitted model (or of a :class:`recvae.runs.Run`) as ONNX.
 
     The graph's inputs and output are described in the module docstring. The file is
-    written next to ``path`` under a temporary name and renamed into place, so ``path``
-    is either the old file or the whole new one.
+    written in a private temporary folder next to ``path`` and renamed into place
+    (:func:`recvae.data.writing.written_by_name`), so ``path`` is either the old file or
+    the whole new one, with the mode ``open()`` gives (``0o666 & ~umask``); a full disk
+    is a one-line :class:`~recvae.data.writing.DiskFullError`.
 
     Args:
         model_or_run: a fitted Mult-VAE, Mult-DAE, RecVAE, EASE or EDLAE, or a run holding one.
@@ -299,15 +301,11 @@ def export_onnx(model_or_run, path: str | os.PathLike, *, opset: int = DEFAULT_O
         dynamic = {"indices": {0: nnz}, "offsets": {0: users + 1}}
         names = ["indices", "offsets"]
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with torch.no_grad(), _quiet_exporter():
-            program = torch.onnx.export(
-                scorer, args, dynamo=True, opset_version=opset, input_names=names, output_names=["scores"],
-                dynamic_shapes=dynamic, external_data=False, verbose=False, report=False,
-            )
+    with written_by_name(path) as tmp, torch.no_grad(), _quiet_exporter():
+        program = torch.onnx.export(
+            scorer, args, dynamo=True, opset_version=opset, input_names=names, output_names=["scores"],
+            dynamic_shapes=dynamic, external_data=False, verbose=False, report=False,
+        )
         from onnxscript import ir  # an optional dependency, checked by _require_exporter
 
         scores = program.model.graph.outputs[0]
@@ -317,7 +315,4 @@ def export_onnx(model_or_run, path: str | os.PathLike, *, opset: int = DEFAULT_O
             "recvae.n_items": str(n_items), "recvae.inputs": ",".join(names),
         })
         program.save(tmp, external_data=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

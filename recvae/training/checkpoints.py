@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from recvae.data.splits import HeldOut
+from recvae.data.writing import atomic_file
 from recvae.runtime.distributed import DistributedContext, all_reduce_sum
 from recvae.runtime.storage import CHECKPOINT_FIX, ModelFileError, read_torch_payload, require_keys
 from recvae.training.config import TrainingConfig
@@ -208,12 +209,17 @@ def _restore_state(path, payload: dict, net, generator, state) -> None:
 
 
 def _write_atomically(path, payload: dict) -> None:
-    """Write a checkpoint atomically: a temp file beside it, then ``os.replace`` (``Path.replace``)."""
+    """Write a checkpoint atomically: a fresh temporary sibling (``O_EXCL | O_NOFOLLOW``, an
+    unpredictable name: a link planted beside it is never followed), fsynced, then ``os.replace``.
+
+    A failed write leaves the previous checkpoint as it was and no temporary file; a full disk
+    is one line (:class:`recvae.data.writing.DiskFullError`, also when torch words it
+    ``unexpected pos``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as handle:
+        torch.save(payload, handle)
 
 
 def _save_checkpoint(path, net, optimizer, schedule, generator, state, fingerprint: dict) -> None:
