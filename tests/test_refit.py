@@ -68,7 +68,11 @@ def test_earlier_record_accepts_runs_tunings_and_their_files(tmp_path):
     assert tuned_params(tmp_path / "tune" / "best.json") == ("ease", {"l2": 7.0})
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "best.json").write_text("[1, 2]")
-    for bad, text in ((tmp_path / "none", "not a run directory"), (tmp_path / "junk", "not a run's config.json")):
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "config.json").write_text(json.dumps({"model": "mult-dae", "best_epoch": 3}))
+    (tmp_path / "failed" / "metrics.json").write_text(json.dumps({"status": "failed", "error": "training diverged"}))
+    for bad, text in ((tmp_path / "none", "not a run directory"), (tmp_path / "junk", "not a run's config.json"),
+                      (tmp_path / "failed", r"that run failed \(training diverged\)")):
         with pytest.raises(RunError, match=text):
             earlier_record(bad)
 

@@ -48,8 +48,21 @@ def earlier_record(path: str | os.PathLike) -> dict:
                                "tune or train again") from None
             if not isinstance(record, dict) or "model" not in record:
                 raise RunError(f"{candidate}: not a run's config.json or a tuning's {BEST_FILE}")
+            _refuse_failed(candidate.parent)
             return record
     raise RunError(f"{path}: not a run directory ('recvae train -o') or a tuning directory ('recvae tune -o')")
+
+
+def _refuse_failed(run_dir: Path) -> None:
+    """A run whose training failed (diverged) has no epoch or parameters worth carrying."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # a tuning directory has none; a damaged run is refused when it is loaded
+    if isinstance(metrics, dict) and metrics.get("status", "success") != "success":
+        reason = " ".join(str(metrics.get("error", "")).split())[:200]
+        raise RunError(f"{run_dir}: that run failed ({reason or metrics.get('status')}); nothing to carry from it: "
+                       "train it again, or give the epochs and parameters yourself")
 
 
 def tuned_params(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
