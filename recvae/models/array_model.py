@@ -67,7 +67,7 @@ class ArrayRecommender(Recommender):
     :meth:`_state` (learned arrays) and :meth:`_set_state`.
     """
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The hyper-parameters: keyword arguments that rebuild an unfitted copy."""
         raise NotImplementedError
 

@@ -11,6 +11,8 @@ in :mod:`recvae.models.ranking`; :func:`item_mask`, :func:`rank_items` and
 
 from __future__ import annotations
 
+import copy
+
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -251,9 +253,17 @@ class Recommender(ABC):
         return 0.0
 
     # ---------------------------------------------------------------- shared
-    def get_params(self) -> dict[str, Any]:
-        """The hyper-parameters: keyword arguments that rebuild an unfitted copy (scikit-learn style)."""
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The hyper-parameters: keyword arguments that rebuild an unfitted copy (scikit-learn style).
+
+        ``deep`` is accepted for scikit-learn's tools; the parameters are flat, so it changes nothing.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not list its hyper-parameters")
+
+    def __sklearn_clone__(self) -> Recommender:
+        """An unfitted copy with the same hyper-parameters (``sklearn.base.clone``): the protocol, because
+        the torch models' parameters are rebuilt from their configs on each ``get_params`` call."""
+        return type(self)(**{k: _cloned(v) for k, v in self.get_params(deep=False).items()})
 
     def set_params(self, **params: Any) -> Recommender:
         """Change hyper-parameters (validated as the constructor does); returns self. Refit afterwards."""
@@ -466,3 +476,12 @@ def training_inputs(train, validation=None) -> tuple[sp.csr_matrix, HeldOut | No
                 f"validation rows have {validation.fold_in.shape[1]} items, training has {matrix.shape[1]}"
             )
     return matrix, validation, item_ids
+
+
+def _cloned(value: Any) -> Any:
+    """A parameter value for a clone: models (a blend's components) as unfitted clones, the rest copied."""
+    if isinstance(value, Recommender):
+        return value.__sklearn_clone__()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cloned(v) for v in value)
+    return copy.deepcopy(value)

@@ -92,7 +92,7 @@ class EASE(ArrayRecommender):
         self.l2 = float(l2)
         self.weights_: np.ndarray | None = None
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {"l2": self.l2}
 
     def fit(self, train, validation=None) -> EASE:
@@ -229,7 +229,7 @@ class EDLAE(EASE):
         self.dropout = float(dropout)
         self.weights_: np.ndarray | None = None
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {"l2": self.l2, "dropout": self.dropout}
 
     def _penalty(self) -> tuple[float, float]:

@@ -176,7 +176,7 @@ class Blend(Recommender):
         names = [c.get("name") if isinstance(c, Mapping) else type(c).__name__ for c in self.components]
         return f"Blend({names}, normalization={self.normalization!r}, weights={self.weights})"
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's arguments (components as given)."""
         return {"components": self.components, "normalization": self.normalization, "weights": self.weights,
                 "weight_step": self.weight_step, "eval_k": self.eval_k, "refit": self.refit}

@@ -86,7 +86,7 @@ class ALS(ArrayRecommender):
         self.user_factors_: np.ndarray | None = None
         self.implicit_model_ = None
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {
             "factors": self.factors,
             "regularization": self.regularization,
@@ -323,7 +323,7 @@ class BPR(ArrayRecommender):
         self.item_factors_: np.ndarray | None = None
         self.user_factors_: np.ndarray | None = None
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {
             "factors": self.factors,
             "learning_rate": self.learning_rate,
@@ -440,7 +440,7 @@ class ItemKNN(ArrayRecommender):
         self.num_threads = int(num_threads)
         self.similarity_: sp.csr_matrix | None = None
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {"k": self.k, "similarity": self.similarity, "K1": self.K1, "B": self.B, "num_threads": self.num_threads}
 
     def fit(self, train, validation=None) -> ItemKNN:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict, is_dataclass, replace
 from dataclasses import fields as fields_of
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,19 @@ __all__ = ["TorchVAERecommender", "MultVAE", "MultDAE", "training_inputs"]
 _SAVE_FORMAT = "recvae.vae/1"
 
 
+def _flat_signature(cls) -> inspect.Signature:
+    """``(config=None, training=None, *, <every config field>, <every training field>)`` with the class's defaults."""
+    parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+                  for name in ("config", "training")]
+    for config in (cls.default_config(), cls.default_training()):
+        for f in fields_of(config):
+            value = getattr(config, f.name)
+            default = asdict(value) if is_dataclass(value) else value
+            parameters.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                                annotation=f.type))
+    return inspect.Signature(parameters)
+
+
 class TorchVAERecommender(Recommender):
     """What every torch VAE recommender shares: configs, seeded fit, fold-in scoring.
 
@@ -50,6 +64,13 @@ class TorchVAERecommender(Recommender):
     save_format: str = ""
     file_kind: str = ""
     seeded = True  # TrainingConfig.seed (the flat ``seed`` keyword): initialisation, shuffling, dropout, noise
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        try:
+            cls.__signature__ = _flat_signature(cls)  # help(MultVAE) and inspect list every hyper-parameter
+        except NotImplementedError:
+            pass  # an abstract intermediate class without default configs
 
     def __init__(self, config=None, training: TrainingConfig | None = None, **params: Any) -> None:
         """Hyper-parameters as flat keywords (``MultVAE(latent_dim=100, epochs=50, lr=1e-3)``),
@@ -85,7 +106,7 @@ class TorchVAERecommender(Recommender):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config}, {self.training})"
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Every model and training hyper-parameter as one flat dict (``anneal`` as a dict)."""
         return {**_plain(asdict(self.training)), **_plain(asdict(self.config))}
 

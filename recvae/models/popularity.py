@@ -28,7 +28,7 @@ class Popularity(ArrayRecommender):
     def __init__(self) -> None:
         self.item_counts_: np.ndarray | None = None
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {}
 
     def fit(self, train, validation=None) -> Popularity:

@@ -115,7 +115,7 @@ class SparseEASE(ArrayRecommender):
         self.weights_: sp.csr_matrix | None = None
         self._by_column: sp.csc_matrix | None = None  # B by columns, for block scoring (built on first use)
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {"l2": self.l2, "neighbours": self.neighbours}
 
     def fit(self, train, validation=None) -> SparseEASE:

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from recvae.data.tables import TABLE_SUFFIXES
 from recvae.runs.errors import RunError
 
 __all__ = ["BEST_FILE", "TUNE_FORMAT", "earlier_record", "tuned_params", "carried_anneal", "best_record",
@@ -98,8 +99,6 @@ def best_record(model_name: str, params: dict, estimator, *, metric: str, score:
 def tuning_outputs(output: str | os.PathLike) -> tuple[Path, Path]:
     """Where a tuning writes (trials table, best.json): ``DIR/trials.csv`` and ``DIR/best.json`` for a
     directory, or (the older form) a table path and ``STEM.best.json`` beside it."""
-    from recvae.data.tables import TABLE_SUFFIXES
-
     path = Path(output)
     if path.suffix.lower() in TABLE_SUFFIXES:
         return path, path.with_name(f"{path.stem}.{BEST_FILE}")
