@@ -5,6 +5,7 @@ agree), and columns named on a file without a header row."""
 import gzip
 import logging
 
+import pandas as pd
 import pytest
 
 from recvae.data import load_movielens, read_interactions_file, read_movielens_file
@@ -76,3 +77,18 @@ def test_a_header_with_a_missing_column_is_not_called_headerless(tmp_path):
     with pytest.raises(LogColumnError) as err:
         read_log(path, user_col="foo")
     assert "cannot find user column 'foo'" in str(err.value) and "no header" not in str(err.value)
+
+
+def test_the_report_states_the_threshold_and_what_each_filter_dropped():
+    from recvae.data import Interactions
+
+    frame = pd.DataFrame({"user": [1, 1, 1, 1, 1, 2, 2, 3], "item": [1, 2, 3, 4, 5, 1, 2, 3],
+                          "rating": [5, 4, 3, 5, 5, 5, 1, 2.0]})
+    report = Interactions.from_dataframe(frame, rating_threshold=3.5, min_user_interactions=2).report
+    assert (report.rating_threshold, report.min_user_events) == (3.5, 2)
+    text = str(report)
+    assert "3 (37.5%) at or below the rating threshold 3.5" in text  # 3, 1 and 2.0 of 8 events
+    assert "1 (12.5%) events of 1 inactive users (fewer than 2 kept events)" in text  # user 2's one kept event
+    assert report.as_dict()["rating_threshold"] == 3.5
+    implicit = Interactions.from_dataframe(frame.drop(columns="rating"), min_user_interactions=1).report
+    assert implicit.rating_threshold is None and "rating threshold," in str(implicit)

@@ -44,6 +44,8 @@ class PreprocessingReport:
     events: int
     users: int
     items: int
+    rating_threshold: float | None = None
+    min_user_events: int | None = None
 
     @property
     def density(self) -> float:
@@ -59,12 +61,18 @@ class PreprocessingReport:
         return (
             f"{self.raw_events:,} raw events -> {self.events:,} kept "
             f"({self.users:,} users x {self.items:,} items, density {self.density:.4%}); "
-            f"dropped: {self.below_rating_threshold:,} at or below the rating threshold, "
+            f"dropped: {self.below_rating_threshold:,}{self._share(self.below_rating_threshold)} at or below the "
+            + ("rating threshold, " if self.rating_threshold is None else f"rating threshold {self.rating_threshold:g}, ")
             + (f"{self.invalid_ratings:,} negative or out-of-scale ratings, " if self.invalid_ratings else "")
             + f"{self.duplicates_merged:,} duplicates merged, "
             f"{self.dropped_by_item_filter:,} events of {self.dropped_items:,} rare items, "
-            f"{self.dropped_by_user_filter:,} events of {self.dropped_users:,} inactive users"
+            f"{self.dropped_by_user_filter:,}{self._share(self.dropped_by_user_filter)} events of "
+            f"{self.dropped_users:,} inactive users"
+            + ("" if self.min_user_events is None else f" (fewer than {self.min_user_events} kept events)")
         )
+
+    def _share(self, count: int) -> str:
+        return f" ({count / self.raw_events:.1%})" if count and self.raw_events else ""
 
 
 class Interactions:
@@ -274,6 +282,7 @@ class Interactions:
             dropped_by_item_filter=dropped_by_item, dropped_by_user_filter=dropped_by_user,
             dropped_items=int(len(item_ids) - len(kept_items)), dropped_users=int(len(user_ids) - len(kept_users)),
             events=int(matrix.nnz), users=len(kept_users), items=len(kept_items),
+            rating_threshold=rating_threshold if use_rating else None, min_user_events=min_user_interactions,
         )
         logger.info("preprocessing: %s", report)
         return cls(matrix, user_ids[kept_users], item_ids[kept_items], timestamps=events.times,
