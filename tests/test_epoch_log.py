@@ -74,7 +74,9 @@ def test_train_command_logs_epochs_off_a_terminal(tmp_path, capsys):
     args = ["train", str(tmp_path / "log.csv"), "-o", str(tmp_path / "run"), "--epochs", "2", "--param",
             "latent_dim=4", "--param", "hidden_dims=[8]", "--heldout-users", "6"]
     assert main(args) == 0
-    err = capsys.readouterr().err  # captured: not a terminal, as under a scheduler or nohup
+    captured = capsys.readouterr()
+    assert re.search(r"best epoch: [12] of 2 trained \(all planned epochs\)", captured.out)  # why it stopped there
+    err = captured.err  # captured: not a terminal, as under a scheduler or nohup
     assert re.search(r"epoch 1/2, loss [\d.]+, beta", err) and "epoch 2/2" in err
     assert main([*args[:3], str(tmp_path / "quiet"), *args[4:], "--no-progress"]) == 0
     assert "epoch 1/2" not in capsys.readouterr().err

@@ -350,3 +350,15 @@ def test_a_diverging_epoch_restores_the_best_epoch_before_it(monkeypatch, split,
     assert list(result.history["epoch"]) == [1, 2] and result.best_epoch == 1 and result.best_score == 0.30
     monkeypatch.undo()
     _assert_weights(net, _twin(trainer, split, BASE, 1))
+
+
+def test_early_stopping_is_on_by_default_and_short_runs_never_stop(monkeypatch, split):
+    """The default patience (20 evaluations): best at epoch 2 of 40 planned stops at epoch 22; a run of 20
+    epochs or fewer trains them all."""
+    assert TrainingConfig().patience == 20
+    scores = {1: 0.1, 2: 0.5, **{e: 0.2 for e in range(3, 41)}}
+    default = dataclasses.replace(BASE, patience=TrainingConfig().patience)
+    _, result, _ = _run(monkeypatch, MULT_VAE, split, dataclasses.replace(default, epochs=40), scores)
+    assert result.stopped_early and result.best_epoch == 2 and list(result.history["epoch"]) == list(range(1, 23))
+    _, short, _ = _run(monkeypatch, MULT_VAE, split, dataclasses.replace(default, epochs=20), scores)
+    assert not short.stopped_early and len(short.history) == 20

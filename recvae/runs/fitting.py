@@ -159,6 +159,7 @@ def describe(estimator: Recommender, model_name: str, params: dict, raw_log: Int
         "seed": split_spec.seed,
         "epochs_from": None if epochs_from is None else os.fspath(epochs_from),
         "best_epoch": _best_epoch(estimator),
+        **_stopping(estimator),
         **{k: v for k, v in best_record(model_name, params, estimator, metric="", score=0.0).items()
            if k in ("best_beta", "steps_per_epoch")},
         "versions": _versions(),
@@ -309,6 +310,21 @@ def _distributed_context(model: Recommender):
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     return setup_from_env(getattr(model.training, "device", "auto"))
+
+
+def _stopping(model: Recommender) -> dict:
+    """How training ended: the epochs trained and why it stopped there (torch models)."""
+    training = getattr(model, "training_", None)
+    history = getattr(training, "history", None)
+    if training is None or history is None:
+        return {}
+    trained, planned = len(history), model.training.epochs
+    if training.stopped_early:
+        reason = (f"early stop: no better validation score in {model.training.patience} evaluations after epoch "
+                  f"{training.best_epoch}")
+    else:
+        reason = "all planned epochs" if trained >= planned else "stopped"
+    return {"epochs_trained": trained, "stopped": reason}
 
 
 def _best_epoch(model: Recommender) -> int | None:

@@ -206,7 +206,9 @@ class Run(RunQueries):
             f"split:      {(info['split'] or {}).get('kind')}",
         ]
         if info["best_epoch"] is not None:
-            lines.append(f"best epoch: {info['best_epoch']}")
+            stopped = self.config.get("stopped")
+            trained = self.config.get("epochs_trained")
+            lines.append(f"best epoch: {info['best_epoch']}" + (f" of {trained} trained ({stopped})" if stopped else ""))
         for which, values in info["metrics"].items():
             shown = ", ".join(f"{m}={v:.4f}" for m, v in values.items() if isinstance(v, (int, float)))
             lines.append(f"{which + ':':<11} {shown}")
