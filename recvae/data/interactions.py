@@ -272,10 +272,8 @@ class Interactions:
             raise ValueError(
                 f"no events left after preprocessing ({raw_events:,} raw, "
                 + (f"{invalid:,} negative or out-of-scale ratings, " if invalid else "")
-                + f"{below:,} at or below "
-                f"rating_threshold={rating_threshold}, then min_user_interactions={min_user_interactions}, "
-                f"min_item_interactions={min_item_interactions}); relax the filters"
-            )
+                + f"{below:,} at or below rating_threshold={rating_threshold}, then min_user_interactions="
+                f"{min_user_interactions}, min_item_interactions={min_item_interactions}); relax the filters")
         matrix, kept_users, kept_items = _csr(events, len(user_ids), len(item_ids))
         report = PreprocessingReport(
             raw_events=raw_events, invalid_ratings=invalid, below_rating_threshold=below, duplicates_merged=duplicates,

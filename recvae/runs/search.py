@@ -109,19 +109,29 @@ def tune(
 
     result = optuna_search(make, search_space(search), the_split, n_trials=n_trials, sampler=sampler, seed=seed,
                            metric=metric, ks=(), prune=prune, timeout_s=timeout_s, progress=progress is not False)
+    _say_search(result, metric, say)
+    if finalists > 1:
+        result = _rescore_finalists(result, make, the_split, metric, finalists, seeds, progress, say)
+    if outputs is not None:
+        _write_outputs(outputs, result, name, fixed, metric, say)
+    return result
+
+
+def _say_search(result: SearchResult, metric: str, say) -> None:
     counts, edge = result.counts, result.edge_note()
     say(f"{len(result.trials)} trials ({counts['complete']} complete, {counts['pruned']} pruned, "
         f"{counts['failed']} failed) in {result.seconds:.1f}s; best validation {metric} "
         f"{result.best_score:.4f} with {result.best_params}" + (f" ({edge})" if edge else ""))
-    if finalists > 1:
-        result = _rescore_finalists(result, make, the_split, metric, finalists, seeds, progress, say)
-    if outputs is not None:
-        write_table(result.trials, outputs[0])
-        write_best(outputs[1], best_record(name, {**fixed, **result.best_params}, result.best_model, metric=metric,
-                                           score=result.best_score))
-        say(f"trials written to {outputs[0]}; the chosen parameters to {outputs[1]} (refit on every user: "
-            f"Run.fit(..., split=SplitSpec(heldout_users=0), epochs_from={str(output)!r}))")
-    return result
+
+
+def _write_outputs(outputs: tuple, result: SearchResult, name: str, fixed: dict, metric: str, say) -> None:
+    """The trials table and ``best.json`` (the chosen model, parameters, epoch and beta, for the refit)."""
+    trials_path, best_path = outputs
+    write_table(result.trials, trials_path)
+    write_best(best_path, best_record(name, {**fixed, **result.best_params}, result.best_model, metric=metric,
+                                      score=result.best_score))
+    say(f"trials written to {trials_path}; the chosen parameters to {best_path} (refit on every user: "
+        f"Run.fit(..., split=SplitSpec(heldout_users=0), epochs_from={str(best_path.parent)!r}))")
 
 
 def _check_search(name: str, search: Mapping[str, Any], params, finalists: int, seeds: int) -> dict:
