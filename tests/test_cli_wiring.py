@@ -357,12 +357,14 @@ def test_recommend_for_a_new_user_passes_every_option(monkeypatch, runs, ease, o
     assert (got["item_ids"], got["k"], got["exclude"], got["candidates"], got["strict"]) == (
         strs(items), 5, strs(exclude), strs(candidates), True)
     frame = pd.read_csv(recs, keep_default_na=False)
-    assert frame["user_id"].tolist() == [""] * 5 and frame["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert list(frame.columns) == ["rank", "item_id", "score"]  # a new user has no id: no empty user_id column
+    assert frame["rank"].tolist() == [1, 2, 3, 4, 5]
     assert frame["item_id"].tolist() == oracle.new_user(items, 5, exclude=exclude, candidates=candidates)
     # an unknown item: refused with --strict, skipped (and the rest folded in) without
     assert "ghost" in error_of(["recommend", runs["ease"], "--items", *strs(items), "ghost", "--strict"])
-    run_cli(["recommend", runs["ease"], "--items", *strs(items), "ghost", "-k", "5", "-o", recs])
+    out = run_cli(["recommend", runs["ease"], "--items", *strs(items), "ghost", strs(items)[0], "-k", "5", "-o", recs])
     assert pd.read_csv(recs)["item_id"].tolist() == oracle.new_user(items, 5)
+    assert "for a new user with 3 items (2 not used: unknown or repeated):" in out  # the header counts what was used
     assert calls[-1]["strict"] is False
 
 

@@ -97,20 +97,22 @@ def run_recommend(args: argparse.Namespace) -> int:
     if args.items is not None:
         frame = run.recommend_for_items(args.items, k=args.k, exclude=exclude, candidates=candidates,
                                         strict=args.strict)
-        print(f"Top {run.k_label(args.k)} for a new user with {len(args.items)} items:")
+        used = frame.attrs.get("items_used", len(args.items))
+        ignored = f" ({len(args.items) - used} not used: unknown or repeated)" if used < len(args.items) else ""
+        print(f"Top {run.k_label(args.k)} for a new user with {used} items{ignored}:")
         print_table(frame)
-        frame.insert(0, "user_id", "")
-    else:
-        frame = run.recommend(users, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
-                              candidates=candidates, strict=args.strict, batch_size=args.batch_size)
-        if frame.empty:
-            sample = ", ".join(map(repr, run.user_ids[:3].tolist()))
-            fail(f"--user: no recommendations, {frame.attrs['skipped'].message()}; the run's user ids look like "
-                 f"{sample}; for a new user, pass their items with --items")
-        if args.output is None or len(users) <= 20:
-            for user, part in frame.groupby("user_id", sort=False):
-                print(f"Top {run.k_label(args.k)} for user {user}:")
-                print_table(part[["rank", "item_id", "score"]])
+        write_output(frame, args.output, "Recommendations")  # rank, item_id, score: a new user has no id
+        return 0
+    frame = run.recommend(users, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
+                          candidates=candidates, strict=args.strict, batch_size=args.batch_size)
+    if frame.empty:
+        sample = ", ".join(map(repr, run.user_ids[:3].tolist()))
+        fail(f"--user: no recommendations, {frame.attrs['skipped'].message()}; the run's user ids look like "
+             f"{sample}; for a new user, pass their items with --items")
+    if args.output is None or len(users) <= 20:
+        for user, part in frame.groupby("user_id", sort=False):
+            print(f"Top {run.k_label(args.k)} for user {user}:")
+            print_table(part[["rank", "item_id", "score"]])
     write_output(frame[["user_id", "rank", "item_id", "score"]], args.output, "Recommendations")
     return 0
 

@@ -235,7 +235,9 @@ class RunQueries:
                             strict: bool = False) -> pd.DataFrame:
         """Top-k for a new user from the raw ids of their items (fold-in, no retraining): ``rank, item_id, score``.
 
-        ``k`` past the catalogue: as :meth:`recommend` (a warning, ``frame.attrs["k"]``)."""
+        ``k`` past the catalogue: as :meth:`recommend` (a warning, ``frame.attrs["k"]``). Unknown ids are
+        skipped with a warning (``strict``: refused); ``frame.attrs["items_used"]`` counts the distinct
+        known items the fold-in used."""
         asked, k = k, self.effective_k(k)
         items = self._item_columns(list(item_ids), "items", strict)
         if len(items) == 0:
@@ -248,7 +250,9 @@ class RunQueries:
             row, k=k,
             exclude=None if exclude is None else self._item_columns(exclude, "exclude", strict),
             candidates=None if candidates is None else self._item_columns(candidates, "candidates", strict))
-        return self._with_k(recs.to_frame()[["rank", "item_id", "score"]], k, asked)
+        frame = self._with_k(recs.to_frame()[["rank", "item_id", "score"]], k, asked)
+        frame.attrs["items_used"] = len(items)  # known and distinct: what the fold-in saw
+        return frame
 
     def recommend_all(
         self,
