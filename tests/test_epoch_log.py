@@ -81,3 +81,36 @@ def test_train_command_logs_epochs_off_a_terminal(tmp_path, capsys):
     assert main([*args[:3], str(tmp_path / "quiet"), *args[4:], "--no-progress"]) == 0
     assert "epoch 1/2" not in capsys.readouterr().err
     logging.getLogger(LOGGER).setLevel(logging.NOTSET)  # main() raised it for this process
+
+
+def test_log_file_gets_every_epoch_as_a_json_line_as_training_goes(split, tmp_path):
+    import dataclasses
+    import json
+
+    path = tmp_path / "epochs.jsonl"
+    config = dataclasses.replace(_config(progress=False), history_jsonl=str(path))
+    seen = []  # what a reader sees after each epoch: the file grows line by line
+    result = train_vae(VAE(split.n_items, VAEConfig(hidden_dims=(8,), latent_dim=4)), split.train, split.validation,
+                       config, CPU, on_epoch=lambda epoch, score: seen.append(len(path.read_text().splitlines())))
+    assert seen == [1, 2, 3]
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    for line, (_, row) in zip(lines, result.history.iterrows()):
+        assert line["loss"] == pytest.approx(row["loss"]) and line["beta"] == pytest.approx(row["beta"])
+        assert line["val_ndcg@10"] == pytest.approx(row["val_ndcg@10"])
+
+
+def test_log_file_option_reaches_training_and_is_refused_for_a_baseline(tmp_path, capsys):
+    import json
+
+    rows = [(u, i, 5.0) for u in range(60) for i in range(30) if (u * 7 + i * 3) % 5 < 2]
+    pd.DataFrame(rows, columns=["user", "item", "rating"]).to_csv(tmp_path / "log.csv", index=False)
+    log = tmp_path / "train.jsonl"
+    assert main(["-q", "train", str(tmp_path / "log.csv"), "-o", str(tmp_path / "run"), "--epochs", "2", "--param",
+                 "latent_dim=4", "--param", "hidden_dims=[8]", "--heldout-users", "6", "--log-file", str(log)]) == 0
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(tmp_path / "log.csv"), "-o", str(tmp_path / "ease"), "--model", "ease",
+              "--log-file", str(tmp_path / "x.jsonl")])
+    assert "--log-file applies to the torch models" in str(info.value)
+    logging.getLogger(LOGGER).setLevel(logging.NOTSET)

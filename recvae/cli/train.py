@@ -14,7 +14,8 @@ from recvae.cli.common import fail, one_line, parse_params, progress, reporter, 
 MODEL_NAMES = ("popularity", "itemknn", "als", "bpr", "ease", "edlae", "sparse-ease", "mult-dae", "mult-vae", "recvae",
                "joint-vae", "blend")
 SHORTCUT_FLAGS = {"epochs": "--epochs", "likelihood": "--likelihood", "anneal": "--anneal", "beta_cap": "--beta-cap",
-                  "device": "--device", "iterations": "--param iterations", "gamma": "--param gamma"}
+                  "device": "--device", "iterations": "--param iterations", "gamma": "--param gamma",
+                  "log_file": "--log-file"}
 LIANG_SEED = 98765
 
 
@@ -67,6 +68,9 @@ def add_train(sub, common) -> None:
     g.add_argument("--seed", metavar="S", type=int,
                    help=f"seeds the model and the split (default: the model's own seed, {LIANG_SEED} for the split)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument("--log-file", metavar="PATH",
+                   help="torch models: append each epoch (loss, beta, validation metric, seconds) to PATH as one "
+                        "JSON line as training goes, for a scheduler, tail -f or a dashboard")
     g.add_argument("--nproc", metavar="N", type=int, default=1,
                    help="data-parallel training processes on this machine (torch.distributed: gloo on CPU, "
                         "nccl on CUDA; default 1). Same as: torchrun --nproc-per-node N -m recvae train ...")
@@ -181,7 +185,8 @@ def model_params(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     try:
         shortcuts = training_shortcuts(
             name, epochs=args.epochs, likelihood=args.likelihood, anneal=args.anneal, beta_cap=args.beta_cap,
-            device=args.device, seed=args.seed, progress=progress(args), labels=SHORTCUT_FLAGS)
+            device=args.device, seed=args.seed, progress=progress(args), log_file=args.log_file,
+            labels=SHORTCUT_FLAGS)
     except KeyError as err:
         fail(f"--model {args.model!r}: {one_line(err)}")
     except ValueError as err:

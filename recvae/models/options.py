@@ -19,7 +19,7 @@ from recvae.nn.annealing import ANNEAL_KINDS
 
 __all__ = ["training_shortcuts", "torch_model_names"]
 
-_TORCH_ONLY = ("epochs", "likelihood", "anneal", "beta_cap", "device")
+_TORCH_ONLY = ("epochs", "likelihood", "anneal", "beta_cap", "device", "log_file")
 
 
 def torch_model_names() -> list[str]:
@@ -29,13 +29,14 @@ def torch_model_names() -> list[str]:
 
 def training_shortcuts(name: str, *, epochs: int | None = None, likelihood: str | None = None,
                        anneal: str | None = None, beta_cap: float | None = None, device: str | None = None,
-                       seed: int | None = None, progress: bool | None = None,
+                       seed: int | None = None, progress: bool | None = None, log_file: str | None = None,
                        labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The flat parameters of model ``name`` that the given shortcuts set (``None`` = not given).
 
     ``anneal`` (the KL annealing kind) and ``beta_cap`` (its largest weight) fill the model's
     default annealing schedule; ``progress=False`` hides a torch model's progress bar (the
-    baselines have none); ``seed`` applies wherever the model has one.
+    baselines have none); ``seed`` applies wherever the model has one; ``log_file`` receives each
+    epoch as a JSON line as training goes (``history_jsonl``).
 
     Raises:
         KeyError: an unknown model name.
@@ -48,7 +49,8 @@ def training_shortcuts(name: str, *, epochs: int | None = None, likelihood: str 
     if key not in MODELS:
         raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     cls = MODELS[key]
-    given = {"epochs": epochs, "likelihood": likelihood, "anneal": anneal, "beta_cap": beta_cap, "device": device}
+    given = {"epochs": epochs, "likelihood": likelihood, "anneal": anneal, "beta_cap": beta_cap, "device": device,
+             "log_file": log_file}
     label = {k: k for k in given} | dict(labels or {})
     accepts = inspect.signature(cls).parameters
     out: dict[str, Any] = {}
@@ -73,6 +75,8 @@ def training_shortcuts(name: str, *, epochs: int | None = None, likelihood: str 
     out.update({k: v for k, v in (("epochs", epochs), ("device", device), ("seed", seed)) if v is not None})
     if progress is False:
         out["progress"] = False
+    if log_file is not None:
+        out["history_jsonl"] = str(log_file)
     if likelihood is not None:
         if "likelihood" not in config_fields:
             raise ValueError(f"{label['likelihood']} does not apply to {key!r}: its config has no likelihood")

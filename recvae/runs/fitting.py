@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_KS = (20, 50, 100)
 #: Parameters that say where a torch model checkpoints: the run sets them, they are not hyper-parameters.
-_BOOKKEEPING = ("checkpoint", "resume", "history_csv")
+_BOOKKEEPING = ("checkpoint", "resume", "history_csv", "history_jsonl")
 
 
 def fit_run(cls, log, model, *, params, split, output, epochs_from, evaluate, report, model_seed=None):

@@ -30,7 +30,7 @@ __all__ = ["BEST_FILE", "TUNE_FORMAT", "earlier_record", "tuned_params", "carrie
 #: The file of a tuning directory with the chosen parameters (keys as in a run's config.json).
 BEST_FILE = "best.json"
 TUNE_FORMAT = "recvae-tune/1"
-_BOOKKEEPING = ("checkpoint", "resume", "history_csv", "progress")
+_BOOKKEEPING = ("checkpoint", "resume", "history_csv", "history_jsonl", "progress")
 
 
 def earlier_record(path: str | os.PathLike) -> dict:

@@ -34,7 +34,7 @@ _CHECKPOINT_FORMAT = 2
 #: TrainingConfig fields a resumed run may change: how long and how it runs, where it
 #: writes, and how often and patiently it validates; none of them alters the
 #: trajectory of the weights. ``lr`` may change too, with a warning (it does).
-RESUMABLE_FIELDS = frozenset({"epochs", "progress", "history_csv", "checkpoint", "resume", "device", "patience",
+RESUMABLE_FIELDS = frozenset({"epochs", "progress", "history_csv", "history_jsonl", "checkpoint", "resume", "device", "patience",
                               "min_epochs", "eval_every", "eval_batch_size", "retain_host_memory"})
 
 

@@ -71,6 +71,8 @@ class TrainingConfig:
             loss and log-softmax stay in fp32).
         progress: show a tqdm progress bar.
         history_csv: write the per-epoch history there after each epoch.
+        history_jsonl: append each epoch's history row there as one JSON line as training goes
+            (``recvae train --log-file``: a job's progress for a scheduler, ``tail -f`` or a dashboard).
         checkpoint: a file written (atomically) after each epoch; with
             ``resume=True`` training continues from it when it exists.
         resume: continue from ``checkpoint`` when it exists (a killed run picks up where it stopped).
@@ -108,6 +110,7 @@ class TrainingConfig:
     precision: str = "auto"
     progress: bool = True
     history_csv: str | None = None
+    history_jsonl: str | None = None
     checkpoint: str | None = None
     resume: bool = False
     sparse_item_updates: bool = False
@@ -140,6 +143,7 @@ _TRAINING_RULES = {
     "precision": rule(choice, options=PRECISIONS),
     "progress": flag,
     "history_csv": path_or_none,
+    "history_jsonl": path_or_none,
     "checkpoint": path_or_none,
     "resume": flag,
     "sparse_item_updates": flag,

@@ -5,7 +5,9 @@ CSV and the checkpoint (rank 0 only), the ``on_epoch`` callback, and the early s
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 
 import pandas as pd
 
@@ -39,6 +41,18 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def _append_line(path: str, row: dict) -> None:
+    """One epoch as a JSON line, appended and flushed so a reader sees it at once (numbers as plain floats)."""
+    record = {k: _json_number(v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+        handle.flush()
+
+
+def _json_number(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _end_epoch(state: dict, epoch: int, row: dict, postfix: dict, bar, config: TrainingConfig, is_main: bool,
                save_checkpoint, on_epoch: EpochCallback | None = None) -> bool:
     """Record an epoch: history, progress bar, history CSV and checkpoint (rank 0 only), then
@@ -54,6 +68,8 @@ def _end_epoch(state: dict, epoch: int, row: dict, postfix: dict, bar, config: T
         logger.info("%s", epoch_line(row, config.epochs, config.eval_k))  # no bar (not a terminal): one line instead
     if config.history_csv and is_main:
         pd.DataFrame(state["history"]).to_csv(config.history_csv, index=False)
+    if config.history_jsonl and is_main:
+        _append_line(config.history_jsonl, row)
     if config.checkpoint and is_main:
         save_checkpoint()
     score = row.get(f"val_ndcg@{config.eval_k}")
