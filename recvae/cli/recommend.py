@@ -92,7 +92,10 @@ def run_recommend(args: argparse.Namespace) -> int:
     if args.all_users:
         path = run.recommend_all(args.output, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
                                  candidates=candidates, batch_size=args.batch_size, progress=progress(args))
-        print(f"Top {run.k_label(args.k)} for {len(run.user_ids):,} users written to {path}")
+        dropped = len(run.dropped_user_ids)
+        print(f"Top {run.k_label(args.k)} for {len(run.user_ids):,} users written to {path}" + (
+            f"; {dropped:,} users of the log are not among them (dropped by preprocessing: a lower "
+            "--min-user-events at training includes them, or --items recommends from their items)" if dropped else ""))
         return 0
     if args.items is not None:
         frame = run.recommend_for_items(args.items, k=args.k, exclude=exclude, candidates=candidates,

@@ -254,6 +254,16 @@ class RunQueries:
         frame.attrs["items_used"] = len(items)  # known and distinct: what the fold-in saw
         return frame
 
+    def _note_dropped_users(self) -> None:
+        """Users preprocessing dropped are not among "every user": say how many, and how to include them."""
+        dropped = len(getattr(self, "dropped_user_ids", ()))
+        if dropped:
+            minimum = ((self.config.get("data") or {}).get("min_user_events") if self.config else None) or "the minimum"
+            logger.warning("%s users of the log are not in this run: preprocessing dropped them (fewer than %s positive "
+                           "events, or none above the rating threshold); train with a lower min_user_events "
+                           "(--min-user-events) to include them, or recommend for them from their items "
+                           "(recommend_for_items, --items)", f"{dropped:,}", minimum)
+
     def recommend_all(
         self,
         path: str | os.PathLike | None = None,
@@ -287,6 +297,7 @@ class RunQueries:
         asked, k = k, self.effective_k(k)
         if path is not None:
             check_table_output(path)
+        self._note_dropped_users()
         starts = range(0, len(self.user_ids), batch_size)
         bar = tqdm(starts, desc="recommend", unit="batch", disable=None if progress is None else not progress)
         if path is None:
