@@ -413,6 +413,10 @@ def test_embed_passes_users_and_strict_and_keeps_rows_with_their_ids(monkeypatch
     table = pd.read_csv(tmp_path / "all.csv")
     assert table["user_id"].tolist() == ease.user_ids.tolist()
     np.testing.assert_allclose(table["mu_1"], table["user_id"] + 0.5)
+    run_cli(["embed", runs["ease"], "--user", *strs(users), "--layout", "list", "-o", tmp_path / "v.parquet"])
+    vectors = pd.read_parquet(tmp_path / "v.parquet")
+    assert list(vectors.columns) == ["user_id", "mu", "sigma"] and vectors["user_id"].tolist() == users
+    np.testing.assert_allclose(np.stack(vectors["mu"]), mu)
 
 
 def test_embed_items_calls_item_embeddings_and_names_models_without(monkeypatch, runs, ease, tmp_path):

@@ -162,3 +162,20 @@ def test_metric_table_shows_the_95_percent_interval():
     assert table.index.name == "metric" and list(table.index) == ["ndcg@10", "recall@10", "mrr@10"]
     assert table["mean ± 95% CI"].tolist() == [f"0.5000 ± {1.96 * 0.01:.4f}", "n/a", "0.2500"]
     assert table["users"].tolist() == [100, 0, 3] and table["excluded"].tolist() == [2, 102, 99]
+
+
+def test_list_layout_writes_one_array_column_per_vector(tmp_path):
+    frame = pd.DataFrame({"user_id": ["b", "a"], "mu_0": [1.0, 2.0], "mu_1": [3.0, 4.0], "sigma_0": [0.5, 0.25],
+                          "sigma_1": [0.1, 0.2]})
+    [path] = write_embeddings(frame, tmp_path / "u.parquet", layout="list")
+    back = pd.read_parquet(path)
+    assert list(back.columns) == ["user_id", "mu", "sigma"] and back["user_id"].tolist() == ["b", "a"]
+    np.testing.assert_allclose(np.stack(back["mu"]), [[1.0, 3.0], [2.0, 4.0]])
+    np.testing.assert_allclose(np.stack(back["sigma"]), [[0.5, 0.1], [0.25, 0.2]])
+    items = pd.DataFrame({"item_id": [7], "emb_0": [1.5], "emb_1": [2.5]})
+    [path] = write_embeddings(items, tmp_path / "i.jsonl", layout="list")
+    assert json.loads(path.read_text()) == {"item_id": 7, "embedding": [1.5, 2.5]}
+    with pytest.raises(ValueError, match="list layout needs .parquet"):
+        write_embeddings(frame, tmp_path / "u.csv", layout="list")
+    with pytest.raises(ValueError, match="layout 'rows'"):
+        write_embeddings(frame, tmp_path / "u.parquet", layout="rows")

@@ -57,6 +57,9 @@ def add_embed(sub, common) -> None:
     p.add_argument("--items", action="store_true", help="export item embeddings instead of users'")
     p.add_argument("--strict", action="store_true", help="refuse unknown or dropped user ids")
     p.add_argument("--output", "-o", metavar="FILE", required=True, help="FILE.parquet, .csv, .json, .jsonl or .npy")
+    p.add_argument("--layout", choices=("columns", "list"), default="columns",
+                   help="columns: one column per dimension (default); list: one array column per vector "
+                        "(user_id, mu, sigma), the layout vector stores load (.parquet, .json, .jsonl)")
     p.set_defaults(handler=run_embed)
 
 
@@ -130,7 +133,7 @@ def run_embed(args: argparse.Namespace) -> int:
         frame = run.item_embeddings() if args.items else run.embed_users(args.user, strict=args.strict)
     except NotImplementedError as err:
         fail(f"RUN_DIR {args.run_dir}: {one_line(err)}; models with embeddings: mult-vae, mult-dae, recvae, als, bpr")
-    written = write_embeddings(frame, args.output)
+    written = write_embeddings(frame, args.output, layout=args.layout)
     print(f"{len(frame):,} {'items' if args.items else 'users'} x {frame.shape[1] - 1} columns written to "
           f"{', '.join(str(p) for p in written)}")
     return 0

@@ -18,7 +18,8 @@ import pandas as pd
 from recvae.data.writing import atomic_file, create_exclusive
 
 __all__ = ["TABLE_SUFFIXES", "EMBEDDING_SUFFIXES", "table_format", "check_output_path", "check_table_output",
-           "write_table", "TableWriter", "read_table", "read_ids_table", "write_embeddings", "list_data_files"]
+           "write_table", "TableWriter", "read_table", "read_ids_table", "write_embeddings", "embeddings_as_lists",
+           "list_data_files"]
 
 TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
 #: what :func:`write_embeddings` writes: a table, or NumPy arrays (.npy)
@@ -226,17 +227,38 @@ def list_data_files(directory: str | os.PathLike) -> list[tuple[Path, int]]:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
 
 
-def write_embeddings(frame: pd.DataFrame, path: str | os.PathLike) -> list[Path]:
+def embeddings_as_lists(frame: pd.DataFrame) -> pd.DataFrame:
+    """One array column per vector: ``id, mu, sigma`` (or ``id, embedding``), each cell a float32 list, the
+    layout a vector store loads (from ``id, mu_0.., sigma_0..`` or ``id, emb_0..``)."""
+    out = frame.iloc[:, :1].copy()
+    for name, pattern in (("mu", "^mu_"), ("sigma", "^sigma_"), ("embedding", "^emb_")):
+        block = frame.filter(regex=pattern).to_numpy(np.float32)
+        if block.shape[1]:
+            out[name] = list(block)
+    return out
+
+
+def write_embeddings(frame: pd.DataFrame, path: str | os.PathLike, *, layout: str = "columns") -> list[Path]:
     """Write embeddings (an id column, then ``mu_*``/``sigma_*`` or ``emb_*`` columns) by ``path``'s suffix.
 
-    A table suffix writes the frame as it is. ``.npy`` writes float32 arrays: ``FILE.npy`` the
+    ``layout="list"`` writes one array column per vector instead (:func:`embeddings_as_lists`;
+    .parquet, .json or .jsonl). A table suffix writes the frame as it is. ``.npy`` writes float32 arrays: ``FILE.npy`` the
     ``mu_*`` (or ``emb_*``) columns, ``FILE_sigma.npy`` the ``sigma_*`` ones when there are any,
     and ``FILE_ids.npy`` the id of each row (strings as a unicode array). Each file appears
     whole (:func:`recvae.data.writing.atomic_file`: a temporary sibling renamed into place,
     removed on failure). Returns the paths written.
     """
     path = Path(path)
-    if table_format(path, EMBEDDING_SUFFIXES) != "npy":
+    fmt = table_format(path, EMBEDDING_SUFFIXES)
+    if layout not in ("columns", "list"):
+        raise ValueError(f"layout {layout!r}: choose 'columns' (one column per dimension) or 'list' (one array "
+                         "column per vector)")
+    if layout == "list":
+        if fmt not in ("parquet", "json", "jsonl"):
+            raise ValueError(f"{path}: the list layout needs .parquet, .json or .jsonl (a {fmt} file has no array "
+                             "columns); use the columns layout there")
+        return [write_table(embeddings_as_lists(frame), path, EMBEDDING_SUFFIXES)]
+    if fmt != "npy":
         return [write_table(frame, path, EMBEDDING_SUFFIXES)]
     ids = frame.iloc[:, 0].to_numpy()
     arrays = [(path, frame.filter(regex="^(mu|emb)_").to_numpy(np.float32)),
