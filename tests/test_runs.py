@@ -371,3 +371,19 @@ def test_cli_per_user_lists_from_files(production, tmp_path):
     assert not set(exclude.item_id) & set(out.loc[out.user_id == users[0], "item_id"])
     pd.testing.assert_frame_equal(out[out.user_id != users[0]].reset_index(drop=True),
                                   first[first.user_id != users[0]].reset_index(drop=True), check_dtype=False)
+
+
+def test_id_files_may_use_the_logs_own_column_names(production, tmp_path):
+    """A --users-file / --exclude-file with the log's columns (customer, sku) reads like one with user_id, item_id."""
+    assert production.id_aliases == {"customer": "user_id", "sku": "item_id"}
+    users = list(production.user_ids[:2])
+    first = production.recommend(users, k=2)
+    pd.DataFrame({"customer": users}).to_csv(tmp_path / "users.csv", index=False)
+    first[first.user_id == users[0]].rename(columns={"user_id": "customer", "item_id": "sku"})[
+        ["customer", "sku"]].to_csv(tmp_path / "exclude.csv", index=False)
+    _cli(["recommend", production.path, "--users-file", tmp_path / "users.csv", "-k", "2",
+          "--exclude-file", tmp_path / "exclude.csv", "-o", tmp_path / "out.csv"])
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert sorted(set(out.user_id.astype(str))) == sorted(map(str, users)) and len(out) == 4
+    assert not set(first.loc[first.user_id == users[0], "item_id"].astype(str)) & \
+        set(out.loc[out.user_id.astype(str) == str(users[0]), "item_id"].astype(str))

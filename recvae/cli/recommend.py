@@ -87,11 +87,13 @@ def run_recommend(args: argparse.Namespace) -> int:
     check_output(args.output)
     if args.exclude and args.exclude_file or args.candidates and args.candidates_file:
         fail("give items with --exclude/--candidates or with the -file option, not both")
-    exclude = args.exclude if args.exclude_file is None else read_ids_table(args.exclude_file)
-    candidates = args.candidates if args.candidates_file is None else read_ids_table(args.candidates_file)
-    users = args.user if args.users_file is None else \
-        read_ids_table(args.users_file, "user_id")["user_id"].drop_duplicates().tolist()
     run = load_run(args)
+    names = run.id_aliases  # id files may use the log's own column names
+    exclude = args.exclude if args.exclude_file is None else read_ids_table(args.exclude_file, aliases=names)
+    candidates = args.candidates if args.candidates_file is None else \
+        read_ids_table(args.candidates_file, aliases=names)
+    users = args.user if args.users_file is None else \
+        read_ids_table(args.users_file, "user_id", names)["user_id"].drop_duplicates().tolist()
     if args.all_users:
         path = run.recommend_all(args.output, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
                                  candidates=candidates, batch_size=args.batch_size, progress=progress(args))

@@ -205,10 +205,16 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
                      "or .jsonl")
 
 
-def read_ids_table(path: str | os.PathLike, required: str | None = None) -> pd.DataFrame:
+def read_ids_table(path: str | os.PathLike, required: str | None = None,
+                   aliases: dict[str, str] | None = None) -> pd.DataFrame:
     """A table of raw ids (:func:`read_table`): a ``user_id`` and/or an ``item_id`` column, or the ``required``
-    one. Raises ValueError naming the columns the file has otherwise, or when it has no rows."""
+    one. ``aliases`` names other columns that mean them (the log's own, e.g. ``{"customer": "user_id"}``),
+    used where the standard name is absent. Raises ValueError naming the columns the file has otherwise,
+    or when it has no rows."""
     frame = read_table(path)
+    renames = {alias: name for alias, name in (aliases or {}).items()
+               if alias in frame.columns and name not in frame.columns and alias != name}
+    frame = frame.rename(columns=renames)
     wanted = (required,) if required else ("user_id", "item_id")
     if not any(column in frame.columns for column in wanted):
         raise ValueError(f"{path}: expected {' and/or '.join(wanted)} column{'s' * (len(wanted) > 1)}; "

@@ -254,6 +254,13 @@ class RunQueries:
         frame.attrs["items_used"] = len(items)  # known and distinct: what the fold-in saw
         return frame
 
+    @property
+    def id_aliases(self) -> dict[str, str]:
+        """The log's own names of its id columns -> ``user_id`` / ``item_id`` (e.g. ``{"customer": "user_id"}``),
+        so that id files may use either."""
+        columns = ((self.config or {}).get("data") or {}).get("columns") or {}
+        return {str(columns[role]): name for role, name in (("user", "user_id"), ("item", "item_id")) if columns.get(role)}
+
     def _note_dropped_users(self) -> None:
         """Users preprocessing dropped are not among "every user": say how many, and how to include them."""
         dropped = len(getattr(self, "dropped_user_ids", ()))
