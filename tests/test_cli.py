@@ -175,6 +175,7 @@ def test_embed_users_to_parquet_and_npy_and_items_to_csv(vae_run, tmp_path):
         (["--param", "bogus=1"], ["bogus", "unknown parameter"]),
         (["--param", "latent_dim=-3"], ["latent_dim"]),
         (["--model", "ease", "--nproc", "2"], ["--nproc", "torch models", "'ease'"]),
+        (["--model", "blend"], ["'blend' needs its components", "components=[{name = ", "recvae models blend"]),
         (["--model", "recvae", "--anneal", "constant"], ["--anneal", "gamma"]),
         (["--model", "als", "--epochs", "3"], ["--epochs", "iterations"]),
         (["--param", "epochs=3", "--epochs", "2"], ["epochs", "once"]),

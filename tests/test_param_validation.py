@@ -193,6 +193,7 @@ def test_the_cli_refuses_before_reading_the_log(log_csv, reads, tmp_path, argv, 
     message = info.value.code
     assert isinstance(message, str) and message.startswith("recvae: error: ") and "\n" not in message
     assert expected in message, message
+    assert message.startswith(f"recvae: error: {expected}")  # said once, without a prefix that repeats it
     assert reads == [] and not (tmp_path / "run").exists()
 
 

@@ -15,14 +15,12 @@ from typing import Any
 
 import pandas as pd
 
+from recvae.models.hybrid import BLEND_EXAMPLE
 from recvae.models.mult_vae import TorchVAERecommender
 from recvae.models.registry import MODELS
 
 __all__ = ["model_parameters", "model_summary", "BLEND_EXAMPLE"]
 
-#: How a blend's components are written (a config file's TOML, or ``--param components=...``).
-BLEND_EXAMPLE = ("components=[{name = \"ease\", params = {l2 = 500.0}}, "
-                 "{name = \"mult-vae\", params = {epochs = 50}}]")
 _SECTION = re.compile(r"^\s*(Args|Arguments|Attributes|Parameters):\s*$")
 _ENTRY = re.compile(r"^(\s*)([A-Za-z_][\w, ]*?):\s*(.*)$")
 

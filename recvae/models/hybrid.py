@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Blend", "normalise_scores", "NORMALISATIONS"]
 
+#: How a blend's components are written (a config file's TOML, or ``--param components=...``).
+BLEND_EXAMPLE = ("components=[{name = \"ease\", params = {l2 = 500.0}}, "
+                 "{name = \"mult-vae\", params = {epochs = 50}}]")
+
 NORMALISATIONS = ("zscore", "rank", "none")
 _SAVE_FORMAT = "recvae.blend/1"
 _META_FILE = "blend.json"

@@ -14,7 +14,7 @@ from typing import Any
 from recvae.models.base import Recommender
 from recvae.models.catalog import SINGLE_MODELS, load_model_file, make_single_model
 from recvae.models.files import ModelFileError
-from recvae.models.hybrid import Blend, is_blend_dir
+from recvae.models.hybrid import BLEND_EXAMPLE, Blend, is_blend_dir
 from recvae.models.mult_vae import MultDAE, MultVAE
 from recvae.models.rec_vae import RecVAE
 
@@ -59,6 +59,9 @@ def make_model(name: str, params: dict[str, Any] | None = None) -> Recommender:
     components may be models or ``{"name": ..., "params": ...}`` dicts. Unknown
     keys raise ``TypeError`` naming them.
     """
+    if str(name).strip().lower() == "blend" and "components" not in (params or {}):
+        raise TypeError(f"model 'blend' needs its components, e.g. {BLEND_EXAMPLE} (--param on the command line; "
+                        "'recvae models blend' lists its parameters)")
     return make_single_model(name, params, MODELS)
 
 

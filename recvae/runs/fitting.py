@@ -287,7 +287,9 @@ def make_named(name: str, params: Mapping[str, Any] | None) -> Recommender:
     except KeyError as err:
         raise RunError(one_line(err)) from None
     except (TypeError, ValueError) as err:
-        raise RunError(f"model {name} with parameters {dict(params or {})}: {one_line(err)}") from None
+        text = one_line(err)  # a message that names the model (or the parameter and value) needs no prefix
+        named = f"model {name!r}" in text or f"'{name}'" in text or "=" in text.split(":")[0]
+        raise RunError(text if named else f"model {name} with parameters {dict(params or {})}: {text}") from None
 
 
 def lower_eval_k(model: Recommender, the_split: Split, say) -> None:
