@@ -11,6 +11,9 @@ Endpoints (JSON in and out; ids are strings or numbers, looked up as :class:`rec
 
 - ``POST /recommend`` ``{user_id, k=10, exclude?, candidates?, filter_seen=true}``
   -> ``{user_id, items: [{rank, item_id, score}]}``
+- ``GET /recommend/{user_id}?k=10``: the same for one user, default options
+- ``POST /recommend/batch`` ``{user_ids, k=10, exclude?, candidates?, filter_seen=true}`` -> ``{results:
+  [{user_id, items}], missing: [ids not in the run]}`` (scored together, each user once)
 - ``POST /recommend/new-user`` ``{item_ids, k=10, exclude?, candidates?}`` -> ``{items}`` (fold-in, no retraining)
 - ``POST /similar`` ``{item_id, k=10}`` -> ``{item_id, items: [{rank, item_id, score}]}``
 - ``GET /health`` -> ``{"status": "ok"}``; ``GET /info`` -> model, users, items, version
@@ -111,6 +114,17 @@ if HAVE_SERVER:
     class RecommendResponse(BaseModel):
         user_id: RawId
         items: list[RankedItem]
+
+    class BatchRequest(_Body):
+        user_ids: list[RawId] = Field(description="raw user ids of the run's log, scored together")
+        k: StrictInt = 10
+        exclude: list[RawId] | None = None
+        candidates: list[RawId] | None = None
+        filter_seen: bool = True
+
+    class BatchResponse(BaseModel):
+        results: list[RecommendResponse]
+        missing: list[str] = Field(description="requested ids not in the run (unknown, or dropped by preprocessing)")
 
     class NewUserResponse(BaseModel):
         items: list[RankedItem]
@@ -379,6 +393,30 @@ def _add_recommendation_routes(app: FastAPI, run: Run, service: _Service, batche
         else:
             items = (await asyncio.to_thread(service.recommend_batch, key, [user], k)).get(user, [])
         return {"user_id": user, "items": items}
+
+    @app.get("/recommend/{user_id}", response_model=RecommendResponse)
+    async def recommend_by_path(user_id: str, k: int = 10) -> dict:
+        """``GET /recommend/ID?k=10``: POST /recommend's answer for one user (a numeric id read as a number
+        when the log's ids are numbers)."""
+        if user_id in ("new-user", "batch"):  # the POST routes' names (a user with such an id: POST /recommend)
+            raise RequestError(f"/recommend/{user_id} takes POST (a JSON body), not GET", status=405)
+        numeric = np.issubdtype(np.asarray(run.user_ids).dtype, np.integer) and user_id.lstrip("-").isdigit()
+        return await recommend(RecommendRequest(user_id=int(user_id) if numeric else user_id, k=k))
+
+    @app.post("/recommend/batch", response_model=BatchResponse)
+    async def recommend_batch(body: BatchRequest) -> dict:
+        """Many users in one request, scored together; ids not in the run are listed under ``missing``."""
+        k = service.check_k(body.k)
+        if len(body.user_ids) > service.max_list:
+            raise RequestError(f"user_ids: {len(body.user_ids):,} ids; at most {service.max_list:,} per request")
+        key = (body.filter_seen, service.check_items(body.exclude, "exclude"),
+               service.check_items(body.candidates, "candidates"))
+        _, found, _ = run.resolve_users(body.user_ids)
+        users = list(dict.fromkeys(u.item() if isinstance(u, np.generic) else u for u in found))
+        scored = await asyncio.to_thread(service.recommend_batch, key, users, k) if users else {}
+        known = set(users)
+        return {"results": [{"user_id": u, "items": scored.get(u, [])} for u in users],
+                "missing": [str(u)[:64] + ("..." if len(str(u)) > 64 else "") for u in body.user_ids if u not in known]}
 
     @app.post("/recommend/new-user", response_model=NewUserResponse)
     async def recommend_new_user(body: NewUserRequest) -> dict:
