@@ -25,9 +25,8 @@ A request body over ``max_body_bytes`` (1 MiB by default) answers 413 before it 
 declared ``Content-Length`` is checked first, and a chunked body is counted while it streams
 in and refused as soon as it passes the limit (both in :mod:`recvae.serving.http_errors`).
 
-``items`` holds what was returned, at most ``k`` entries: fewer when fewer items are eligible
-(the user's seen items filtered out, ``exclude``, ``candidates``); a client reads its length,
-never assumes ``k``.
+``items`` holds at most ``k`` entries, fewer when fewer items are eligible (seen items, ``exclude``,
+``candidates``): a client reads its length.
 
 Micro-batching: ``/recommend`` requests wait in a queue; one background task takes the
 first waiting request, collects more for at most ``max_wait_ms`` (or until ``max_batch``),
@@ -396,9 +395,8 @@ def _add_recommendation_routes(app: FastAPI, run: Run, service: _Service, batche
 
     @app.get("/recommend/{user_id}", response_model=RecommendResponse)
     async def recommend_by_path(user_id: str, k: int = 10) -> dict:
-        """``GET /recommend/ID?k=10``: POST /recommend's answer for one user (a numeric id read as a number
-        when the log's ids are numbers)."""
-        if user_id in ("new-user", "batch"):  # the POST routes' names (a user with such an id: POST /recommend)
+        """``GET /recommend/ID?k=10``: POST /recommend's answer (a numeric id read as a number where ids are)."""
+        if user_id in ("new-user", "batch"):  # the POST routes (a user with such an id: POST /recommend)
             raise RequestError(f"/recommend/{user_id} takes POST (a JSON body), not GET", status=405)
         numeric = np.issubdtype(np.asarray(run.user_ids).dtype, np.integer) and user_id.lstrip("-").isdigit()
         return await recommend(RecommendRequest(user_id=int(user_id) if numeric else user_id, k=k))
