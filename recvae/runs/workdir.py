@@ -134,8 +134,13 @@ def _open_own_folder(folder: Path) -> int:
         if err.errno in (errno.ELOOP, errno.ENOTDIR):
             _check_entry(folder, os.lstat(folder), folder=True)
         raise
+    return _checked_fd(fd, folder, folder=True)
+
+
+def _checked_fd(fd: int, path: Path, *, folder: bool) -> int:
+    """``fd`` when what it opened is ours (:func:`_check_entry`); closed, and the refusal raised, otherwise."""
     try:
-        _check_entry(folder, os.fstat(fd), folder=True)
+        _check_entry(path, os.fstat(fd), folder=folder)
     except BaseException:
         os.close(fd)
         raise
@@ -155,12 +160,7 @@ def _open_lock(folder_fd: int, folder: Path) -> int:
     except OSError:
         _check_entry(lock, os.stat(LOCK_FILE, dir_fd=folder_fd, follow_symlinks=False), folder=False)
         raise
-    try:
-        _check_entry(lock, os.fstat(fd), folder=False)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _checked_fd(fd, lock, folder=False)
 
 
 @contextlib.contextmanager
