@@ -62,3 +62,4 @@ def test_a_clone_is_unfitted_and_changing_it_leaves_the_original_alone():
     cloned = sklearn_base.clone(blend)
     assert all(c is not o for c, o in zip(cloned.components, blend.components))
     assert cloned.components[0].get_params() == {"l2": 5.0}
+    assert blend.components[0].weights_ is not None and cloned.components[0].weights_ is None  # unfitted clones
