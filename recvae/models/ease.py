@@ -7,9 +7,7 @@ Both models are the same solve with a different penalty on the diagonal of the G
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +16,7 @@ from tqdm.auto import tqdm
 
 from recvae.models.array_model import ArrayRecommender, check_number, training_matrix
 from recvae.nn import hyperparams
+from recvae.runtime.memory import available_memory_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -25,39 +24,6 @@ __all__ = ["EASE", "EDLAE", "edlae_weights", "available_memory_bytes", "ease_mem
 
 
 # =============================================================================== EASE
-def available_memory_bytes() -> int:
-    """Bytes of RAM this process can still allocate, as best it can tell.
-
-    ``psutil``'s available memory if psutil is installed, else ``MemAvailable``
-    from /proc/meminfo, else the total physical memory (``os.sysconf``); capped
-    by a cgroup (container) memory limit when one is set.
-    """
-    available = None
-    try:
-        import psutil
-
-        available = int(psutil.virtual_memory().available)
-    except ImportError:
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        available = int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
-    if available is None:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        current = Path("/sys/fs/cgroup/memory.current").read_text().strip()
-        if limit != "max":
-            available = min(available, int(limit) - int(current))
-    except (OSError, ValueError):
-        pass
-    return int(available)
-
-
 def ease_memory_bytes(n_items: int) -> int:
     """Peak extra memory EASE's (and EDLAE's) fit needs for ``n_items`` items.
 
