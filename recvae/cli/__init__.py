@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version", "-v", "--verbose",
                                                                   "-q", "--quiet", "--debug")):
         argv = ["demo", *argv]  # demo is the default command
+    help_params = train.help_params_model(argv)
+    if help_params is not None:  # 'recvae train --model NAME --help-params' is 'recvae models NAME'
+        kept = ("-v", "-vv", "--verbose", "-q", "--quiet", "--debug")
+        argv = ["models", help_params, *[a for a in argv if a in kept]]
     args = parser.parse_args(argv)
     args.argv = argv
     _configure_logging(args)

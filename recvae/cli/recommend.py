@@ -8,6 +8,14 @@ from recvae.cli.common import (add_run_dir, check_output, fail, load_run, one_li
                                write_output)
 
 
+def add_id_columns(p) -> None:
+    """--id-columns: the ``id_columns`` of :meth:`Run.recommend`, :meth:`Run.embed_users`, :meth:`Run.similar_items`."""
+    p.add_argument("--id-columns", choices=("log", "fixed"), default="log",
+                   help="names of the id columns in the output: log = the log's own (e.g. customer, product; "
+                        "user_id/item_id for MovieLens or a log whose columns were user/item), fixed = user_id, "
+                        "item_id (default log)")
+
+
 def add_recommend(sub, common) -> None:
     p = subparser(sub, common, "recommend", "top-k items for users by id, for every user, or for a new user",
                   "Recommend for users of the log by raw id (--user), for every user the run knows\n"
@@ -15,14 +23,18 @@ def add_recommend(sub, common) -> None:
                   "items they liked (--items: folded in, no retraining). Items a user already\n"
                   "interacted with in the log (any rating) are never recommended unless --keep-seen.\n"
                   "Ids that preprocessing dropped, or that are not in the log, are counted, named\n"
-                  "and skipped (--strict: refused).\n\n"
+                  "and skipped (--strict: refused). --all-users lists the users preprocessing dropped\n"
+                  "(fewer than --min-user-events positives at training) in OUTPUT_STEM.dropped-users.csv.\n"
+                  "Output columns use the log's own id names (e.g. customer, product; --id-columns fixed:\n"
+                  "user_id, item_id); id files (--users-file ...) may use either.\n\n"
                   "examples:\n  recvae recommend runs/prod --user u12 u57 -k 10 --exclude m3 m9\n"
                   "  recvae recommend runs/prod --all-users -k 100 -o recs.parquet\n"
                   "  recvae recommend runs/prod --items m1 m260 -k 10")
     add_run_dir(p)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", metavar="USER_ID", nargs="+", help="raw user ids of the log")
-    who.add_argument("--users-file", metavar="FILE", help="a table (.csv/.parquet/.json) with a user_id column")
+    who.add_argument("--users-file", metavar="FILE",
+                     help="a table (.csv/.parquet/.json) with a user_id column (or the log's own user column)")
     who.add_argument("--all-users", action="store_true", help="every user the run knows (needs --output)")
     who.add_argument("--items", metavar="ITEM_ID", nargs="+", help="raw item ids of a new user's history")
     p.add_argument("-k", "--k", type=int, default=10, help="items per user (default 10)")
@@ -37,6 +49,7 @@ def add_recommend(sub, common) -> None:
     p.add_argument("--batch-size", type=int, default=1000, help="users scored at once (default 1000)")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write user_id, rank, item_id, score there (.parquet, .csv, .json, .jsonl)")
+    add_id_columns(p)
     p.set_defaults(handler=run_recommend)
 
 
@@ -60,6 +73,7 @@ def add_embed(sub, common) -> None:
     p.add_argument("--layout", choices=("columns", "list"), default="columns",
                    help="columns: one column per dimension (default); list: one array column per vector "
                         "(user_id, mu, sigma), the layout vector stores load (.parquet, .json, .jsonl)")
+    add_id_columns(p)
     p.set_defaults(handler=run_embed)
 
 
@@ -73,6 +87,7 @@ def add_similar(sub, common) -> None:
     p.add_argument("--item", metavar="ITEM_ID", nargs="+", required=True, help="raw item ids")
     p.add_argument("-k", "--k", type=int, default=10, help="similar items per item (default 10)")
     p.add_argument("-o", "--output", metavar="FILE", help="also write them there (.parquet, .csv, .json, .jsonl)")
+    add_id_columns(p)
     p.set_defaults(handler=run_similar)
 
 
@@ -89,6 +104,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         fail("give items with --exclude/--candidates or with the -file option, not both")
     run = load_run(args)
     names = run.id_aliases  # id files may use the log's own column names
+    out = run.id_names(args.id_columns)  # the output's
     exclude = args.exclude if args.exclude_file is None else read_ids_table(args.exclude_file, aliases=names)
     candidates = args.candidates if args.candidates_file is None else \
         read_ids_table(args.candidates_file, aliases=names)
@@ -96,15 +112,17 @@ def run_recommend(args: argparse.Namespace) -> int:
         read_ids_table(args.users_file, "user_id", names)["user_id"].drop_duplicates().tolist()
     if args.all_users:
         path = run.recommend_all(args.output, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
-                                 candidates=candidates, batch_size=args.batch_size, progress=progress(args))
+                                 candidates=candidates, batch_size=args.batch_size, progress=progress(args),
+                                 id_columns=args.id_columns)
         dropped = len(run.dropped_user_ids)
         print(f"Top {run.k_label(args.k)} for {len(run.user_ids):,} users written to {path}" + (
-            f"; {dropped:,} users of the log are not among them (dropped by preprocessing: a lower "
-            "--min-user-events at training includes them, or --items recommends from their items)" if dropped else ""))
+            f"; {dropped:,} users of the log are not among them, listed in {run.dropped_users_path(path)} "
+            "(dropped by preprocessing: 'recvae train ... --min-user-events 1' includes them, or --items "
+            "recommends from their items)" if dropped else ""))
         return 0
     if args.items is not None:
         frame = run.recommend_for_items(args.items, k=args.k, exclude=exclude, candidates=candidates,
-                                        strict=args.strict)
+                                        strict=args.strict, id_columns=args.id_columns)
         used = frame.attrs.get("items_used", len(args.items))
         ignored = f" ({len(args.items) - used} not used: unknown or repeated)" if used < len(args.items) else ""
         print(f"Top {run.k_label(args.k)} for a new user with {used} items{ignored}:")
@@ -112,16 +130,17 @@ def run_recommend(args: argparse.Namespace) -> int:
         write_output(frame, args.output, "Recommendations")  # rank, item_id, score: a new user has no id
         return 0
     frame = run.recommend(users, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
-                          candidates=candidates, strict=args.strict, batch_size=args.batch_size)
+                          candidates=candidates, strict=args.strict, batch_size=args.batch_size,
+                          id_columns=args.id_columns)
     if frame.empty:
         sample = ", ".join(map(repr, run.user_ids[:3].tolist()))
         fail(f"--user: no recommendations, {frame.attrs['skipped'].message()}; the run's user ids look like "
              f"{sample}; for a new user, pass their items with --items")
     if args.output is None or len(users) <= 20:
-        for user, part in frame.groupby("user_id", sort=False):
+        for user, part in frame.groupby(out["user_id"], sort=False):
             print(f"Top {run.k_label(args.k)} for user {user}:")
-            print_table(part[["rank", "item_id", "score"]])
-    write_output(frame[["user_id", "rank", "item_id", "score"]], args.output, "Recommendations")
+            print_table(part[["rank", out["item_id"], "score"]])
+    write_output(frame[[out["user_id"], "rank", out["item_id"], "score"]], args.output, "Recommendations")
     return 0
 
 
@@ -132,7 +151,8 @@ def run_embed(args: argparse.Namespace) -> int:
     check_table_output(args.output, EMBEDDING_SUFFIXES)
     run = load_run(args)
     try:
-        frame = run.item_embeddings() if args.items else run.embed_users(args.user, strict=args.strict)
+        frame = run.item_embeddings(id_columns=args.id_columns) if args.items else \
+            run.embed_users(args.user, strict=args.strict, id_columns=args.id_columns)
     except NotImplementedError as err:
         fail(f"RUN_DIR {args.run_dir}: {one_line(err)}; models with embeddings: mult-vae, mult-dae, recvae, als, bpr")
     written = write_embeddings(frame, args.output, layout=args.layout)
@@ -148,11 +168,12 @@ def run_similar(args: argparse.Namespace) -> int:
     check_output(args.output)
     run = load_run(args)
     try:
-        frame = run.similar_items(args.item, k=args.k)
+        frame = run.similar_items(args.item, k=args.k, id_columns=args.id_columns)
     except NotImplementedError as err:
         fail(f"RUN_DIR {args.run_dir}: {one_line(err)}")
-    for item, part in frame.groupby("item_id", sort=False):
+    out = run.id_names(args.id_columns)
+    for item, part in frame.groupby(out["item_id"], sort=False):
         print(f"Most similar to item {item}:")
-        print_table(part[["rank", "similar_item_id", "score"]])
+        print_table(part[["rank", out["similar_item_id"], "score"]])
     write_output(frame, args.output, "Similar items")
     return 0

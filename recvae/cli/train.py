@@ -45,6 +45,9 @@ def add_train(sub, common) -> None:
     g.add_argument("--model", metavar="NAME",
                    help=f"a model registry name: {', '.join(MODEL_NAMES)} (default mult-vae, or the model of "
                         "--epochs-from)")
+    g.add_argument("--help-params", action="store_true",
+                   help="list the model's hyper-parameters (what 'recvae models NAME' prints) and exit; "
+                        "DATA and -o are not needed and nothing is read")
     g.add_argument("--param", metavar="KEY=VALUE", action="append", default=[],
                    help="a model or training parameter, repeatable, e.g. --param latent_dim=100 "
                         "--param lr=5e-4 --param hidden_dims=[600] --param anneal='{kind=\"constant\", cap=0.2}'. "
@@ -169,6 +172,22 @@ def run_train(args: argparse.Namespace) -> int:
         say(run.summary())
         say(f"Run written to {run.path}: {', '.join(sorted(p.name for p in run.path.iterdir()))}")
     return 0
+
+
+def help_params_model(argv: list[str]) -> str | None:
+    """The model whose hyper-parameters ``recvae train ... --help-params`` asks for (``--model``, else the model of
+    ``--params-from`` / ``--epochs-from``, else mult-vae), found before the full parse since DATA and -o are not
+    needed; None for any other command line."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command != "train" or "--help-params" not in argv:
+        return None
+    from recvae.runs.fitting import earlier_model
+
+    pre = argparse.ArgumentParser(add_help=False)
+    for option in ("--model", "--params-from", "--epochs-from"):
+        pre.add_argument(option)
+    known, _ = pre.parse_known_args(argv[argv.index("train") + 1:])
+    return str(known.model or earlier_model(known.params_from or known.epochs_from) or "mult-vae").strip().lower()
 
 
 def model_params(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:

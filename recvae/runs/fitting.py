@@ -43,6 +43,7 @@ from recvae.runs.directory import (
     write_run,
 )
 from recvae.runs.errors import RunError, one_line
+from recvae.runs.id_columns import log_id_columns
 from recvae.runs.refit import best_record, carried_anneal, earlier_record
 from recvae.runs.workdir import discard_work_dir
 
@@ -143,6 +144,9 @@ def _evaluate(estimator: Recommender, the_split: Split, evaluate: bool | str) ->
 def describe(estimator: Recommender, model_name: str, params: dict, raw_log: InteractionLog, data: Interactions,
              the_split: Split, log_spec: LogSpec, split_spec: SplitSpec, *, epochs_from, command_line) -> dict:
     """The run's ``config.json``: what was fitted on what, how, and with which versions."""
+    id_columns, clash = log_id_columns(raw_log.columns)  # the names its outputs give the ids
+    if clash:
+        logger.warning("%s", clash)
     return {
         "format": RUN_FORMAT,
         "command": "train",
@@ -151,7 +155,8 @@ def describe(estimator: Recommender, model_name: str, params: dict, raw_log: Int
         "model_class": type(estimator).__name__,
         "params": jsonable(params or {}),
         "model_params": jsonable(safe_params(estimator)),
-        "data": {"source": raw_log.source, "columns": raw_log.columns, "notes": raw_log.notes,
+        "data": {"source": raw_log.source, "columns": raw_log.columns, "id_columns": id_columns,
+                 "notes": raw_log.notes,
                  "rating_threshold": log_spec.rating_threshold if raw_log.has_ratings else None,
                  "min_user_events": log_spec.min_user_events,
                  "preprocessing": data.report.as_dict() if data.report is not None else None},

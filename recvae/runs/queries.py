@@ -19,9 +19,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recvae.data.ids import find_ids, lookup_ids
-from recvae.data.tables import TableWriter, check_table_output
+from recvae.data.tables import TableWriter, check_table_output, write_table
 from recvae.models.base import UserEmbeddings, item_mask, rank_in_blocks
 from recvae.runs.errors import RunError, first_ids as _first
+from recvae.runs.id_columns import id_column_names, rename_ids
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,16 @@ class RunQueries:
     @property
     def item_ids(self) -> np.ndarray:
         return self.split.item_ids
+
+    def id_names(self, id_columns: str = "log") -> dict[str, str]:
+        """The column names of this run's outputs: ``{"user_id": "customer", "item_id": "product",
+        "similar_item_id": "similar_product"}`` for a log with those columns (``id_columns="log"``, the
+        default), ``user_id`` / ``item_id`` for ``"fixed"``, a MovieLens log or a run that recorded no names
+        (see :mod:`recvae.runs.id_columns`)."""
+        try:
+            return id_column_names(self.config, id_columns)
+        except ValueError as err:
+            raise RunError(str(err)) from None
 
     # ------------------------------------------------------------------ k past the catalogue
     def k_limit(self, *, similar: bool = False) -> int:
@@ -132,6 +143,8 @@ class RunQueries:
             return None, None
         n = len(rows)
         if isinstance(spec, pd.DataFrame):
+            spec = spec.rename(columns={alias: name for alias, name in self.id_aliases.items()
+                                        if alias in spec.columns and name not in spec.columns})  # the log's names
             if "item_id" not in spec.columns:
                 raise RunError(f"{what}: a table needs an item_id column (and user_id for per-user lists)")
             spec = list(spec["item_id"]) if "user_id" not in spec.columns else \
@@ -177,8 +190,10 @@ class RunQueries:
         strict: bool = False,
         batch_size: int = 1000,
         max_memory: int | None = None,
+        id_columns: str = "log",
     ) -> pd.DataFrame:
-        """Top-k items for known users by raw id: columns ``user_id, rank, item_id, score``.
+        """Top-k items for known users by raw id: columns ``user_id, rank, item_id, score`` (the ids under the
+        log's own column names, e.g. ``customer, rank, product, score``, unless ``id_columns="fixed"``).
 
         Args:
             user_ids: raw user ids of the log (strings or numbers as in the log; text that
@@ -193,19 +208,22 @@ class RunQueries:
                 skipping them.
             max_memory: bytes the ranking of a batch may take (None: 1 GiB); see
                 :meth:`recommend_all`.
+            id_columns: ``"log"`` (default): the id columns carry the log's own names (:meth:`id_names`);
+                ``"fixed"``: ``user_id`` and ``item_id``.
 
         Skipped ids are logged as a warning and listed in ``frame.attrs["skipped"]``
         (a :class:`SkippedUsers`). A ``k`` past the catalogue returns the whole catalogue, with a
         warning; ``frame.attrs["k"]`` holds the k used (``"k_asked"`` the one asked, see :meth:`k_label`).
         """
         asked, k = k, self.effective_k(k)
+        names = self.id_names(id_columns)
         rows, found_ids, skipped = self.resolve_users(user_ids, strict=strict)
         if skipped:
             logger.warning("%s", skipped.message())
         frames = [self._recommend_rows(rows[s:s + batch_size], k, filter_seen, exclude, candidates, strict,
                                        max_memory) for s in range(0, len(rows), batch_size)]
         frames = frames or [self._empty_recommendations()]
-        frame = pd.concat(frames, ignore_index=True)
+        frame = rename_ids(pd.concat(frames, ignore_index=True), names)
         frame.attrs["skipped"] = skipped
         return self._with_k(frame, k, asked)
 
@@ -232,13 +250,15 @@ class RunQueries:
         })
 
     def recommend_for_items(self, item_ids: Iterable, k: int = 10, *, exclude=None, candidates=None,
-                            strict: bool = False) -> pd.DataFrame:
-        """Top-k for a new user from the raw ids of their items (fold-in, no retraining): ``rank, item_id, score``.
+                            strict: bool = False, id_columns: str = "log") -> pd.DataFrame:
+        """Top-k for a new user from the raw ids of their items (fold-in, no retraining): ``rank, item_id, score``
+        (the item column under the log's own name unless ``id_columns="fixed"``, as in :meth:`recommend`).
 
         ``k`` past the catalogue: as :meth:`recommend` (a warning, ``frame.attrs["k"]``). Unknown ids are
         skipped with a warning (``strict``: refused); ``frame.attrs["items_used"]`` counts the distinct
         known items the fold-in used."""
         asked, k = k, self.effective_k(k)
+        names = self.id_names(id_columns)
         items = self._item_columns(list(item_ids), "items", strict)
         if len(items) == 0:
             raise RunError(f"items (--items) {_first(list(item_ids))}: none is in the model's catalogue of "
@@ -250,7 +270,7 @@ class RunQueries:
             row, k=k,
             exclude=None if exclude is None else self._item_columns(exclude, "exclude", strict),
             candidates=None if candidates is None else self._item_columns(candidates, "candidates", strict))
-        frame = self._with_k(recs.to_frame()[["rank", "item_id", "score"]], k, asked)
+        frame = self._with_k(rename_ids(recs.to_frame()[["rank", "item_id", "score"]], names), k, asked)
         frame.attrs["items_used"] = len(items)  # known and distinct: what the fold-in saw
         return frame
 
@@ -261,15 +281,34 @@ class RunQueries:
         columns = ((self.config or {}).get("data") or {}).get("columns") or {}
         return {str(columns[role]): name for role, name in (("user", "user_id"), ("item", "item_id")) if columns.get(role)}
 
-    def _note_dropped_users(self) -> None:
-        """Users preprocessing dropped are not among "every user": say how many, and how to include them."""
+    def _note_dropped_users(self, listed: Path | None = None) -> None:
+        """Users preprocessing dropped are not among "every user": say how many, where they are listed, and how
+        to include them."""
         dropped = len(getattr(self, "dropped_user_ids", ()))
         if dropped:
             minimum = ((self.config.get("data") or {}).get("min_user_events") if self.config else None) or "the minimum"
-            logger.warning("%s users of the log are not in this run: preprocessing dropped them (fewer than %s positive "
-                           "events, or none above the rating threshold); train with a lower min_user_events "
-                           "(--min-user-events) to include them, or recommend for them from their items "
-                           "(recommend_for_items, --items)", f"{dropped:,}", minimum)
+            logger.warning("%s users of the log are not in this run%s: preprocessing dropped them (fewer than %s "
+                           "positive events, or none above the rating threshold); train with a lower "
+                           "min_user_events (--min-user-events 1) or rating threshold (--min-rating) to include "
+                           "them, or recommend for them from their items (recommend_for_items, --items)",
+                           f"{dropped:,}", f" (listed in {listed})" if listed else "", minimum)
+
+    @staticmethod
+    def dropped_users_path(path: str | os.PathLike) -> Path:
+        """Where :meth:`recommend_all` lists the users it left out: ``recs.parquet`` -> ``recs.dropped-users.csv``."""
+        path = Path(path)
+        return path.with_name(f"{path.stem}.dropped-users.csv")
+
+    def write_dropped_users(self, path: str | os.PathLike, *, id_columns: str = "log") -> Path | None:
+        """List the raw ids of the users preprocessing dropped (one column, the user id's name of
+        :meth:`id_names`) in the CSV ``path``, atomically; the path, or None when no user was dropped (a list
+        left there by an earlier output is emptied, so that it never names another run's users)."""
+        path = Path(path)
+        dropped = np.asarray(getattr(self, "dropped_user_ids", ()))
+        if not len(dropped) and not path.exists():
+            return None
+        write_table(pd.DataFrame({self.id_names(id_columns)["user_id"]: dropped}), path)
+        return path if len(dropped) else None
 
     def recommend_all(
         self,
@@ -282,12 +321,20 @@ class RunQueries:
         batch_size: int = 1000,
         progress: bool | None = None,
         max_memory: int | None = None,
+        id_columns: str = "log",
     ) -> Path | pd.DataFrame:
         """Top-k for every known user, streamed in user batches.
 
         With ``path`` (``.parquet``, ``.csv``, ``.json``, ``.jsonl``) the rows
         ``user_id, rank, item_id, score`` are written there atomically and the
-        path is returned; without it, one DataFrame (fine for small logs).
+        path is returned; without it, one DataFrame (fine for small logs). The id columns
+        carry the log's own names unless ``id_columns="fixed"`` (see :meth:`recommend`).
+
+        Users that preprocessing dropped (fewer than ``min_user_events`` positives, e.g. in a
+        production fit with ``heldout_users=0``) have no row: a warning counts them, and with
+        ``path`` their ids are listed in :meth:`dropped_users_path` (``recs.dropped-users.csv``
+        beside ``recs.parquet``; :meth:`write_dropped_users`) to act on: refit with a lower
+        ``min_user_events`` (``--min-user-events 1``) or fold in their items (:meth:`recommend_for_items`).
 
         Memory: each batch of ``batch_size`` users is ranked within ``max_memory`` bytes
         (None: 1 GiB). When a batch's users x items scores would not fit, a model with
@@ -302,33 +349,38 @@ class RunQueries:
         from tqdm.auto import tqdm
 
         asked, k = k, self.effective_k(k)
+        names = self.id_names(id_columns)
         if path is not None:
             check_table_output(path)
-        self._note_dropped_users()
         starts = range(0, len(self.user_ids), batch_size)
         bar = tqdm(starts, desc="recommend", unit="batch", disable=None if progress is None else not progress)
         if path is None:
+            self._note_dropped_users()
             frames = [self._recommend_rows(np.arange(s, min(s + batch_size, len(self.user_ids))), k, filter_seen,
                                            exclude, candidates, False, max_memory) for s in bar]
             frame = pd.concat(frames, ignore_index=True) if frames else self._empty_recommendations()
-            return self._with_k(frame, k, asked)
+            return self._with_k(rename_ids(frame, names), k, asked)
         with TableWriter(path) as writer:
             for s in bar:
                 rows = np.arange(s, min(s + batch_size, len(self.user_ids)))
-                writer.write(self._recommend_rows(rows, k, filter_seen, exclude, candidates, False, max_memory))
+                writer.write(rename_ids(self._recommend_rows(rows, k, filter_seen, exclude, candidates, False,
+                                                             max_memory), names))
             if writer.rows == 0 and not len(self.user_ids):
-                writer.write(self._empty_recommendations())
+                writer.write(rename_ids(self._empty_recommendations(), names))
+        self._note_dropped_users(self.write_dropped_users(self.dropped_users_path(path), id_columns=id_columns))
         return Path(path)
 
     # ------------------------------------------------------------------ embeddings, similar items
     def embed_users(self, user_ids: Iterable | None = None, *, strict: bool = False,
-                    batch_size: int = 10_000) -> pd.DataFrame:
-        """User embeddings by raw id (all known users by default): ``user_id, mu_0.., sigma_0..``.
+                    batch_size: int = 10_000, id_columns: str = "log") -> pd.DataFrame:
+        """User embeddings by raw id (all known users by default): ``user_id, mu_0.., sigma_0..`` (the id
+        column under the log's own name unless ``id_columns="fixed"``, as in :meth:`recommend`).
 
         Each user's embedding comes from their positive history (for held-out
         users of a strong split: fold-in and target together). See
         :class:`recvae.models.UserEmbeddings` for what ``mu``/``sigma`` are per model.
         """
+        names = self.id_names(id_columns)
         if user_ids is None:
             rows, ids = np.arange(len(self.user_ids)), self.user_ids
         else:
@@ -339,17 +391,21 @@ class RunQueries:
         if not parts:
             raise RunError("no users to embed")
         sigma = None if parts[0].sigma is None else np.concatenate([p.sigma for p in parts])
-        return UserEmbeddings(np.concatenate([p.mu for p in parts]), sigma).to_frame(ids)
+        return rename_ids(UserEmbeddings(np.concatenate([p.mu for p in parts]), sigma).to_frame(ids), names)
 
-    def item_embeddings(self) -> pd.DataFrame:
-        """Item embeddings: ``item_id, emb_0..`` (decoder rows of a VAE, factors of ALS/BPR)."""
+    def item_embeddings(self, *, id_columns: str = "log") -> pd.DataFrame:
+        """Item embeddings: ``item_id, emb_0..`` (decoder rows of a VAE, factors of ALS/BPR; the id column
+        under the log's own name unless ``id_columns="fixed"``)."""
+        names = self.id_names(id_columns)
         values = np.asarray(self.model.item_embeddings())
         frame = pd.DataFrame({f"emb_{j}": values[:, j] for j in range(values.shape[1])})
-        frame.insert(0, "item_id", self.item_ids)
+        frame.insert(0, names["item_id"], self.item_ids)
         return frame
 
-    def similar_items(self, item_ids: Iterable, k: int = 10) -> pd.DataFrame:
-        """The ``k`` items most similar to each raw item id: ``item_id, rank, similar_item_id, score``.
+    def similar_items(self, item_ids: Iterable, k: int = 10, *, id_columns: str = "log") -> pd.DataFrame:
+        """The ``k`` items most similar to each raw item id: ``item_id, rank, similar_item_id, score``
+        (``product, rank, similar_product, score`` for a log whose item column was ``product``, unless
+        ``id_columns="fixed"``).
 
         The similarity is the model's own (see :meth:`Recommender.item_similarities`):
         EASE's weights B[i, j], item-KNN's neighbour similarities, the cosine of
@@ -357,14 +413,15 @@ class RunQueries:
         returns every other item, with a warning; ``frame.attrs["k"]`` holds the k used.
         """
         asked, k = k, self.effective_k(k, similar=True)
+        names = self.id_names(id_columns)
         ids = [item_ids] if isinstance(item_ids, (str, bytes)) or np.isscalar(item_ids) else list(item_ids)
         columns = lookup_ids(pd.Index(np.asarray(self.item_ids)), ids, "item")
         recs = self.model.similar_items(columns, k=k, by_column=True)
         n, kk = recs.items.shape
         valid = recs.valid.ravel()
-        return self._with_k(pd.DataFrame({
+        return self._with_k(rename_ids(pd.DataFrame({
             "item_id": np.repeat(self.item_ids[columns], kk)[valid],
             "rank": np.tile(np.arange(1, kk + 1), n)[valid],
             "similar_item_id": self.item_ids[np.maximum(recs.items, 0)].ravel()[valid],
             "score": recs.scores.ravel()[valid],
-        }), k, asked)
+        }), names), k, asked)

@@ -203,7 +203,7 @@ class _Service:
         filter_seen, exclude, candidates = key
         frame = self.run.recommend(user_ids, k=k, filter_seen=filter_seen,
                                    exclude=None if exclude is None else list(exclude),
-                                   candidates=None if candidates is None else list(candidates))
+                                   candidates=None if candidates is None else list(candidates), id_columns="fixed")
         ranks, items, scores = frame["rank"].tolist(), frame["item_id"].tolist(), frame["score"].tolist()
         out: dict[Any, list[dict]] = {}
         for user, positions in frame.groupby("user_id", sort=False).indices.items():
@@ -426,14 +426,14 @@ def _add_recommendation_routes(app: FastAPI, run: Run, service: _Service, batche
         candidates = service.check_items(body.candidates, "candidates")
         frame = await asyncio.to_thread(
             run.recommend_for_items, list(items), k, exclude=None if exclude is None else list(exclude),
-            candidates=None if candidates is None else list(candidates), strict=True)
+            candidates=None if candidates is None else list(candidates), strict=True, id_columns="fixed")
         return {"items": _ranked(frame)}
 
     @app.post("/similar", response_model=SimilarResponse)
     async def similar(body: SimilarRequest) -> dict:
         k = service.check_k(body.k)
         service.check_items([body.item_id], "item_id")
-        frame = await asyncio.to_thread(run.similar_items, [body.item_id], k)
+        frame = await asyncio.to_thread(run.similar_items, [body.item_id], k, id_columns="fixed")
         item = frame["item_id"].iloc[0] if len(frame) else body.item_id
         item = item.item() if isinstance(item, np.generic) else item
         return {"item_id": item, "items": _ranked(frame, "similar_item_id")}
