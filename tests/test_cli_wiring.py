@@ -389,7 +389,7 @@ def test_recommend_all_users_passes_every_option(monkeypatch, runs, ease, oracle
 
 
 # ============================================================================ embed
-def _fake_embeddings(self, user_ids=None, *, strict=False, batch_size=10_000):
+def _fake_embeddings(self, user_ids=None, *, strict=False, batch_size=10_000, id_columns="log"):
     """Two mu and two sigma columns that spell each user's id, for the ids the run resolves."""
     ids = self.user_ids if user_ids is None else self.resolve_users(user_ids)[1]
     ids = np.asarray(ids, dtype=np.float64)
@@ -404,7 +404,7 @@ def test_embed_passes_users_and_strict_and_keeps_rows_with_their_ids(monkeypatch
     run_cli(["embed", runs["ease"], "-o", tmp_path / "all.csv"])
     picked, every = calls
     assert (picked["user_ids"], picked["strict"]) == (strs(users), True)
-    assert (every["user_ids"], every["strict"]) == (None, False)
+    assert (every["user_ids"], every["strict"], every["id_columns"]) == (None, False, "log")
     ids = np.load(tmp_path / "e_ids.npy")
     mu, sigma = np.load(tmp_path / "e.npy"), np.load(tmp_path / "e_sigma.npy")
     assert ids.tolist() == users
@@ -421,7 +421,8 @@ def test_embed_passes_users_and_strict_and_keeps_rows_with_their_ids(monkeypatch
 
 def test_embed_items_calls_item_embeddings_and_names_models_without(monkeypatch, runs, ease, tmp_path):
     values = np.arange(ease.n_items * 2, dtype=np.float32).reshape(-1, 2)[::-1]
-    fake = lambda self: pd.DataFrame({"item_id": self.item_ids, "emb_0": values[:, 0], "emb_1": values[:, 1]})  # noqa
+    fake = lambda self, id_columns="log": pd.DataFrame(  # noqa
+        {"item_id": self.item_ids, "emb_0": values[:, 0], "emb_1": values[:, 1]})
     calls = spy(monkeypatch, Run, "item_embeddings", fake)
     embeds = spy(monkeypatch, Run, "embed_users", _fake_embeddings)
     run_cli(["embed", runs["ease"], "--items", "-o", tmp_path / "items.npy"])

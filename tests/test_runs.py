@@ -161,9 +161,9 @@ def test_seen_means_every_raw_interaction_any_rating(production, raw_log):
     rated_low = set(low.loc[low["customer"] == user, "sku"]) & set(production.item_ids)
     assert rated_low
     everything = production.recommend([user], k=production.n_items)
-    assert not rated_low & set(everything["item_id"])
+    assert not rated_low & set(everything["sku"])
     kept = production.recommend([user], k=production.n_items, filter_seen=False)
-    assert rated_low <= set(kept["item_id"])
+    assert rated_low <= set(kept["sku"])
 
 
 def test_evaluation_protocol_masks_only_fold_in_positives(tuned):
@@ -178,21 +178,21 @@ def test_evaluation_protocol_masks_only_fold_in_positives(tuned):
 def test_recommend_by_id_with_exclusions_candidates_and_skips(production, raw_log):
     users = list(production.user_ids[:3])
     base = production.recommend(users, k=5)
-    assert list(base.columns) == ["user_id", "rank", "item_id", "score"]
-    assert base.groupby("user_id")["rank"].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 3
-    banned = base["item_id"].iloc[0]
+    assert list(base.columns) == ["customer", "rank", "sku", "score"]
+    assert base.groupby("customer")["rank"].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 3
+    banned = base["sku"].iloc[0]
     without = production.recommend(users, k=5, exclude=[banned])
-    assert banned not in set(without["item_id"])
+    assert banned not in set(without["sku"])
     per_user = production.recommend(users, k=5, exclude={users[0]: [banned]})
-    assert banned not in set(per_user.loc[per_user.user_id == users[0], "item_id"])
+    assert banned not in set(per_user.loc[per_user.customer == users[0], "sku"])
     allowed = list(production.item_ids[:10])
     only = production.recommend(users, k=5, candidates=allowed)
-    assert set(only["item_id"]) <= set(allowed)
+    assert set(only["sku"]) <= set(allowed)
     dropped = raw_log["customer"][~raw_log["customer"].isin(production.user_ids)].iloc[0]
     frame = production.recommend([users[0], dropped, "nobody"], k=3)
     skipped = frame.attrs["skipped"]
     assert skipped.dropped == [dropped] and skipped.unknown == ["nobody"]
-    assert "dropped by preprocessing" in skipped.message() and set(frame["user_id"]) == {users[0]}
+    assert "dropped by preprocessing" in skipped.message() and set(frame["customer"]) == {users[0]}
     with pytest.raises(RunError, match="nobody"):
         production.recommend([users[0], "nobody"], k=3, strict=True)
 
@@ -201,9 +201,9 @@ def test_recommend_all_streams_every_user_to_parquet(production, tmp_path):
     path = production.recommend_all(tmp_path / "all.parquet", k=7, batch_size=50)
     recs = pd.read_parquet(path)
     assert len(recs) == 7 * len(production.user_ids)
-    assert set(recs["user_id"]) == set(production.user_ids.tolist())
+    assert set(recs["customer"]) == set(production.user_ids.tolist())
     one = production.user_ids[60]
-    pd.testing.assert_frame_equal(recs[recs.user_id == one].reset_index(drop=True),
+    pd.testing.assert_frame_equal(recs[recs.customer == one].reset_index(drop=True),
                                   production.recommend([one], k=7).astype(recs.dtypes.to_dict()),
                                   check_dtype=False)
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left
@@ -211,13 +211,13 @@ def test_recommend_all_streams_every_user_to_parquet(production, tmp_path):
 
 def test_embeddings_and_similar_items_by_raw_id(production):
     users = production.embed_users(list(production.user_ids[:4]))
-    assert list(users.columns[:2]) == ["user_id", "mu_0"] and len(users) == 4
+    assert list(users.columns[:2]) == ["customer", "mu_0"] and len(users) == 4
     everyone = production.embed_users()
     assert len(everyone) == len(production.user_ids)
     item = production.item_ids[0]
     similar = production.similar_items([item], k=4)
-    assert list(similar.columns) == ["item_id", "rank", "similar_item_id", "score"]
-    assert len(similar) == 4 and item not in set(similar["similar_item_id"])
+    assert list(similar.columns) == ["sku", "rank", "similar_sku", "score"]
+    assert len(similar) == 4 and item not in set(similar["similar_sku"])
     assert similar["score"].is_monotonic_decreasing
     info = production.info()
     assert info["model"] == "mult-dae" and info["parameters"] > 0 and info["users"] == len(production.user_ids)
@@ -293,12 +293,12 @@ def test_cli_production_workflow_on_string_ids(files, tmp_path):
     _cli(["recommend", prod, "--all-users", "-k", "5", "-o", recs_path])
     recs = pd.read_parquet(recs_path)
     info = json.loads(_cli(["info", prod, "--json"]))
-    assert len(recs) == 5 * info["users"] and recs["user_id"].str.startswith("u").all()
-    user = recs["user_id"].iloc[0]
-    banned = recs["item_id"].iloc[0]
+    assert len(recs) == 5 * info["users"] and recs["customer"].str.startswith("u").all()
+    user = recs["customer"].iloc[0]
+    banned = recs["sku"].iloc[0]
     out = _cli(["recommend", prod, "--user", user, "-k", "5", "--exclude", banned, "-o", tmp_path / "one.json"])
     one = pd.read_json(tmp_path / "one.json")
-    assert f"Top 5 for user {user}" in out and banned not in set(one["item_id"]) and len(one) == 5
+    assert f"Top 5 for user {user}" in out and banned not in set(one["sku"]) and len(one) == 5
     _cli(["embed", prod, "-o", tmp_path / "users.csv"])
     assert len(pd.read_csv(tmp_path / "users.csv")) == info["users"]
     similar = _cli(["similar", prod, "--item", banned, "-k", "3"])
@@ -361,16 +361,16 @@ def test_confidence_weights_reach_the_matrix_the_split_and_the_models(raw_log):
 def test_cli_per_user_lists_from_files(production, tmp_path):
     users = list(production.user_ids[:3])
     first = production.recommend(users, k=2)
-    exclude = first[first.user_id == users[0]][["user_id", "item_id"]]
+    exclude = first[first.customer == users[0]][["customer", "sku"]]
     exclude.to_csv(tmp_path / "exclude.csv", index=False)
     pd.DataFrame({"user_id": users + [users[0]]}).to_csv(tmp_path / "users.csv", index=False)
     _cli(["recommend", production.path, "--users-file", tmp_path / "users.csv", "-k", "2",
           "--exclude-file", tmp_path / "exclude.csv", "-o", tmp_path / "out.parquet"])
     out = pd.read_parquet(tmp_path / "out.parquet")
     assert len(out) == 6  # each user once, although the file names one twice
-    assert not set(exclude.item_id) & set(out.loc[out.user_id == users[0], "item_id"])
-    pd.testing.assert_frame_equal(out[out.user_id != users[0]].reset_index(drop=True),
-                                  first[first.user_id != users[0]].reset_index(drop=True), check_dtype=False)
+    assert not set(exclude.sku) & set(out.loc[out.customer == users[0], "sku"])
+    pd.testing.assert_frame_equal(out[out.customer != users[0]].reset_index(drop=True),
+                                  first[first.customer != users[0]].reset_index(drop=True), check_dtype=False)
 
 
 def test_id_files_may_use_the_logs_own_column_names(production, tmp_path):
@@ -379,11 +379,11 @@ def test_id_files_may_use_the_logs_own_column_names(production, tmp_path):
     users = list(production.user_ids[:2])
     first = production.recommend(users, k=2)
     pd.DataFrame({"customer": users}).to_csv(tmp_path / "users.csv", index=False)
-    first[first.user_id == users[0]].rename(columns={"user_id": "customer", "item_id": "sku"})[
+    first[first.customer == users[0]][
         ["customer", "sku"]].to_csv(tmp_path / "exclude.csv", index=False)
     _cli(["recommend", production.path, "--users-file", tmp_path / "users.csv", "-k", "2",
           "--exclude-file", tmp_path / "exclude.csv", "-o", tmp_path / "out.csv"])
     out = pd.read_csv(tmp_path / "out.csv")
-    assert sorted(set(out.user_id.astype(str))) == sorted(map(str, users)) and len(out) == 4
-    assert not set(first.loc[first.user_id == users[0], "item_id"].astype(str)) & \
-        set(out.loc[out.user_id.astype(str) == str(users[0]), "item_id"].astype(str))
+    assert sorted(set(out.customer.astype(str))) == sorted(map(str, users)) and len(out) == 4
+    assert not set(first.loc[first.customer == users[0], "sku"].astype(str)) & \
+        set(out.loc[out.customer.astype(str) == str(users[0]), "sku"].astype(str))
