@@ -61,6 +61,13 @@ def test_the_fixed_option_gives_user_id_and_item_id(run, tmp_path):
                  "-q"]) == 0
     assert list(pd.read_parquet(out).columns) == ["user_id", "rank", "item_id", "score"]
     assert list(pd.read_csv(run.dropped_users_path(out)).columns) == ["user_id"]
+    fixed = ["--id-columns", "fixed", "-q", "-o"]
+    assert main(["recommend", str(run.path), "--user", "c1", "-k", "2", *fixed, str(tmp_path / "u.json")]) == 0
+    assert list(pd.read_json(tmp_path / "u.json").columns) == ["user_id", "rank", "item_id", "score"]
+    assert main(["recommend", str(run.path), "--items", "p1", "-k", "2", *fixed, str(tmp_path / "n.csv")]) == 0
+    assert list(pd.read_csv(tmp_path / "n.csv").columns) == ["rank", "item_id", "score"]
+    assert main(["similar", str(run.path), "--item", "p1", "-k", "2", *fixed, str(tmp_path / "s.csv")]) == 0
+    assert list(pd.read_csv(tmp_path / "s.csv").columns) == ["item_id", "rank", "similar_item_id", "score"]
 
 
 def test_id_files_in_either_names_are_accepted(run, tmp_path):

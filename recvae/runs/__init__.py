@@ -12,6 +12,10 @@ similar / info``; everything the command line does can be done from here::
     prod.recommend(["u1", "u2"], k=10, exclude=["m3"])                         # by raw user id
     prod.recommend_all("recs.parquet", k=100)                                  # every user, streamed
     prod.embed_users().head()                                                  # user_id, mu_*, sigma_*
+
+Outputs name the ids as the log did (``customer, rank, product, score`` for a log with
+those columns); ``id_columns="fixed"`` gives ``user_id`` / ``item_id`` (:mod:`~recvae.runs.id_columns`).
+``recommend_all`` lists the users preprocessing dropped beside its file (``recs.dropped-users.csv``).
     prod.similar_items(["m1"], k=5)
 
 :func:`tune` (``recvae tune``) reads and splits a log the same way and searches a

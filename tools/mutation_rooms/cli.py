@@ -5,6 +5,14 @@ CLI = "recvae/cli/"
 T = ("tests/test_cli_wiring.py", "tests/test_cli.py")
 
 MUTATIONS = [
+    dict(name="cli-wiring-recommend-id-columns", file=CLI + "recommend.py",
+         old="batch_size=args.batch_size,\n                          id_columns=args.id_columns)",
+         new="batch_size=args.batch_size)",
+         tests=("tests/test_output_names.py",), why="recommend --user ignores --id-columns fixed"),
+    dict(name="cli-wiring-train-help-params-model", file="recvae/cli/train.py",
+         old="return str(known.model or earlier_model(",
+         new="return str(earlier_model(",
+         tests=("tests/test_output_names.py",), why="train --model NAME --help-params lists mult-vae's parameters"),
     dict(name="cli-wiring-keep-seen", file=CLI + "recommend.py",
          old="frame = run.recommend(users, k=args.k, filter_seen=not args.keep_seen,",
          new="frame = run.recommend(users, k=args.k, filter_seen=True,",
@@ -26,8 +34,8 @@ MUTATIONS = [
          new='return Run.load(args.run_dir, device="auto", allow_failed=allow_failed)',
          tests=T, why="--device of evaluate/recommend/embed/similar/info/export never reaches Run.load"),
     dict(name="cli-rows-similar-printed-item", file=CLI + "recommend.py",
-         old='print_table(part[["rank", "similar_item_id", "score"]])',
-         new='print_table(part[["rank", "item_id", "score"]])',
+         old='print_table(part[["rank", out["similar_item_id"], "score"]])',
+         new='print_table(part[["rank", out["item_id"], "score"]])',
          tests=T, why="similar prints the query item on every row instead of its neighbours"),
     dict(name="cli-rows-embed-npy-ids", file="recvae/data/tables.py",
          old="ids = frame.iloc[:, 0].to_numpy()",

@@ -8,6 +8,16 @@ FITTING = "recvae/runs/fitting.py"
 T_RUNS = ("tests/test_runs_wiring.py", "tests/test_runs.py")
 
 MUTATIONS = [
+    dict(name="runs-wiring-all-users-dropped-list", file=QUERIES,
+         old="self._note_dropped_users(self.write_dropped_users(self.dropped_users_path(path), id_columns=id_columns))",
+         new="self._note_dropped_users()",
+         tests=("tests/test_output_names.py",),
+         why="recommend_all(path) warns about the users preprocessing dropped but never lists them beside the file"),
+    dict(name="runs-wiring-all-users-id-columns", file=QUERIES,
+         old="        names = self.id_names(id_columns)\n        if path is not None:",
+         new="        names = self.id_names(\"log\")\n        if path is not None:",
+         tests=("tests/test_output_names.py",),
+         why="recommend_all(id_columns='fixed') / --all-users --id-columns fixed still writes the log's names"),
     dict(name="runs-rows-user-labels-in-sorted-order", file=QUERIES,
          old='"user_id": np.repeat(self.user_ids[rows], kk)[valid],',
          new='"user_id": np.repeat(self.user_ids[np.sort(rows)], kk)[valid],',
