@@ -30,6 +30,7 @@ from recvae.evaluation import evaluate as evaluate_on_split
 from recvae.models.base import Recommender
 from recvae.models.mult_vae import TorchVAERecommender
 from recvae.models.registry import MODELS, make_model
+from recvae.models.sizing import LogShape, apply_sizing
 from recvae.runs.directory import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -80,11 +81,13 @@ def fit_run(cls, log, model, *, params, split, output, epochs_from, evaluate, re
         work = _claim_work_dir(stack, estimator, out, out_path, say) if writes else None
         raw_log, data, the_split = read_and_split(log_spec, split_spec, say)
         lower_eval_k(estimator, the_split, say)
+        choices = {} if isinstance(model, Recommender) else \
+            apply_sizing(estimator, LogShape.of(the_split.train), given=params, say=say)
         fit_seconds, failure = _fit(estimator, the_split)
         results = {} if failure is not None else _evaluate(estimator, the_split, evaluate)
         config = describe(estimator, model_name, params, raw_log, data, the_split, log_spec, split_spec,
                           epochs_from=epochs_from, command_line=None if out is None else out.command_line)
-        config.update(fit_seconds=round(fit_seconds, 3), total_seconds=round(time.perf_counter() - started, 3),
+        config.update(catalogue_choices=jsonable(choices), fit_seconds=round(fit_seconds, 3), total_seconds=round(time.perf_counter() - started, 3),
                       processes=1 if ctx is None else ctx.world_size)
         run = cls(estimator, the_split, **known_users(the_split, raw_log), config=config,
                   metrics=run_metrics(results, failure))

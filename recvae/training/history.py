@@ -60,6 +60,10 @@ def _end_epoch(state: dict, epoch: int, row: dict, postfix: dict, bar, config: T
 
     Returns True when early stopping ends training.
     """
+    # wall time to this epoch, training and validation, summed over the epochs (a resumed run's too):
+    # the time-to-quality curve of the history and the report
+    before = state["history"][-1].get("elapsed_seconds", 0.0) if state["history"] else 0.0
+    row["elapsed_seconds"] = before + row.get("train_seconds", 0.0) + row.get("eval_seconds", 0.0)
     state["history"].append(row)
     state["epoch"] = epoch
     bar.set_postfix(postfix, refresh=False)
