@@ -86,8 +86,9 @@ class JointVAE(RecVAE):
 
     logits_u = D z_u + b + s · x_u W with diag(W) = 0; W starts at EDLAE's closed form
     (``linear_l2``, ``linear_dropout``) and is trained with the decoder when
-    ``train_linear`` (a sparse W: its stored values only); the scale s always learns. Everything else -- encoder, composite
-    prior, per-user beta, alternating encoder and decoder passes -- is RecVAE's
+    ``train_linear`` (a sparse W: its stored values only); the scale s always learns.
+    Everything else -- encoder, composite prior, per-user beta, alternating encoder and
+    decoder passes -- is RecVAE's
     (Shenbin et al. 2020), with its defaults.
 
     Example::
@@ -193,7 +194,6 @@ class JointVAE(RecVAE):
         if config.paths != "vae" and self.net_.decoder.form == "sparse":
             self._sparse_start(matrix)
         elif config.paths != "vae":
-            n_items = matrix.shape[1]
             if config.linear_init == "edlae":
                 weights = edlae_weights(matrix, config.linear_l2, config.linear_dropout)
                 self.net_.decoder.item_item.set_weight(torch.from_numpy(weights))
