@@ -60,6 +60,14 @@ def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, 
     return starts[owner] + offset, owner
 
 
+def _scatter(n_rows: int, n_columns: int, rows: torch.Tensor, columns: torch.Tensor,
+             values: torch.Tensor) -> torch.Tensor:
+    """A dense (n_rows, n_columns) matrix summing ``values`` at (rows, columns) (a flat index_add:
+    on CPU about twice as fast as ``index_put(accumulate=True)``); differentiable in ``values``."""
+    out = torch.zeros(n_rows * n_columns, dtype=values.dtype, device=values.device)
+    return out.index_add(0, rows * n_columns + columns, values).view(n_rows, n_columns)
+
+
 class SparseItemItem(nn.Module):
     """x W for sparse rows x and a CSR W of fixed sparsity and zero diagonal; no bias.
 
@@ -144,9 +152,8 @@ class SparseItemItem(nn.Module):
         """Columns [start, stop) of x W, (batch, stop - start); ``values`` replace x's (e.g. after dropout)."""
         values = x.values if values is None else values
         entry, position = self._terms(x, start, stop)
-        out = torch.zeros(x.n_rows, stop - start, dtype=self.values.dtype, device=self.values.device)
         contribution = values[entry].to(self.values.dtype) * self.values[position]
-        return out.index_put((x.row_of_entry[entry], self.indices[position] - start), contribution, accumulate=True)
+        return _scatter(x.n_rows, stop - start, x.row_of_entry[entry], self.indices[position] - start, contribution)
 
     def forward(self, x: SparseRows, values: torch.Tensor | None = None) -> torch.Tensor:
         """x W, (batch, items)."""
@@ -161,9 +168,8 @@ class SparseItemItem(nn.Module):
         column = slot[self.indices[position]]
         keep = column >= 0
         entry, position, column = entry[keep], position[keep], column[keep]
-        out = torch.zeros(x.n_rows, len(items), dtype=self.values.dtype, device=self.values.device)
         contribution = values[entry].to(self.values.dtype) * self.values[position]
-        return out.index_put((x.row_of_entry[entry], column), contribution, accumulate=True)
+        return _scatter(x.n_rows, len(items), x.row_of_entry[entry], column, contribution)
 
     def term_count(self, rows: sp.csr_matrix) -> int:
         """How many terms x W takes for these (host) rows: the sum of W's row lengths over their entries."""
