@@ -155,10 +155,10 @@ def test_bad_config_is_refused_in_one_line(bad, needle):
     assert "\n" not in str(err.value)
 
 
-def test_refuses_when_the_item_item_matrix_does_not_fit(monkeypatch, split):
-    monkeypatch.setattr("recvae.models.joint.available_memory_bytes", lambda: 1000)
-    with pytest.raises(MemoryError, match="item-item matrix .* needs"):
-        JointVAE(train_linear=True, **SMALL, **FAST).fit(split)
+def test_refuses_when_the_dense_item_item_matrix_does_not_fit(monkeypatch, split):
+    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: 1000)
+    with pytest.raises(MemoryError, match="dense item-item path on 200 items needs .* linear_form='sparse'"):
+        JointVAE(train_linear=True, linear_form="dense", **SMALL, **FAST).fit(split)
 
 
 def test_embeddings_and_similar_items(trained, split):

@@ -272,27 +272,30 @@ def test_joint_memory_bytes_by_hand():
 
 @pytest.mark.parametrize("train_linear, factor", [(False, 1), (True, 4)])
 def test_memory_check_refuses_one_byte_short_and_fits_at_the_boundary(monkeypatch, train_linear, factor):
+    # W (x4 when trained: its gradient and Adam's two moments) and EDLAE's float64 start (12 bytes a pair).
     matrix = _matrix()
-    need = 4 * N_ITEMS * N_ITEMS * factor
+    need = 4 * N_ITEMS * N_ITEMS * factor + 12 * N_ITEMS * N_ITEMS
     available = {"bytes": need - 1}
-    monkeypatch.setattr("recvae.models.joint.available_memory_bytes", lambda: available["bytes"])
-    with pytest.raises(MemoryError, match="item-item matrix") as err:
-        JointVAE(train_linear=train_linear, linear_l2=20.0, **FIT).fit(matrix)
+    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: available["bytes"])
+    with pytest.raises(MemoryError, match="dense item-item path") as err:
+        JointVAE(train_linear=train_linear, linear_form="dense", linear_l2=20.0, **FIT).fit(matrix)
     assert "\n" not in str(err.value)
     available["bytes"] = need
-    JointVAE(train_linear=train_linear, linear_l2=20.0, **FIT).fit(matrix)
+    JointVAE(train_linear=train_linear, linear_form="dense", linear_l2=20.0, **FIT).fit(matrix)
 
 
 def test_memory_check_counts_the_trained_w_four_times(monkeypatch):
-    # Room for W alone, not for its gradient and Adam's moments.
-    monkeypatch.setattr("recvae.models.joint.available_memory_bytes", lambda: 4 * N_ITEMS * N_ITEMS)
+    # Room for W and the closed-form start, not for W's gradient and Adam's moments.
+    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: 16 * N_ITEMS * N_ITEMS)
+    JointVAE(train_linear=False, linear_form="dense", linear_l2=20.0, **FIT).fit(_matrix())
     with pytest.raises(MemoryError):
-        JointVAE(train_linear=True, linear_l2=20.0, **FIT).fit(_matrix())
+        JointVAE(train_linear=True, linear_form="dense", linear_l2=20.0, **FIT).fit(_matrix())
 
 
 def test_vae_path_alone_skips_the_memory_check(monkeypatch):
-    monkeypatch.setattr("recvae.models.joint.available_memory_bytes", lambda: 0)
-    JointVAE(paths="vae", **FIT).fit(_matrix())
+    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: 0)
+    model = JointVAE(paths="vae", linear_form="dense", **FIT).fit(_matrix())
+    assert model.net_.decoder.item_item.nnz == 0  # no item-item weights held at all
 
 
 @pytest.mark.parametrize("paths, expected", [("both", 4.0 * 12 / 4), ("linear", 4.0 * 12 / 4), ("vae", 0.0)])

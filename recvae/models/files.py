@@ -110,7 +110,7 @@ def check_vae_payload(payload: dict, path: str | Path, cls: type) -> None:
     except (TypeError, ValueError, KeyError) as err:
         raise _fail(path, f"its configuration does not fit this recvae version ({_one_line(err)})", MODEL_FIX) from None
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        expected = {k: tuple(v.shape) for k, v in model._build_net(n_items).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in model._net_for_payload(payload, path).state_dict().items()}
     check_state_dict(payload["state_dict"], expected, path, what)
     ids = payload["item_ids"]
     if ids is not None:

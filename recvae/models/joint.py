@@ -1,8 +1,9 @@
 """RecVAE and an item-item linear model fit as one network: :class:`JointVAE`.
 
-The linear path starts at EDLAE's closed form on the training rows and the VAE is
-trained with it in the loss (see :mod:`recvae.nn.joint`), so a user fits one model,
-once, and gets one score per item -- unlike :class:`recvae.models.Blend`, which
+The linear path starts at EDLAE's closed form on the training rows (dense W) or at sparse
+EASE's weights (CSR W of each item's top co-occurring neighbours, at any catalogue size),
+and the VAE is trained with it in the loss (see :mod:`recvae.nn.joint`), so a user fits
+one model, once, and gets one score per item -- unlike :class:`recvae.models.Blend`, which
 mixes the scores of models trained apart.
 """
 
@@ -10,29 +11,74 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from recvae.data.splits import HeldOut
-from recvae.models.ease import available_memory_bytes, edlae_weights
+from recvae.models.ease import ease_memory_bytes, edlae_weights
+from recvae.models.files import MODEL_FIX, ModelFileError
 from recvae.models.rec_vae import RecVAE
+from recvae.models.sparse_ease import sparse_ease_weights
 from recvae.nn.joint import JointVAEConfig, JointVAENet
 from recvae.nn.sparse import SparseRows
+from recvae.nn.sparse_item_item import check_item_item_csr
 from recvae.nn.vae import l2_normalised_values
+from recvae.runtime import memory
 from recvae.training import EpochCallback, TrainingConfig, TrainingResult, train_recvae
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JointVAE", "JointVAEConfig", "JointVAENet", "joint_memory_bytes"]
+__all__ = ["JointVAE", "JointVAEConfig", "JointVAENet", "joint_memory_bytes", "dense_linear_parts",
+           "choose_linear_form"]
 
 _SAVE_FORMAT = "recvae.joint-vae/1"
 
+#: the fix named when the dense item-item path does not fit.
+DENSE_FIX = "use linear_form='sparse' (--param linear_form=sparse) or linear_form='auto'"
+
+#: bytes a sparse form's block scorer takes per term (entry and position int64, value, cell index).
+_SPARSE_TERM_BYTES = 40.0
+
 
 def joint_memory_bytes(n_items: int, train_linear: bool) -> int:
-    """Extra memory of the item-item path: W, and when trained its gradient and Adam's two moments
-    (float32), next to the closed-form start's own need (checked by :func:`edlae_weights`)."""
+    """Memory of the dense item-item matrix W, and when trained its gradient and Adam's two moments (float32)."""
     return 4 * n_items * n_items * (4 if train_linear else 1)
+
+
+def dense_linear_parts(n_items: int, config: JointVAEConfig) -> dict[str, int]:
+    """The dense form's peak, by part: W, its gradient and Adam's moments when trained, EDLAE's closed-form start."""
+    parts = {"W": 4 * n_items * n_items}
+    if config.train_linear:
+        parts["its gradient and Adam's two moments"] = 12 * n_items * n_items
+    if config.linear_init == "edlae":
+        parts["EDLAE's closed-form start"] = ease_memory_bytes(n_items)
+    return parts
+
+
+def choose_linear_form(n_items: int, config: JointVAEConfig, available: int | None = None) -> str:
+    """``"dense"`` or ``"sparse"``: the form of W a fit on ``n_items`` items uses.
+
+    ``linear_form="auto"`` picks dense when :func:`dense_linear_parts` takes at most half
+    of the available memory, else sparse, and logs the choice at INFO; ``"dense"`` is
+    refused (:class:`recvae.runtime.memory.InsufficientMemoryError`, before any allocation)
+    when it does not fit. ``paths="vae"`` has no linear path: an empty sparse one.
+    """
+    if config.paths == "vae" or config.linear_form == "sparse":
+        return "sparse"
+    parts = dense_linear_parts(n_items, config)
+    have = memory.available_memory_bytes() if available is None else int(available)
+    if config.linear_form == "dense":
+        memory.require_memory(f"the joint model's dense item-item path on {n_items:,} items", parts, DENSE_FIX,
+                              available=have)
+        return "dense"
+    need = sum(parts.values())
+    fits = need <= memory.WARN_FRACTION * have
+    form = "dense" if fits else "sparse"
+    logger.info("joint model: %s item-item path for %s items (the dense form needs %s, %s available%s)",
+                form, f"{n_items:,}", memory.describe_bytes(need), memory.describe_bytes(have),
+                "" if fits else f"; sparse keeps {config.linear_neighbours} neighbours per item")
+    return form
 
 
 class JointVAE(RecVAE):
@@ -40,8 +86,9 @@ class JointVAE(RecVAE):
 
     logits_u = D z_u + b + s · x_u W with diag(W) = 0; W starts at EDLAE's closed form
     (``linear_l2``, ``linear_dropout``) and is trained with the decoder when
-    ``train_linear``; the scale s always learns. Everything else -- encoder, composite
-    prior, per-user beta, alternating encoder and decoder passes -- is RecVAE's
+    ``train_linear`` (a sparse W: its stored values only); the scale s always learns.
+    Everything else -- encoder, composite prior, per-user beta, alternating encoder and
+    decoder passes -- is RecVAE's
     (Shenbin et al. 2020), with its defaults.
 
     Example::
@@ -51,9 +98,17 @@ class JointVAE(RecVAE):
         mu, sigma = model.embed_users(split.test.fold_in)
 
     ``paths="vae"`` gives RecVAE and ``paths="linear"`` the linear model alone (the
-    same code path, for comparisons). W is items x items: the fit refuses, before any
-    work, when it (with its gradient and optimizer state when trained) does not fit
-    in memory.
+    same code path, for comparisons).
+
+    Any catalogue size: ``linear_form="auto"`` (the default) holds W dense (items x items)
+    when that, its gradient and optimizer state when trained, and EDLAE's closed-form
+    start take at most half the available memory, else sparse (CSR: each item's
+    ``linear_neighbours`` most co-occurring items, started at sparse EASE's weights with
+    the same ``linear_l2`` and ``linear_dropout``), and logs which and why. A forced
+    ``linear_form="dense"`` that does not fit is refused before any allocation. With
+    ``linear_neighbours >= items - 1`` the two forms are the same model. For large
+    catalogues set ``item_chunk`` or ``sampled_softmax`` too (the training NLL then
+    never holds batch x items logits).
 
     Attributes set by ``fit``: ``net_`` (a :class:`JointVAENet`), ``history_``,
     ``training_``, ``item_ids_``, ``n_items_``, ``device_``.
@@ -82,53 +137,80 @@ class JointVAE(RecVAE):
         return TrainingConfig(epochs=50, batch_size=500, lr=5e-4, min_epochs=30)
 
     def _build_net(self, n_items: int) -> JointVAENet:
-        return JointVAENet(n_items, self.config)
+        """The network, its item-item path in the form :func:`choose_linear_form` picks (or refuses)."""
+        return JointVAENet(n_items, self.config, choose_linear_form(n_items, self.config))
+
+    def _net_for_payload(self, payload: dict, path) -> JointVAENet:
+        """The network a saved payload's weights fit: dense or sparse as saved (its CSR arrays checked)."""
+        n_items, state = payload["n_items"], payload["state_dict"]
+        if "decoder.item_item.values" not in state:
+            return JointVAENet(n_items, self.config, "dense")
+        values, indptr, indices = (state.get(f"decoder.item_item.{k}") for k in ("values", "indptr", "indices"))
+        if not all(isinstance(t, torch.Tensor) and t.ndim == 1 for t in (values, indptr, indices)):
+            raise ModelFileError(f"{path}: its sparse item-item path is not three 1-D arrays; {MODEL_FIX}")
+        problem = check_item_item_csr(n_items, indptr.numpy(), indices.numpy(), len(values))
+        if problem:
+            raise ModelFileError(f"{path}: {problem}; {MODEL_FIX}")
+        net = JointVAENet(n_items, self.config, "sparse")
+        net.decoder.item_item.resize(len(values))
+        return net
 
     def _decoder_head(self, x: SparseRows):
         """The latent path (``D mu + b``) and the item-item path's block ``s · x W[:, block]``.
 
-        The linear block sums the rows of ``W[:, start:stop]`` picked by each user's items
-        (``F.embedding_bag``, as :class:`recvae.nn.joint.ItemItemLinear` over all columns), so
-        it costs nnz x block, never items x block.
+        The linear block takes the rows of ``W[:, start:stop]`` picked by each user's items
+        (dense W: gathered, as :class:`recvae.nn.joint.ItemItemLinear` over all columns;
+        sparse W: the stored weights in those columns only), so it costs nnz x block at most,
+        never items x block.
         """
         net = self.net_
         decoder = net.decoder
         mu, _ = net._encode(x, l2_normalised_values(x), None, False)
         linear = None
         if decoder.paths != "vae":
-            weight, scale = decoder.item_item.weight, decoder.scale
-            columns, offsets = x.col_indices, x.crow_indices[:-1]
-            entries = torch.arange(len(columns), device=columns.device)
+            item_item, scale = decoder.item_item, decoder.scale
 
             @torch.no_grad()
             def linear(start: int, stop: int) -> torch.Tensor:
-                rows = weight[:, start:stop].index_select(0, columns)
-                return scale * F.embedding_bag(entries, rows, offsets, mode="sum",
-                                               per_sample_weights=x.values.to(weight.dtype))
+                return scale * item_item.block(x, None, start, stop)
 
         if decoder.paths == "linear":
             return None, None, None, linear
         return mu, decoder.latent.weight, decoder.latent.bias, linear
 
     def block_score_bytes(self, user_rows) -> float:
-        """The item-item path gathers ``nnz x block`` float32 weights per block."""
+        """The item-item path gathers ``nnz x block`` float32 weights per block (dense W), or
+        one term per stored weight of the users' rows inside the block (sparse W, on average)."""
         if self.config.paths == "vae":
             return 0.0
+        if self.net_ is not None and self.net_.decoder.form == "sparse":
+            terms = self.net_.decoder.item_item.term_count(user_rows)
+            return _SPARSE_TERM_BYTES * terms / max(1, user_rows.shape[0] * user_rows.shape[1])
         return 4.0 * user_rows.nnz / max(1, user_rows.shape[0])
 
     def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None,
                on_epoch: EpochCallback | None = None) -> TrainingResult:
         config = self.config
-        if config.paths != "vae":
-            n_items = matrix.shape[1]
-            need, have = joint_memory_bytes(n_items, config.train_linear), available_memory_bytes()
-            if need > have:
-                raise MemoryError(
-                    f"the joint model's item-item matrix for {n_items:,} items needs {need / 2**30:.1f} GiB "
-                    f"({'W, its gradient and optimizer state' if config.train_linear else 'W'}) but "
-                    f"{have / 2**30:.1f} GiB is available; use RecVAE (paths='vae') or filter rare items")
+        if config.paths != "vae" and self.net_.decoder.form == "sparse":
+            self._sparse_start(matrix)
+        elif config.paths != "vae":
             if config.linear_init == "edlae":
                 weights = edlae_weights(matrix, config.linear_l2, config.linear_dropout)
                 self.net_.decoder.item_item.set_weight(torch.from_numpy(weights))
         return train_recvae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch,
                             scorer=self)
+
+    def _sparse_start(self, matrix: sp.csr_matrix) -> None:
+        """W from sparse EASE with EDLAE's dropout penalty (``linear_init="zeros"``: its sparsity, values 0)."""
+        config = self.config
+        weights = sparse_ease_weights(matrix, config.linear_l2, config.linear_neighbours,
+                                      dropout=config.linear_dropout)
+        if config.linear_init == "zeros":
+            weights.data[:] = np.float32(1.0)  # the positions; zeroed below (set_weight drops stored zeros)
+        item_item = self.net_.decoder.item_item
+        item_item.set_weight(weights)
+        if config.linear_init == "zeros":
+            with torch.no_grad():
+                item_item.values.zero_()
+        logger.info("joint model: sparse item-item path of %s weights (%.1f per item)",
+                    f"{item_item.nnz:,}", item_item.nnz / max(1, matrix.shape[1]))

@@ -99,6 +99,10 @@ class TorchVAERecommender(Recommender):
     def _build_net(self, n_items: int) -> torch.nn.Module:
         raise NotImplementedError
 
+    def _net_for_payload(self, payload: dict, path) -> torch.nn.Module:
+        """The network a saved payload's weights load into (a model whose shapes depend on its data overrides it)."""
+        return self._build_net(payload["n_items"])
+
     def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None,
                on_epoch: EpochCallback | None = None) -> TrainingResult:
         raise NotImplementedError
@@ -255,7 +259,7 @@ class TorchVAERecommender(Recommender):
         config = cls._config_from_dict(payload["config"])
         model = cls(config, replace(TrainingConfig(**training), device=device))
         model.device_ = resolve_device(device)
-        model.net_ = model._build_net(payload["n_items"])
+        model.net_ = model._net_for_payload(payload, path)
         model.net_.load_state_dict(payload["state_dict"])
         model.net_.to(model.device_).eval()
         model.n_items_ = payload["n_items"]

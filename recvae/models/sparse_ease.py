@@ -66,18 +66,22 @@ def sparse_ease_memory_bytes(matrix: sp.csr_matrix, neighbours: int) -> int:
     return int(16 * pairs + 24 * kept + 4 * _SOLVE_BYTES + 4 * head * head)
 
 
-def sparse_ease_weights(matrix: sp.csr_matrix, l2: float, neighbours: int) -> sp.csr_matrix:
+def sparse_ease_weights(matrix: sp.csr_matrix, l2: float, neighbours: int, dropout: float = 0.0) -> sp.csr_matrix:
     """Sparse EASE's item-item weights ``B`` ((items, items) float32 CSR, zero diagonal).
 
     Column ``j`` holds the ridge regression of item ``j`` on its ``neighbours`` most
     co-occurring items (see the module docstring); ``neighbours >= items - 1`` gives
-    EASE's ``B``. A user row ``x`` scores ``x B``.
+    EASE's ``B``. A user row ``x`` scores ``x B``. ``dropout`` p adds EDLAE's penalty
+    ``p / (1 - p) · G_ii`` to each input item's ridge term (Steck 2020), so that with all
+    neighbours it gives :func:`recvae.models.ease.edlae_weights`.
 
     Raises:
         MemoryError: the sparse Gram matrix and the weights do not fit in available RAM.
     """
     matrix, _ = training_matrix(matrix)
-    return _fit_weights(matrix, float(l2), int(neighbours))
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1); got {dropout}")
+    return _fit_weights(matrix, float(l2), int(neighbours), float(dropout))
 
 
 class SparseEASE(ArrayRecommender):
@@ -173,14 +177,14 @@ class SparseEASE(ArrayRecommender):
 
 
 # =============================================================================== the fit
-def _fit_weights(matrix: sp.csr_matrix, l2: float, neighbours: int) -> sp.csr_matrix:
+def _fit_weights(matrix: sp.csr_matrix, l2: float, neighbours: int, dropout: float = 0.0) -> sp.csr_matrix:
     n_items = matrix.shape[1]
     k = min(neighbours, n_items - 1)
     _check_memory(matrix, neighbours)
     started = time.perf_counter()
     gram, keys = _sparse_gram(matrix)
     indptr, indices, targets = _neighbourhoods(gram, k)
-    values = _solve_columns(gram, keys, indptr, indices, targets, l2)
+    values = _solve_columns(gram, keys, indptr, indices, targets, l2, dropout)
     del gram, keys
     weights = sp.csc_matrix((values, indices, indptr), shape=(n_items, n_items)).tocsr()
     weights.sort_indices()
@@ -304,7 +308,7 @@ def _lookup(gram: sp.csr_matrix, keys: np.ndarray, wanted: np.ndarray) -> np.nda
 
 
 def _solve_columns(gram: sp.csr_matrix, keys: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
-                   targets: np.ndarray, l2: float) -> np.ndarray:
+                   targets: np.ndarray, l2: float, dropout: float = 0.0) -> np.ndarray:
     """The weights of every item's neighbours (aligned with ``indices``): batched ridge solves in float64.
 
     Items are sorted by neighbourhood size and solved in batches of ``c`` items padded to the
@@ -315,7 +319,7 @@ def _solve_columns(gram: sp.csr_matrix, keys: np.ndarray, indptr: np.ndarray, in
     identity block with a zero right-hand side, so it solves to zero and is dropped.
     """
     n = gram.shape[0]
-    diagonal = gram.diagonal().astype(np.float64)
+    diagonal = gram.diagonal().astype(np.float64) / (1.0 - dropout)  # G_ii + p / (1 - p) G_ii (EDLAE)
     lookup = _GramLookup(gram, keys, indices)
     sizes = np.diff(indptr)
     order = np.argsort(sizes, kind="stable")

@@ -26,16 +26,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recvae.nn.hyperparams import DROPOUT, apply_rules, choice, flag, number, rule
+from recvae.nn.hyperparams import DROPOUT, apply_rules, choice, flag, integer, number, rule
+from recvae.nn.joint_output import joint_chunked_nll
 from recvae.nn.likelihoods import make_likelihood
 from recvae.nn.rec_vae import RecVAEConfig, RecVAENet
+from recvae.nn.sampled import sampled_softmax_nll
 from recvae.nn.sparse import SparseRows
+from recvae.nn.sparse_item_item import SparseItemItem
 from recvae.nn.vae import dropout_values, l2_normalised_values
 
-__all__ = ["JointVAEConfig", "JointVAENet", "ItemItemLinear", "JointDecoder", "fuse_logits", "JOINT_PATHS", "LINEAR_INITS"]
+__all__ = ["JointVAEConfig", "JointVAENet", "ItemItemLinear", "SparseItemItem", "JointDecoder", "fuse_logits",
+           "JOINT_PATHS", "LINEAR_INITS", "LINEAR_FORMS"]
 
 JOINT_PATHS = ("both", "vae", "linear")
 LINEAR_INITS = ("edlae", "zeros")
+#: how W is held: ``dense`` (items x items), ``sparse`` (CSR, each item's top neighbours), ``auto`` (by memory).
+LINEAR_FORMS = ("auto", "dense", "sparse")
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,20 @@ class JointVAEConfig(RecVAEConfig):
         fusion_gradient: whether the joint logits' NLL trains the VAE (False: the
             VAE learns from its own NLL only -- set ``vae_loss_weight`` -- and the
             joint NLL trains s and W).
+        linear_form: ``"dense"`` holds W as an items x items matrix (4 bytes per item
+            pair, x4 when trained) started at EDLAE's closed form; ``"sparse"`` as a CSR
+            matrix of each item's ``linear_neighbours`` most co-occurring items, started
+            at sparse EASE's weights with EDLAE's dropout penalty
+            (:func:`recvae.models.sparse_ease.sparse_ease_weights`); ``"auto"`` lets
+            :class:`recvae.models.JointVAE` pick dense when it fits comfortably in memory,
+            else sparse (a network built directly takes ``"auto"`` as dense). With
+            ``linear_neighbours >= items - 1`` both forms hold the same W. A trained
+            sparse W learns its stored values only (its sparsity is fixed).
+        linear_neighbours: k, the stored weights per item (column) of the sparse form.
+
+    With ``item_chunk`` or ``sampled_softmax`` (large catalogues) the joint NLL adds the
+    linear path's logits per block of items, or at the sampled candidates only (see
+    :mod:`recvae.nn.joint_output`); ``paths="linear"`` takes neither.
     """
 
     paths: str = "both"
@@ -81,12 +101,15 @@ class JointVAEConfig(RecVAEConfig):
     linear_input_dropout: float = 0.0
     vae_loss_weight: float = 1.0
     fusion_gradient: bool = False
+    linear_form: str = "auto"
+    linear_neighbours: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.item_chunk is not None or self.sampled_softmax is not None:
-            raise ValueError("the joint model fuses full logits of both paths: leave item_chunk and sampled_softmax unset")
         apply_rules(self, _JOINT_RULES)
+        if self.paths == "linear" and (self.item_chunk is not None or self.sampled_softmax is not None):
+            raise ValueError("paths='linear' scores the item-item path alone, with full logits: leave item_chunk "
+                             "and sampled_softmax unset (or use paths='both')")
         if not self.fusion_gradient and not self.vae_loss_weight and self.paths == "both":
             raise ValueError("fusion_gradient=False with vae_loss_weight=0 leaves the VAE untrained; "
                              "set vae_loss_weight > 0 or fusion_gradient=True")
@@ -110,6 +133,8 @@ _JOINT_RULES = {
     "linear_input_dropout": DROPOUT,
     "vae_loss_weight": rule(number, minimum=0.0),
     "fusion_gradient": flag,
+    "linear_form": rule(choice, options=LINEAR_FORMS),
+    "linear_neighbours": rule(integer, minimum=1),
 }
 
 
@@ -159,12 +184,35 @@ class ItemItemLinear(nn.Module):
         else:
             self.register_buffer("weight", weight)
 
+    def _weight(self) -> torch.Tensor:
+        return _ZeroDiagonalGradient.apply(self.weight) if self.weight.requires_grad else self.weight
+
     def forward(self, x: SparseRows, values: torch.Tensor | None = None) -> torch.Tensor:
         """x W, or with ``values`` in place of x's (e.g. after dropout)."""
-        weight = _ZeroDiagonalGradient.apply(self.weight) if self.weight.requires_grad else self.weight
+        weight = self._weight()
         values = x.values if values is None else values
         return F.embedding_bag(x.col_indices, weight, x.crow_indices[:-1], mode="sum",
                                per_sample_weights=values.to(weight.dtype))
+
+    def _gathered(self, x: SparseRows, values: torch.Tensor | None, columns) -> torch.Tensor:
+        """x W[:, columns]: the rows of those columns picked by each user's items, summed (nnz x columns)."""
+        values = x.values if values is None else values
+        rows = self._weight()[:, columns].index_select(0, x.col_indices)
+        entries = torch.arange(len(x.col_indices), device=rows.device)
+        return F.embedding_bag(entries, rows, x.crow_indices[:-1], mode="sum",
+                               per_sample_weights=values.to(rows.dtype))
+
+    def block(self, x: SparseRows, values: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+        """Columns [start, stop) of x W, (batch, stop - start) (a chunk of the loss, a block of scores)."""
+        return self._gathered(x, values, slice(start, stop))
+
+    def at(self, x: SparseRows, values: torch.Tensor | None, items: torch.Tensor) -> torch.Tensor:
+        """x W at the columns ``items``, (batch, len(items)) (sampled softmax's candidates)."""
+        return self._gathered(x, values, items)
+
+    def term_count(self, rows) -> int:
+        """Stored weights gathered per item of a block for these rows: one per entry (W is dense)."""
+        return int(rows.nnz)
 
     @torch.no_grad()
     def set_weight(self, weight: torch.Tensor) -> None:
@@ -178,12 +226,14 @@ class ItemItemLinear(nn.Module):
 class JointDecoder(nn.Module):
     """RecVAE's linear decoder D z + b, the item-item path x W and its scale s: the decoder part."""
 
-    def __init__(self, latent: nn.Linear, n_items: int, config: JointVAEConfig) -> None:
+    def __init__(self, latent: nn.Linear, n_items: int, config: JointVAEConfig, form: str = "dense") -> None:
         super().__init__()
         self.latent = latent
         self.paths = config.paths
-        self.item_item = ItemItemLinear(n_items, trainable=config.train_linear and config.paths != "vae",
-                                        weight_decay=config.linear_weight_decay)
+        self.form = form
+        layer = SparseItemItem if form == "sparse" else ItemItemLinear
+        self.item_item = layer(n_items, trainable=config.train_linear and config.paths != "vae",
+                               weight_decay=config.linear_weight_decay)
         self.base_scale = float(config.linear_scale)
         self.log_scale = nn.Parameter(torch.zeros(()))
 
@@ -213,16 +263,25 @@ class JointDecoder(nn.Module):
 class JointVAENet(RecVAENet):
     """RecVAE's encoder, composite prior and per-user beta, with :class:`JointDecoder` as the decoder."""
 
-    def __init__(self, n_items: int, config: JointVAEConfig = JointVAEConfig()) -> None:
+    def __init__(self, n_items: int, config: JointVAEConfig = JointVAEConfig(), linear_form: str | None = None) -> None:
+        """``linear_form``: ``"dense"`` or ``"sparse"`` (default: the config's, ``"auto"`` taken as dense)."""
         super().__init__(n_items, config)
+        form = linear_form or ("dense" if config.linear_form == "auto" else config.linear_form)
+        if form not in ("dense", "sparse"):
+            raise ValueError(f"linear_form must be 'dense' or 'sparse' for a network; got {form!r}")
         # Wrapping RecVAE's decoder (not a new one) keeps the same random initialisation:
         # with paths="vae" the network is RecVAE's, weight for weight.
-        self.decoder = JointDecoder(self.decoder, n_items, config)
+        self.decoder = JointDecoder(self.decoder, n_items, config, form)
 
     def reconstruction_nll(self, z: torch.Tensor, x: SparseRows,
                            generator: torch.Generator | None = None) -> torch.Tensor:
-        """-log p(x | joint logits), plus ``vae_loss_weight`` times the latent path's own NLL."""
+        """-log p(x | joint logits), plus ``vae_loss_weight`` times the latent path's own NLL.
+
+        Under ``item_chunk`` / ``sampled_softmax`` both come from the large-catalogue NLLs
+        (:meth:`_item_output_nll`), never from the batch x items logits."""
         c = self.config
+        if self.item_output is not None:
+            return self._item_output_nll(z, x, generator)
         if c.paths != "both":
             return self.likelihood.nll(self.decoder(z, x, self._linear_values(x, generator)), x)
         latent = self.decoder.latent(z)
@@ -231,6 +290,29 @@ class JointVAENet(RecVAENet):
         nll = self.likelihood.nll(fuse_logits(fused, self.decoder.scale * linear), x)
         if c.vae_loss_weight:
             nll = nll + c.vae_loss_weight * self.likelihood.nll(latent, x)
+        return nll
+
+    def _item_output_nll(self, z: torch.Tensor, x: SparseRows, generator: torch.Generator | None) -> torch.Tensor:
+        """The joint NLL exact over item blocks (the linear logits added per block) or sampled (the linear
+        logits at the candidates only), plus ``vae_loss_weight`` times the latent path's own (chunked or
+        sampled) NLL; the latent path's inputs are cut from the joint term unless ``fusion_gradient``."""
+        c, output, latent = self.config, self.item_output, self.decoder.latent
+        if c.paths == "vae":
+            return output(z, latent, x, generator)
+        values = self._linear_values(x, generator)
+        item_item, scale = self.decoder.item_item, self.decoder.scale
+        h, weight, bias = (z, latent.weight, latent.bias) if c.fusion_gradient else \
+            (z.detach(), latent.weight.detach(), latent.bias.detach())
+        if output.item_chunk is not None:
+            nll = joint_chunked_nll(self.likelihood, h, weight, bias, x, output.item_chunk,
+                                    lambda start, stop: scale * item_item.block(x, values, start, stop))
+        else:
+            negatives, log_prob = output.sampler.sample(output.sampled_softmax, generator)
+            nll = sampled_softmax_nll(h, weight, bias, x, negatives, log_prob,
+                                      sparse_weight_gradient=output.sparse_weight_gradient and c.fusion_gradient,
+                                      extra_logits=lambda items: scale * item_item.at(x, values, items))
+        if c.vae_loss_weight:
+            nll = nll + c.vae_loss_weight * output(z, latent, x, generator)
         return nll
 
     def _linear_values(self, x: SparseRows, generator: torch.Generator | None) -> torch.Tensor | None:

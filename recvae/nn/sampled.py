@@ -113,7 +113,8 @@ class NegativeSampler(nn.Module):
 
 def sampled_softmax_nll(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, x: SparseRows,
                         negatives: torch.Tensor, negative_log_prob: torch.Tensor, *,
-                        log_q_correction: bool = True, sparse_weight_gradient: bool = False) -> torch.Tensor:
+                        log_q_correction: bool = True, sparse_weight_gradient: bool = False,
+                        extra_logits=None) -> torch.Tensor:
     """The sampled-softmax estimate of the multinomial NLL per user, (batch,) (see the module docstring).
 
     ``negatives`` are S items drawn with replacement from the proposal q, and
@@ -123,6 +124,8 @@ def sampled_softmax_nll(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     rows with a sparse gradient (rows of the candidates only), for
     ``torch.optim.SparseAdam``; the bias gradient stays dense (I floats).
     ``log_q_correction=False`` gives the uncorrected, biased estimator (for comparison).
+    ``extra_logits(candidates)``, when given, is added to the candidates' logits, (batch,
+    len(candidates)) (the joint model's item-item path, at those items only).
     """
     n_samples = negatives.numel()
     if n_samples < 1:
@@ -140,6 +143,8 @@ def sampled_softmax_nll(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     candidates = torch.cat([positives, sampled])
     rows = F.embedding(candidates, weight, sparse=sparse_weight_gradient)
     logits = F.linear(h, rows, bias[candidates]).float()  # (batch, |P| + |sampled|)
+    if extra_logits is not None:
+        logits = logits + extra_logits(candidates).float()
     corrected = torch.cat([logits[:, : len(positives)], logits[:, len(positives):] + shift], dim=1)
     log_norm = torch.logsumexp(corrected, dim=1)
     picked = logits[x.row_of_entry, positive_slot] * x.values

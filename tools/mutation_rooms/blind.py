@@ -160,8 +160,8 @@ MUTATIONS = [
          tests=T_SEASE, why="crowded items keep k + 1 neighbours"),
     # ------------------------------------------------------------------ joint.py
     dict(name="blind-wiring-joint-block-linear-scale-dropped", file="recvae/models/joint.py",
-         old='return scale * F.embedding_bag(entries, rows, offsets, mode="sum",',
-         new='return 1.0 * F.embedding_bag(entries, rows, offsets, mode="sum",',
+         old='return scale * item_item.block(x, None, start, stop)',
+         new='return 1.0 * item_item.block(x, None, start, stop)',
          tests=T_JOINT, why="recommendations (block scoring) use the linear path without its learned scale"),
     # ------------------------------------------------------------------ splits.py
     dict(name="blind-direction-splits-temporal-earliest-targets", file="recvae/data/splits.py",

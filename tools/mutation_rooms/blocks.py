@@ -33,10 +33,10 @@ MUTATIONS = [
          old="compact = sp.csr_matrix((rows.data, np.searchsorted(used, rows.indices), rows.indptr),",
          new="compact = sp.csr_matrix((np.ones_like(rows.data), np.searchsorted(used, rows.indices), rows.indptr),",
          tests=T, why="EASE's blocks (not the whole catalogue) score binarised rows: weights lost under max_memory"),
-    dict(name="blocks-wiring-joint-block-drops-weights", file="recvae/models/joint.py",
-         old='return scale * F.embedding_bag(entries, rows, offsets, mode="sum",\n'
-             '                                               per_sample_weights=x.values.to(weight.dtype))',
-         new='return scale * F.embedding_bag(entries, rows, offsets, mode="sum")',
+    dict(name="blocks-wiring-joint-block-drops-weights", file="recvae/nn/joint.py",
+         old='return F.embedding_bag(entries, rows, x.crow_indices[:-1], mode="sum",\n'
+             '                               per_sample_weights=values.to(rows.dtype))',
+         new='return F.embedding_bag(entries, rows, x.crow_indices[:-1], mode="sum")',
          tests=T, why="the joint model's item-item path sums W's rows unweighted in blocks (score weighs them)"),
     dict(name="blocks-rows-restricted-rows-of-the-first-batch", file="recvae/models/ranking.py",
          old="restricted=None if restricted is None else np.asarray(restricted, dtype=bool)[part])",
