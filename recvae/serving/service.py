@@ -53,13 +53,13 @@ def plain(value: Any) -> Any:
 
 
 def run_identity(run: Run) -> str:
-    """The id answers carry: ``<directory name>-<12 hex of the manifest's sha256>`` for a saved run (the manifest
+    """The id answers carry: ``<directory name (a link's target)>-<12 hex of the manifest's sha256>`` for a saved run (the manifest
     lists every file's sha256, so a retrained run in the same directory gets a new id), else ``unsaved-<12 hex
     of its config>``."""
     if run.path is not None:
         digest = _manifest_digest(Path(run.path))
         if digest is not None:
-            return f"{Path(run.path).name}-{digest[:12]}"
+            return f"{Path(run.path).resolve().name}-{digest[:12]}"  # a link's target: the version it serves
     text = json.dumps(run.config, sort_keys=True, default=str)
     return f"unsaved-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
