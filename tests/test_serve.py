@@ -106,8 +106,10 @@ def server(runs):
 
 def test_health_and_info(server, runs):
     run = runs["ease"][1]
-    assert server.get("/health").json() == {"status": "ok"}
+    health = server.get("/health").json()
+    assert health["status"] == "ok" and health["run_id"].startswith("ease-")
     info = server.get("/info").json()
+    assert info["run_id"] == health["run_id"] and info["unknown_users"] == "fallback"
     assert info["model"] == "ease" and info["items"] == run.n_items and info["users"] == len(run.user_ids)
     assert info["version"] and info["micro_batching"] is True
 
@@ -143,8 +145,9 @@ def test_new_user_and_similar_equal_the_python_api(server, runs):
 def test_bad_requests_answer_one_line_json(server, runs):
     run = runs["ease"][1]
     user = run.user_ids[0].item()
-    _check_error(server.post("/recommend", json={"user_id": "no-such-user"}), 404)
-    _check_error(server.post("/recommend", json={"user_id": run.dropped_user_ids[0].item()}), 404)
+    for unknown in ("no-such-user", run.dropped_user_ids[0].item()):  # answered by popularity, flagged
+        answer = server.post("/recommend", json={"user_id": unknown})
+        assert answer.status_code == 200 and answer.json()["fallback_reason"] == "popularity", answer.text
     _check_error(server.post("/recommend", json={"user_id": user, "exclude": ["no-such-item"]}), 404)
     _check_error(server.post("/recommend/new-user", json={"item_ids": ["no-such-item"]}), 404)
     _check_error(server.post("/similar", json={"item_id": "no-such-item"}), 404)

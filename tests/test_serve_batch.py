@@ -35,7 +35,7 @@ def test_a_batch_answers_every_known_user_in_order_and_lists_the_missing(served)
     users = mixed_users(run)[:7]
     exclude = run.item_ids[:4].tolist()
     body = {"user_ids": [users[3], "ghost", *users, users[0]], "k": 4, "exclude": exclude}
-    with TestClient(create_app(run, micro_batching=False)) as client:
+    with TestClient(create_app(run, micro_batching=False, unknown_users="404")) as client:
         answer = client.post("/recommend/batch", json=body)
         assert answer.status_code == 200, answer.text
         results = answer.json()["results"]
@@ -54,7 +54,7 @@ def test_a_batch_answers_every_known_user_in_order_and_lists_the_missing(served)
 def test_get_recommend_by_path_equals_the_oracle(served, micro_batching):
     run, oracle = served
     user = mixed_users(run)[5]
-    with TestClient(create_app(run, micro_batching=micro_batching)) as client:
+    with TestClient(create_app(run, micro_batching=micro_batching, unknown_users="404")) as client:
         answer = client.get(f"/recommend/{user}", params={"k": 6})
         assert answer.status_code == 200, answer.text
         assert answer.json()["user_id"] == user

@@ -199,7 +199,7 @@ def test_unknown_ids_anywhere_in_a_list_answer_404(runs):
     user = run.user_ids[0].item()
     known = run.item_ids[:2].tolist()
     dropped = run.dropped_user_ids[0].item()
-    with TestClient(create_app(run)) as client:
+    with TestClient(create_app(run, unknown_users="404")) as client:
         check_error(client.post("/recommend", json={"user_id": "no-such-user"}), 404, "no-such-user")
         check_error(client.post("/recommend", json={"user_id": 10_000}), 404, "10000")
         assert "/recommend/new-user" in check_error(client.post("/recommend", json={"user_id": dropped}), 404,

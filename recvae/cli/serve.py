@@ -27,9 +27,14 @@ def add_export(sub, common) -> None:
 def add_serve(sub, common) -> None:
     p = subparser(sub, common, "serve", "serve a run's recommendations over HTTP (FastAPI + uvicorn)",
                   "Serve a run directory over HTTP (recvae.serving.server; needs pip install recvae[serve]):\n"
-                  "POST /recommend, /recommend/new-user, /similar; GET /health, /info (JSON).\n"
+                  "POST /recommend, /recommend/batch, /recommend/new-user, /similar; GET /recommend/ID,\n"
+                  "/health, /info (JSON; every answer names the serving run's run_id).\n"
                   "Concurrent /recommend requests are scored together in micro-batches (each waits\n"
-                  "at most --max-wait-ms for others); --no-batching scores each request alone.\n\n"
+                  "at most --max-wait-ms for others); --no-batching scores each request alone.\n"
+                  "A user the run has no history for is answered from the items posted with the\n"
+                  "request (fold-in) or by popularity, flagged \"fallback\": true (--unknown-users 404:\n"
+                  "refused). SIGHUP reloads RUN_DIR without dropping requests (a run that fails to\n"
+                  "load is refused and the old one keeps serving); stop the server with Ctrl-C or SIGTERM.\n\n"
                   "example:\n  recvae serve runs/prod --port 8000\n"
                   "  curl -s localhost:8000/recommend -H 'content-type: application/json' "
                   "-d '{\"user_id\": \"u17\", \"k\": 10}'")
@@ -43,6 +48,12 @@ def add_serve(sub, common) -> None:
     p.add_argument("--no-batching", action="store_true", help="score each /recommend request alone")
     p.add_argument("--max-body-bytes", metavar="N", type=int, default=1 << 20,
                    help="largest request body read, in bytes; larger ones answer 413 unread (default 1,048,576)")
+    p.add_argument("--unknown-users", choices=("fallback", "404"), default="fallback",
+                   help="users the run has no history for: 'fallback' answers them from posted items or by "
+                        "popularity, flagged (default); '404' refuses them")
+    p.add_argument("--allow-reload", action="store_true",
+                   help="turn on POST /admin/reload {\"run\": DIR} (it loads a directory a request names; one "
+                        "worker only)")
     p.set_defaults(handler=run_serve)
 
 
@@ -54,7 +65,8 @@ def run_serve(args: argparse.Namespace) -> int:
     serve(args.run_dir, host=args.host, port=args.port, workers=args.workers, max_batch=args.max_batch,
           max_wait_ms=args.max_wait_ms, micro_batching=not args.no_batching, device=args.device,
           log_level="warning" if args.quiet else "info", access_log=args.verbose > 0,
-          max_body_bytes=args.max_body_bytes, allow_failed=args.allow_failed)
+          max_body_bytes=args.max_body_bytes, allow_failed=args.allow_failed, unknown_users=args.unknown_users,
+          allow_reload=args.allow_reload)
     return 0
 
 

@@ -7,34 +7,45 @@
     app = create_app("runs/prod")                            # a FastAPI app (tests, your own ASGI server)
     serve("runs/prod", port=8000)                            # uvicorn on 127.0.0.1
 
-Endpoints (JSON in and out; ids are strings or numbers, looked up as :class:`recvae.runs.Run` does):
+Endpoints (JSON in and out, bodies in :mod:`recvae.serving.schemas`; ids are strings or numbers, looked up as
+:class:`recvae.runs.Run` does; every answer carries ``run_id``, the run that computed it):
 
-- ``POST /recommend`` ``{user_id, k=10, exclude?, candidates?, filter_seen=true}``
-  -> ``{user_id, items: [{rank, item_id, score}]}``
+- ``POST /recommend`` ``{user_id, k=10, exclude?, candidates?, filter_seen=true, items?}``
+  -> ``{user_id, items: [{rank, item_id, score}], fallback, fallback_reason, items_used, run_id}``
 - ``GET /recommend/{user_id}?k=10``: the same for one user, default options
 - ``POST /recommend/batch`` ``{user_ids, k=10, exclude?, candidates?, filter_seen=true}`` -> ``{results:
-  [{user_id, items}], missing: [ids not in the run]}`` (scored together, each user once)
-- ``POST /recommend/new-user`` ``{item_ids, k=10, exclude?, candidates?}`` -> ``{items}`` (fold-in, no retraining)
-- ``POST /similar`` ``{item_id, k=10}`` -> ``{item_id, items: [{rank, item_id, score}]}``
-- ``GET /health`` -> ``{"status": "ok"}``; ``GET /info`` -> model, users, items, version
+  [{user_id, items, fallback, ...}], missing: [ids the run has no history for], run_id}`` (scored together,
+  each user once, in the order asked)
+- ``POST /recommend/new-user`` ``{item_ids, k=10, exclude?, candidates?}`` -> ``{items, run_id}`` (fold-in)
+- ``POST /similar`` ``{item_id, k=10}`` -> ``{item_id, items: [{rank, item_id, score}], run_id}``
+- ``GET /health`` -> ``{"status": "ok", run_id}``; ``GET /info`` -> model, users, items, version, options
+- ``POST /admin/reload`` ``{run?}`` -> ``{run_id, previous_run_id, ...}`` (only with ``allow_reload``)
 
-Unknown user or item ids answer 404, a bad ``k`` (below 1 or above the catalogue), a list
-longer than ``max_list`` or a wrong type 422, each as ``{"detail": "<one line>"}``; no answer
-carries a traceback, and an id echoed in a message is cut to its first 64 characters.
-A request body over ``max_body_bytes`` (1 MiB by default) answers 413 before it is read: a
-declared ``Content-Length`` is checked first, and a chunked body is counted while it streams
-in and refused as soon as it passes the limit (both in :mod:`recvae.serving.http_errors`).
+Users the run has no history for (unknown, dropped by preprocessing, or known with no training items):
+with ``unknown_users="fallback"`` (the default) they are answered, flagged ``"fallback": true``: the
+``items`` posted with the request folded in as a new user (``"fallback_reason": "fold-in"``, the answer of
+/recommend/new-user for those items), else the popularity ranking of the run's training matrix
+(``"popularity"``); posted items (and a cold user's seen items) are filtered like seen items. With
+``unknown_users="404"`` they answer 404, as before. Known users answer ``"fallback": false``.
+
+Reload (:class:`recvae.serving.service.ServedRun`): ``POST /admin/reload`` (``allow_reload=True``; it
+opens a path a request names) or SIGHUP (``reload_on_sighup=True``, as ``serve()`` does; the run path given
+at start) loads and checks the new run fully in a worker thread, then swaps it in between requests:
+requests in flight finish on the old run, a run that fails to load is refused (422, one line) and the old
+one keeps serving.
+
+Unknown item ids answer 404, a bad ``k`` (below 1 or above the catalogue), a list longer than
+``max_list`` or a wrong type 422, each as ``{"detail": "<one line>"}``; no answer carries a traceback,
+and an id echoed in a message is cut to its first 64 characters. A request body over ``max_body_bytes``
+(1 MiB by default) answers 413 before it is read (:mod:`recvae.serving.http_errors`).
 
 ``items`` holds at most ``k`` entries, fewer when fewer items are eligible (seen items, ``exclude``,
 ``candidates``): a client reads its length.
 
-Micro-batching: ``/recommend`` requests wait in a queue; one background task takes the
-first waiting request, collects more for at most ``max_wait_ms`` (or until ``max_batch``),
-groups them by their options (``filter_seen``, ``exclude``, ``candidates``) and scores each
-group with one :meth:`Run.recommend` call for all its users at the largest ``k`` asked, in
-a worker thread, then hands each request its own user's first ``k`` rows. While a batch is
-scored, new requests queue up for the next one. ``micro_batching=False`` scores each
-request alone (in a worker thread), for comparison.
+Micro-batching (:mod:`recvae.serving.batching`): known users' ``/recommend`` requests wait in a queue;
+one background task takes the first waiting request, collects more for at most ``max_wait_ms`` (or until
+``max_batch``), groups them by run and options and scores each group with one :meth:`Run.recommend` call
+at the largest ``k`` asked, in a worker thread. ``micro_batching=False`` scores each request alone.
 """
 
 from __future__ import annotations
@@ -42,25 +53,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
-from collections.abc import Sequence
+import signal
+import threading
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
 
 import numpy as np
-import pandas as pd
 
 from recvae import __version__
-from recvae.data.ids import lookup_ids, short_id
 from recvae.runs import Run
+from recvae.serving.batching import Batcher
 from recvae.serving.http_errors import DEFAULT_MAX_BODY_BYTES, BodyLimit, RequestError, install_error_handlers
+from recvae.serving.schemas import (BatchRequest, BatchResponse, HealthResponse, InfoResponse, NewUserRequest,
+                                    NewUserResponse, RecommendRequest, RecommendResponse, ReloadRequest,
+                                    ReloadResponse, SimilarRequest, SimilarResponse)
+from recvae.serving.service import UNKNOWN_USERS, ReloadRefused, RunService, ServedRun, plain
 
 try:
     import uvicorn
     from fastapi import FastAPI
-    from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 except ImportError:  # the optional ``serve`` extra is not installed
     HAVE_SERVER = False
 else:
@@ -81,226 +92,9 @@ class ServerError(RuntimeError):
     """The server cannot start as asked (a missing extra, a bad option)."""
 
 
-# ============================================================================ request and response models
-if HAVE_SERVER:
-    RawId = Union[StrictStr, StrictInt, StrictFloat]
-
-    class _Body(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
-    class RecommendRequest(_Body):
-        user_id: RawId = Field(description="a raw user id of the run's log")
-        k: StrictInt = Field(10, description="items to return (1 .. the number of items)")
-        exclude: list[RawId] | None = Field(None, description="raw item ids never to recommend")
-        candidates: list[RawId] | None = Field(None, description="the only raw item ids that may be recommended")
-        filter_seen: bool = Field(True, description="never recommend items the user interacted with in the log")
-
-    class NewUserRequest(_Body):
-        item_ids: list[RawId] = Field(description="raw item ids of the new user's history (folded in)")
-        k: StrictInt = 10
-        exclude: list[RawId] | None = None
-        candidates: list[RawId] | None = None
-
-    class SimilarRequest(_Body):
-        item_id: RawId
-        k: StrictInt = 10
-
-    class RankedItem(BaseModel):
-        rank: int
-        item_id: RawId
-        score: float
-
-    class RecommendResponse(BaseModel):
-        user_id: RawId
-        items: list[RankedItem]
-
-    class BatchRequest(_Body):
-        user_ids: list[RawId] = Field(description="raw user ids of the run's log, scored together")
-        k: StrictInt = 10
-        exclude: list[RawId] | None = None
-        candidates: list[RawId] | None = None
-        filter_seen: bool = True
-
-    class BatchResponse(BaseModel):
-        results: list[RecommendResponse]
-        missing: list[str] = Field(description="requested ids not in the run (unknown, or dropped by preprocessing)")
-
-    class NewUserResponse(BaseModel):
-        items: list[RankedItem]
-
-    class SimilarResponse(BaseModel):
-        item_id: RawId
-        items: list[RankedItem]
-
-    class HealthResponse(BaseModel):
-        status: str
-
-    class InfoResponse(BaseModel):
-        model: str | None
-        model_class: str
-        users: int
-        items: int
-        version: str
-        micro_batching: bool
-        max_batch: int
-        max_wait_ms: float
-        batches: int | None = Field(None, description="micro-batches scored so far (this process)")
-        batched_requests: int | None = Field(None, description="/recommend requests they answered")
-
-
 def _require_server() -> None:
     if not HAVE_SERVER:
         raise ServerError(MISSING_SERVER)
-
-
-# ============================================================================ the service
-@dataclass
-class _Pending:
-    """One /recommend request waiting for its batch."""
-
-    user_id: Any  # the run's own id (found by Run.resolve_users)
-    k: int
-    key: tuple  # (filter_seen, exclude, candidates): requests with equal keys share a Run.recommend call
-    future: asyncio.Future = field(repr=False)
-
-
-class _Service:
-    """The run, its id lookups and the request checks shared by the endpoints."""
-
-    def __init__(self, run: Run, *, max_list: int) -> None:
-        self.run = run
-        self.max_list = max_list
-        self.item_index = pd.Index(np.asarray(run.item_ids))
-
-    def check_k(self, k: int) -> int:
-        if not 1 <= k <= self.run.n_items:
-            raise RequestError(f"k {k}: choose k between 1 and {self.run.n_items} (the number of items)")
-        return k
-
-    def check_items(self, items: Sequence | None, what: str) -> tuple | None:
-        """A list of raw item ids, checked (length, known ids) and made hashable; None stays None."""
-        if items is None:
-            return None
-        if len(items) > self.max_list:
-            raise RequestError(f"{what}: {len(items):,} item ids; at most {self.max_list:,} per request")
-        if items:
-            lookup_ids(self.item_index, list(items), f"{what} item")  # UnknownIdError -> 404
-        return tuple(items)
-
-    def find_user(self, user_id) -> Any:
-        """The run's id for a raw user id; 404 when the log has no such user (or preprocessing dropped it)."""
-        _, found, skipped = self.run.resolve_users([user_id])
-        if skipped.dropped:
-            events = skipped.min_user_events
-            raise RequestError(f"user id {short_id(user_id)} was dropped by preprocessing (fewer than {events} "
-                               "positive events); recommend from their items with /recommend/new-user", status=404)
-        if skipped or not len(found):
-            raise RequestError(f"unknown user id {short_id(user_id)}: not in the run's log", status=404)
-        return found[0].item() if isinstance(found[0], np.generic) else found[0]
-
-    def recommend_batch(self, key: tuple, user_ids: list, k: int) -> dict[Any, list[dict]]:
-        """Top ``k`` of each distinct user under one option key, by the run's user id (a worker thread)."""
-        filter_seen, exclude, candidates = key
-        frame = self.run.recommend(user_ids, k=k, filter_seen=filter_seen,
-                                   exclude=None if exclude is None else list(exclude),
-                                   candidates=None if candidates is None else list(candidates), id_columns="fixed")
-        ranks, items, scores = frame["rank"].tolist(), frame["item_id"].tolist(), frame["score"].tolist()
-        out: dict[Any, list[dict]] = {}
-        for user, positions in frame.groupby("user_id", sort=False).indices.items():
-            user = user.item() if isinstance(user, np.generic) else user
-            out[user] = [{"rank": ranks[p], "item_id": items[p], "score": scores[p]} for p in positions]
-        return out
-
-
-def _ranked(frame: pd.DataFrame, item_column: str = "item_id") -> list[dict]:
-    return [{"rank": r, "item_id": i, "score": s}
-            for r, i, s in zip(frame["rank"].tolist(), frame[item_column].tolist(), frame["score"].tolist())]
-
-
-class _Batcher:
-    """The micro-batching queue of /recommend (see the module docstring); one per event loop."""
-
-    def __init__(self, service: _Service, *, max_batch: int, max_wait_s: float) -> None:
-        self.service = service
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue | None = None
-        self._task: asyncio.Task | None = None
-        self.batches = 0
-        self.requests = 0
-
-    def _ensure_started(self) -> asyncio.Queue:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._task is None or self._task.done():
-            self._loop, self._queue = loop, asyncio.Queue()
-            self._task = loop.create_task(self._consume(self._queue))
-        return self._queue
-
-    async def submit(self, user_id, k: int, key: tuple) -> list[dict]:
-        queue = self._ensure_started()
-        future = asyncio.get_running_loop().create_future()
-        queue.put_nowait(_Pending(user_id, k, key, future))
-        return await future
-
-    async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        self._task = None
-
-    async def _collect(self, queue: asyncio.Queue) -> list[_Pending]:
-        batch = [await queue.get()]
-        deadline = time.monotonic() + self.max_wait_s
-        while len(batch) < self.max_batch:
-            try:
-                batch.append(queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(queue.get(), left))
-            except asyncio.TimeoutError:
-                break
-        return batch
-
-    async def _consume(self, queue: asyncio.Queue) -> None:
-        while True:
-            batch = await self._collect(queue)
-            batch = [p for p in batch if not p.future.done()]  # a client that went away cancels its future
-            if not batch:
-                continue
-            groups: dict[tuple, list[_Pending]] = {}
-            for pending in batch:
-                groups.setdefault(pending.key, []).append(pending)
-            results = await asyncio.to_thread(self._score_groups, groups)
-            for key, members in groups.items():
-                result = results[key]
-                for pending in members:
-                    if pending.future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        pending.future.set_exception(result)
-                    else:
-                        pending.future.set_result(result.get(pending.user_id, [])[: pending.k])
-            self.batches += 1
-            self.requests += len(batch)
-
-    def _score_groups(self, groups: dict[tuple, list[_Pending]]) -> dict[tuple, Any]:
-        results: dict[tuple, Any] = {}
-        for key, members in groups.items():
-            users = list(dict.fromkeys(p.user_id for p in members))
-            try:
-                results[key] = self.service.recommend_batch(key, users, max(p.k for p in members))
-            except Exception as err:  # noqa: BLE001 - one group's error (e.g. bad options) fails that group only
-                results[key] = err
-        return results
 
 
 # ============================================================================ the app
@@ -314,43 +108,64 @@ def create_app(
     device: str = "auto",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     allow_failed: bool = False,
+    unknown_users: str = "fallback",
+    allow_reload: bool = False,
+    reload_on_sighup: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving a run (a directory, loaded with ``device``, or a :class:`Run`).
 
     Args:
         max_batch: most /recommend requests scored in one batch.
         max_wait_ms: how long the first request of a batch waits for more (micro-batching).
-        max_list: most item ids in one request's list (``exclude``, ``candidates``, ``item_ids``).
+        max_list: most ids in one request's list (``exclude``, ``candidates``, ``item_ids``, ``items``,
+            ``user_ids``).
         micro_batching: False scores each /recommend request alone.
         max_body_bytes: the largest request body read; a larger one answers 413 unread (see the module
             docstring).
         allow_failed: serve a run whose training failed anyway (refused by default).
+        unknown_users: ``"fallback"`` answers users the run has no history for from their posted items or
+            by popularity, flagged ``"fallback": true``; ``"404"`` refuses them (see the module docstring).
+        allow_reload: turn on ``POST /admin/reload`` (off by default: it loads a directory a request names).
+        reload_on_sighup: reload the run directory given here on SIGHUP (the event loop's main thread only;
+            ``serve()`` turns it on).
     """
     _require_server()
     if max_batch < 1 or max_wait_ms < 0 or max_list < 1:
         raise ServerError(f"max_batch {max_batch}, max_wait_ms {max_wait_ms}, max_list {max_list}: max_batch and "
                           "max_list must be at least 1 and max_wait_ms at least 0")
+    if unknown_users not in UNKNOWN_USERS:
+        raise ServerError(f"unknown_users {unknown_users!r}: choose 'fallback' (flagged answers for users the run "
+                          "has no history for) or '404'")
     _check_max_body_bytes(max_body_bytes)
-    run = run_dir_or_run if isinstance(run_dir_or_run, Run) else \
-        Run.load(run_dir_or_run, device=device, allow_failed=allow_failed)
+    given = isinstance(run_dir_or_run, Run)
+    run = run_dir_or_run if given else Run.load(run_dir_or_run, device=device, allow_failed=allow_failed)
     run.check_status(allow_failed=allow_failed)  # a run whose training failed is refused (RunError)
-    service = _Service(run, max_list=max_list)
-    batcher = _Batcher(service, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0) if micro_batching else None
+    slot = ServedRun(RunService(run, max_list=max_list), start_path=run.path if given else Path(run_dir_or_run),
+                     device=device, allow_failed=allow_failed,
+                     on_swap=lambda service: setattr(app.state, "run", service.run))
+    batcher = Batcher(max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0) if micro_batching else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        loop = asyncio.get_running_loop()
+        hooked = reload_on_sighup and _on_sighup(loop, slot)
         yield
+        if hooked:
+            loop.remove_signal_handler(signal.SIGHUP)
         if batcher is not None:
             await batcher.stop()
 
     app = FastAPI(title="recvae", version=__version__, lifespan=lifespan,
                   description=f"Recommendations from {run!r}")
-    app.state.run = run
+    app.state.served, app.state.run = slot, run  # app.state.run follows reloads
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
     install_error_handlers(app)
-    _add_status_routes(app, run, batcher, max_batch=max_batch, max_wait_ms=max_wait_ms)
-    _add_recommendation_routes(app, run, service, batcher)
+    options = {"micro_batching": batcher is not None, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+               "unknown_users": unknown_users, "allow_reload": allow_reload}
+    _add_status_routes(app, slot, batcher, options)
+    _add_recommendation_routes(app, slot, batcher, fallback=unknown_users == "fallback")
+    _add_item_routes(app, slot)
     return app
 
 
@@ -360,64 +175,135 @@ def _check_max_body_bytes(max_body_bytes) -> None:
                           f"(the default is {DEFAULT_MAX_BODY_BYTES:,})")
 
 
-def _add_status_routes(app: FastAPI, run: Run, batcher: _Batcher | None, *, max_batch: int,
-                       max_wait_ms: float) -> None:
-    """``GET /health`` and ``GET /info`` (the model, its catalogue, the version and the batching counters)."""
+def _on_sighup(loop: asyncio.AbstractEventLoop, slot: ServedRun) -> bool:
+    """Reload the start path on SIGHUP (in a worker thread; a refusal is logged). False where signals cannot be
+    handled (not the main thread, no SIGHUP)."""
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        logger.warning("SIGHUP reload is off: signals reach the main thread only (reload with POST /admin/reload)")
+        return False
+    tasks: set[asyncio.Task] = set()
+
+    async def reload() -> None:
+        try:
+            await asyncio.to_thread(slot.reload)
+        except ReloadRefused as err:
+            logger.error("SIGHUP: %s", err)
+
+    def handler() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)  # a reference until it is done
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, handler)
+    return True
+
+
+def _add_status_routes(app: FastAPI, slot: ServedRun, batcher: Batcher | None, options: dict) -> None:
+    """``GET /health``, ``GET /info`` and ``POST /admin/reload``."""
 
     @app.get("/health", response_model=HealthResponse)
     async def health() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "run_id": slot.current.run_id}
 
     @app.get("/info", response_model=InfoResponse)
     async def info() -> dict:
-        about = run.info()
-        return {"model": about.get("model"), "model_class": about["model_class"], "users": about["users"],
-                "items": about["items"], "version": __version__, "micro_batching": batcher is not None,
-                "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+        service = slot.current
+        about = service.run.info()
+        return {"run_id": service.run_id, "path": about["path"], "model": about.get("model"),
+                "model_class": about["model_class"], "users": about["users"], "items": about["items"],
+                "version": __version__, **options, "reloads": slot.reloads, "last_reload_error": slot.last_error,
                 "batches": None if batcher is None else batcher.batches,
                 "batched_requests": None if batcher is None else batcher.requests}
 
+    @app.post("/admin/reload", response_model=ReloadResponse)
+    async def reload(body: ReloadRequest | None = None) -> dict:
+        """Load the run ``body.run`` (default: the start path) fully, then swap it in between requests."""
+        if not options["allow_reload"]:
+            raise RequestError("reload is off: start the server with --allow-reload (create_app(allow_reload="
+                               "True)), or send it SIGHUP to reload the run it was started with", status=403)
+        try:
+            old, new = await asyncio.to_thread(slot.reload, None if body is None else body.run)
+        except ReloadRefused as err:
+            raise RequestError(str(err), status=422) from None
+        return {"run_id": new.run_id, "previous_run_id": old.run_id, "path": str(new.run.path),
+                "model": new.run.config.get("model"), "users": len(new.run.user_ids), "items": new.run.n_items}
 
-def _add_recommendation_routes(app: FastAPI, run: Run, service: _Service, batcher: _Batcher | None) -> None:
-    """``POST /recommend`` (through the batcher when there is one), ``/recommend/new-user`` and ``/similar``."""
+
+def _short(value) -> str:
+    text = str(value)
+    return text[:64] + ("..." if len(text) > 64 else "")
+
+
+def _answer(user, items: list[dict], service: RunService, fallback: tuple | None = None) -> dict:
+    """One user's answer: ``fallback`` is ``(reason, items_used)`` for a user the run has no history for."""
+    reason, used = fallback if fallback is not None else (None, None)
+    return {"user_id": user, "items": items, "fallback": fallback is not None, "fallback_reason": reason,
+            "items_used": used, "run_id": service.run_id}
+
+
+def _add_recommendation_routes(app: FastAPI, slot: ServedRun, batcher: Batcher | None, *, fallback: bool) -> None:
+    """``POST /recommend`` (known users through the batcher when there is one), ``GET /recommend/{user_id}`` and
+    ``POST /recommend/batch``; users without history get the fallback (or 404, ``fallback=False``)."""
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest) -> dict:
+        service = slot.current  # this request's run, to its end (a reload swaps it for the next ones)
         k = service.check_k(body.k)
         key = (body.filter_seen, service.check_items(body.exclude, "exclude"),
                service.check_items(body.candidates, "candidates"))
-        user = service.find_user(body.user_id)
+        service.check_length(body.items, "items", "item ids")
+        [(user, row, why)] = service.find_users([body.user_id])
+        if why is not None:
+            if not fallback:
+                raise service.refusal(body.user_id, why)
+            [(reason, items, used)] = await asyncio.to_thread(service.fallback, [row], k, key, body.items)
+            return _answer(user, items, service, (reason, used))
         if batcher is not None:
-            items = await batcher.submit(user, k, key)
+            items = await batcher.submit(service, user, k, key)
         else:
             items = (await asyncio.to_thread(service.recommend_batch, key, [user], k)).get(user, [])
-        return {"user_id": user, "items": items}
+        return _answer(user, items, service)
 
     @app.get("/recommend/{user_id}", response_model=RecommendResponse)
     async def recommend_by_path(user_id: str, k: int = 10) -> dict:
         """``GET /recommend/ID?k=10``: POST /recommend's answer (a numeric id read as a number where ids are)."""
         if user_id in ("new-user", "batch"):  # the POST routes (a user with such an id: POST /recommend)
             raise RequestError(f"/recommend/{user_id} takes POST (a JSON body), not GET", status=405)
-        numeric = np.issubdtype(np.asarray(run.user_ids).dtype, np.integer) and user_id.lstrip("-").isdigit()
+        numeric = slot.current.user_ids_numeric and user_id.lstrip("-").isdigit()
         return await recommend(RecommendRequest(user_id=int(user_id) if numeric else user_id, k=k))
 
     @app.post("/recommend/batch", response_model=BatchResponse)
     async def recommend_batch(body: BatchRequest) -> dict:
-        """Many users in one request, scored together; ids not in the run are listed under ``missing``."""
+        """Many users in one request, scored together; users without history listed under ``missing``."""
+        service = slot.current
         k = service.check_k(body.k)
-        if len(body.user_ids) > service.max_list:
-            raise RequestError(f"user_ids: {len(body.user_ids):,} ids; at most {service.max_list:,} per request")
+        service.check_length(body.user_ids, "user_ids", "ids")
         key = (body.filter_seen, service.check_items(body.exclude, "exclude"),
                service.check_items(body.candidates, "candidates"))
-        _, found, _ = run.resolve_users(body.user_ids)
-        users = list(dict.fromkeys(u.item() if isinstance(u, np.generic) else u for u in found))
-        scored = await asyncio.to_thread(service.recommend_batch, key, users, k) if users else {}
-        known = set(users)
-        return {"results": [{"user_id": u, "items": scored.get(u, [])} for u in users],
-                "missing": [str(u)[:64] + ("..." if len(str(u)) > 64 else "") for u in body.user_ids if u not in known]}
+        users = {user: (row, why) for user, row, why in service.find_users(body.user_ids)}  # each once, in order
+        known = [u for u, (_, why) in users.items() if why is None]
+        cold = [(u, row) for u, (row, why) in users.items() if why is not None]
+
+        def score() -> tuple[dict, list]:
+            scored = service.recommend_batch(key, known, k) if known else {}
+            rest = service.fallback([row for _, row in cold], k, key) if fallback and cold else []
+            return scored, rest
+
+        scored, rest = await asyncio.to_thread(score)
+        answers = {u: _answer(u, scored.get(u, []), service) for u in known}
+        answers.update({u: _answer(u, items, service, (reason, used)) for (u, _), (reason, items, used)
+                        in zip(cold, rest)})
+        return {"results": [answers[u] for u in users if u in answers], "missing": [_short(u) for u, _ in cold],
+                "run_id": service.run_id}
+
+
+def _add_item_routes(app: FastAPI, slot: ServedRun) -> None:
+    """``POST /recommend/new-user`` (fold-in of posted items) and ``POST /similar``."""
 
     @app.post("/recommend/new-user", response_model=NewUserResponse)
     async def recommend_new_user(body: NewUserRequest) -> dict:
+        service = slot.current
+        run = service.run
         k = service.check_k(body.k)
         items = service.check_items(body.item_ids, "item_ids")
         if not items:
@@ -427,16 +313,21 @@ def _add_recommendation_routes(app: FastAPI, run: Run, service: _Service, batche
         frame = await asyncio.to_thread(
             run.recommend_for_items, list(items), k, exclude=None if exclude is None else list(exclude),
             candidates=None if candidates is None else list(candidates), strict=True, id_columns="fixed")
-        return {"items": _ranked(frame)}
+        return {"items": _ranked(frame), "run_id": service.run_id}
 
     @app.post("/similar", response_model=SimilarResponse)
     async def similar(body: SimilarRequest) -> dict:
+        service = slot.current
         k = service.check_k(body.k)
         service.check_items([body.item_id], "item_id")
-        frame = await asyncio.to_thread(run.similar_items, [body.item_id], k, id_columns="fixed")
-        item = frame["item_id"].iloc[0] if len(frame) else body.item_id
-        item = item.item() if isinstance(item, np.generic) else item
-        return {"item_id": item, "items": _ranked(frame, "similar_item_id")}
+        frame = await asyncio.to_thread(service.run.similar_items, [body.item_id], k, id_columns="fixed")
+        item = plain(frame["item_id"].iloc[0]) if len(frame) else body.item_id
+        return {"item_id": item, "items": _ranked(frame, "similar_item_id"), "run_id": service.run_id}
+
+
+def _ranked(frame, item_column: str = "item_id") -> list[dict]:
+    return [{"rank": r, "item_id": i, "score": s}
+            for r, i, s in zip(frame["rank"].tolist(), frame[item_column].tolist(), frame["score"].tolist())]
 
 
 # ============================================================================ running it
@@ -452,7 +343,7 @@ def _encode_options(options: dict) -> str:
 
 def _decode_options(text: str) -> dict:
     casts = {"max_batch": int, "max_list": int, "max_wait_ms": float, "micro_batching": lambda v: v == "True",
-             "device": str, "max_body_bytes": int, "allow_failed": lambda v: v == "True"}
+             "device": str, "unknown_users": str, "max_body_bytes": int, "allow_failed": lambda v: v == "True"}
     pairs = (part.split("=", 1) for part in text.split(";") if part)
     return {key: casts[key](value) for key, value in pairs if key in casts}
 
@@ -472,11 +363,16 @@ def serve(
     access_log: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     allow_failed: bool = False,
+    unknown_users: str = "fallback",
+    allow_reload: bool = False,
 ) -> None:
     """Serve a run directory with uvicorn until interrupted (each of ``workers`` processes loads the run).
 
     The options are :func:`create_app`'s (``max_body_bytes``: the largest request body read, 413 above it;
-    ``allow_failed``: serve a run whose training failed anyway, refused by default).
+    ``allow_failed``: serve a run whose training failed anyway, refused by default; ``unknown_users``:
+    ``"fallback"`` or ``"404"``; ``allow_reload``: ``POST /admin/reload``, one worker only). SIGHUP reloads
+    ``run_dir``: one process reloads in place, several are replaced one at a time by uvicorn (a worker
+    that fails to load the run leaves the old ones serving). Stop the server with SIGINT or SIGTERM.
     """
     _require_server()
     _check_max_body_bytes(max_body_bytes)
@@ -484,17 +380,22 @@ def serve(
         raise ServerError(f"workers {workers}: give at least 1")
     if not 0 <= port <= 65535:
         raise ServerError(f"port {port}: choose a port between 0 and 65535")
+    if allow_reload and workers > 1:
+        raise ServerError(f"allow_reload with {workers} workers: POST /admin/reload would reload the one worker "
+                          "that answers it; reload several workers with SIGHUP to the main process instead")
     options = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_list": max_list,
-               "micro_batching": micro_batching, "device": device, "max_body_bytes": max_body_bytes,
-               "allow_failed": allow_failed}
+               "micro_batching": micro_batching, "device": device, "unknown_users": unknown_users,
+               "max_body_bytes": max_body_bytes, "allow_failed": allow_failed}
+    if unknown_users not in UNKNOWN_USERS:
+        raise ServerError(f"unknown_users {unknown_users!r}: choose 'fallback' or '404'")
     if workers == 1:
-        app = create_app(run_dir, **options)
+        app = create_app(run_dir, **options, allow_reload=allow_reload, reload_on_sighup=True)
         logger.info("serving %r on http://%s:%d", app.state.run, host, port)
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
         return
     path = Path(run_dir)
     Run.load(path, device="cpu", allow_failed=allow_failed)  # fail here, once, before forking workers
-    os.environ[ENV_RUN] = str(path.resolve())
+    os.environ[ENV_RUN] = os.path.abspath(path)  # a link stays a link: SIGHUP's new workers follow it
     os.environ[ENV_OPTIONS] = _encode_options(options)
     uvicorn.run("recvae.serving.server:_app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=access_log)

@@ -81,15 +81,15 @@ MUTATIONS = [
          new='(Path(f"{path.stem}_ids.npy"),',
          tests=T_CLI, why="recvae embed -o dir/u.npy writes u_ids.npy into the working directory"),
     # ------------------------------------------------------------------ serve.py
-    dict(name="blind-wiring-serve-batched-request-gets-largest-k", file="recvae/serving/server.py",
+    dict(name="blind-wiring-serve-batched-request-gets-largest-k", file="recvae/serving/batching.py",
          old="pending.future.set_result(result.get(pending.user_id, [])[: pending.k])",
          new="pending.future.set_result(result.get(pending.user_id, []))",
          tests=T_SERVE, why="a request batched with a larger-k request gets more items than it asked for"),
-    dict(name="blind-wiring-serve-batch-uses-first-requests-options", file="recvae/serving/server.py",
-         old="                groups.setdefault(pending.key, []).append(pending)",
-         new="                groups.setdefault(batch[0].key, []).append(pending)",
+    dict(name="blind-wiring-serve-batch-uses-first-requests-options", file="recvae/serving/batching.py",
+         old="                groups.setdefault((pending.service, pending.key), []).append(pending)",
+         new="                groups.setdefault((pending.service, batch[0].key), []).append(pending)",
          tests=T_SERVE, why="requests batched together all get the first request's exclude/candidates/filter_seen"),
-    dict(name="blind-errors-serve-group-error-swallowed", file="recvae/serving/server.py",
+    dict(name="blind-errors-serve-group-error-swallowed", file="recvae/serving/batching.py",
          old="            except Exception as err:  # noqa: BLE001 - one group's error (e.g. bad options) fails that group only\n"
              "                results[key] = err",
          new="            except Exception as err:  # noqa: BLE001 - one group's error (e.g. bad options) fails that group only\n"
