@@ -1,7 +1,10 @@
 """EASE (Steck 2019) and full-rank EDLAE (Steck 2020): closed-form item-item weights, one dense solve.
 
 Both models are the same solve with a different penalty on the diagonal of the Gram matrix
-(:func:`edlae_weights`; EASE is its ``dropout = 0`` case), preceded by a memory check.
+(:func:`edlae_weights`; EASE is its ``dropout = 0`` case), preceded by a memory check of the
+whole fit's peak (:func:`ease_memory_parts`). The solve is torch's Cholesky factorisation and
+inverse (MKL LAPACK), in place in one buffer that ends as the float32 weights; scipy's and
+numpy's OpenBLAS ``dpotrf`` segfaulted from ~16k items with 2+ threads (a dead process).
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ class EASE(ArrayRecommender):
 
     ``G = XᵀX + λI``, ``P = G⁻¹``, ``B = I − P·diagMat(1/diag(P))`` (so ``B_ii = 0``),
     and a user row ``x`` scores ``x B``. Equivalently each column ``b_j`` is the
-    ridge regression of item ``j`` on all other items. Computed in float64 (an
-    in-place Cholesky inverse), stored as float32.
+    ridge regression of item ``j`` on all other items. Computed in float64 (torch's
+    in-place Cholesky inverse; float32 when float64 would take over half the available
+    memory, logged), stored as float32.
 
-    Memory: ``12 · n_items²`` bytes at peak (checked before allocating: a
-    :class:`MemoryError` names the fix when it does not fit).
+    Memory: ``8 · n_items²`` bytes at peak in float64 (``4 · n_items²`` in float32) plus a
+    working set (:func:`ease_memory_parts`), checked before allocating: an
+    :class:`~recvae.runtime.memory.InsufficientMemoryError` (a :class:`MemoryError`) names
+    ``--model sparse-ease`` when it does not fit. The weights keep ``4 · n_items²`` bytes.
 
     Args:
         l2: the ridge penalty λ (> 0); Steck uses 500 on ML-20M and Netflix.
@@ -127,8 +133,9 @@ def edlae_weights(matrix: sp.csr_matrix, l2: float, dropout: float) -> np.ndarra
     items penalises each weight ``B_ij`` by ``p/(1−p)·G_ii``, so popular items are
     regularised more. ``p = 0`` leaves ``Λ = λI``: EASE (Steck 2019), bit for bit.
 
-    Computed in float64 (an in-place Cholesky inverse), returned as float32. The
-    memory check of :class:`EASE` runs first (``12 · items²`` bytes at peak).
+    Computed in float64 (torch's in-place Cholesky inverse; float32 when float64 would
+    take over half the available memory), returned as float32. The memory check of
+    :class:`EASE` runs first (:func:`ease_memory_parts`: ``8 · items²`` bytes and a working set).
 
     Reference: H. Steck, "Autoencoders that don't overfit towards the Identity",
     NeurIPS 2020 (the full-rank model).
@@ -165,7 +172,7 @@ class EDLAE(EASE):
     Reference: H. Steck, "Autoencoders that don't overfit towards the Identity",
     NeurIPS 2020.
 
-    Memory: ``12 · n_items²`` bytes at peak, checked before allocating, as for EASE.
+    Memory: as for EASE (:func:`ease_memory_parts`), checked before allocating.
 
     Args:
         l2: λ >= 0, the uniform ridge (> 0 when ``dropout`` is 0).
@@ -211,6 +218,10 @@ BLOCK_BYTES = 1 << 26
 #: top of the matrix itself: measured 2.4-3.1 KB per item and thread at 4k-8k items (float64, 1-2
 #: threads), rounded up.
 SOLVE_BYTES_PER_ITEM_THREAD = 4096
+
+#: What the libraries keep after the stages (MKL's cached workspace, the threads' malloc arenas,
+#: heap not given back): measured 5-20 MiB at 4k-8k items, rounded up.
+LIBRARY_BYTES = 32 * 2**20
 
 #: What fits when the dense solve does not: the CLI's model first, then the Python class, then filtering.
 EASE_FIX = ("use --model sparse-ease (SparseEASE in Python: each item's top neighbours, sparse), or drop rare "
@@ -262,11 +273,13 @@ def ease_memory_parts(n_items: int, dtype: np.dtype | type | str = np.float64,
     """The peak extra memory of EASE's (and EDLAE's) fit, by part, in bytes.
 
     The dense item x item matrix (built, factorised, inverted and turned into the float32
-    weights in one buffer, shrunk to the weights at the end) plus the largest of the stages'
-    working sets, which never coexist: the Gram build (a copy of the training matrix by rows and
-    one by columns, one block's sparse product, at most the block's columns of ``XᵀX`` and never
-    more than all co-occurring pairs), the factorisation's workspace and the float32 conversion's
-    block. Without ``matrix`` the Gram build assumes every pair co-occurs and no copies.
+    weights in one buffer, shrunk to the weights at the end); the factorisation's workspace
+    (MKL keeps it cached, so it stays to the end: per item and thread); and the larger of the
+    two other stages' working sets, which never coexist -- the Gram build (a copy of the
+    training matrix by rows and one by columns, one block's sparse product: at most the block's
+    columns of ``XᵀX`` and never more than all co-occurring pairs) and the float32 conversion's
+    block -- plus what the libraries keep. Without ``matrix`` the Gram build assumes every pair
+    co-occurs and no copies.
 
     Measured by ``experiments/bench_dense_solver.py`` (peak RSS over the RSS before the fit,
     synthetic logs with 10 events per user, 2 threads; the estimate is of the same fit):
@@ -287,12 +300,11 @@ def ease_memory_parts(n_items: int, dtype: np.dtype | type | str = np.float64,
     columns = _gram_block_columns(n, item)
     copies = 2 * (entry * nnz + 4 * (n + users + 2))
     gram_build = copies + entry * (min(n * columns, pairs) + nnz) + 32 * n
-    solve = SOLVE_BYTES_PER_ITEM_THREAD * n * max(1, torch.get_num_threads())
-    rows = _weights_block_rows(n)
-    conversion = (rows * n * 4 if item > 4 else 0) + 8 * n  # a float64 block's float32 copy
-    stage, working = max((("Gram build", gram_build), ("factorisation", solve), ("float32 conversion", conversion)),
-                         key=lambda kv: kv[1])
-    return {f"item x item matrix ({np.dtype(dtype).name})": item * n * n, f"working memory ({stage})": working}
+    conversion = (_weights_block_rows(n) * n * 4 if item > 4 else 0) + 8 * n  # a float64 block's float32 copy
+    stage, working = max((("Gram build", gram_build), ("float32 conversion", conversion)), key=lambda kv: kv[1])
+    return {f"item x item matrix ({np.dtype(dtype).name})": item * n * n,
+            "factorisation workspace": SOLVE_BYTES_PER_ITEM_THREAD * n * max(1, torch.get_num_threads()),
+            f"working memory ({stage})": working + LIBRARY_BYTES}
 
 
 def ease_memory_bytes(n_items: int, dtype: np.dtype | type | str = np.float64,
