@@ -12,9 +12,9 @@ from recvae.data.splits import strong_generalization
 from recvae.data.synthetic import SyntheticConfig, synthetic_interactions
 from recvae.evaluation import evaluate
 from recvae.models import NotFittedError
-from recvae.models import ease as ease_module
 from recvae.models import implicit_models
 from recvae.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, ease_memory_bytes, load_baseline
+from recvae.runtime.memory import InsufficientMemoryError
 
 # The models compared with popularity. Hyper-parameters are generic small-data
 # settings (few factors, firm regularisation), not tuned on these users.
@@ -75,19 +75,26 @@ def test_ease_scores_are_rows_times_weights(split, fitted):
 
 
 def test_ease_refuses_what_does_not_fit_in_memory(split, monkeypatch):
-    monkeypatch.setattr(ease_module, "available_memory_bytes", lambda: 10_000)
-    with pytest.raises(MemoryError) as info:
+    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: 10_000)
+    with pytest.raises(InsufficientMemoryError) as info:
         EASE().fit(split)
     message = str(info.value)
-    assert "400 items" in message and f"{ease_memory_bytes(400):,} bytes" in message
-    assert "min_item_interactions" in message
+    assert "\n" not in message and message.startswith("EASE on 400 items (in float32) needs about")
+    assert info.value.needed == ease_memory_bytes(400, np.float32, split.train) and info.value.available == 10_000
+    # The model that fits comes first, for the CLI and for Python, then filtering.
+    assert message.index("--model sparse-ease") < message.index("SparseEASE") < message.index("min_item_interactions")
 
 
-def test_ease_warns_when_it_needs_over_half_the_memory(split, monkeypatch, caplog):
-    monkeypatch.setattr(ease_module, "available_memory_bytes", lambda: int(1.5 * ease_memory_bytes(400)))
-    with caplog.at_level(logging.WARNING, logger="recvae.models.ease"):
-        EASE().fit(split)
-    assert any("more than half" in r.getMessage() for r in caplog.records)
+@pytest.mark.parametrize("share, dtype", [(2.5, np.float64), (1.5, np.float32)])
+def test_ease_solves_in_float64_unless_that_needs_over_half_the_memory(split, monkeypatch, caplog, share, dtype):
+    double = ease_memory_bytes(400, np.float64, split.train)
+    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: int(share * double))
+    with caplog.at_level(logging.INFO, logger="recvae.models.ease"):
+        model = EASE().fit(split)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"({np.dtype(dtype).name}: Gram" in m for m in messages)
+    assert any("solves in float32" in m for m in messages) == (dtype == np.float32)
+    assert model.weights_.dtype == np.float32 and model.weights_.flags.c_contiguous
 
 
 # ----------------------------------------------------------------------------- quality

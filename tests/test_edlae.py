@@ -10,9 +10,9 @@ import scipy.sparse as sp
 from recvae.data.splits import strong_generalization
 from recvae.data.synthetic import SyntheticConfig, synthetic_interactions
 from recvae.models import EASE, EDLAE, MODELS, load_model, make_model
-from recvae.models import ease as ease_module
 from recvae.models.baselines import BASELINES, ease_memory_bytes, edlae_weights, load_baseline
 from recvae.models.files import ModelFileError
+from recvae.runtime.memory import InsufficientMemoryError
 
 
 # The test machine's cores are shared: a multi-threaded BLAS only contends for them.
@@ -144,16 +144,18 @@ def test_similar_items_are_rows_of_b(split):
 
 # ----------------------------------------------------------------------------- memory
 def test_refuses_what_does_not_fit_in_memory(split, monkeypatch):
-    monkeypatch.setattr(ease_module, "available_memory_bytes", lambda: 10_000)
+    available = {"bytes": 10_000}
+    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: available["bytes"])
     n = split.train.shape[1]
-    with pytest.raises(MemoryError) as info:
+    with pytest.raises(InsufficientMemoryError) as info:
         EDLAE().fit(split)
     message = str(info.value)
-    assert f"EDLAE on {n} items" in message and f"{ease_memory_bytes(n):,} bytes" in message
-    assert "min_item_interactions" in message
-    with pytest.raises(MemoryError, match="EDLAE on"):
+    assert message.startswith(f"EDLAE on {n} items (in float32) needs about") and "--model sparse-ease" in message
+    assert info.value.needed == ease_memory_bytes(n, np.float32, split.train)
+    # The joint model's closed-form start goes through the same check.
+    with pytest.raises(InsufficientMemoryError, match="EDLAE on .*--model sparse-ease"):
         edlae_weights(split.train, 10.0, 0.25)
-    monkeypatch.setattr(ease_module, "available_memory_bytes", lambda: 4 * ease_memory_bytes(n))
+    available["bytes"] = 4 * ease_memory_bytes(n, np.float64, split.train)
     assert EDLAE().fit(split).weights_.shape == (n, n)
 
 

@@ -1,7 +1,10 @@
 """EASE (Steck 2019) and full-rank EDLAE (Steck 2020): closed-form item-item weights, one dense solve.
 
 Both models are the same solve with a different penalty on the diagonal of the Gram matrix
-(:func:`edlae_weights`; EASE is its ``dropout = 0`` case), preceded by a memory check.
+(:func:`edlae_weights`; EASE is its ``dropout = 0`` case), preceded by a memory check of the
+whole fit's peak (:func:`ease_memory_parts`). The solve is torch's Cholesky factorisation and
+inverse (MKL LAPACK), in place in one buffer that ends as the float32 weights; scipy's and
+numpy's OpenBLAS ``dpotrf`` segfaulted from ~16k items with 2+ threads (a dead process).
 """
 
 from __future__ import annotations
@@ -12,37 +15,33 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from tqdm.auto import tqdm
 
 from recvae.models.array_model import ArrayRecommender, check_number, training_matrix
 from recvae.nn import hyperparams
+from recvae.runtime import memory
 from recvae.runtime.memory import available_memory_bytes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EASE", "EDLAE", "edlae_weights", "available_memory_bytes", "ease_memory_bytes"]
+__all__ = ["EASE", "EDLAE", "edlae_weights", "available_memory_bytes", "ease_memory_bytes", "ease_memory_parts"]
 
 
 # =============================================================================== EASE
-def ease_memory_bytes(n_items: int) -> int:
-    """Peak extra memory EASE's (and EDLAE's) fit needs for ``n_items`` items.
-
-    One dense float64 item x item matrix (the Gram matrix, inverted in place by
-    Cholesky) plus the float32 weights: 12 bytes per item pair.
-    """
-    return 12 * int(n_items) ** 2
-
-
 class EASE(ArrayRecommender):
     """Embarrassingly Shallow Autoencoder (Steck 2019): closed-form item-item weights.
 
     ``G = XᵀX + λI``, ``P = G⁻¹``, ``B = I − P·diagMat(1/diag(P))`` (so ``B_ii = 0``),
     and a user row ``x`` scores ``x B``. Equivalently each column ``b_j`` is the
-    ridge regression of item ``j`` on all other items. Computed in float64 (an
-    in-place Cholesky inverse), stored as float32.
+    ridge regression of item ``j`` on all other items. Computed in float64 (torch's
+    in-place Cholesky inverse; float32 when float64 would take over half the available
+    memory, logged), stored as float32.
 
-    Memory: ``12 · n_items²`` bytes at peak (checked before allocating: a
-    :class:`MemoryError` names the fix when it does not fit).
+    Memory: ``8 · n_items²`` bytes at peak in float64 (``4 · n_items²`` in float32) plus a
+    working set (:func:`ease_memory_parts`), checked before allocating: an
+    :class:`~recvae.runtime.memory.InsufficientMemoryError` (a :class:`MemoryError`) names
+    ``--model sparse-ease`` when it does not fit. The weights keep ``4 · n_items²`` bytes.
 
     Args:
         l2: the ridge penalty λ (> 0); Steck uses 500 on ML-20M and Netflix.
@@ -134,8 +133,9 @@ def edlae_weights(matrix: sp.csr_matrix, l2: float, dropout: float) -> np.ndarra
     items penalises each weight ``B_ij`` by ``p/(1−p)·G_ii``, so popular items are
     regularised more. ``p = 0`` leaves ``Λ = λI``: EASE (Steck 2019), bit for bit.
 
-    Computed in float64 (an in-place Cholesky inverse), returned as float32. The
-    memory check of :class:`EASE` runs first (``12 · items²`` bytes at peak).
+    Computed in float64 (torch's in-place Cholesky inverse; float32 when float64 would
+    take over half the available memory), returned as float32. The memory check of
+    :class:`EASE` runs first (:func:`ease_memory_parts`: ``8 · items²`` bytes and a working set).
 
     Reference: H. Steck, "Autoencoders that don't overfit towards the Identity",
     NeurIPS 2020 (the full-rank model).
@@ -172,7 +172,7 @@ class EDLAE(EASE):
     Reference: H. Steck, "Autoencoders that don't overfit towards the Identity",
     NeurIPS 2020.
 
-    Memory: ``12 · n_items²`` bytes at peak, checked before allocating, as for EASE.
+    Memory: as for EASE (:func:`ease_memory_parts`), checked before allocating.
 
     Args:
         l2: λ >= 0, the uniform ridge (> 0 when ``dropout`` is 0).
@@ -210,88 +210,208 @@ def _check_edlae_params(l2: float, dropout: float) -> None:
 
 
 # =============================================================================== the shared solve
-def _closed_form_weights(matrix: sp.csr_matrix, l2: float, dropout: float, label: str) -> np.ndarray:
-    """``B`` of :func:`edlae_weights` for a validated training matrix; ``label`` names the model in messages."""
+#: Bytes of one block of the Gram build's sparse product and of the weights' float32 conversion:
+#: the working memory on top of the dense item x item matrix.
+BLOCK_BYTES = 1 << 26
+
+#: Workspace of torch's (MKL's) in-place Cholesky factorisation and inverse, per item and thread, on
+#: top of the matrix itself: measured 2.4-3.1 KB per item and thread at 4k-8k items (float64, 1-2
+#: threads), rounded up.
+SOLVE_BYTES_PER_ITEM_THREAD = 4096
+
+#: What the libraries keep after the stages (MKL's cached workspace, the threads' malloc arenas,
+#: heap not given back): measured 5-20 MiB at 4k-8k items, rounded up.
+LIBRARY_BYTES = 32 * 2**20
+
+#: What fits when the dense solve does not: the CLI's model first, then the Python class, then filtering.
+EASE_FIX = ("use --model sparse-ease (SparseEASE in Python: each item's top neighbours, sparse), or drop rare "
+            "items first (Interactions.from_dataframe(..., min_item_interactions=N))")
+
+
+def _closed_form_weights(matrix: sp.csr_matrix, l2: float, dropout: float, label: str,
+                         dtype: np.dtype | type | None = None) -> np.ndarray:
+    """``B`` of :func:`edlae_weights` for a validated training matrix; ``label`` names the model in messages.
+
+    ``dtype`` forces the solve's precision (tests, benchmarks); by default :func:`_check_ease_memory`
+    picks float64, or float32 when float64 would take over half the available memory.
+    """
     n = matrix.shape[1]
-    _check_ease_memory(n, label)
+    dtype = _check_ease_memory(matrix, label) if dtype is None else np.dtype(dtype)
     started = time.perf_counter()
     # A bar over the three dense stages (terminals only): the inverse dominates on large catalogues.
     bar = tqdm(total=3, desc=f"{label} {n:,} items", unit="stage", disable=None, leave=False)
-    gram = _dense_gram(matrix)
+    buffer = np.empty(n * n, dtype=dtype)  # owns the memory, so it can shrink to the float32 weights
+    gram = _dense_gram(matrix, out=buffer.reshape((n, n), order="F"))
     diagonal = np.arange(n)
     if dropout > 0:
         gram[diagonal, diagonal] += l2 + dropout / (1.0 - dropout) * gram[diagonal, diagonal]
     else:  # EASE: exactly G + λI
         gram[diagonal, diagonal] += l2
     bar.update()
-    precision = _spd_inverse_in_place(gram)
+    built = time.perf_counter()
+    _spd_inverse_in_place(gram)
     del gram
     bar.update()
-    diag = precision.diagonal().copy()
-    precision /= -diag[None, :]  # column j divided by -P_jj: B = I - P diagMat(1/diag(P))
-    precision[diagonal, diagonal] = 0.0
-    weights = np.ascontiguousarray(precision, dtype=np.float32)
-    del precision
+    solved = time.perf_counter()
+    _weights_in_place(buffer, n)
+    if buffer.dtype.itemsize > 4:  # give back the float64 buffer's second half
+        try:
+            buffer.resize(-(-n * n // 2), refcheck=True)
+        except ValueError:  # another reference to it (e.g. a debugger's): keep it whole
+            logger.debug("%s: the float64 buffer is referenced elsewhere; not shrunk", label)
+    weights = buffer.view(np.float32)[: n * n].reshape(n, n)
     bar.update()
     bar.close()
-    logger.info("%s fitted on %d users x %d items in %.2fs", label, matrix.shape[0], n, time.perf_counter() - started)
+    done = time.perf_counter()
+    logger.info("%s fitted on %d users x %d items in %.2fs (%s: Gram %.2fs, Cholesky inverse %.2fs, weights %.2fs)",
+                label, matrix.shape[0], n, done - started, dtype.name, built - started, solved - built, done - solved)
     return weights
 
 
-def _check_ease_memory(n_items: int, label: str = "EASE") -> None:
-    needed = ease_memory_bytes(n_items)
-    available = available_memory_bytes()
-    gib = 2**30
-    if needed > available:
-        raise MemoryError(
-            f"{label} on {n_items:,} items needs about {needed / gib:.2f} GiB ({needed:,} bytes: dense "
-            f"{n_items:,} x {n_items:,} item matrices) but only {available / gib:.2f} GiB is available; "
-            "drop rare items first (e.g. Interactions.from_dataframe(..., min_item_interactions=N)) "
-            "or use a factor model (ALS)"
-        )
-    if needed > 0.5 * available:
-        logger.warning(
-            "%s on %d items needs about %.2f GiB, more than half of the %.2f GiB available",
-            label, n_items, needed / gib, available / gib,
-        )
+def ease_memory_parts(n_items: int, dtype: np.dtype | type | str = np.float64,
+                      matrix: sp.spmatrix | None = None) -> dict[str, int]:
+    """The peak extra memory of EASE's (and EDLAE's) fit, by part, in bytes.
+
+    The dense item x item matrix (built, factorised, inverted and turned into the float32
+    weights in one buffer, shrunk to the weights at the end); the factorisation's workspace
+    (MKL keeps it cached, so it stays to the end: per item and thread); and the larger of the
+    two other stages' working sets, which never coexist -- the Gram build (a copy of the
+    training matrix by rows and one by columns, one block's sparse product: at most the block's
+    columns of ``XᵀX`` and never more than all co-occurring pairs) and the float32 conversion's
+    block -- plus what the libraries keep. Without ``matrix`` the Gram build assumes every pair
+    co-occurs and no copies.
+
+    Measured by ``experiments/bench_dense_solver.py`` (peak RSS over the RSS before the fit;
+    power-law logs, 2 x items users, ~10 events each; 2 threads; a shared, loaded machine):
+
+    ======  =======  ===========  ===========  =====
+    items   dtype    measured     estimate     ratio
+    ======  =======  ===========  ===========  =====
+    4,000   float64  ~0.18 GiB    217 MiB      ~1.15
+    8,000   float64  ~0.55 GiB    634 MiB      ~1.13
+    4,000   float32  73 MiB       140 MiB      1.92  (fixed allowances dominate a 61 MiB matrix)
+    20,000  float32  1,547 MiB    1,789 MiB    1.16
+    ======  =======  ===========  ===========  =====
+    """
+    n, item = int(n_items), np.dtype(dtype).itemsize
+    entry = item + 4  # a sparse entry: value and int32 index
+    if matrix is None:
+        nnz, users, pairs = 0, 0, n * n
+    else:
+        counts = np.asarray(matrix.getnnz(axis=1), dtype=np.float64)  # events per user
+        nnz, users, pairs = matrix.nnz, matrix.shape[0], min(n * n, int(np.sum(np.square(counts))))
+    columns = _gram_block_columns(n, item)
+    copies = 2 * (entry * nnz + 4 * (n + users + 2))
+    gram_build = copies + entry * (min(n * columns, pairs) + nnz) + 32 * n
+    conversion = (_weights_block_rows(n) * n * 4 if item > 4 else 0) + 8 * n  # a float64 block's float32 copy
+    stage, working = max((("Gram build", gram_build), ("float32 conversion", conversion)), key=lambda kv: kv[1])
+    return {f"item x item matrix ({np.dtype(dtype).name})": item * n * n,
+            "factorisation workspace": SOLVE_BYTES_PER_ITEM_THREAD * n * max(1, torch.get_num_threads()),
+            f"working memory ({stage})": working + LIBRARY_BYTES}
 
 
-def _dense_gram(matrix: sp.csr_matrix, block_bytes: int = 1 << 28) -> np.ndarray:
-    """``XᵀX`` as a dense float64 Fortran-ordered array, built a block of columns at a time.
+def ease_memory_bytes(n_items: int, dtype: np.dtype | type | str = np.float64,
+                      matrix: sp.spmatrix | None = None) -> int:
+    """Peak extra memory of EASE's (and EDLAE's) fit: the sum of :func:`ease_memory_parts`."""
+    return int(sum(ease_memory_parts(n_items, dtype, matrix).values()))
 
-    Blocking bounds the sparse intermediate (a dense-ish sparse product would
-    need 12 bytes per entry on top of the dense result).
+
+def _check_ease_memory(matrix: sp.spmatrix, label: str = "EASE") -> np.dtype:
+    """The solve's precision: float64 when its whole peak fits in half the available memory, else
+    float32 if that fits (logged), else the one-line :class:`InsufficientMemoryError` with the fix."""
+    n = matrix.shape[1]
+    what = f"{label} on {n:,} items"
+    have = memory.available_memory_bytes()
+    double = ease_memory_parts(n, np.float64, matrix)
+    if sum(double.values()) <= memory.WARN_FRACTION * have:
+        memory.require_memory(what, double, EASE_FIX, available=have)
+        return np.dtype(np.float64)
+    single = ease_memory_parts(n, np.float32, matrix)
+    memory.require_memory(f"{what} (in float32)", single, EASE_FIX, available=have)
+    logger.warning("%s solves in float32: float64 would need about %s, over half of the %s available",
+                   what, memory.describe_bytes(sum(double.values())), memory.describe_bytes(have))
+    return np.dtype(np.float32)
+
+
+def _gram_block_columns(n: int, itemsize: int) -> int:
+    """Columns of ``XᵀX`` per block of the build: one block's sparse product stays under BLOCK_BYTES."""
+    return max(1, min(n, BLOCK_BYTES // ((itemsize + 4) * max(1, n))))
+
+
+def _weights_block_rows(n: int) -> int:
+    """Rows per block of the float32 conversion: a float64 block stays under BLOCK_BYTES."""
+    return max(1, min(n, BLOCK_BYTES // (8 * max(1, n))))
+
+
+def _dense_gram(matrix: sp.csr_matrix, out: np.ndarray | None = None, dtype: np.dtype | type = np.float64) -> np.ndarray:
+    """``XᵀX`` as a dense Fortran-ordered array (``out``, or a new one of ``dtype``), a block of columns at a time.
+
+    Each block is the sparse product ``X[:, block]ᵀ X`` (rows of ``XᵀX``, i.e. its columns by
+    symmetry) written straight into the block's columns, so no dense temporary is made, and
+    blocking bounds the sparse product (entries of the block's columns that co-occur).
     """
     n = matrix.shape[1]
-    x = matrix.astype(np.float64)
-    xt = x.T.tocsr()
-    xc = x.tocsc()
-    gram = np.empty((n, n), dtype=np.float64, order="F")
-    block = max(1, block_bytes // (8 * n))
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        gram[:, start:stop] = (xt @ xc[:, start:stop]).toarray()
-    return gram
+    if out is None:
+        out = np.empty((n, n), dtype=dtype, order="F")
+    x = matrix.astype(out.dtype).tocsr()
+    by_column = x.tocsc()
+    columns = _gram_block_columns(n, out.dtype.itemsize)
+    for start in range(0, n, columns):
+        stop = min(n, start + columns)
+        # by_column[:, block].T is CSR (block x users); the product is CSR (block x items) = XᵀX[:, block]ᵀ.
+        (by_column[:, start:stop].T @ x).toarray(out=out[:, start:stop].T)
+    return out
 
 
 def _spd_inverse_in_place(a: np.ndarray) -> np.ndarray:
-    """Inverse of a symmetric positive definite Fortran-ordered matrix, overwriting it."""
-    from scipy.linalg import lapack
+    """Inverse of a symmetric positive definite Fortran-ordered float matrix, overwriting it.
 
-    factor, info = lapack.dpotrf(a, lower=False, clean=False, overwrite_a=True)
-    if info != 0:
+    torch's Cholesky factorisation and inverse (MKL LAPACK's ``potrf``/``potri`` in the CPU
+    build) on a tensor sharing ``a``'s buffer, each writing its result into it. Not scipy's or
+    numpy's OpenBLAS: its multi-threaded ``dpotrf`` segfaults from ~16k items (a dead process,
+    no Python error; OpenBLAS 0.3.30/0.3.31 with 2+ threads, cf. OpenMathLib/OpenBLAS#2562).
+
+    Raises:
+        numpy.linalg.LinAlgError: ``a`` is not positive definite (increase l2).
+    """
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or not a.flags.f_contiguous:
+        raise ValueError(f"expected a square Fortran-ordered matrix; got shape {a.shape}")
+    tensor = torch.from_numpy(a)  # column-major strides: LAPACK's own layout, so nothing is copied
+    info = torch.zeros((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(tensor, upper=False, out=(tensor, info))
+    if int(info) != 0:
         raise np.linalg.LinAlgError(
-            f"XᵀX + λI is not positive definite (LAPACK dpotrf info={info}); increase l2"
-        )
-    inverse, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"inverting XᵀX + λI failed (LAPACK dpotri info={info}); increase l2")
-    # dpotri fills the upper triangle: mirror it into the lower one, a block of rows at a time.
-    n = inverse.shape[0]
-    block = max(1, (1 << 26) // max(1, 8 * n))
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        inverse[start:stop, :start] = inverse[:start, start:stop].T
-        diag_block = inverse[start:stop, start:stop]
-        inverse[start:stop, start:stop] = np.triu(diag_block) + np.triu(diag_block, 1).T
-    return inverse
+            f"XᵀX + λI is not positive definite (the Cholesky factorisation failed at column {int(info)}); "
+            "increase l2")
+    try:
+        torch.cholesky_inverse(tensor, upper=False, out=tensor)
+    except RuntimeError as err:  # torch.linalg.LinAlgError: a zero on the factor's diagonal
+        raise np.linalg.LinAlgError(f"inverting XᵀX + λI failed ({err}); increase l2".replace("\n", " ")) from None
+    if tensor.data_ptr() != a.ctypes.data:  # a torch that stopped writing in place: copy the result back
+        logger.warning("torch's Cholesky inverse did not write in place; copying its %s result back", tuple(a.shape))
+        a[...] = tensor.numpy()
+    return a
+
+
+def _weights_in_place(buffer: np.ndarray, n: int) -> None:
+    """Turn the inverse ``P`` in ``buffer`` into the C-ordered float32 ``B`` in its first ``4·n²`` bytes.
+
+    ``B = I − P·diagMat(1/diag(P))``: column ``j`` divided by ``−P_jj``, a zero diagonal. ``P`` is
+    symmetric, so its Fortran-ordered buffer also holds it by rows. A block of rows is divided in
+    place; in float64 it is then copied to a float32 temporary before being written to B's rows,
+    which never reach past the float64 rows still to read (row ``i`` of B ends at byte
+    ``4·n·(i+1)``, row ``i+1`` of P starts at ``8·n·(i+1)``). In float32 ``B`` is ``P``'s buffer.
+    """
+    precision = buffer[: n * n].reshape(n, n)
+    scale = -precision.diagonal().copy()
+    weights = buffer.view(np.float32)[: n * n].reshape(n, n)
+    rows = _weights_block_rows(n)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        block = precision[start:stop]
+        np.divide(block, scale[None, :], out=block)
+        block[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        if block.dtype != np.float32:
+            block = block.astype(np.float32)  # read whole before B's rows overwrite any of it
+            weights[start:stop] = block
+        del block  # the next block's temporary must not coexist with this one
