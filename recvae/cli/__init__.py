@@ -21,6 +21,7 @@ import sys
 from recvae import __version__
 from recvae.cli import evaluate, info, recommend, serve, train
 from recvae.cli.common import CommandError, one_line, parse_params, parse_value
+from recvae.runtime.memory import InsufficientMemoryError
 from recvae.cli.train import MODEL_NAMES, model_params  # noqa: F401 (help-text model names)
 
 __all__ = ["main", "build_parser", "parse_params", "parse_value", "model_params"]
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"recvae: error: {err}") from None
     except KeyboardInterrupt:
         raise SystemExit("recvae: interrupted") from None
+    except InsufficientMemoryError as err:  # refused before allocating: its own line names the fix
+        raise SystemExit(f"recvae: error: out of memory: {one_line(err)}") from None
     except MemoryError as err:
         raise SystemExit(f"recvae: error: out of memory: {one_line(err) or 'a buffer did not fit'}; use a "
                          "smaller model, batch size or catalogue") from None

@@ -43,7 +43,8 @@ def available_memory_bytes() -> int:
 
     ``psutil``'s available memory if psutil is installed, else ``MemAvailable``
     from /proc/meminfo, else the total physical memory (``os.sysconf``); capped
-    by a cgroup (container) memory limit when one is set.
+    by a cgroup (container) memory limit and by an address-space limit
+    (``ulimit -v``) when one is set.
     """
     available = None
     try:
@@ -68,7 +69,30 @@ def available_memory_bytes() -> int:
             available = min(available, int(limit) - int(current))
     except (OSError, ValueError):
         pass
+    address_space = _address_space_left()
+    if address_space is not None:
+        available = min(available, address_space)
     return int(available)
+
+
+def _address_space_left() -> int | None:
+    """Bytes left under this process's address-space limit (``ulimit -v``, ``RLIMIT_AS``), None without one.
+
+    A capped process fails its allocations at the cap whatever the machine has free, so a check
+    that ignored the cap would let numpy's bare allocation error through instead of the refusal.
+    """
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return max(0, int(soft) - int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    return int(soft)
 
 
 def describe_bytes(n: float) -> str:
