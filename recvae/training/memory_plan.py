@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from recvae.nn.chunked import CHUNKED_LIKELIHOODS
 from recvae.evaluation.ranking import DEFAULT_MAX_MEMORY, SCORE_CELL_BYTES, TOP_K_CELL_BYTES
 from recvae.runtime import memory
 from recvae.runtime.memory import describe_bytes, require_memory
@@ -150,8 +151,6 @@ def fit_options(plan: Callable[[dict], Mapping[str, float]], *, n_items: int, li
 
     ``plan(changes)`` is the fit's plan with flat parameter ``changes`` (e.g. ``{"item_chunk": 4096}``).
     """
-    from recvae.nn.chunked import CHUNKED_LIKELIHOODS
-
     have = memory.available_memory_bytes() if available is None else int(available)
     tries: list[Callable[[], FitOption]] = []
     if item_chunk is None and sampled_softmax is None and likelihood in CHUNKED_LIKELIHOODS and n_items > _MIN_CHUNK:
