@@ -127,20 +127,22 @@ def run_one(data: Path, name: str, budget: float, cap: int) -> dict:
     reader.start()
     threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
     stopped, over_cap, ready_at = False, False, None
-    while proc.poll() is None:
+    while True:  # os.wait4 (not Popen.poll) reaps the child: its rusage holds the peak RSS
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
         time.sleep(0.05)
         ready_at = ready_at or next((t for t, ln in list(lines) if ln.startswith("READY")), None)
         try:
             rss = int(Path(f"/proc/{proc.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
+        except (OSError, IndexError):
             rss = 0
-        if rss > cap:
-            over_cap = True
+        over_cap = rss > cap
         if over_cap or (ready_at is not None and time.perf_counter() - ready_at > budget):
             stopped = True
-            proc.send_signal(signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)
+            _, status, usage = os.wait4(proc.pid, 0)
             break
-    _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     reader.join(timeout=5)
     text = dict((ln.split(" ", 1)[0], ln.split(" ", 1)[1] if " " in ln else "") for _, ln in lines)
