@@ -227,9 +227,9 @@ def test_the_factor_memory_check_follows_available_memory(monkeypatch):
     from recvae.models.implicit_models import check_factor_memory, factor_memory_bytes
 
     assert factor_memory_bytes(10, 20, 4) == 4 * 30 * 4 + 8 * 20 * 4 + 12 * 16
-    monkeypatch.setattr("recvae.models.implicit_models.available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: 1000)
     check_factor_memory("ALS", (10, 20), 2)  # 4*30*2 + 8*20*2 + 48 = 608 bytes: fits
-    with pytest.raises(MemoryError, match="0.00 GiB is available"):
+    with pytest.raises(MemoryError, match="0 MiB is available"):
         check_factor_memory("ALS", (10, 20), 4)
 
 

@@ -87,7 +87,7 @@ def test_save_load_identical_scores(split, tmp_path):
 
 
 def test_memory_check_refuses_before_any_work(split, monkeypatch):
-    monkeypatch.setattr(module, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: 1000)
     monkeypatch.setattr(module, "_sparse_gram", lambda *a: pytest.fail("no work before the memory check"))
     with pytest.raises(MemoryError, match="lower neighbours") as err:
         SparseEASE(neighbours=10).fit(split)

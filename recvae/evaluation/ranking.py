@@ -31,6 +31,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recvae.runtime import memory
+from recvae.runtime.memory import require_memory
+
 __all__ = ["DEFAULT_MAX_MEMORY", "SCORE_CELL_BYTES", "TOP_K_CELL_BYTES", "MIN_ITEM_BLOCK", "BlockPlan",
            "plan_blocks", "top_k_blocks", "ordered_top_k", "check_max_memory"]
 
@@ -75,7 +78,7 @@ def check_max_memory(max_memory) -> int:
 
 
 def plan_blocks(n_users: int, n_items: int, k: int, max_memory: int | None = None, *, blockwise: bool = True,
-                cell_bytes: float = SCORE_CELL_BYTES) -> BlockPlan:
+                cell_bytes: float = SCORE_CELL_BYTES, available: int | None = None) -> BlockPlan:
     """The user batch and item block whose ranking fits in ``max_memory`` bytes.
 
     A step over ``u`` users and a block of ``b`` items takes about
@@ -90,7 +93,8 @@ def plan_blocks(n_users: int, n_items: int, k: int, max_memory: int | None = Non
     3. a model that scores the whole catalogue at once: users are batched to fit, one block.
 
     At least one user and one item always make a step: a budget below one user's needs is
-    exceeded rather than refused (with one block per item at worst).
+    exceeded rather than refused (with one block per item at worst). The budget never exceeds
+    the memory available; a step that does not fit in it even at one user is refused.
 
     Args:
         n_users, n_items: the users to rank and the catalogue size (>= 1).
@@ -98,8 +102,25 @@ def plan_blocks(n_users: int, n_items: int, k: int, max_memory: int | None = Non
         max_memory: the budget in bytes (None: :data:`DEFAULT_MAX_MEMORY`).
         blockwise: whether the model scores a block of items in memory proportional to the block.
         cell_bytes: bytes per scored (user, item) cell.
+        available: the bytes available (default: :func:`recvae.runtime.memory.available_memory_bytes` now).
+
+    Raises:
+        recvae.runtime.memory.InsufficientMemoryError: one user's step does not fit in the available memory.
     """
     max_memory = check_max_memory(max_memory)
+    have = memory.available_memory_bytes() if available is None else int(available)
+    plan = _plan(n_users, n_items, k, min(max_memory, max(1, have)), blockwise, cell_bytes)
+    k = max(1, min(int(k), int(n_items)))
+    score, top = plan.user_batch * plan.item_block * cell_bytes, plan.user_batch * k * TOP_K_CELL_BYTES
+    if score + top > have:  # only when even one user's step does not fit
+        require_memory(f"ranking {plan.user_batch:,} user(s) over {int(n_items):,} items",
+                       {"score block": score, "running top-k": top},
+                       "free memory, or score with a model that ranks blocks of items (one block per user)",
+                       available=have)
+    return plan
+
+
+def _plan(n_users: int, n_items: int, k: int, max_memory: int, blockwise: bool, cell_bytes: float) -> BlockPlan:
     n_users, n_items = max(1, int(n_users)), int(n_items)
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1; got {n_items}")

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from recvae.models.array_model import ArrayRecommender, check_number, single_threaded_blas, training_matrix
 from recvae.models.base import UserEmbeddings
-from recvae.models.ease import available_memory_bytes
+from recvae.runtime.memory import describe_bytes, require_memory
 from recvae.nn import hyperparams
 from recvae.training import RecvaeWarning
 from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
@@ -178,16 +178,15 @@ def check_factor_memory(label: str, shape: tuple[int, int], factors: int, extra_
     (``shape``: users x items; ``extra_columns``: factor columns beyond ``factors``, BPR's item bias).
 
     Raises:
-        MemoryError: one line naming the need, what is available and the fix (``recvae train``
-            prints it as ``recvae: error: out of memory: ...``).
+        recvae.runtime.memory.InsufficientMemoryError: a :class:`MemoryError`, one line naming the need,
+            what is available and the fix (``recvae train`` prints it as ``recvae: error: out of memory: ...``).
     """
-    needed, available = factor_memory_bytes(shape[0], shape[1], factors + extra_columns), available_memory_bytes()
-    if needed > available:
-        gib = 2**30
-        raise MemoryError(
-            f"{label} with factors={factors:,} on {shape[0]:,} users x {shape[1]:,} items needs about "
-            f"{needed / gib:,.2f} GiB (factor matrices and a Gram matrix of {factors + extra_columns:,} squared) "
-            f"but only {available / gib:.2f} GiB is available; use fewer factors (e.g. 64-512)")
+    users, items, f = int(shape[0]), int(shape[1]), int(factors) + int(extra_columns)
+    parts = {"user factors": 4 * users * f, "item factors": 12 * items * f, "Gram matrices": 12 * f * f}
+    fewer = max(8, int(factors) // 4)
+    fix = (f"use fewer factors (--param factors={fewer} would need "
+           f"{describe_bytes(factor_memory_bytes(users, items, fewer + extra_columns))})")
+    require_memory(f"{label} with factors={factors:,} on {users:,} users x {items:,} items", parts, fix)
 
 
 def _factor_block_scorer(user_factors: np.ndarray, item_factors: np.ndarray):

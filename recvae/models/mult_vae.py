@@ -33,6 +33,9 @@ from recvae.training import (
     sparse_rows,
     train_vae,
 )
+from recvae.nn.likelihoods import make_likelihood
+from recvae.runtime import memory
+from recvae.training.memory_plan import ItemMatrix, check_fit_memory, fit_memory_parts, fit_options
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +147,7 @@ class TorchVAERecommender(Recommender):
         matrix, validation, item_ids = training_inputs(train, validation)
         # Under data-parallel CUDA training each rank takes its own GPU (LOCAL_RANK).
         self.device_ = rank_device(resolve_device(self.training.device))
+        self._check_fit_memory(matrix, validation)  # before the net's first catalogue-sized allocation
         with torch.random.fork_rng(devices=[]):
             # Initialisation is seeded without touching the caller's global RNG.
             torch.manual_seed(self.training.seed)
@@ -157,6 +161,49 @@ class TorchVAERecommender(Recommender):
             self.training_ = err.result  # the net holds the best weights so far; the caller decides
             raise
         return self
+
+    # ------------------------------------------------------------------ memory
+    def _memory_layout(self, config) -> tuple[list[ItemMatrix], int, int]:
+        """``(catalogue-sized matrices, the output layer's input width, floats kept per training user)``
+        of a net built from ``config`` (see :func:`recvae.training.memory_plan.fit_memory_parts`)."""
+        raise NotImplementedError
+
+    def memory_parts(self, n_users: int, n_items: int, nnz: int, n_validation: int = 0,
+                     **changes: Any) -> dict[str, float]:
+        """The planned peak of fitting on a ``n_users x n_items`` matrix with ``nnz`` nonzeros, by part
+        (bytes; ``n_validation`` validation users), checked by ``fit`` before the net is built.
+
+        ``changes``: flat hyper-parameters to plan with instead of the model's (e.g.
+        ``item_chunk=4096``). A subclass with more catalogue-sized state adds its parts to
+        this dict (the hook for, e.g., an item-item path)."""
+        config, training = self.config, self.training
+        if changes:
+            config, training = _split_flat_params(type(self).__name__, config, training, dict(changes))
+        matrices, output_width, user_floats = self._memory_layout(config)
+        return fit_memory_parts(n_users, n_items, nnz, matrices, training, n_validation=n_validation,
+                                output_width=output_width, item_chunk=config.item_chunk,
+                                sampled_softmax=config.sampled_softmax,
+                                outputs_per_item=make_likelihood(config.likelihood).outputs_per_item,
+                                user_floats=user_floats)
+
+    def _check_fit_memory(self, matrix: sp.csr_matrix, validation: HeldOut | None) -> None:
+        """Refuse (one-line :class:`recvae.runtime.memory.InsufficientMemoryError`) a fit whose plan does
+        not fit in the device's free memory, naming the ``--param`` that fits, or ``--model sparse-ease``."""
+        n_users, n_items = matrix.shape
+        n_validation = 0 if validation is None else validation.fold_in.shape[0]
+        if self.device_.type == "cuda":
+            available = int(torch.cuda.mem_get_info(self.device_)[0])
+        else:
+            available = memory.available_memory_bytes()  # looked up now: tests fake it
+
+        def plan(changes: dict) -> dict[str, float]:
+            return self.memory_parts(n_users, n_items, matrix.nnz, n_validation, **changes)
+
+        options = fit_options(plan, n_items=n_items, likelihood=self.config.likelihood,
+                              item_chunk=self.config.item_chunk, sampled_softmax=self.config.sampled_softmax,
+                              batch_size=self.training.batch_size, available=available)
+        check_fit_memory(f"{type(self).__name__} training on {n_users:,} users x {n_items:,} items", plan({}),
+                         options, available=available)
 
     def _rows(self, user_rows) -> SparseRows:
         self._check_fitted()
@@ -298,6 +345,16 @@ class MultVAE(TorchVAERecommender):
 
     def _build_net(self, n_items: int) -> VAE:
         return VAE(n_items, self.config)
+
+    def _memory_layout(self, config: VAEConfig) -> tuple[list[ItemMatrix], int, int]:
+        """The sparse input layer (items x first width) and the output layer (last width + bias per output)."""
+        code = config.latent_dim * (2 if config.variational else 1)
+        first = config.hidden_dims[0] if config.hidden_dims else code
+        last = config.hidden_dims[0] if config.hidden_dims else config.latent_dim
+        outputs = make_likelihood(config.likelihood).outputs_per_item
+        return [ItemMatrix("input layer", first, sparse_grad=True),
+                ItemMatrix("output layer", (last + 1) * outputs, sparse_grad=config.sampled_softmax is not None)
+                ], last, 0
 
     def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None,
                on_epoch: EpochCallback | None = None) -> TrainingResult:

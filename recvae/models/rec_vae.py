@@ -15,6 +15,7 @@ from recvae.models.mult_vae import TorchVAERecommender
 from recvae.nn.rec_vae import RecVAEConfig, RecVAENet, composite_prior_log_prob, gaussian_log_density
 from recvae.nn.sparse import SparseRows
 from recvae.training import EpochCallback, TrainingConfig, TrainingResult, full_precision, train_recvae
+from recvae.training.memory_plan import ItemMatrix
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,14 @@ class RecVAE(TorchVAERecommender):
 
     def _build_net(self, n_items: int) -> RecVAENet:
         return RecVAENet(n_items, self.config)
+
+    def _memory_layout(self, config: RecVAEConfig) -> tuple[list[ItemMatrix], int, int]:
+        """The encoder's sparse input layer, its frozen copy in the prior, the linear decoder; per user
+        the cached prior posterior (mean and log-variance)."""
+        return [ItemMatrix("input layer", config.hidden_dim, sparse_grad=True),
+                ItemMatrix("prior encoder input layer", config.hidden_dim, trained=False),
+                ItemMatrix("decoder", config.latent_dim + 1, sparse_grad=config.sampled_softmax is not None),
+                ], config.latent_dim, 2 * config.latent_dim
 
     def _train(self, matrix, validation: HeldOut | None, on_epoch: EpochCallback | None = None) -> TrainingResult:
         return train_recvae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch,

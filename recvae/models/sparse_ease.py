@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
 from recvae.models.array_model import ArrayRecommender, check_number, training_matrix
-from recvae.models.ease import available_memory_bytes
+from recvae.runtime.memory import require_memory
 
 logger = logging.getLogger(__name__)
 
@@ -194,13 +194,15 @@ def _fit_weights(matrix: sp.csr_matrix, l2: float, neighbours: int, dropout: flo
 
 
 def _check_memory(matrix: sp.csr_matrix, neighbours: int) -> None:
-    needed, available, gib = sparse_ease_memory_bytes(matrix, neighbours), available_memory_bytes(), 2**30
-    if needed > available:
-        raise MemoryError(
-            f"SparseEASE on {matrix.shape[1]:,} items with {neighbours} neighbours needs about {needed / gib:.2f} GiB "
-            f"(the sparse Gram matrix of co-occurring item pairs and the weights) but only {available / gib:.2f} GiB "
-            "is available; lower neighbours, or drop rare items and the longest user histories first "
-            "(e.g. Interactions.from_dataframe(..., min_item_interactions=N))")
+    """Refuse (one-line :class:`recvae.runtime.memory.InsufficientMemoryError`) a fit whose Gram matrix and
+    weights do not fit, before the Gram matrix is made."""
+    n_items = matrix.shape[1]
+    total = sparse_ease_memory_bytes(matrix, neighbours)
+    weights = 24 * n_items * min(int(neighbours), n_items - 1)
+    parts = {"sparse Gram matrix and solves": total - weights, "weights": weights}
+    require_memory(f"SparseEASE on {n_items:,} items with {neighbours} neighbours", parts,
+                   "lower neighbours (--param neighbours=N), or drop rare items and the longest user histories "
+                   "first (e.g. Interactions.from_dataframe(..., min_item_interactions=N))")
 
 
 def _sparse_gram(matrix: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
