@@ -15,7 +15,7 @@ import torch
 
 from recvae.data import SyntheticConfig, synthetic_log
 from recvae.models import load_model
-from recvae.models.ease import edlae_weights
+from recvae.models.ease import ease_memory_bytes, edlae_weights
 from recvae.models.files import ModelFileError
 from recvae.models.joint import JointVAE, choose_linear_form, dense_linear_parts
 from recvae.models.sparse_ease import sparse_ease_weights
@@ -23,7 +23,7 @@ from recvae.nn.joint import JointVAEConfig, JointVAENet
 from recvae.nn.sampled import sampled_softmax_nll
 from recvae.nn.sparse import DeviceCSR
 from recvae.runs import Run, SplitSpec
-from recvae.runtime.memory import InsufficientMemoryError
+from recvae.runtime.memory import InsufficientMemoryError, describe_bytes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -98,26 +98,32 @@ def test_frozen_sparse_w_is_sparse_ease_and_stays_a_buffer(matrix):
 def test_auto_takes_dense_up_to_half_the_memory_then_sparse_and_logs_why(caplog):
     config = JointVAEConfig(**TINY)
     need = sum(dense_linear_parts(N_ITEMS, config).values())
-    assert need == (4 + 12) * N_ITEMS**2  # W and EDLAE's float64 start
+    assert need == 4 * N_ITEMS**2 + ease_memory_bytes(N_ITEMS)  # W and EDLAE's closed-form start
     with caplog.at_level(logging.INFO, logger="recvae.models.joint"):
         assert choose_linear_form(N_ITEMS, config, available=2 * need) == "dense"
         assert choose_linear_form(N_ITEMS, config, available=2 * need - 1) == "sparse"
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and all("\n" not in line for line in lines)
     assert "dense item-item path for 60 items" in lines[0] and "sparse item-item path for 60 items" in lines[1]
-    assert "the dense form needs 0 MiB" in lines[1] and "64 neighbours per item" in lines[1]
+    assert f"the dense form needs {describe_bytes(need)}" in lines[1] and "64 neighbours per item" in lines[1]
     trained = JointVAEConfig(**TINY, train_linear=True)
-    assert sum(dense_linear_parts(N_ITEMS, trained).values()) == (16 + 12) * N_ITEMS**2
+    assert sum(dense_linear_parts(N_ITEMS, trained).values()) == 16 * N_ITEMS**2 + ease_memory_bytes(N_ITEMS)
+
+
+def _dense_needs(monkeypatch, bytes_: int) -> None:
+    """The dense path's need, faked (at 60 items it is smaller than the VAE's own fixed allowances, so
+    faking the available memory instead would refuse the whole fit)."""
+    monkeypatch.setattr("recvae.models.joint.dense_linear_parts", lambda n_items, config: {"W": bytes_})
 
 
 def test_auto_fit_goes_sparse_when_dense_does_not_fit(monkeypatch, matrix):
-    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: 16 * N_ITEMS**2)
+    _dense_needs(monkeypatch, 2**50)
     model = JointVAE(linear_neighbours=5, **FIT).fit(matrix)
     assert model.net_.decoder.form == "sparse" and model.net_.decoder.item_item.nnz <= 5 * N_ITEMS
 
 
 def test_forced_dense_that_does_not_fit_is_refused_before_anything_is_built(monkeypatch, matrix):
-    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: 16 * N_ITEMS**2 - 1)
+    _dense_needs(monkeypatch, 2**50)
     monkeypatch.setattr("recvae.models.joint.edlae_weights", lambda *a: pytest.fail("the start was computed"))
     model = JointVAE(linear_form="dense", **FIT)
     with pytest.raises(InsufficientMemoryError) as err:
@@ -279,3 +285,29 @@ def test_a_sparse_joint_fit_with_chunked_or_sampled_softmax_learns(matrix, large
     start = sparse_ease_weights(matrix, 15.0, 6, dropout=model.config.linear_dropout)
     assert np.abs(model.net_.decoder.item_item.to_scipy().data - start.data).max() > 0
     assert np.isfinite(model.score(_matrix(n_users=4, seed=6))).all()
+
+
+def test_the_fit_plan_counts_the_item_item_path_in_the_form_it_will_take(monkeypatch):
+    """A joint fit's memory plan holds its W (dense or sparse, as auto would pick), so at a catalogue where
+    neither the VAE nor W fits the fit refuses in one line before the net is built."""
+    from recvae.models.joint import JointVAE, dense_linear_parts, linear_path_parts
+    from recvae.nn.joint import JointVAEConfig
+
+    n = 80_000
+    dense = dense_linear_parts(n, JointVAEConfig())
+    assert linear_path_parts(n, JointVAEConfig(), available=4 * sum(dense.values())) == dense
+    sparse = linear_path_parts(n, JointVAEConfig(), available=2**34)
+    assert sparse == {"sparse item-item W": 20 * n * 64}
+    assert linear_path_parts(n, JointVAEConfig(paths="vae"), available=0) == {}
+    model = JointVAE(epochs=1, progress=False)
+    plan = model.memory_parts(1000, n, 10_000)
+    assert plan["sparse item-item W"] == 20 * n * 64 and len(plan) > 1  # beside the VAE's own parts
+    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: 2**20)
+    built = []
+    monkeypatch.setattr(JointVAE, "_build_net", lambda self, n_items: built.append(n_items))
+    import scipy.sparse as sp
+    from recvae.runtime.memory import InsufficientMemoryError, describe_bytes
+
+    with pytest.raises(InsufficientMemoryError) as caught:
+        model.fit(sp.random(50, n, density=1e-4, format="csr", dtype="float32", random_state=0))
+    assert "\n" not in str(caught.value) and "sparse item-item W" in str(caught.value) and built == []

@@ -14,8 +14,9 @@ import scipy.sparse as sp
 import torch
 
 import recvae.training.rec_vae as rec_vae_training
-from recvae.models.ease import EDLAE
-from recvae.models.joint import JointVAE, joint_memory_bytes
+from recvae.models.ease import EDLAE, ease_memory_bytes
+from recvae.models.joint import (JointVAE, choose_linear_form, dense_linear_parts, joint_memory_bytes,
+                                 linear_path_parts)
 from recvae.nn.joint import JointVAEConfig, JointVAENet
 from recvae.nn.rec_vae import RecVAEConfig, RecVAENet
 from recvae.nn.sparse import DeviceCSR
@@ -271,29 +272,36 @@ def test_joint_memory_bytes_by_hand():
 
 
 @pytest.mark.parametrize("train_linear, factor", [(False, 1), (True, 4)])
-def test_memory_check_refuses_one_byte_short_and_fits_at_the_boundary(monkeypatch, train_linear, factor):
-    # W (x4 when trained: its gradient and Adam's two moments) and EDLAE's float64 start (12 bytes a pair).
-    matrix = _matrix()
-    need = 4 * N_ITEMS * N_ITEMS * factor + 12 * N_ITEMS * N_ITEMS
-    available = {"bytes": need - 1}
-    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: available["bytes"])
+def test_memory_check_refuses_one_byte_short_and_fits_at_the_boundary(train_linear, factor):
+    # W (x4 when trained: its gradient and Adam's two moments) and EDLAE's closed-form start. Checked on the
+    # dense path's own plan: in a whole fit the VAE's fixed allowances are larger than W at 40 items.
+    config = JointVAEConfig(train_linear=train_linear, linear_form="dense", linear_l2=20.0)
+    need = 4 * N_ITEMS * N_ITEMS * factor + ease_memory_bytes(N_ITEMS)
+    assert sum(dense_linear_parts(N_ITEMS, config).values()) == need
     with pytest.raises(MemoryError, match="dense item-item path") as err:
-        JointVAE(train_linear=train_linear, linear_form="dense", linear_l2=20.0, **FIT).fit(matrix)
+        choose_linear_form(N_ITEMS, config, available=need - 1)
     assert "\n" not in str(err.value)
-    available["bytes"] = need
-    JointVAE(train_linear=train_linear, linear_form="dense", linear_l2=20.0, **FIT).fit(matrix)
+    assert choose_linear_form(N_ITEMS, config, available=need) == "dense"
 
 
-def test_memory_check_counts_the_trained_w_four_times(monkeypatch):
-    # Room for W and the closed-form start, not for W's gradient and Adam's moments.
-    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: 16 * N_ITEMS * N_ITEMS)
-    JointVAE(train_linear=False, linear_form="dense", linear_l2=20.0, **FIT).fit(_matrix())
-    with pytest.raises(MemoryError):
-        JointVAE(train_linear=True, linear_form="dense", linear_l2=20.0, **FIT).fit(_matrix())
+def test_memory_check_counts_the_trained_w_four_times():
+    frozen, trained = (sum(dense_linear_parts(N_ITEMS, JointVAEConfig(train_linear=t)).values()) for t in (False, True))
+    assert trained - frozen == 12 * N_ITEMS * N_ITEMS
 
 
-def test_vae_path_alone_skips_the_memory_check(monkeypatch):
-    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: 0)
+def test_a_fit_that_does_not_fit_with_its_dense_path_is_refused_before_the_net(monkeypatch):
+    # room for the VAE but not for its dense W as well: the fit's own plan, W in it, refuses in one line
+    matrix = _matrix()
+    model = JointVAE(linear_form="dense", linear_l2=20.0, **FIT)
+    vae_only = sum(JointVAE(paths="vae", **FIT).memory_parts(*matrix.shape, matrix.nnz).values())
+    monkeypatch.setattr("recvae.runtime.memory.available_memory_bytes", lambda: vae_only + 10)
+    with pytest.raises(MemoryError) as err:
+        model.fit(matrix)
+    assert "W: " in str(err.value) and "\n" not in str(err.value) and model.net_ is None
+
+
+def test_vae_path_alone_has_no_item_item_memory():
+    assert linear_path_parts(N_ITEMS, JointVAEConfig(paths="vae", linear_form="dense"), available=0) == {}
     model = JointVAE(paths="vae", linear_form="dense", **FIT).fit(_matrix())
     assert model.net_.decoder.item_item.nnz == 0  # no item-item weights held at all
 

@@ -29,7 +29,7 @@ from recvae.training import EpochCallback, TrainingConfig, TrainingResult, train
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JointVAE", "JointVAEConfig", "JointVAENet", "joint_memory_bytes", "dense_linear_parts",
+__all__ = ["JointVAE", "JointVAEConfig", "JointVAENet", "joint_memory_bytes", "dense_linear_parts", "linear_path_parts",
            "choose_linear_form"]
 
 _SAVE_FORMAT = "recvae.joint-vae/1"
@@ -79,6 +79,24 @@ def choose_linear_form(n_items: int, config: JointVAEConfig, available: int | No
                 form, f"{n_items:,}", memory.describe_bytes(need), memory.describe_bytes(have),
                 "" if fits else f"; sparse keeps {config.linear_neighbours} neighbours per item")
     return form
+
+
+def linear_path_parts(n_items: int, config: JointVAEConfig, available: int | None = None) -> dict[str, int]:
+    """The item-item path's share of a fit's peak in the form a fit would pick (no log line): the dense
+    form's :func:`dense_linear_parts`, or the sparse W (a float32 value, an int64 column and an int64
+    lookup key per stored weight, plus gradient and Adam moments when trained). A forced dense form
+    that does not fit is refused here, with its own fix."""
+    if config.paths == "vae":
+        return {}
+    have = memory.available_memory_bytes() if available is None else int(available)
+    dense = dense_linear_parts(n_items, config)
+    if config.linear_form == "dense":
+        choose_linear_form(n_items, config, have)  # refuses, with the dense form's own fix, when it does not fit
+        return dense
+    if config.linear_form == "auto" and sum(dense.values()) <= memory.WARN_FRACTION * have:
+        return dense
+    stored = n_items * min(config.linear_neighbours, max(0, n_items - 1))
+    return {"sparse item-item W": (20 + (12 if config.train_linear else 0)) * stored}
 
 
 class JointVAE(RecVAE):
@@ -135,6 +153,13 @@ class JointVAE(RecVAE):
         seeds that ran on); ``min_epochs`` keeps patience from acting inside that dip.
         """
         return TrainingConfig(epochs=50, batch_size=500, lr=5e-4, min_epochs=30)
+
+    def memory_parts(self, n_users: int, n_items: int, nnz: int, n_validation: int = 0,
+                     **changes) -> dict[str, float]:
+        """RecVAE's plan (see :meth:`TorchVAERecommender.memory_parts`) plus the item-item path's
+        (:func:`linear_path_parts`), so a fit refuses before the net is built."""
+        parts = super().memory_parts(n_users, n_items, nnz, n_validation, **changes)
+        return {**parts, **linear_path_parts(n_items, self.config)}
 
     def _build_net(self, n_items: int) -> JointVAENet:
         """The network, its item-item path in the form :func:`choose_linear_form` picks (or refuses)."""
