@@ -17,7 +17,8 @@ from recvae.data import SyntheticConfig, synthetic_log
 from recvae.models import load_model
 from recvae.models.ease import ease_memory_bytes, edlae_weights
 from recvae.models.files import ModelFileError
-from recvae.models.joint import JointVAE, choose_linear_form, dense_linear_parts
+from recvae.models.joint import (REFERENCE_SPREAD, JointVAE, choose_linear_form, dense_linear_parts,
+                                 linear_path_spread)
 from recvae.models.sparse_ease import sparse_ease_weights
 from recvae.nn.joint import JointVAEConfig, JointVAENet
 from recvae.nn.sampled import sampled_softmax_nll
@@ -311,3 +312,35 @@ def test_the_fit_plan_counts_the_item_item_path_in_the_form_it_will_take(monkeyp
     with pytest.raises(InsufficientMemoryError) as caught:
         model.fit(sp.random(50, n, density=1e-4, format="csr", dtype="float32", random_state=0))
     assert "\n" not in str(caught.value) and "sparse item-item W" in str(caught.value) and built == []
+
+
+def test_the_linear_path_spread_is_each_users_top1_minus_top100_median():
+    m = _matrix(n_users=300, seed=4)
+    weights = sparse_ease_weights(m, 20.0, 10)
+    scores = (m @ weights).toarray()
+    top = np.sort(scores, axis=1)[:, -50:]
+    spread = top[:, -1] - top[:, 0]
+    expected = float(np.median(spread[spread > 0]))
+    assert linear_path_spread(m, weights, n_rows=300, top=50) == pytest.approx(expected, rel=1e-6)
+    assert linear_path_spread(m, weights.toarray(), n_rows=300, top=50) == pytest.approx(expected, rel=1e-5)
+    assert linear_path_spread(m, sp.csr_matrix(weights.shape, dtype=np.float32)) == 0.0
+
+
+@pytest.mark.parametrize("form", ["dense", "sparse"])
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_the_scale_starts_calibrated_to_the_logs_density(monkeypatch, matrix, form, calibrate):
+    """s starts at linear_scale x REFERENCE_SPREAD / spread, so a sparse log's small x W is not drowned."""
+    seen = {}
+
+    def capture(net, *args, **kwargs):
+        seen["scale"] = float(net.decoder.scale.detach())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("recvae.models.joint.train_recvae", capture)
+    model = JointVAE(linear_form=form, linear_scale=10.0, calibrate_scale=calibrate, linear_neighbours=N_ITEMS - 1,
+                     linear_dropout=0.0, linear_l2=20.0, **FIT)
+    with pytest.raises(RuntimeError, match="stop here"):
+        model.fit(matrix)
+    weights = sparse_ease_weights(matrix, 20.0, N_ITEMS - 1)
+    expected = 10.0 * REFERENCE_SPREAD / linear_path_spread(matrix, weights) if calibrate else 10.0
+    assert seen["scale"] == pytest.approx(expected, rel=1e-3)

@@ -64,6 +64,13 @@ class JointVAEConfig(RecVAEConfig):
             the training rows as EASE's lambda does.
         linear_scale: the starting value of the learned scale s (s = linear_scale ·
             exp(a) with a learned, so Adam's steps move s by a ratio, at any scale).
+        calibrate_scale: start s at ``linear_scale`` times the ratio of a reference spread
+            (:data:`recvae.models.joint.REFERENCE_SPREAD`, the top-1 minus top-100 score of x W
+            of a typical ml-1m-implicit user, ~165 events) to the same spread on the training
+            rows: x W sums over a user's items, so on a log of ~10 events per user it is ~30
+            times smaller, and an uncalibrated s leaves the linear path drowned under the
+            latent logits (measured on yelp2018-test: validation NDCG@100 0.004 after one
+            epoch, against 0.038 for sparse EASE alone). False: s starts at ``linear_scale``.
         linear_input_dropout: in training, each input item of the linear path is
             dropped with this probability (the rest scaled by 1 / (1 - p)), drawn
             apart from the encoder's: the path then learns, and the VAE around it,
@@ -98,6 +105,7 @@ class JointVAEConfig(RecVAEConfig):
     train_linear: bool = False
     linear_weight_decay: float = 0.0
     linear_scale: float = 10.0
+    calibrate_scale: bool = True
     linear_input_dropout: float = 0.0
     vae_loss_weight: float = 1.0
     fusion_gradient: bool = False
@@ -130,6 +138,7 @@ _JOINT_RULES = {
     "train_linear": flag,
     "linear_weight_decay": rule(number, minimum=0.0),
     "linear_scale": rule(number, minimum=0.0, low_open=True),
+    "calibrate_scale": flag,
     "linear_input_dropout": DROPOUT,
     "vae_loss_weight": rule(number, minimum=0.0),
     "fusion_gradient": flag,
