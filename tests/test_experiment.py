@@ -522,3 +522,18 @@ def test_each_worker_gets_an_equal_share_of_the_threads():
         assert worker_threads(2) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_report_says_when_each_torch_model_reached_its_best_epoch(report: Path):
+    """Time to quality: the seconds (training and validation) to the chosen epoch, from the history's wall time."""
+    table = pd.read_csv(report.with_suffix(".csv"))
+    history = pd.read_csv(report.parent / "tiny_history.csv")
+    vaes = table[table["best_epoch"].notna()]
+    assert len(vaes)
+    md = report.read_text()
+    for _, row in vaes.iterrows():
+        own = history[history["model"] == row["model"]]
+        expected = own.loc[own["epoch"] == row["best_epoch"], "elapsed_seconds"].iloc[0]
+        assert row["seconds_to_best_epoch"] == pytest.approx(expected)
+        assert f"seed 0 reached its best epoch after {expected:.0f} s" in md
+    assert table.loc[table["best_epoch"].isna(), "seconds_to_best_epoch"].isna().all()

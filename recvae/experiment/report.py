@@ -223,6 +223,9 @@ def _per_seed_notes(row: pd.Series) -> list[str]:
         if values:
             notes.append(f"{label}{'s' if len(values) > 1 and spec == 'd' else ''} "
                          + "/".join(format(v, spec) for v in values))
+    reached = row.get("seconds_to_best_epoch")
+    if reached is not None and math.isfinite(reached):
+        notes.append(f"seed 0 reached its best epoch after {reached:.0f} s")
     return notes
 
 

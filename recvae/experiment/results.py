@@ -102,6 +102,7 @@ def results_table(outcomes: list[Outcome], config: ExperimentConfig) -> pd.DataF
         row.update(_search_columns(o))
         row["best_params"] = json.dumps(o.search.best_params, default=str)
         row["best_epoch"] = o.best_epoch
+        row["seconds_to_best_epoch"] = seconds_to_epoch(o.history, o.best_epoch)
         row["beta_reached"] = o.beta_reached
         row["blend_weights"] = json.dumps(o.blend_weights) if o.blend_weights is not None else None
         row["paired_reference"] = ref.spec.label if ref is not None else None
@@ -113,6 +114,15 @@ def results_table(outcomes: list[Outcome], config: ExperimentConfig) -> pd.DataF
         row["wilcoxon_pvalue"] = test["wilcoxon_pvalue"] if test else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def seconds_to_epoch(history: pd.DataFrame | None, epoch: int | None) -> float | None:
+    """Training and validation seconds up to the end of ``epoch`` (the history's ``elapsed_seconds``):
+    the time a fit needed to reach the score it is reported with. None without a history."""
+    if history is None or epoch is None or "elapsed_seconds" not in history.columns:
+        return None
+    at = history.loc[history["epoch"] == epoch, "elapsed_seconds"]
+    return float(at.iloc[0]) if len(at) else None
 
 
 def _runs(o: Outcome) -> list[SeedRun]:
