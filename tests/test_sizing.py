@@ -93,9 +93,9 @@ def test_run_fit_applies_says_and_keeps_the_choices(monkeypatch):
 def test_run_fit_keeps_a_given_parameter_and_a_given_model(monkeypatch):
     monkeypatch.setattr(sizing, "SAMPLED_FROM_ITEMS", 40)
     run = Run.fit(_sparse_log(), "mult-vae", params={"epochs": 1, "progress": False, "latent_dim": 4,
-                                                       "hidden_dims": [8], "patience": 3, "sampled_softmax": 8},
+                                                       "hidden_dims": [8], "patience": 50, "sampled_softmax": 8},
                   split=SplitSpec(heldout_users=20, seed=1))
-    assert run.model.get_params()["patience"] == 3 and run.model.get_params()["sampled_softmax"] == 8
+    assert run.model.get_params()["patience"] == 50 and run.model.get_params()["sampled_softmax"] == 8
     assert "patience" not in run.config["catalogue_choices"]
     model = make_model("mult-vae", {"epochs": 1, "progress": False, "latent_dim": 4, "hidden_dims": [8]})
     run = Run.fit(_sparse_log(), model, split=SplitSpec(heldout_users=20, seed=1))
