@@ -110,3 +110,11 @@ def test_the_history_carries_wall_time_to_each_epoch():
     steps = history["train_seconds"] + history["eval_seconds"].fillna(0.0)
     np.testing.assert_allclose(history["elapsed_seconds"], steps.cumsum())
     assert history["elapsed_seconds"].is_monotonic_increasing
+
+
+def test_a_group_the_model_refuses_leaves_the_others():
+    # the joint model's linear path alone has no softmax to sample: that group is refused by its own check,
+    # the sparse log's patience still applies
+    chosen = _chosen("joint-vae", LARGE_SPARSE, {"paths": "linear"}, given={"paths"})
+    assert chosen == {"patience": sizing.SPARSE_LOG_PATIENCE}
+    assert "sampled_softmax" in _chosen("joint-vae", LARGE_SPARSE)
