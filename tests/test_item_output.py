@@ -259,10 +259,13 @@ def test_bad_settings_raise_one_line_errors(settings, message):
         assert "\n" not in str(error.value)
 
 
-def test_the_joint_model_refuses_chunked_or_sampled_likelihoods():
+def test_the_joint_model_takes_chunked_or_sampled_likelihoods_except_on_its_linear_path_alone():
+    # the joint NLL adds the item-item logits per block / at the sampled items (tests/test_joint_sparse.py);
+    # the linear path alone has no output layer to chunk or sample
     for settings in ({"item_chunk": 100}, {"sampled_softmax": 100}):
-        with pytest.raises(ValueError, match="leave item_chunk and sampled_softmax unset"):
-            JointVAEConfig(**settings)
+        assert JointVAEConfig(**settings).paths == "both"
+        with pytest.raises(ValueError, match="paths='linear' scores the item-item path alone"):
+            JointVAEConfig(paths="linear", **settings)
 
 
 def test_sparse_updates_refuse_data_parallel_training():
