@@ -57,6 +57,19 @@ def dense_linear_parts(n_items: int, config: JointVAEConfig) -> dict[str, int]:
     return parts
 
 
+def _planned_form(n_items: int, config: JointVAEConfig, have: int) -> tuple[str, dict[str, int]]:
+    """The form of W and the dense form's parts: the one rule :func:`choose_linear_form` and
+    :func:`linear_path_parts` share. A forced dense form that does not fit is refused here."""
+    parts = dense_linear_parts(n_items, config)
+    if config.linear_form == "dense":
+        memory.require_memory(f"the joint model's dense item-item path on {n_items:,} items", parts, DENSE_FIX,
+                              available=have)
+        return "dense", parts
+    need = sum(parts.values())
+    fits = need <= memory.WARN_FRACTION * have
+    return ("dense" if fits and config.linear_form == "auto" else "sparse"), parts
+
+
 def choose_linear_form(n_items: int, config: JointVAEConfig, available: int | None = None) -> str:
     """``"dense"`` or ``"sparse"``: the form of W a fit on ``n_items`` items uses.
 
@@ -67,18 +80,12 @@ def choose_linear_form(n_items: int, config: JointVAEConfig, available: int | No
     """
     if config.paths == "vae" or config.linear_form == "sparse":
         return "sparse"
-    parts = dense_linear_parts(n_items, config)
     have = memory.available_memory_bytes() if available is None else int(available)
-    if config.linear_form == "dense":
-        memory.require_memory(f"the joint model's dense item-item path on {n_items:,} items", parts, DENSE_FIX,
-                              available=have)
-        return "dense"
-    need = sum(parts.values())
-    fits = need <= memory.WARN_FRACTION * have
-    form = "dense" if fits else "sparse"
-    logger.info("joint model: %s item-item path for %s items (the dense form needs %s, %s available%s)",
-                form, f"{n_items:,}", memory.describe_bytes(need), memory.describe_bytes(have),
-                "" if fits else f"; sparse keeps {config.linear_neighbours} neighbours per item")
+    form, parts = _planned_form(n_items, config, have)
+    if config.linear_form == "auto":
+        logger.info("joint model: %s item-item path for %s items (the dense form needs %s, %s available%s)",
+                    form, f"{n_items:,}", memory.describe_bytes(sum(parts.values())), memory.describe_bytes(have),
+                    "" if form == "dense" else f"; sparse keeps {config.linear_neighbours} neighbours per item")
     return form
 
 
@@ -90,11 +97,8 @@ def linear_path_parts(n_items: int, config: JointVAEConfig, available: int | Non
     if config.paths == "vae":
         return {}
     have = memory.available_memory_bytes() if available is None else int(available)
-    dense = dense_linear_parts(n_items, config)
-    if config.linear_form == "dense":
-        choose_linear_form(n_items, config, have)  # refuses, with the dense form's own fix, when it does not fit
-        return dense
-    if config.linear_form == "auto" and sum(dense.values()) <= memory.WARN_FRACTION * have:
+    form, dense = _planned_form(n_items, config, have)
+    if form == "dense":
         return dense
     stored = n_items * min(config.linear_neighbours, max(0, n_items - 1))
     return {"sparse item-item W": (20 + (12 if config.train_linear else 0)) * stored}
