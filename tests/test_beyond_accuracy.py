@@ -134,19 +134,12 @@ def test_diversity_over_embeddings_is_the_mean_pairwise_cosine_distance(k):
     assert got32 == pytest.approx(got, abs=1e-5)
 
 
-@pytest.mark.parametrize("max_items", [4, 5, 2048])
-def test_diversity_over_cooccurrence_is_the_cosine_of_training_columns(max_items):
+@pytest.mark.parametrize("batch_cells", [1, 3 * N_TRAIN, 1 << 24])  # one list, three, all at once
+def test_diversity_over_cooccurrence_is_the_cosine_of_training_columns(batch_cells):
     train, seen, top = tiny()
     columns = seen.T.astype(float).tolist()  # each item's binary column over the training users
-    got = BA.intra_list_diversity_at_k(top, 4, train=train, max_items=max_items)
+    got = BA.intra_list_diversity_at_k(top, 4, train=train, batch_cells=batch_cells)
     assert got == pytest.approx(ild_by_loop(top, columns), abs=1e-6)
-
-
-def test_diversity_batches_lists_by_their_distinct_items():
-    top = np.array([[0, 1], [1, 2], [2, 3], [0, 3], [5, 6]])
-    assert BA._users_in_batch(top, 3) == 2  # {0, 1, 2} then 3 would make 4
-    assert BA._users_in_batch(top, 4) == 4
-    assert BA._users_in_batch(top, 1) == 1  # one list at least, even past the bound
 
 
 def test_gini_matches_the_mean_difference_formula_and_counts_unlisted_items():

@@ -22,8 +22,8 @@ of item exposure over the whole catalogue) and catalogue coverage
 
 Popularity counts *distinct training users* per item (a row of the training matrix with a
 nonzero cell), so repeated or weighted events count once. Everything is vectorised over users:
-diversity gathers each batch of lists through a sparse product, never a per-user loop and
-never a dense items x items matrix.
+diversity sums each batch of lists' item vectors through one sparse product, never a per-user
+loop, never a pair list and never an items x items matrix.
 """
 
 from __future__ import annotations
@@ -57,10 +57,8 @@ __all__ = [
 UNSEEN_COUNT = 0.5
 #: The popularity head holds this share of the training interactions (the long tail the rest).
 HEAD_SHARE = 0.8
-#: Default bounds of one diversity batch: distinct items whose co-occurrence is computed at once
-#: (a dense square of them, float32), and (user, item, item) cells gathered at once.
-_MAX_ITEMS = 2048
-_MAX_CELLS = 1 << 21
+#: (list, training user) cells of one co-occurrence batch's product, at most (float32, sparse).
+_BATCH_CELLS = 1 << 24
 #: Users per batch of the embedding path (a batch x dimensions product).
 _EMBEDDING_BATCH = 4096
 
@@ -205,7 +203,7 @@ def long_tail_at_k(top_items: np.ndarray, popularity: ItemPopularity | sp.spmatr
 
 
 def intra_list_diversity_at_k(top_items: np.ndarray, k: int, *, item_embeddings: np.ndarray | None = None,
-                              train: sp.spmatrix | None = None, max_items: int = _MAX_ITEMS) -> np.ndarray:
+                              train: sp.spmatrix | None = None, batch_cells: int = _BATCH_CELLS) -> np.ndarray:
     """Intra-list diversity: the mean cosine distance over the pairs of each user's top k.
 
     ``ILD_u = 2 / (k (k - 1)) sum_{i < j in L_u} (1 - cos(v_i, v_j))`` (Ziegler et al. 2005; Vargas &
@@ -214,17 +212,18 @@ def intra_list_diversity_at_k(top_items: np.ndarray, k: int, *, item_embeddings:
     of training users who interacted with both items over the geometric mean of their counts). A
     zero vector (an item no training user interacted with) has cosine 0 with every item.
 
-    Embeddings: ``sum_{i != j} v_i . v_j = |sum_i v_i|^2 - sum_i |v_i|^2`` over unit vectors, one
-    sparse (lists x items) product per batch of users. Co-occurrence: users are batched so that a
-    batch's lists hold at most ``max_items`` distinct items, whose co-occurrence is computed as one
-    sparse Gram product (a dense ``max_items``-square of float32 at most) and gathered per list.
+    Both use ``sum_{i != j} u_i . u_j = |sum_i u_i|^2 - sum_i |u_i|^2`` over the unit vectors
+    ``u_i``: one sparse (lists x items) product per batch of lists sums each list's vectors, so no
+    pair is formed and no items x items matrix is built. Over co-occurrence the sums are sparse
+    vectors over the training users: a batch holds ``batch_cells / n_train_users`` lists and costs
+    time proportional to the summed popularity of their items.
 
     Args:
         top_items: (n_users, K >= k) int array from :func:`recvae.evaluation.metrics.top_k`.
         k: cut-off, >= 2 (a single item has no pair).
         item_embeddings: (n_items, d) item vectors (a model's ``item_embeddings()``).
         train: (training users x items) scipy sparse matrix; exactly one of the two is given.
-        max_items: distinct items per co-occurrence batch.
+        batch_cells: (list, training user) cells of one co-occurrence batch, at most.
 
     Returns:
         (n_users,) float64; in [0, 1] for co-occurrence (nonnegative vectors), [0, 2] for embeddings.
@@ -244,7 +243,7 @@ def intra_list_diversity_at_k(top_items: np.ndarray, k: int, *, item_embeddings:
         return _embedding_diversity(top, vectors)
     csr = _to_csr(train, name="train")
     top = _lists(top_items, k, csr.shape[1])
-    return _cooccurrence_diversity(top, _binary(csr).tocsc(), max(int(max_items), 1))
+    return _cooccurrence_diversity(top, _binary(csr), max(int(batch_cells), 1))
 
 
 def _embedding_diversity(top: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -267,32 +266,22 @@ def _embedding_diversity(top: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     return out
 
 
-def _cooccurrence_diversity(top: np.ndarray, columns: sp.csc_matrix, max_items: int) -> np.ndarray:
+def _cooccurrence_diversity(top: np.ndarray, csr: sp.csr_matrix, batch_cells: int) -> np.ndarray:
     n_users, k = top.shape
-    counts = np.diff(columns.indptr)
-    inverse = np.divide(1.0, np.sqrt(counts), out=np.zeros(counts.size), where=counts > 0).astype(np.float32)
+    n_train, n_items = csr.shape
+    counts = np.bincount(csr.indices, minlength=n_items)
+    inverse = np.divide(1.0, np.sqrt(counts), out=np.zeros(n_items), where=counts > 0).astype(np.float32)
+    by_item = csr.T.tocsr()  # items x training users: row i is item i's column
     out = np.empty(n_users, dtype=np.float64)
-    start = 0
-    while start < n_users:
-        stop = start + _users_in_batch(top[start:start + max(1, _MAX_CELLS // (k * k))], max_items)
-        items, local = np.unique(top[start:stop], return_inverse=True)
-        local = local.reshape(stop - start, k)
-        sub = columns[:, items]
-        cosine = (sub.T @ sub).toarray() * inverse[items][:, None] * inverse[items][None, :]
-        pair = cosine[local[:, :, None], local[:, None, :]]  # (users, k, k)
-        total = pair.sum(axis=(1, 2), dtype=np.float64) - np.einsum("uii->u", pair, dtype=np.float64)
-        out[start:stop] = 1.0 - total / (k * (k - 1))
-        start = stop
+    step = max(1, batch_cells // max(n_train, 1))
+    for start in range(0, n_users, step):
+        rows = top[start:start + step]
+        b = rows.shape[0]
+        lists = sp.csr_matrix((inverse[rows].ravel(), rows.ravel(), np.arange(0, b * k + 1, k)), shape=(b, n_items))
+        summed = lists @ by_item  # (lists x training users): the sum of each list's unit columns
+        pairs = np.asarray(summed.multiply(summed).sum(axis=1), dtype=np.float64).ravel() - (inverse[rows] > 0).sum(1)
+        out[start:start + b] = 1.0 - pairs / (k * (k - 1))
     return out
-
-
-def _users_in_batch(top: np.ndarray, max_items: int) -> int:
-    """The most leading lists of ``top`` whose distinct items number at most ``max_items`` (at least 1)."""
-    n, k = top.shape
-    _, first = np.unique(top.ravel(), return_index=True)
-    first_list = np.sort(first // k)  # the list in which each distinct item first appears
-    distinct = np.searchsorted(first_list, np.arange(1, n + 1), side="left")  # after 1, 2, ... lists
-    return max(1, int(np.searchsorted(distinct, max_items, side="right")))
 
 
 # --------------------------------------------------------------------------- over every list
