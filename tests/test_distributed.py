@@ -281,5 +281,6 @@ def test_cuda_nccl_sharded_evaluation(split):  # pragma: no cover - no GPU in CI
 
 def _cuda_worker(ctx):
     split = _split()
-    ev = evaluate_heldout(_scorer(split.n_items), split.validation, **EVAL, train=split.train)  # gathered over nccl on the rank's GPU
+    # gathered over nccl on the rank's GPU
+    ev = evaluate_heldout(_scorer(split.n_items), split.validation, **EVAL, train=split.train)
     return {"device": str(ctx.device), "per_user": ev.per_user}

@@ -247,17 +247,24 @@ def evaluate_heldout(
         values = gather_rows(local, ctx)
         for j, (name, k) in enumerate(columns):
             per_user[f"{name}@{k}"] = values[:, j]
+    summary = _summary(wanted, per_user, top, heldout.fold_in.shape[1], ctx)
+    return EvaluationResult(per_user=per_user, summary=summary, seconds=time.perf_counter() - started)
+
+
+def _summary(wanted: list[tuple[str, int]], per_user: pd.DataFrame, top: np.ndarray, n_items: int,
+             ctx: DistributedContext | None) -> pd.DataFrame:
+    """One row per metric: a per-user column's mean and CI (:func:`metrics.summarize`), or the one
+    value of a metric over every rank's lists (gini, coverage: a ``mean`` only)."""
     rows = []
     for name, k in wanted:
         column = f"{name}@{k}"
         if name in BA.GLOBAL:
-            exposure = _exposure(top, heldout.fold_in.shape[1], k, ctx)
+            exposure = _exposure(top, n_items, k, ctx)
             value = float((exposure > 0).mean()) if name == "coverage" else BA.gini_index(exposure)
             rows.append({"metric": column, "mean": value})
         else:
             rows.append({"metric": column, **M.summarize(per_user[column].to_numpy())})
-    summary = pd.DataFrame(rows).set_index("metric")
-    return EvaluationResult(per_user=per_user, summary=summary, seconds=time.perf_counter() - started)
+    return pd.DataFrame(rows).set_index("metric")
 
 
 def _beyond_accuracy_inputs(wanted: list[tuple[str, int]], heldout: HeldOut, train: sp.csr_matrix | None,

@@ -225,8 +225,8 @@ def _beyond_section(config: ExperimentConfig, outcomes: list[Outcome], table: pd
               f"{space}; ARP: mean p(i) of the listed items; long tail: share of listed items outside the head "
               "holding 80% of training interactions; Gini: inequality of item exposure over the catalogue "
               "(0 equal, 1 one item); coverage: share of the catalogue listed at all. Cells as above, the CI over "
-              "every test user (a list needs no target); Gini and coverage are one number over all lists (no CI). Higher novelty, diversity, long tail "
-              "and coverage and lower ARP and Gini mean less popularity-bound lists.", ""]
+              "every test user (a list needs no target); Gini and coverage are one number over all lists (no CI). "
+              "Higher novelty, diversity, long tail and coverage and lower ARP and Gini mean less popularity-bound lists.", ""]
     sel = config.select_by
     cells = []
     for o, (_, row) in zip(outcomes, table.iterrows()):

@@ -44,5 +44,6 @@ MUTATIONS = [
     dict(name="beyond-wiring-report-diversity-space-dropped", file="recvae/experiment/runner.py",
          old="metrics=names, diversity_space=config.diversity_space)",
          new="metrics=names)",
-         tests=("tests/test_experiment.py",), why="the report's diversity is each model's embeddings, not co-occurrence"),
+         tests=("tests/test_experiment.py",),
+         why="the report's diversity is each model's embeddings, not co-occurrence"),
 ]
