@@ -298,3 +298,10 @@ def test_diversity_space_picks_embeddings_or_cooccurrence():
         diversity(_Scorer(scores), "embeddings")
     with pytest.raises(ValueError, match="diversity_space must be one of"):
         diversity(_Scorer(scores), "euclid")
+
+
+def test_a_result_of_global_metrics_alone_prints():
+    train, held, scores = heldout_and_scores()
+    result = evaluate_heldout(lambda rows: scores.copy(), held, metrics=["gini@3", "novelty@3"], train=train)
+    text = repr(result)
+    assert text.startswith("EvaluationResult(gini@3=") and "±" not in text.split(",")[0] and "12 users" in text

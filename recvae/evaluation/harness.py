@@ -89,9 +89,11 @@ class EvaluationResult:
 
     def __repr__(self) -> str:
         cells = ", ".join(
-            f"{m}={row['mean']:.4f}±{row['std_err']:.4f}" for m, row in self.summary.iterrows()
+            f"{m}={row['mean']:.4f}" + (f"±{row['std_err']:.4f}" if np.isfinite(row.get("std_err", np.nan)) else "")
+            for m, row in self.summary.iterrows()
         )
-        n = int(self.summary["n_users"].iloc[0]) if len(self.summary) else 0
+        counted = self.summary["n_users"].dropna() if "n_users" in self.summary else []  # gini, coverage: none
+        n = int(counted.max()) if len(counted) else len(self.per_user)
         return f"EvaluationResult({cells}; {n} users)"
 
 
