@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 NPROC = 2
-EVAL = dict(ks=(10, 100), metrics=("ndcg", "recall", "map", "coverage"), batch_size=16)
+EVAL = dict(ks=(10, 100), metrics=("ndcg", "recall", "map", "coverage", "gini", "novelty@10", "diversity@10", "arp@10",
+                                   "long_tail@10"), batch_size=16)
 # Batches of 45 over 299 training users: 22/23 users per rank, and a last batch of 29 (14/15).
 VAE_TRAINING = TrainingConfig(epochs=40, lr=3e-3, batch_size=45, progress=False, seed=0, device="cpu",
                               precision="fp32")  # 1 vs 2 processes compared to 3e-8: no bf16 rounding
@@ -63,7 +64,7 @@ def _worker(ctx, out_dir):
     out = Path(out_dir)
     result = {"rank": ctx.rank, "world_size": ctx.world_size, "device": str(ctx.device)}
     # (a) sharded evaluation: 40 users in batches of 16 -> rank 0 scores batch 0, rank 1 batches 1-2.
-    ev = evaluate_heldout(_scorer(split.n_items), split.validation, **EVAL)
+    ev = evaluate_heldout(_scorer(split.n_items), split.validation, **EVAL, train=split.train)
     result["eval_per_user"], result["eval_summary"] = ev.per_user, ev.summary
     # (b) training: rank 0 alone writes files (each rank names its own paths to show which wrote).
     files = dict(history_csv=str(out / f"history_rank{ctx.rank}.csv"), checkpoint=str(out / f"ckpt_rank{ctx.rank}.pt"))
@@ -154,7 +155,7 @@ def test_ranks_and_devices(runs):
 
 def test_sharded_evaluation_equals_one_process_exactly(runs, split):
     _, results = runs
-    expected = evaluate_heldout(_scorer(split.n_items), split.validation, **EVAL)
+    expected = evaluate_heldout(_scorer(split.n_items), split.validation, **EVAL, train=split.train)
     for r in results:  # every rank holds the whole result
         assert r["eval_per_user"].equals(expected.per_user), r["eval_per_user"].compare(expected.per_user)
         np.testing.assert_array_equal(r["eval_summary"].to_numpy(), expected.summary.to_numpy())
@@ -272,7 +273,7 @@ def test_torchrun_command():
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 def test_cuda_nccl_sharded_evaluation(split):  # pragma: no cover - no GPU in CI
-    expected = evaluate_heldout(_scorer(split.n_items), split.validation, **EVAL)
+    expected = evaluate_heldout(_scorer(split.n_items), split.validation, **EVAL, train=split.train)
     results = D.spawn(_cuda_worker, NPROC, device="cuda", timeout_s=120)
     for r in results:
         assert r["device"].startswith("cuda:") and r["per_user"].equals(expected.per_user)
@@ -280,5 +281,6 @@ def test_cuda_nccl_sharded_evaluation(split):  # pragma: no cover - no GPU in CI
 
 def _cuda_worker(ctx):
     split = _split()
-    ev = evaluate_heldout(_scorer(split.n_items), split.validation, **EVAL)  # gathered over nccl on the rank's GPU
+    # gathered over nccl on the rank's GPU
+    ev = evaluate_heldout(_scorer(split.n_items), split.validation, **EVAL, train=split.train)
     return {"device": str(ctx.device), "per_user": ev.per_user}

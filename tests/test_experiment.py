@@ -537,3 +537,67 @@ def test_the_report_says_when_each_torch_model_reached_its_best_epoch(report: Pa
         assert row["seconds_to_best_epoch"] == pytest.approx(expected)
         assert f"seed 0 reached its best epoch after {expected:.0f} s" in md
     assert table.loc[table["best_epoch"].isna(), "seconds_to_best_epoch"].isna().all()
+
+
+# ============================================================================ beyond accuracy
+BEYOND = ("novelty@20", "diversity@20", "arp@20", "long_tail@20", "gini@20", "coverage@20")
+
+
+def test_report_shows_beyond_accuracy_beside_accuracy_measured_on_the_test_users(run):
+    """The default beyond-accuracy columns (co-occurrence diversity) equal evaluate(...) on the test users of
+    each model fit here (EASE, Popularity; Mult-VAE's seeds averaged), and the report's table shows them
+    beside test NDCG@100: per-user metrics with a CI, Gini and coverage without."""
+    from recvae.evaluation import evaluate
+    from recvae.models import EASE, MultVAE, Popularity
+
+    split, table = run.split, pd.read_csv(run.report.with_suffix(".csv")).set_index("model")
+    ease = EASE(l2=json.loads(table.loc["EASE", "best_params"])["l2"])
+    vaes = [MultVAE(epochs=2, seed=s, progress=False) for s in (0, 1)]
+    for label, models in (("Popularity", [Popularity()]), ("EASE", [ease]), ("Mult-VAE", vaes)):
+        tests = [evaluate(m.fit(split), split, "test", metrics=BEYOND, diversity_space="cooccurrence")
+                 for m in models]
+        for metric in BEYOND:
+            means = [t[metric] for t in tests]
+            assert table.loc[label, metric] == pytest.approx(np.mean(means), abs=1e-6), (label, metric)
+            if len(means) > 1:
+                assert table.loc[label, f"{metric} sd"] == pytest.approx(np.std(means, ddof=1), abs=1e-6)
+        per_user = np.mean([t.per_user["novelty@20"].to_numpy() for t in tests], axis=0)
+        assert table.loc[label, "novelty@20 ci95"] == pytest.approx(1.96 * per_user.std() / np.sqrt(len(per_user)))
+        assert np.isnan(table.loc[label, "gini@20 ci95"]) and np.isnan(table.loc[label, "coverage@20 ci95"])
+    md = run.report.read_text()
+    section = md.split("## Beyond accuracy")[1].split("\n## ")[0]
+    assert "| model | test ndcg@100 | " + " | ".join(BEYOND) + " |" in section
+    assert "co-occurrence, the same for every model" in section
+    line = next(row for row in section.splitlines() if row.startswith("| EASE |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    row = table.loc["EASE"]
+    assert cells[1] == f"{row['ndcg@100']:.4f} (±{row['ndcg@100 ci95']:.4f})"
+    assert cells[2] == f"{row['novelty@20']:.4f} (±{row['novelty@20 ci95']:.4f})"
+    assert cells[6] == f"{row['gini@20']:.4f}" and cells[7] == f"{row['coverage@20']:.4f}"
+    # the accuracy table is as before: no beyond-accuracy column there
+    header = next(r for r in md.split("## Test results")[1].splitlines() if r.startswith("| model |"))
+    assert "novelty" not in header and "| ndcg@100 | recall@20 | recall@50 |" in header
+
+
+def test_beyond_accuracy_config_keys(tmp_path):
+    config = load_config(write(tmp_path, SYNTHETIC))
+    assert config.beyond_accuracy is None and config.diversity_space == "cooccurrence"
+    assert config.beyond_accuracy_for(100) == BEYOND
+    assert config.beyond_accuracy_for(19) == ()  # a catalogue too small for the defaults: none, not a refusal
+    chosen = SYNTHETIC.replace("seeds = 2", 'seeds = 2\nbeyond_accuracy = ["gini@5", "diversity@2"]\n'
+                                            'diversity_space = "auto"')
+    config = load_config(write(tmp_path, chosen))
+    assert config.beyond_accuracy == ("gini@5", "diversity@2") and config.diversity_space == "auto"
+    assert load_config(write(tmp_path, SYNTHETIC.replace("seeds = 2", "seeds = 2\nbeyond_accuracy = []"))
+                       ).beyond_accuracy_for(100) == ()
+    for entry, match in (('["ndcg@20"]', r"beyond_accuracy\[0\].*not a beyond-accuracy metric"),
+                         ('["novelty"]', r"beyond_accuracy\[0\].*name@k"),
+                         ('["gini@5", "diversity@1"]', r"beyond_accuracy\[1\].*k >= 2")):
+        with pytest.raises(ValueError, match=match) as err:
+            load_config(write(tmp_path, SYNTHETIC.replace("seeds = 2", f"seeds = 2\nbeyond_accuracy = {entry}")))
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"diversity_space"):
+        load_config(write(tmp_path, SYNTHETIC.replace("seeds = 2", 'seeds = 2\ndiversity_space = "euclid"')))
+    too_far = load_config(write(tmp_path, SYNTHETIC.replace("seeds = 2", 'seeds = 2\nbeyond_accuracy = ["arp@500"]')))
+    with pytest.raises(ValueError, match=r"evaluation\.beyond_accuracy\[0\] = 'arp@500': k=500 exceeds the 100 items"):
+        too_far.check_cutoffs(100)

@@ -270,8 +270,8 @@ MUTATIONS: list[Mutation] = [
       "if sum(cuts) <= parts:", "if sum(cuts) < parts:", T_HYBRID),
     # ------------------------------------------------------------------ experiment report
     M("report-test-on-validation-users", "recvae/experiment/runner.py",
-      'test = evaluate(search.best_model, split, "test", ks=ks, metrics=names)',
-      'test = evaluate(search.best_model, split, "validation", ks=ks, metrics=names)', T_EXP),
+      'test = evaluate(search.best_model, split, "test", ks=ks, metrics=names,',
+      'test = evaluate(search.best_model, split, "validation", ks=ks, metrics=names,', T_EXP),
     M("report-ci-is-stderr", "recvae/experiment/results.py",
       'row[f"{m} ci95"] = 1.96 * float(s.loc[m, "std_err"])', 'row[f"{m} ci95"] = float(s.loc[m, "std_err"])', T_EXP),
     M("report-reference-is-worst", "recvae/experiment/results.py",

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import scipy.stats
 import torch
 
+from recvae.evaluation import beyond_accuracy as BA
 from recvae.evaluation import metrics as M
 from recvae.evaluation.ranking import (
     DEFAULT_MAX_MEMORY,
@@ -37,7 +38,13 @@ from recvae.data.splits import HeldOut, Split
 from recvae.runtime.distributed import DistributedContext, all_reduce_sum, batch_aligned_range, gather_rows, parallel_context
 
 __all__ = ["EvaluationResult", "evaluate", "evaluate_model", "evaluate_heldout", "top_k_for_rows", "paired_comparison",
-           "average_results"]
+           "average_results", "METRIC_NAMES", "metric_columns", "DIVERSITY_SPACES"]
+
+#: Every metric name the harness takes: accuracy (per user), beyond-accuracy per user, then global.
+METRIC_NAMES = (*M.METRICS, *BA.PER_USER, *BA.GLOBAL)
+#: Where intra-list diversity measures cosine: ``auto`` (the model's item embeddings when it has
+#: them, else co-occurrence), ``embeddings`` (refused for a model without) or ``cooccurrence``.
+DIVERSITY_SPACES = ("auto", "embeddings", "cooccurrence")
 
 ScoreFn = Callable[[sp.csr_matrix], "torch.Tensor | np.ndarray"]
 #: rows -> ``(start, stop) -> scores`` of item columns [start, stop) for those rows (``Recommender.item_block_scorer``).
@@ -82,9 +89,11 @@ class EvaluationResult:
 
     def __repr__(self) -> str:
         cells = ", ".join(
-            f"{m}={row['mean']:.4f}±{row['std_err']:.4f}" for m, row in self.summary.iterrows()
+            f"{m}={row['mean']:.4f}" + (f"±{row['std_err']:.4f}" if np.isfinite(row.get("std_err", np.nan)) else "")
+            for m, row in self.summary.iterrows()
         )
-        n = int(self.summary["n_users"].iloc[0]) if len(self.summary) else 0
+        counted = self.summary["n_users"].dropna() if "n_users" in self.summary else []  # gini, coverage: none
+        n = int(counted.max()) if len(counted) else len(self.per_user)
         return f"EvaluationResult({cells}; {n} users)"
 
 
@@ -147,6 +156,29 @@ def _whole_catalogue(score_fn: ScoreFn, rows: sp.csr_matrix):
     return scorer
 
 
+def metric_columns(metrics: Sequence[str], ks: Sequence[int]) -> list[tuple[str, int]]:
+    """The (name, k) columns that ``metrics`` ask for: ``"name@k"`` is that one cut-off, a bare
+    ``"name"`` one column per k of ``ks``; each column once, in the order asked.
+
+    Raises:
+        ValueError: an unknown name, a malformed ``@k`` or a cut-off below 1, or a bare name with no ``ks``.
+    """
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    columns: list[tuple[str, int]] = []
+    for metric in metrics:
+        name, at, k = str(metric).partition("@")
+        if name not in METRIC_NAMES:
+            raise ValueError(f"unknown metric {metric!r}; choose from {list(METRIC_NAMES)}, as a name (every k) "
+                             f"or name@k, e.g. ndcg@100, novelty@20")
+        if at and not (k.isdigit() and int(k) >= 1):
+            raise ValueError(f"metric {metric!r}: write name@k with a cut-off k >= 1, e.g. {name}@20")
+        if not at and not ks:
+            raise ValueError(f"metric {metric!r} has no cut-off: give ks or write {name}@k")
+        columns += [(name, int(k))] if at else [(name, int(c)) for c in ks]
+    return list(dict.fromkeys(columns))
+
+
 def evaluate_heldout(
     score_fn: ScoreFn,
     heldout: HeldOut,
@@ -159,8 +191,19 @@ def evaluate_heldout(
     block_scorer: BlockScorerFactory | None = None,
     block_cell_bytes: Callable[[sp.csr_matrix], float] | None = None,
     max_memory: int | None = DEFAULT_MAX_MEMORY,
+    train: sp.csr_matrix | None = None,
+    item_embeddings: np.ndarray | None = None,
 ) -> EvaluationResult:
     """Evaluate a score function on a held-out user set.
+
+    Metrics: names of :data:`METRIC_NAMES`, each bare (at every k of ``ks``) or as ``name@k``
+    (see :func:`metric_columns`). Accuracy metrics (:data:`recvae.evaluation.metrics.METRICS`)
+    are per user, NaN for users without a target. The beyond-accuracy ones
+    (:mod:`recvae.evaluation.beyond_accuracy`) describe each user's list, so every user counts:
+    ``novelty``, ``arp`` and ``long_tail`` need the popularity of ``train`` (the training
+    users x items matrix); ``diversity`` uses ``item_embeddings`` when given, else the
+    co-occurrence of ``train``. ``gini`` and ``coverage`` are one number over every list
+    (a ``mean``, no CI).
 
     Memory: each batch is ranked within ``max_memory`` bytes (None: 1 GiB), scoring the
     catalogue a block of items at a time with ``block_scorer`` when given and needed (see
@@ -174,21 +217,19 @@ def evaluate_heldout(
     result of single-process evaluation, value for value. It is then a collective:
     every rank must call it; evaluate on one rank alone with ``distributed=False``.
     """
-    unknown = [m for m in metrics if m not in M.METRICS and m != "coverage"]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {sorted(M.METRICS) + ['coverage']}")
-    ks = sorted({int(k) for k in ks})
-    if not ks:
-        raise ValueError("give at least one cut-off k")
+    wanted = metric_columns(metrics, sorted({int(k) for k in ks}))
+    if not wanted:
+        raise ValueError("give at least one metric")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    popularity = _beyond_accuracy_inputs(wanted, heldout, train, item_embeddings)
     ctx = _sharding_context(distributed)
     started = time.perf_counter()
     start, stop = batch_aligned_range(heldout.n_users, batch_size, ctx)
     fold_in, target = heldout.fold_in, heldout.target
     if ctx is not None:
         fold_in, target = fold_in[start:stop], target[start:stop]
-    top = top_k_for_rows(score_fn, fold_in, max(ks), batch_size=batch_size, progress=progress,
+    top = top_k_for_rows(score_fn, fold_in, max(k for _, k in wanted), batch_size=batch_size, progress=progress,
                          block_scorer=block_scorer, block_cell_bytes=block_cell_bytes, max_memory=max_memory)
     per_user = pd.DataFrame(
         {
@@ -197,25 +238,56 @@ def evaluate_heldout(
             "n_target": np.diff(heldout.target.indptr),
         }
     )
-    columns = [(name, k) for name in metrics if name != "coverage" for k in ks]
+    columns = [(name, k) for name, k in wanted if name not in BA.GLOBAL]
     if columns:
         local = np.empty((stop - start, len(columns)), dtype=np.float64)
         if stop > start:
             for j, (name, k) in enumerate(columns):
-                local[:, j] = M.METRICS[name](top, target, k)
+                local[:, j] = (M.METRICS[name](top, target, k) if name in M.METRICS else
+                               BA.per_user_values(name, top, k, popularity=popularity,
+                                                  item_embeddings=item_embeddings, train=train))
         values = gather_rows(local, ctx)
         for j, (name, k) in enumerate(columns):
             per_user[f"{name}@{k}"] = values[:, j]
-    rows = []
-    for name in metrics:
-        for k in ks:
-            column = f"{name}@{k}"
-            if name == "coverage":
-                rows.append({"metric": column, "mean": _coverage(top, heldout.fold_in.shape[1], k, ctx)})
-            else:
-                rows.append({"metric": column, **M.summarize(per_user[column].to_numpy())})
-    summary = pd.DataFrame(rows).set_index("metric")
+    summary = _summary(wanted, per_user, top, heldout.fold_in.shape[1], ctx)
     return EvaluationResult(per_user=per_user, summary=summary, seconds=time.perf_counter() - started)
+
+
+def _summary(wanted: list[tuple[str, int]], per_user: pd.DataFrame, top: np.ndarray, n_items: int,
+             ctx: DistributedContext | None) -> pd.DataFrame:
+    """One row per metric: a per-user column's mean and CI (:func:`metrics.summarize`), or the one
+    value of a metric over every rank's lists (gini, coverage: a ``mean`` only)."""
+    rows = []
+    for name, k in wanted:
+        column = f"{name}@{k}"
+        if name in BA.GLOBAL:
+            exposure = _exposure(top, n_items, k, ctx)
+            value = float((exposure > 0).mean()) if name == "coverage" else BA.gini_index(exposure)
+            rows.append({"metric": column, "mean": value})
+        else:
+            rows.append({"metric": column, **M.summarize(per_user[column].to_numpy())})
+    return pd.DataFrame(rows).set_index("metric")
+
+
+def _beyond_accuracy_inputs(wanted: list[tuple[str, int]], heldout: HeldOut, train: sp.csr_matrix | None,
+                            item_embeddings: np.ndarray | None) -> BA.ItemPopularity | None:
+    """Check that the beyond-accuracy metrics asked for have their inputs; the training popularity if needed."""
+    n_items = heldout.fold_in.shape[1]
+    needs_train = sorted({f"{n}@{k}" for n, k in wanted
+                          if n in BA.NEEDS_POPULARITY or (n == "diversity" and item_embeddings is None)})
+    if needs_train and train is None:
+        raise ValueError(f"{', '.join(needs_train)} need the training matrix: pass train= (the training users x "
+                         "items matrix; evaluate(model, split) passes split.train)")
+    if train is not None and (not sp.issparse(train) or train.shape[1] != n_items):
+        raise ValueError(f"train must be a scipy sparse (training users x {n_items} items) matrix over the "
+                         f"held-out users' items; got {getattr(train, 'shape', type(train).__name__)}")
+    if item_embeddings is not None and np.shape(item_embeddings)[0] != n_items:
+        raise ValueError(f"item_embeddings has {np.shape(item_embeddings)[0]} rows for {n_items} items; "
+                         "give one row per item column")
+    bad = sorted({f"diversity@{k}" for n, k in wanted if n == "diversity" and k < 2})
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: intra-list diversity compares pairs of items; choose k >= 2")
+    return BA.ItemPopularity.from_train(train) if any(n in BA.NEEDS_POPULARITY for n, _ in wanted) else None
 
 
 def _sharding_context(distributed: bool | None) -> DistributedContext | None:
@@ -228,14 +300,12 @@ def _sharding_context(distributed: bool | None) -> DistributedContext | None:
     return ctx
 
 
-def _coverage(top: np.ndarray, n_items: int, k: int, ctx: DistributedContext | None) -> float:
-    """Catalogue coverage at k over every rank's top-k lists."""
+def _exposure(top: np.ndarray, n_items: int, k: int, ctx: DistributedContext | None) -> np.ndarray:
+    """(n_items,) int64: in how many top-k lists of every rank each item appears."""
+    counts = np.bincount(np.ascontiguousarray(top[:, :k]).ravel(), minlength=n_items).astype(np.int64)
     if ctx is None:
-        return M.coverage_at_k(top, n_items, k)
-    hit = torch.zeros(n_items, dtype=torch.int64)
-    hit[torch.from_numpy(np.ascontiguousarray(top[:, :k]).ravel())] = 1
-    hit = all_reduce_sum(hit.to(ctx.device), ctx)
-    return float((hit > 0).sum().item() / n_items)
+        return counts
+    return all_reduce_sum(torch.from_numpy(counts).to(ctx.device), ctx).cpu().numpy()
 
 
 def evaluate(
@@ -249,6 +319,7 @@ def evaluate(
     distributed: bool | None = None,
     progress: bool | None = False,
     max_memory: int | None = DEFAULT_MAX_MEMORY,
+    diversity_space: str = "auto",
 ) -> EvaluationResult:
     """Evaluate a fitted model on ``split.validation`` or ``split.test``.
 
@@ -263,11 +334,16 @@ def evaluate(
     (``Recommender.block_scoring``: the VAEs, EASE/EDLAE, sparse EASE, ALS, BPR, item-KNN,
     popularity) is scored a block of items at a time, others in smaller user batches.
     The metrics do not depend on it.
+
+    ``metrics``: any of :data:`METRIC_NAMES`, bare or as ``name@k`` (see :func:`evaluate_heldout`);
+    the beyond-accuracy ones measure popularity over ``split.train``, and ``diversity_space``
+    (:data:`DIVERSITY_SPACES`) picks the item vectors of intra-list diversity.
     """
     if which not in ("validation", "test"):
         raise ValueError(f"which must be 'validation' or 'test'; got {which!r}")
     return evaluate_model(model, split.held_out(which), ks=ks, metrics=metrics, batch_size=batch_size,
-                          distributed=distributed, progress=progress, max_memory=max_memory)
+                          distributed=distributed, progress=progress, max_memory=max_memory, train=split.train,
+                          diversity_space=diversity_space)
 
 
 def evaluate_model(
@@ -280,6 +356,8 @@ def evaluate_model(
     distributed: bool | None = None,
     progress: bool | None = False,
     max_memory: int | None = DEFAULT_MAX_MEMORY,
+    train: sp.csr_matrix | None = None,
+    diversity_space: str = "auto",
 ) -> EvaluationResult:
     """Evaluate ``model`` on a held-out user set, as :func:`evaluate` does on a split's.
 
@@ -289,14 +367,38 @@ def evaluate_model(
     ``evaluate(model, split, "validation")`` gives afterwards. ``model`` needs
     ``score_tensor`` or ``score``; with ``block_scoring`` its ``item_block_scorer``
     and ``block_score_bytes`` rank big catalogues a block of items at a time.
+
+    ``train`` (training users x items) is what the beyond-accuracy metrics measure popularity
+    over. ``diversity_space``: ``auto`` measures intra-list diversity over the model's
+    ``item_embeddings()`` when it has them, else over the co-occurrence of ``train``;
+    ``embeddings`` or ``cooccurrence`` ask for one (each model's embeddings are its own space:
+    compare models by ``cooccurrence``).
     """
     if not hasattr(model, "score"):
         raise TypeError(f"{type(model).__name__} has no score(user_rows) method; it is not a recvae model")
     score_fn = getattr(model, "score_tensor", None) or model.score
     blockwise = bool(getattr(model, "block_scoring", False))
+    wanted = metric_columns(metrics, sorted({int(k) for k in ks}))
+    embeddings = _diversity_embeddings(model, diversity_space) if any(n == "diversity" for n, _ in wanted) else None
     return evaluate_heldout(score_fn, heldout, ks=ks, metrics=metrics, batch_size=batch_size, distributed=distributed,
                             progress=progress, block_scorer=model.item_block_scorer if blockwise else None,
-                            block_cell_bytes=model.block_score_bytes if blockwise else None, max_memory=max_memory)
+                            block_cell_bytes=model.block_score_bytes if blockwise else None, max_memory=max_memory,
+                            train=train, item_embeddings=embeddings)
+
+
+def _diversity_embeddings(model, diversity_space: str) -> np.ndarray | None:
+    """The item vectors diversity is measured over: the model's embeddings, or None for co-occurrence."""
+    if diversity_space not in DIVERSITY_SPACES:
+        raise ValueError(f"diversity_space must be one of {list(DIVERSITY_SPACES)}; got {diversity_space!r}")
+    if diversity_space == "cooccurrence":
+        return None
+    try:
+        return np.asarray(model.item_embeddings())
+    except (NotImplementedError, AttributeError):
+        if diversity_space == "embeddings":
+            raise ValueError(f"{type(model).__name__} has no item embeddings to measure diversity over; use "
+                             "diversity_space='cooccurrence' or 'auto' (--diversity-space)") from None
+        return None
 
 
 def average_results(results: Sequence[EvaluationResult]) -> EvaluationResult:

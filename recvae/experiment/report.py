@@ -44,6 +44,7 @@ from recvae.experiment.results import (
     _reference,
     _runs,
     _search_columns,
+    beyond_metrics,
     finalists_table,
     per_user_table,
     results_table,
@@ -162,6 +163,7 @@ def _markdown(config: ExperimentConfig, data: Interactions, split: Split, outcom
         lines += [f"![test {sel} with 95% CIs]({ci_plot})", "",
                   f"Test {sel} per model (seed-averaged mean, bar: 95% CI over test users; ticks: each seed's mean).",
                   ""]
+    lines += _beyond_section(config, outcomes, table)
     lines += _budget_section(outcomes)
     lines += _finalists_section(outcomes, config)
     lines += _vae_section(outcomes, sel)
@@ -200,10 +202,41 @@ def _result_cells(row: pd.Series, config: ExperimentConfig, ref: Outcome | None)
 
 
 def _metric_cell(row: pd.Series, metric: str) -> str:
-    """``mean ± sd across seeds (±CI over users)``; without ``± sd`` for a model fit once."""
-    sd = row[f"{metric} sd"]
+    """``mean ± sd across seeds (±CI over users)``; without ``± sd`` for a model fit once, without the CI
+    for a metric of all lists at once (gini, coverage)."""
+    sd, ci = row[f"{metric} sd"], row[f"{metric} ci95"]
     spread = f" ± {sd:.4f}" if sd is not None and math.isfinite(sd) else ""
-    return f"{row[metric]:.4f}{spread} (±{row[f'{metric} ci95']:.4f})"
+    return f"{row[metric]:.4f}{spread}" + (f" (±{ci:.4f})" if ci is not None and math.isfinite(ci) else "")
+
+
+def _beyond_section(config: ExperimentConfig, outcomes: list[Outcome], table: pd.DataFrame) -> list[str]:
+    """Accuracy beside beyond accuracy: each model's test ``select_by`` and its beyond-accuracy metrics."""
+    beyond = beyond_metrics(config, outcomes)
+    lines = ["## Beyond accuracy", ""]
+    if not beyond:
+        return lines + ["None computed (`[evaluation] beyond_accuracy = []`, or a catalogue too small for the "
+                        "defaults' k = 20).", ""]
+    space = {"cooccurrence": "the cosine of the items' training columns (co-occurrence, the same for every model)",
+             "auto": "each model's own item embeddings where it has them, else training co-occurrence",
+             "embeddings": "each model's own item embeddings"}[config.diversity_space]
+    lines += [f"The same test users' lists, beside the accuracy they buy (definitions: `docs/metrics.md`). "
+              "Novelty: mean self-information -log2 p(i) in bits, p(i) the share of training users who had "
+              "item i; diversity: mean pairwise cosine distance within a list, over "
+              f"{space}; ARP: mean p(i) of the listed items; long tail: share of listed items outside the head "
+              "holding 80% of training interactions; Gini: inequality of item exposure over the catalogue "
+              "(0 equal, 1 one item); coverage: share of the catalogue listed at all. Cells as above, the CI over "
+              "every test user (a list needs no target); Gini and coverage are one number over all lists (no CI). "
+              "Higher novelty, diversity, long tail and coverage and lower ARP and Gini mean less popularity-bound lists.", ""]
+    sel = config.select_by
+    cells = []
+    for o, (_, row) in zip(outcomes, table.iterrows()):
+        if sel in config.metrics:
+            accuracy = _metric_cell(row, sel)
+        else:  # tested too, but not a column of the results table
+            s = o.test.summary.loc[sel]
+            accuracy = f"{s['mean']:.4f} (±{1.96 * s['std_err']:.4f})"
+        cells.append([str(row["model"]), accuracy, *(_metric_cell(row, m) for m in beyond)])
+    return lines + _markdown_table(cells, ["model", f"test {sel}", *beyond]) + [""]
 
 
 def _fit_cell(row: pd.Series) -> str:

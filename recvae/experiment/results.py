@@ -22,11 +22,11 @@ import pandas as pd
 
 from recvae.evaluation import EvaluationResult, paired_comparison
 from recvae.tuning import GridSearchResult, SearchResult
-from recvae.experiment.config import ExperimentConfig, ModelSpec
+from recvae.experiment.config import DEFAULT_BEYOND_ACCURACY, ExperimentConfig, ModelSpec
 
 logger = logging.getLogger("recvae.experiment.report")  # the report's logger, as before the split
 
-__all__ = ["Outcome", "SeedRun", "finalists_table", "per_user_table", "results_table"]
+__all__ = ["Outcome", "SeedRun", "beyond_metrics", "finalists_table", "per_user_table", "results_table"]
 
 
 @dataclass
@@ -83,9 +83,18 @@ def _paired(a: Outcome, b: Outcome, metric: str) -> dict | None:
         return None
 
 
+def beyond_metrics(config: ExperimentConfig, outcomes: list[Outcome]) -> list[str]:
+    """The beyond-accuracy metrics of the report: the config's (by default
+    :data:`~recvae.experiment.config.DEFAULT_BEYOND_ACCURACY`) that every model's test evaluation has."""
+    wanted = DEFAULT_BEYOND_ACCURACY if config.beyond_accuracy is None else config.beyond_accuracy
+    return [m for m in wanted if all(m in o.test.summary.index for o in outcomes)]
+
+
 def results_table(outcomes: list[Outcome], config: ExperimentConfig) -> pd.DataFrame:
-    """One row per model: test means and CIs, validation score, fit time, chosen parameters, paired test."""
+    """One row per model: test means and CIs, validation score, fit time, chosen parameters, paired test;
+    then the beyond-accuracy metrics (:func:`beyond_metrics`; ``ci95`` NaN for the global ones)."""
     ref = _reference(outcomes)
+    beyond = beyond_metrics(config, outcomes)
     rows = []
     for o in outcomes:
         s = o.test.summary
@@ -93,7 +102,7 @@ def results_table(outcomes: list[Outcome], config: ExperimentConfig) -> pd.DataF
         for m in config.metrics:
             row[m] = float(s.loc[m, "mean"])
             row[f"{m} ci95"] = 1.96 * float(s.loc[m, "std_err"])
-        row.update(_seed_columns(o, config))
+        row.update(_seed_columns(o, config.metrics))
         row["test_users"] = int(s.loc[config.select_by, "n_users"])
         row["test_users_without_target"] = int(s.loc[config.select_by, "n_excluded"]) if "n_excluded" in s.columns else None
         row[f"validation {config.select_by}"] = o.search.best_score
@@ -112,6 +121,11 @@ def results_table(outcomes: list[Outcome], config: ExperimentConfig) -> pd.DataF
         row["paired_diff_ci95_high"] = test["diff_ci95_high"] if test else np.nan
         row["t_pvalue"] = test["t_pvalue"] if test else np.nan
         row["wilcoxon_pvalue"] = test["wilcoxon_pvalue"] if test else np.nan
+        for m in beyond:
+            row[m] = float(s.loc[m, "mean"])
+            half = 1.96 * s.loc[m, "std_err"] if "std_err" in s.columns else np.nan  # global: no CI
+            row[f"{m} ci95"] = float(half)
+        row.update(_seed_columns(o, beyond, times=False))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -131,14 +145,17 @@ def _runs(o: Outcome) -> list[SeedRun]:
                                    beta_reached=o.beta_reached)]
 
 
-def _seed_columns(o: Outcome, config: ExperimentConfig) -> dict[str, Any]:
-    """The per-seed columns of a results row: seeds, each metric's sd across seeds and per-seed values, times."""
+def _seed_columns(o: Outcome, metrics: tuple[str, ...] | list[str], *, times: bool = True) -> dict[str, Any]:
+    """The per-seed columns of a results row: seeds, each metric's sd across seeds and per-seed values, and
+    (``times``) the per-seed fit times, best epochs and β."""
     runs = _runs(o)
-    row: dict[str, Any] = {"seeds": json.dumps([r.seed for r in runs])}
-    for m in config.metrics:
+    row: dict[str, Any] = {"seeds": json.dumps([r.seed for r in runs])} if times else {}
+    for m in metrics:
         values = [float(r.test.summary.loc[m, "mean"]) for r in runs]
         row[f"{m} sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
         row[f"{m} per seed"] = json.dumps(values)
+    if not times:
+        return row
     row["fit_seconds per seed"] = json.dumps([round(r.fit_seconds, 3) for r in runs])
     row["component_fit_seconds"] = o.component_fit_seconds
     row["best_epoch per seed"] = json.dumps([r.best_epoch for r in runs])

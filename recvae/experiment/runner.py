@@ -22,6 +22,7 @@ each fit with every seed and the best validation mean over seeds is chosen
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import multiprocessing
 import time
@@ -179,7 +180,7 @@ def _run_model(spec: ModelSpec, split: Split, config: ExperimentConfig, ks: list
     if config.finalists > 1 and config.seeds > 1 and type(search.best_model).seeded:  # not a blend: its weights
         search = reselect_over_seeds(search, _model_factory(spec, progress, fitted), split,
                                      finalists=config.finalists, seeds=config.seeds, progress=progress)
-    test = evaluate(search.best_model, split, "test", ks=ks, metrics=names)
+    test = evaluate(search.best_model, split, "test", ks=ks, metrics=names, diversity_space=config.diversity_space)
     trials = search.trials
     history = getattr(search.best_model, "history_", None)
     if not isinstance(history, pd.DataFrame) or "epoch" not in history.columns or history.empty:
@@ -201,7 +202,7 @@ def _tune_test_and_refit(spec: ModelSpec, split: Split, config: ExperimentConfig
     """One entry, whole: tuned on validation, tested, refit with the further seeds (``earlier``: the entries before)."""
     outcome = _run_model(spec, split, config, ks, names, progress, {o.spec.label: o.search.best_model for o in earlier})
     return refit_seeds(outcome, split, config.seeds, ks=ks, metrics=names, earlier=earlier,
-                       keep_models=spec.label in referenced_labels(config))
+                       keep_models=spec.label in referenced_labels(config), diversity_space=config.diversity_space)
 
 
 #: What a worker process of :func:`_run_in_parallel` holds: the config, the split, the metrics, one per process.
@@ -296,12 +297,14 @@ def run_experiment(config_path: str | Path, *, output_dir: str | Path | None = N
     split = make_split(data, config.split)
     say(f"{config.name}: {config.dataset.describe()}\n{data.report or data}\n{split}")
     config.check_cutoffs(split.n_items)
+    config = dataclasses.replace(config, beyond_accuracy=config.beyond_accuracy_for(split.n_items))
 
     wanted = [*config.metrics, config.select_by]
     if config.published is not None:
         wanted += [k for row in config.published.rows for k in row if k not in ("model", "note")]
     parsed = [parse_metric(m) for m in wanted]  # validated by load_config: cannot raise here
-    names = list(dict.fromkeys(n for n, _ in parsed))
+    # accuracy names at every k asked for; beyond-accuracy ones at their own k only (name@k)
+    names = [*dict.fromkeys(n for n, _ in parsed), *config.beyond_accuracy]
     ks = sorted({k for _, k in parsed})
 
     done: dict[int, Outcome] = {}

@@ -115,14 +115,14 @@ def _component_seconds(model: Recommender, earlier: Sequence[Outcome]) -> float 
 
 
 def refit_seeds(outcome: Outcome, split: Split, n_seeds: int, *, ks: Sequence[int], metrics: Sequence[str],
-                earlier: Sequence[Outcome], keep_models: bool) -> Outcome:
+                earlier: Sequence[Outcome], keep_models: bool, diversity_space: str = "auto") -> Outcome:
     """``outcome`` (the tuned fit, seed 0) with its chosen configuration refit for seeds 1 ... ``n_seeds - 1``.
 
     A deterministic model keeps its one fit. Returns a copy whose ``seed_runs`` lists
     every fit, ``test`` averages their per-user test metrics and ``fit_seconds`` is their
     mean; ``earlier`` are the outcomes of the entries before (a blend's references).
     ``keep_models`` keeps each fitted model for a later blend (else only seed 0's, which
-    the search holds anyway).
+    the search holds anyway). ``diversity_space``: see :func:`recvae.evaluation.evaluate`.
     """
     if n_seeds < 1:
         raise ValueError(f"n_seeds must be >= 1; got {n_seeds}")
@@ -139,7 +139,7 @@ def refit_seeds(outcome: Outcome, split: Split, n_seeds: int, *, ks: Sequence[in
             started = time.perf_counter()
             model.fit(split)
             fit_seconds = time.perf_counter() - started
-        test = evaluate(model, split, "test", ks=ks, metrics=metrics)
+        test = evaluate(model, split, "test", ks=ks, metrics=metrics, diversity_space=diversity_space)
         training = getattr(model, "training_", None)
         runs.append(SeedRun(seed=offset, test=test, fit_seconds=fit_seconds,
                             best_epoch=getattr(training, "best_epoch", None),

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from recvae.data.specs import LogSource, LogSpec, SplitSpec
 from recvae.data.splits import Split
 from recvae.evaluation import evaluate as evaluate_on_split  # Run.evaluate is a method
+from recvae.evaluation import metric_columns
 from recvae.models.base import Recommender
 from recvae.runs.directory import RunOutput, exclusive_lock, read_run, work_dir, write_run
 from recvae.runs.errors import RunError
@@ -157,11 +158,16 @@ class Run(RunQueries):
 
     # ------------------------------------------------------------------ evaluation and summary
     def evaluate(self, which: str = "test", *, ks=None, metrics=("ndcg", "recall"), progress: bool | None = None,
-                 max_memory: int | None = None):
+                 max_memory: int | None = None, diversity_space: str = "auto"):
         """Metrics on the run's validation or test users (Liang et al.'s protocol: fold-in positives masked).
 
-        ``progress``: a bar over user batches (None: on a terminal only). ``max_memory``:
-        bytes the ranking of a batch may take (None: 1 GiB; see :func:`recvae.evaluation.evaluate`).
+        ``metrics``: names of :data:`recvae.evaluation.METRIC_NAMES`, bare (at every k of ``ks``) or
+        ``name@k``: accuracy (``ndcg``, ``recall``, ...) and beyond accuracy (``novelty``,
+        ``diversity``, ``arp``, ``long_tail``, ``gini``, ``coverage``; popularity over the run's
+        training users, see ``docs/metrics.md``). ``diversity_space``: ``auto``, ``embeddings`` or
+        ``cooccurrence`` (see :func:`recvae.evaluation.evaluate_model`). ``progress``: a bar over
+        user batches (None: on a terminal only). ``max_memory``: bytes the ranking of a batch may
+        take (None: 1 GiB; see :func:`recvae.evaluation.evaluate`).
         """
         self.split.held_out(which)
         ks = _default_ks(self.n_items) if ks is None else list(ks)
@@ -169,8 +175,12 @@ class Run(RunQueries):
         if bad:
             raise RunError(f"cut-offs (--k) {bad}: the model ranks {self.n_items} items; choose k between 1 and "
                            f"{self.n_items}")
+        bad = [f"{name}@{k}" for name, k in metric_columns(metrics, ks) if k > self.n_items]
+        if bad:
+            raise RunError(f"metrics {bad}: the model ranks {self.n_items} items; choose k between 1 and "
+                           f"{self.n_items}")
         return evaluate_on_split(self.model, self.split, which, ks=ks, metrics=metrics, progress=progress,
-                              max_memory=max_memory)
+                              max_memory=max_memory, diversity_space=diversity_space)
 
     def info(self) -> dict:
         """What the run is: model, hyper-parameters, parameter count, data, split, best epoch, metrics."""

@@ -51,6 +51,11 @@ key's path such as ``models[2].grid.l2`` (indexes count from 0) and the fix)::
     finalists = 1                    # > 1: the best N trials of a seeded model are each fit with every
                                      # seed and the best validation mean over seeds wins (resists the
                                      # winner's curse of a one-seed search; recvae.tuning.reselect_over_seeds)
+    beyond_accuracy = ["novelty@20", "diversity@20", "arp@20", "long_tail@20", "gini@20", "coverage@20"]
+                                     # the report's beyond-accuracy table (docs/metrics.md); [] for none;
+                                     # by default these six, those whose k fits the catalogue
+    diversity_space = "cooccurrence" # diversity's item vectors: training co-occurrence (the same for every
+                                     # model), or "auto" / "embeddings" (each model's own item embeddings)
 
     [[models]]                       # one table per model, in report order
     name = "ease"                    # a name of recvae.models.MODELS
@@ -104,6 +109,8 @@ The package's rooms:
 
 from recvae.experiment.config.load import load_config
 from recvae.experiment.config.specs import (
+    DEFAULT_BEYOND_ACCURACY,
+    DEFAULT_DIVERSITY_SPACE,
     DEFAULT_METRICS,
     DEFAULT_OUTPUT_DIR,
     DatasetConfig,
@@ -114,6 +121,7 @@ from recvae.experiment.config.specs import (
     SplitConfig,
     blend_components,
     component_list,
+    parse_beyond_metric,
     parse_metric,
     repo_root,
 )
@@ -126,9 +134,12 @@ __all__ = [
     "SearchBudget",
     "PublishedTable",
     "DEFAULT_METRICS",
+    "DEFAULT_BEYOND_ACCURACY",
+    "DEFAULT_DIVERSITY_SPACE",
     "DEFAULT_OUTPUT_DIR",
     "load_config",
     "parse_metric",
+    "parse_beyond_metric",
     "component_list",
     "blend_components",
     "repo_root",

@@ -67,6 +67,9 @@ def _experiment_config(table: _ConfigFile, path: Path, text: str) -> ExperimentC
         metrics=tuple(dict.fromkeys(table.evaluation.metrics)), select_by=table.evaluation.select_by,
         models=tuple(specs), published=published, seeds=table.evaluation.seeds,
         finalists=table.evaluation.finalists,
+        beyond_accuracy=None if table.evaluation.beyond_accuracy is None
+        else tuple(dict.fromkeys(table.evaluation.beyond_accuracy)),
+        diversity_space=table.evaluation.diversity_space,
     )
 
 

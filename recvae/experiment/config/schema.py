@@ -20,10 +20,12 @@ from recvae.data import MOVIELENS, SyntheticConfig
 from recvae.models import MODELS, make_model
 from recvae.tuning import SearchSpaceError, check_optuna, parameter_grid, search_space, space_corners
 from recvae.experiment.config.specs import (
+    DEFAULT_DIVERSITY_SPACE,
     DEFAULT_METRICS,
     DEFAULT_OUTPUT_DIR,
     blend_components,
     component_list,
+    parse_beyond_metric,
     parse_metric,
 )
 
@@ -171,6 +173,11 @@ class _EvaluationTable(_Table):
     seeds: int = Field(3, ge=1, description="must be an integer >= 1 (fits per seeded model), e.g. seeds = 3")
     finalists: int = Field(1, ge=1, description="must be an integer >= 1 (best trials of a seeded model "
                                                 "re-scored over the seeds), e.g. finalists = 3")
+    beyond_accuracy: list[str] | None = Field(
+        None, description='must be a list of beyond-accuracy metrics (empty: none), e.g. ["novelty@20", "gini@20"]')
+    diversity_space: Literal["auto", "embeddings", "cooccurrence"] = Field(
+        DEFAULT_DIVERSITY_SPACE, description='must be "cooccurrence" (the same item vectors for every model), '
+                                             '"auto" or "embeddings" (each model\'s own item embeddings)')
 
     @field_validator("select_by")
     @classmethod
@@ -189,6 +196,16 @@ class _EvaluationTable(_Table):
                 parse_metric(metric)
             except ValueError as err:
                 raise _ConfigError(f"metrics entry {err}", (i,)) from None
+        return metrics
+
+    @field_validator("beyond_accuracy")
+    @classmethod
+    def _every_beyond_metric(cls, metrics: list[str] | None) -> list[str] | None:
+        for i, metric in enumerate(metrics or ()):
+            try:
+                parse_beyond_metric(metric)
+            except ValueError as err:
+                raise _ConfigError(f"beyond_accuracy entry {err}", (i,)) from None
         return metrics
 
 

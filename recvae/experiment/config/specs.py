@@ -9,10 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recvae.evaluation import beyond_accuracy as BA
 from recvae.evaluation import metrics as M
 from recvae.models import is_vae_model
 
 DEFAULT_METRICS = ("ndcg@100", "recall@20", "recall@50")
+#: The beyond-accuracy columns of every report unless ``[evaluation] beyond_accuracy`` says otherwise.
+DEFAULT_BEYOND_ACCURACY = ("novelty@20", "diversity@20", "arp@20", "long_tail@20", "gini@20", "coverage@20")
+#: The report's default space of intra-list diversity: training co-occurrence, the same for every model.
+DEFAULT_DIVERSITY_SPACE = "cooccurrence"
 DEFAULT_OUTPUT_DIR = "experiments/results"
 
 
@@ -112,6 +117,16 @@ class ExperimentConfig:
     published: PublishedTable | None = None
     seeds: int = 3  # fits of each seeded model: the tuned one, then seed + 1 ... (see the runner)
     finalists: int = 1  # trials of a seeded model re-scored over the seeds before one is chosen
+    beyond_accuracy: tuple[str, ...] | None = None  # None: DEFAULT_BEYOND_ACCURACY where the catalogue allows
+    diversity_space: str = DEFAULT_DIVERSITY_SPACE
+
+    def beyond_accuracy_for(self, n_items: int) -> tuple[str, ...]:
+        """The beyond-accuracy metrics to report: those configured, or the defaults whose k fits ``n_items``
+        (a catalogue under 20 items gets none rather than a refusal; configured ones are checked by
+        :meth:`check_cutoffs`)."""
+        if self.beyond_accuracy is not None:
+            return self.beyond_accuracy
+        return tuple(m for m in DEFAULT_BEYOND_ACCURACY if parse_beyond_metric(m)[1] <= n_items)
 
     @property
     def repo_root(self) -> Path | None:
@@ -127,11 +142,12 @@ class ExperimentConfig:
         """
         keys = [("evaluation.select_by", self.select_by)]
         keys += [(f"evaluation.metrics[{i}]", metric) for i, metric in enumerate(self.metrics)]
+        keys += [(f"evaluation.beyond_accuracy[{i}]", metric) for i, metric in enumerate(self.beyond_accuracy or ())]
         if self.published is not None:
             keys += [(f"published.rows[{i}]", metric) for i, row in enumerate(self.published.rows)
                      for metric in row if metric not in ("model", "note")]
         for key, metric in keys:
-            _, k = parse_metric(metric)
+            _, k = parse_beyond_metric(metric) if key.startswith("evaluation.beyond") else parse_metric(metric)
             if k > n_items:
                 raise ValueError(f"{self.path}: {key} = {metric!r}: k={k} exceeds the {n_items} items of the "
                                  f"dataset's catalogue; choose k <= {n_items}")
@@ -156,6 +172,24 @@ def parse_metric(metric: Any) -> tuple[str, int]:
         raise ValueError(
             f"{metric!r} is not a metric; write name@k with name in {sorted(M.METRICS)} and k >= 1, e.g. \"ndcg@100\""
         )
+    return match.group(1), int(match.group(2))
+
+
+def parse_beyond_metric(metric: Any) -> tuple[str, int]:
+    """``"novelty@20"`` -> ``("novelty", 20)``: a beyond-accuracy metric of the report.
+
+    Raises:
+        ValueError: not ``name@k`` with ``name`` a beyond-accuracy metric
+            (:data:`recvae.evaluation.beyond_accuracy.PER_USER` or ``GLOBAL``) and ``k >= 1``
+            (``k >= 2`` for diversity, which compares pairs).
+    """
+    names = [*BA.PER_USER, *BA.GLOBAL]
+    match = re.fullmatch(r"([a-z_]+)@(\d+)", metric) if isinstance(metric, str) else None
+    if match is None or match.group(1) not in names or int(match.group(2)) < 1:
+        raise ValueError(f"{metric!r} is not a beyond-accuracy metric; write name@k with name in {names} and "
+                         f"k >= 1, e.g. \"novelty@20\"")
+    if match.group(1) == "diversity" and int(match.group(2)) < 2:
+        raise ValueError(f"{metric!r}: intra-list diversity compares pairs of items; choose k >= 2")
     return match.group(1), int(match.group(2))
 
 
