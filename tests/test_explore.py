@@ -198,7 +198,6 @@ def test_uncertainty_is_the_mean_posterior_sigma(vaes, train, name):
     np.testing.assert_allclose(recs.uncertainty, expected, rtol=1e-5)
     frame = recs.to_frame()
     np.testing.assert_allclose(frame["uncertainty"], expected[frame["user_row"]], rtol=1e-5)
-    np.testing.assert_allclose(model.user_uncertainty(rows).sigma_mean, expected, rtol=1e-5)
 
 
 def brute_spread(lists: list[np.ndarray]) -> np.ndarray:

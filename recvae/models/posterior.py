@@ -144,17 +144,6 @@ class PosteriorSampling:
         """``item_block_scorer`` at a posterior sample of each user's code (the VAE family only)."""
         raise no_posterior(self, f"explore={explore:g}")
 
-    def user_uncertainty(self, user_rows, *, samples: int = 0, k: int = 10,
-                         seed: int = DEFAULT_SEED) -> UserUncertainty:
-        """Per-user :class:`UserUncertainty` of user rows: the mean posterior sigma, and with ``samples``
-        >= 2 the rank spread of that many posterior samples' top-``k`` lists (the rows' items excluded)."""
-        from recvae.models.base import as_user_rows  # base builds on this module
-
-        self._check_fitted()
-        rows = as_user_rows(user_rows, self.n_items_)
-        return user_uncertainty(self, rows, samples=check_samples(samples), k=min(int(k), self.n_items_),
-                                seed=seed, exclude=[rows])
-
 
 class Explored:
     """A model's exploratory view, ranked by :func:`recvae.models.ranking.rank_in_blocks`: its block
