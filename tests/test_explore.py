@@ -179,7 +179,7 @@ def test_models_without_a_posterior_refuse_with_one_line(train, make):
 
 
 @pytest.mark.parametrize("options", [{"explore": -0.1}, {"explore": float("nan")}, {"explore": True},
-                                     {"explore": "1"}, {"seed": -1}, {"seed": 1.5}, {"uncertainty_samples": 1},
+                                     {"explore": "1"}, {"seed": -1}, {"seed": 1.5}, {"seed": 2**64}, {"uncertainty_samples": 1},
                                      {"uncertainty_samples": -2}])
 def test_bad_posterior_options_are_refused_with_one_line(vaes, train, options):
     with pytest.raises(ValueError) as info:

@@ -55,8 +55,8 @@ def check_explore(explore) -> float:
 
 def check_seed(seed) -> int:
     """``seed`` as an int >= 0, or a one-line ``ValueError``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer from 0 to 2**63 - 1; got {seed!r}")
     return int(seed)
 
 
