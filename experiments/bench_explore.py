@@ -118,17 +118,21 @@ def write(args, config, split, model, fit_seconds, rows, base, uncertainty, spre
         "(± 95% CI). novelty@20: mean -log2 of the items' training-user share; coverage@20: share of the "
         "catalogue in any test user's top 20.",
         "",
-        "| ranking | t / lambda | NDCG@100 | Δ NDCG@100 | novelty@20 (bits) | Δ novelty@20 | coverage@20 |",
-        "|---|---|---|---|---|---|---|",
+        "| ranking | t / lambda | NDCG@100 | Δ NDCG@100 | novelty@20 (bits) | Δ novelty@20 | coverage@20 | "
+        "penalty at this NDCG: novelty, coverage |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    matched = _matched(rows)
     for name, value, metrics, spread_of in rows:
         ndcg, nov = metrics["ndcg"], metrics["novelty"]
         d_ndcg, d_nov = paired(base["ndcg"], ndcg), paired(base["novelty"], nov)
         ndcg_text = f"{ndcg.mean():.4f}" + (f" ± {spread_of['ndcg']:.4f}" if spread_of else "")
         cov_text = f"{metrics['coverage']:.4f}" + (f" ± {spread_of['coverage']:.4f}" if spread_of else "")
+        same = matched.get(value) if name == "explore" else None
+        same_text = "" if same is None else f"{same[0]:.3f}, {same[1]:.4f}"
         lines.append(f"| {name} | {value} | {ndcg_text} | {d_ndcg[0]:+.4f} ± {d_ndcg[1]:.4f} | {nov.mean():.3f} | "
-                     f"{d_nov[0]:+.3f} ± {d_nov[1]:.3f} | {cov_text} |")
-    lines += ["", _verdict(rows, base), "", _quartiles(base["ndcg"], uncertainty, spread), "",
+                     f"{d_nov[0]:+.3f} ± {d_nov[1]:.3f} | {cov_text} | {same_text} |")
+    lines += ["", _verdict(rows, base), "", _dominance(rows), "", _quartiles(base["ndcg"], uncertainty, spread), "",
               f"![NDCG@100 against novelty@20 and coverage@20]({out.stem}.png)", ""]
     text = "\n".join(lines)
     out.write_text(text)
@@ -140,6 +144,30 @@ def _params(model) -> str:
     p = model.get_params()
     return (f"latent {p['latent_dim']}, hidden {list(p['hidden_dims'])}, dropout {p['input_dropout']:.2f}, "
             f"lr {p['lr']:g}, anneal cap {p['anneal']['cap']:g}")
+
+
+def _matched(rows) -> dict:
+    """For each explore t: the popularity penalty's (novelty, coverage) at the same NDCG@100, interpolated
+    along its curve (lambda = 0 included); None past the curve's ends."""
+    curve = sorted([(m["ndcg"].mean(), m["novelty"].mean(), m["coverage"]) for name, _, m, _ in rows
+                    if name in ("popularity penalty", rows[0][0])])
+    ndcg, nov, cov = (np.array(c) for c in zip(*curve))
+    out = {}
+    for name, value, m, _ in rows:
+        at = m["ndcg"].mean()
+        if name == "explore" and ndcg[0] <= at <= ndcg[-1]:
+            out[value] = (float(np.interp(at, ndcg, nov)), float(np.interp(at, ndcg, cov)))
+    return out
+
+
+def _dominance(rows) -> str:
+    """How many explore points the popularity penalty beats at equal NDCG@100, on novelty and on coverage."""
+    matched = _matched(rows)
+    points = [(value, m) for name, value, m, _ in rows if name == "explore" and value in matched]
+    nov = sum(matched[v][0] > m["novelty"].mean() for v, m in points)
+    cov = sum(matched[v][1] > m["coverage"] for v, m in points)
+    return (f"At the NDCG@100 of each explore point the popularity penalty's curve has more novelty at {nov} of "
+            f"{len(points)} points and more coverage at {cov} of {len(points)} (last column).")
 
 
 def _verdict(rows, base) -> str:
