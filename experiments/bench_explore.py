@@ -28,6 +28,7 @@ Asserts nothing; prints the table it writes.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "explore.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    args.load_start = os.getloadavg()[0]
     config = load_config(args.config)
     split = make_split(load_dataset(config), config.split)
     started = time.perf_counter()
@@ -133,6 +135,8 @@ def write(args, config, split, model, fit_seconds, rows, base, uncertainty, spre
         lines.append(f"| {name} | {value} | {ndcg_text} | {d_ndcg[0]:+.4f} ± {d_ndcg[1]:.4f} | {nov.mean():.3f} | "
                      f"{d_nov[0]:+.3f} ± {d_nov[1]:.3f} | {cov_text} | {same_text} |")
     lines += ["", _verdict(rows, base), "", _dominance(rows), "", _quartiles(base["ndcg"], uncertainty, spread), "",
+              f"Load average (1 min) of the machine at the start / end: {args.load_start:.2f} / "
+              f"{os.getloadavg()[0]:.2f} (the fit time depends on it; the metrics do not).", "",
               f"![NDCG@100 against novelty@20 and coverage@20]({out.stem}.png)", ""]
     text = "\n".join(lines)
     out.write_text(text)
