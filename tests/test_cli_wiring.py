@@ -389,7 +389,7 @@ def test_recommend_all_users_passes_every_option(monkeypatch, runs, ease, oracle
 
 
 # ============================================================================ embed
-def _fake_embeddings(self, user_ids=None, *, strict=False, batch_size=10_000, id_columns="log"):
+def _fake_embeddings(self, user_ids=None, *, strict=False, batch_size=10_000, id_columns="log", uncertainty=False):
     """Two mu and two sigma columns that spell each user's id, for the ids the run resolves."""
     ids = self.user_ids if user_ids is None else self.resolve_users(user_ids)[1]
     ids = np.asarray(ids, dtype=np.float64)

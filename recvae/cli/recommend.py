@@ -29,7 +29,12 @@ def add_recommend(sub, common) -> None:
                   "user_id, item_id); id files (--users-file ...) may use either.\n\n"
                   "examples:\n  recvae recommend runs/prod --user u12 u57 -k 10 --exclude m3 m9\n"
                   "  recvae recommend runs/prod --all-users -k 100 -o recs.parquet\n"
-                  "  recvae recommend runs/prod --items m1 m260 -k 10")
+                  "  recvae recommend runs/prod --items m1 m260 -k 10\n"
+                  "  recvae recommend runs/vae --user u12 -k 10 --explore 1 --seed 3 --uncertainty\n\n"
+                  "--explore T (VAE family) ranks each list from a sample z = mu + T*sigma*eps of the user's\n"
+                  "posterior instead of its mean: more varied lists; the same --seed gives the same lists.\n"
+                  "--uncertainty adds each user's mean posterior sigma; --uncertainty-samples S also the\n"
+                  "rank spread (1 - mean overlap of S posterior samples' top-k).")
     add_run_dir(p)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", metavar="USER_ID", nargs="+", help="raw user ids of the log")
@@ -49,8 +54,22 @@ def add_recommend(sub, common) -> None:
     p.add_argument("--batch-size", type=int, default=1000, help="users scored at once (default 1000)")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write user_id, rank, item_id, score there (.parquet, .csv, .json, .jsonl)")
+    add_posterior_options(p)
     add_id_columns(p)
     p.set_defaults(handler=run_recommend)
+
+
+def add_posterior_options(p) -> None:
+    """--explore, --seed, --uncertainty, --uncertainty-samples: those of :meth:`Run.recommend` (VAE family)."""
+    g = p.add_argument_group("posterior (VAE family)")
+    g.add_argument("--explore", metavar="T", type=float, default=0.0,
+                   help="rank from a posterior sample z = mu + T*sigma*eps instead of mu (default 0: the mean)")
+    g.add_argument("--seed", metavar="S", type=int, default=0,
+                   help="the draw of --explore and of the rank spread: the same seed, the same lists (default 0)")
+    g.add_argument("--uncertainty", action="store_true",
+                   help="add a per-user column: the mean posterior sigma")
+    g.add_argument("--uncertainty-samples", metavar="S", type=int, default=0,
+                   help="also add rank_spread: 1 - mean overlap of the top-k of S >= 2 posterior samples")
 
 
 def add_embed(sub, common) -> None:
@@ -71,6 +90,8 @@ def add_embed(sub, common) -> None:
     p.add_argument("--items", action="store_true", help="export item embeddings instead of users'")
     p.add_argument("--strict", action="store_true", help="refuse unknown or dropped user ids")
     p.add_argument("--output", "-o", metavar="FILE", required=True, help="FILE.parquet, .csv, .json, .jsonl or .npy")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="add a column uncertainty: each user's mean posterior sigma (VAE family)")
     p.add_argument("--layout", choices=("columns", "list"), default="columns",
                    help="columns: one column per dimension (default); list: one array column per vector "
                         "(user_id, mu, sigma), the layout vector stores load (.parquet, .json, .jsonl)")
@@ -104,6 +125,8 @@ def run_recommend(args: argparse.Namespace) -> int:
     if args.exclude and args.exclude_file or args.candidates and args.candidates_file:
         fail("give items with --exclude/--candidates or with the -file option, not both")
     run = load_run(args)
+    posterior = {"explore": args.explore, "seed": args.seed, "uncertainty": args.uncertainty,
+                 "uncertainty_samples": args.uncertainty_samples}
     names = run.id_aliases  # id files may use the log's own column names
     out = run.id_names(args.id_columns)  # the output's
     exclude = args.exclude if args.exclude_file is None else read_ids_table(args.exclude_file, aliases=names)
@@ -114,7 +137,7 @@ def run_recommend(args: argparse.Namespace) -> int:
     if args.all_users:
         path = run.recommend_all(args.output, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
                                  candidates=candidates, batch_size=args.batch_size, progress=progress(args),
-                                 id_columns=args.id_columns)
+                                 id_columns=args.id_columns, **posterior)
         dropped = len(run.dropped_user_ids)
         print(f"Top {run.k_label(args.k)} for {len(run.user_ids):,} users written to {path}" + (
             f"; {dropped:,} users of the log are not among them, listed in {run.dropped_users_path(path)} "
@@ -123,26 +146,34 @@ def run_recommend(args: argparse.Namespace) -> int:
         return 0
     if args.items is not None:
         frame = run.recommend_for_items(args.items, k=args.k, exclude=exclude, candidates=candidates,
-                                        strict=args.strict, id_columns=args.id_columns)
+                                        strict=args.strict, id_columns=args.id_columns, **posterior)
         used = frame.attrs.get("items_used", len(args.items))
         ignored = f" ({len(args.items) - used} not used: unknown or repeated)" if used < len(args.items) else ""
-        print(f"Top {run.k_label(args.k)} for a new user with {used} items{ignored}:")
-        print_table(frame)
+        print(f"Top {run.k_label(args.k)} for a new user with {used} items{ignored}{_uncertain(frame)}:")
+        print_table(frame[["rank", out["item_id"], "score"]])
         write_output(frame, args.output, "Recommendations")  # rank, item_id, score: a new user has no id
         return 0
     frame = run.recommend(users, k=args.k, filter_seen=not args.keep_seen, exclude=exclude,
                           candidates=candidates, strict=args.strict, batch_size=args.batch_size,
-                          id_columns=args.id_columns)
+                          id_columns=args.id_columns, **posterior)
     if frame.empty:
         sample = ", ".join(map(repr, run.user_ids[:3].tolist()))
         fail(f"--user: no recommendations, {frame.attrs['skipped'].message()}; the run's user ids look like "
              f"{sample}; for a new user, pass their items with --items")
     if args.output is None or len(users) <= 20:
         for user, part in frame.groupby(out["user_id"], sort=False):
-            print(f"Top {run.k_label(args.k)} for user {user}:")
+            print(f"Top {run.k_label(args.k)} for user {user}{_uncertain(part)}:")
             print_table(part[["rank", out["item_id"], "score"]])
-    write_output(frame[[out["user_id"], "rank", out["item_id"], "score"]], args.output, "Recommendations")
+    write_output(frame, args.output, "Recommendations")
     return 0
+
+
+def _uncertain(frame) -> str:
+    """`` (uncertainty 0.41, rank spread 0.62)`` for a heading when the frame holds those columns."""
+    shown = [f"{label} {frame[name].iloc[0]:.4f}" for name, label in (("uncertainty", "uncertainty"),
+                                                                       ("rank_spread", "rank spread"))
+             if name in frame.columns and len(frame)]
+    return f" ({', '.join(shown)})" if shown else ""
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -153,7 +184,7 @@ def run_embed(args: argparse.Namespace) -> int:
     run = load_run(args)
     try:
         frame = run.item_embeddings(id_columns=args.id_columns) if args.items else \
-            run.embed_users(args.user, strict=args.strict, id_columns=args.id_columns)
+            run.embed_users(args.user, strict=args.strict, id_columns=args.id_columns, uncertainty=args.uncertainty)
     except NotImplementedError as err:
         fail(f"RUN_DIR {args.run_dir}: {one_line(err)}; models with embeddings: mult-vae, mult-dae, recvae, als, bpr")
     written = write_embeddings(frame, args.output, layout=args.layout)

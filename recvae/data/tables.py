@@ -241,6 +241,8 @@ def embeddings_as_lists(frame: pd.DataFrame) -> pd.DataFrame:
         block = frame.filter(regex=pattern).to_numpy(np.float32)
         if block.shape[1]:
             out[name] = list(block)
+    if "uncertainty" in frame.columns:  # a number per user (Run.embed_users(uncertainty=True)), kept as it is
+        out["uncertainty"] = frame["uncertainty"].to_numpy(np.float32)
     return out
 
 
@@ -250,7 +252,8 @@ def write_embeddings(frame: pd.DataFrame, path: str | os.PathLike, *, layout: st
     ``layout="list"`` writes one array column per vector instead (:func:`embeddings_as_lists`;
     .parquet, .json or .jsonl). A table suffix writes the frame as it is. ``.npy`` writes float32 arrays: ``FILE.npy`` the
     ``mu_*`` (or ``emb_*``) columns, ``FILE_sigma.npy`` the ``sigma_*`` ones when there are any,
-    and ``FILE_ids.npy`` the id of each row (strings as a unicode array). Each file appears
+    ``FILE_ids.npy`` the id of each row (strings as a unicode array) and ``FILE_uncertainty.npy`` an
+    ``uncertainty`` column when there is one. Each file appears
     whole (:func:`recvae.data.writing.atomic_file`: a temporary sibling renamed into place,
     removed on failure). Returns the paths written.
     """
@@ -270,6 +273,8 @@ def write_embeddings(frame: pd.DataFrame, path: str | os.PathLike, *, layout: st
     arrays = [(path, frame.filter(regex="^(mu|emb)_").to_numpy(np.float32)),
               (path.with_name(f"{path.stem}_sigma.npy"), frame.filter(regex="^sigma_").to_numpy(np.float32)),
               (path.with_name(f"{path.stem}_ids.npy"), ids.astype(str) if ids.dtype == object else ids)]
+    if "uncertainty" in frame.columns:
+        arrays.append((path.with_name(f"{path.stem}_uncertainty.npy"), frame["uncertainty"].to_numpy(np.float32)))
     written = []
     for target, values in arrays:
         if values.ndim == 2 and not values.shape[1]:

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from recvae.data.ids import UnknownIdError, lookup_ids
 from recvae.data.interactions import Interactions
 from recvae.data.splits import HeldOut, Split
+from recvae.models.posterior import DEFAULT_SEED, PosteriorSampling, check_uncertainty, user_uncertainty
 from recvae.models.ranking import item_mask, rank_in_blocks, rank_items
 
 logger = logging.getLogger(__name__)
@@ -62,11 +63,15 @@ class Recommendations:
         items: (users, k) item column indices.
         scores: (users, k) the model's scores of those items.
         item_ids: (users, k) raw item ids, when the model knows the id map.
+        uncertainty: (users,) mean posterior sigma, when asked (``recommend(uncertainty=True)``).
+        rank_spread: (users,) the spread of posterior samples' lists (``uncertainty_samples``).
     """
 
     items: np.ndarray
     scores: np.ndarray
     item_ids: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+    rank_spread: np.ndarray | None = None
 
     @property
     def valid(self) -> np.ndarray:
@@ -88,6 +93,9 @@ class Recommendations:
         )
         if self.item_ids is not None:
             frame.insert(3, "item_id", self.item_ids.ravel())
+        for name in ("uncertainty", "rank_spread"):
+            if getattr(self, name) is not None:
+                frame[name] = np.repeat(getattr(self, name), k)
         return frame[self.valid.ravel()].reset_index(drop=True)
 
 
@@ -168,7 +176,7 @@ def as_user_rows(user_rows: Any, n_items: int, *, allow_empty_rows: bool = False
     return rows
 
 
-class Recommender(ABC):
+class Recommender(PosteriorSampling, ABC):
     """Base of every recvae model.
 
     Subclasses implement :meth:`fit`, :meth:`score`, :meth:`save` and
@@ -358,6 +366,10 @@ class Recommender(ABC):
         exclude=None,
         candidates=None,
         max_memory: int | None = None,
+        explore: float = 0.0,
+        seed: int = DEFAULT_SEED,
+        uncertainty: bool = False,
+        uncertainty_samples: int = 0,
     ) -> Recommendations:
         """Top-k items for each user row, best first.
 
@@ -377,11 +389,20 @@ class Recommender(ABC):
                 of items at a time with a running top-k (see :func:`rank_in_blocks`), so a
                 million-item catalogue never holds users x items scores. The result does
                 not depend on it.
+            explore: t >= 0; above 0 each user's list is ranked from one sample of their posterior,
+                ``z = mu + t * sigma * eps``, instead of its mean: more varied, exploratory lists. The
+                VAE family only (others refuse t > 0); 0 gives the usual lists exactly.
+            seed: the draw of ``explore`` (and of the rank spread): the same seed, the same lists
+                (default 0); each user's draw depends on the seed and their row only.
+            uncertainty: also return each user's mean posterior sigma (``Recommendations.uncertainty``).
+            uncertainty_samples: 0, or S >= 2: also the rank spread of S posterior samples' lists
+                (``Recommendations.rank_spread``; see :mod:`recvae.models.posterior`).
 
         Users with fewer than ``k`` eligible items get padding (see :class:`Recommendations`).
         Ties are broken by the lower item index.
         """
         self._check_fitted()
+        ranked, samples = self.explorer(explore, seed), check_uncertainty(self, uncertainty, uncertainty_samples)
         rows = as_user_rows(user_rows, self.n_items_)
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer; got {k!r}")
@@ -391,8 +412,13 @@ class Recommender(ABC):
         excluded = [rows if filter_seen else None, item_mask(seen, n, self.n_items_, "seen") if filter_seen else None,
                     item_mask(exclude, n, self.n_items_, "exclude")]
         allowed = item_mask(candidates, n, self.n_items_, "candidates")
-        items, top_scores = rank_in_blocks(self, rows, k, exclude=excluded, candidates=allowed, max_memory=max_memory)
-        return Recommendations(items=items, scores=top_scores, item_ids=self._item_ids_of(items))
+        items, top_scores = rank_in_blocks(ranked, rows, k, exclude=excluded, candidates=allowed, max_memory=max_memory)
+        recs = Recommendations(items=items, scores=top_scores, item_ids=self._item_ids_of(items))
+        if uncertainty or samples:
+            found = user_uncertainty(self, rows, samples=samples, k=k, seed=seed, exclude=excluded,
+                                     candidates=allowed, max_memory=max_memory)
+            recs.uncertainty, recs.rank_spread = found.sigma_mean, found.rank_spread
+        return recs
 
     def rows_from_item_ids(self, raw_item_ids) -> sp.csr_matrix:
         """One user row from raw item ids (the model must hold the item id map)."""
@@ -417,7 +443,7 @@ class Recommender(ABC):
         """Top-k for a new user given the raw ids of the items they interacted with.
 
         The user is folded in (no retraining); their items are never recommended back.
-        ``options`` (``exclude``, ``candidates``) are those of :meth:`recommend`.
+        ``options`` (``exclude``, ``candidates``, ``explore``, ``seed``, ``uncertainty`` ...) are :meth:`recommend`'s.
         """
         return self.recommend(self.rows_from_item_ids(raw_item_ids), k=k, filter_seen=True, **options)
 

@@ -212,8 +212,8 @@ class JointVAE(RecVAE):
         net.decoder.item_item.resize(len(values))
         return net
 
-    def _decoder_head(self, x: SparseRows):
-        """The latent path (``D mu + b``) and the item-item path's block ``s · x W[:, block]``.
+    def _decoder_head(self, x: SparseRows, code=None):
+        """The latent path (``D mu + b``, or ``D code(mu, log_var) + b``) and the item-item path's block ``s · x W[:, block]``.
 
         The linear block takes the rows of ``W[:, start:stop]`` picked by each user's items
         (dense W: gathered, as :class:`recvae.nn.joint.ItemItemLinear` over all columns;
@@ -222,7 +222,9 @@ class JointVAE(RecVAE):
         """
         net = self.net_
         decoder = net.decoder
-        mu, _ = net._encode(x, l2_normalised_values(x), None, False)
+        mu, log_var = net._encode(x, l2_normalised_values(x), None, False)
+        if code is not None and decoder.paths != "linear":
+            mu = code(mu, log_var)  # the latent path decodes a posterior sample; the item-item path is x W
         linear = None
         if decoder.paths != "vae":
             item_item, scale = decoder.item_item, decoder.scale

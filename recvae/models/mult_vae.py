@@ -20,6 +20,7 @@ from recvae.runtime.distributed import rank_device
 from recvae.nn.annealing import AnnealConfig, anneal_config
 from recvae.models.files import read_vae_payload
 from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array, training_inputs
+from recvae.models.posterior import no_posterior, posterior_noise
 from recvae.nn.likelihoods import Likelihood
 from recvae.nn.vae import VAE, VAEConfig
 from recvae.nn.sparse import SparseRows
@@ -230,10 +231,11 @@ class TorchVAERecommender(Recommender):
         return (self.net_ is not None and type(self.net_.likelihood).scores is Likelihood.scores
                 and type(self)._decoder_head is not TorchVAERecommender._decoder_head)
 
-    def _decoder_head(self, x: SparseRows):
+    def _decoder_head(self, x: SparseRows, code=None):
         """``(h, weight, bias, linear)`` such that the scores of items [s, e) are
         ``h @ weight[s:e].T + bias[s:e]`` (when ``h`` is not None) plus ``linear(s, e)`` (when
-        not None); computed once per batch in eval mode under no_grad. None here: no block path."""
+        not None); computed once per batch in eval mode under no_grad, from the code
+        ``code(mu, log_var)`` (None: mu). None here: no block path."""
         return None
 
     def item_block_scorer(self, user_rows):
@@ -245,13 +247,35 @@ class TorchVAERecommender(Recommender):
         transforms the decoder output (see :attr:`block_scoring`)."""
         if not self.block_scoring:
             return super().item_block_scorer(user_rows)
-        x = self._rows(user_rows)
+        return self._head_scorer(self._rows(user_rows))
+
+    @property
+    def has_posterior(self) -> bool:  # type: ignore[override]
+        """True unless the encoder is deterministic (Mult-DAE) or the scores ignore z (``paths="linear"``)."""
+        return bool(getattr(self.config, "variational", True)) and getattr(self.config, "paths", "") != "linear"
+
+    def sampled_block_scorer(self, user_rows, explore: float, seed: int = 0, sample: int = 0):
+        """:meth:`item_block_scorer` at one posterior sample per user, ``z = mu + explore * sigma * eps``
+        instead of mu (eps from :func:`recvae.models.posterior.posterior_noise`: a function of ``seed``,
+        ``sample`` and the user's row only). What ``recommend(explore=...)`` ranks."""
+        if not self.has_posterior:
+            raise no_posterior(self, f"explore={explore:g}")
+        rows = as_user_rows(user_rows, self.n_items_)
+
+        def code(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+            eps = torch.from_numpy(posterior_noise(rows, mu.shape[1], seed, sample)).to(mu.device, mu.dtype)
+            return mu + float(explore) * torch.exp(0.5 * log_var) * eps
+
+        return self._head_scorer(self._rows(rows), code)
+
+    def _head_scorer(self, x: SparseRows, code=None):
+        """The block scorer over :meth:`_decoder_head` (``code(mu, log_var) -> z``: the code decoded, default mu)."""
         net = self.net_
         was_training = net.training
         net.eval()
         try:
             with torch.no_grad(), full_precision(self.device_):
-                h, weight, bias, linear = self._decoder_head(x)
+                h, weight, bias, linear = self._decoder_head(x, code)
         finally:
             net.train(was_training)
 
@@ -360,10 +384,12 @@ class MultVAE(TorchVAERecommender):
                on_epoch: EpochCallback | None = None) -> TrainingResult:
         return train_vae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch, scorer=self)
 
-    def _decoder_head(self, x: SparseRows):
-        """The posterior mean through the decoder up to its output layer (as ``VAE.decode``)."""
+    def _decoder_head(self, x: SparseRows, code=None):
+        """The posterior mean (or ``code(mu, log_var)``) through the decoder up to its output layer (as ``VAE.decode``)."""
         net = self.net_
-        h, _ = net.encode(x)
+        h, log_var = net.encode(x)
+        if code is not None:
+            h = code(h, log_var)
         for i, layer in enumerate(net.decoder[:-1]):
             if i:
                 h = net._act(h)

@@ -68,9 +68,11 @@ class RecVAE(TorchVAERecommender):
         return train_recvae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch,
                             scorer=self)
 
-    def _decoder_head(self, x: SparseRows):
-        """The posterior mean and the linear decoder (scores are ``decoder(mu)``)."""
-        mu, _ = self.net_.encode(x)
+    def _decoder_head(self, x: SparseRows, code=None):
+        """The posterior mean (or ``code(mu, log_var)``) and the linear decoder (scores are ``decoder(mu)``)."""
+        mu, log_var = self.net_.encode(x)
+        if code is not None:
+            mu = code(mu, log_var)
         return mu, self.net_.decoder.weight, self.net_.decoder.bias, None
 
     @torch.no_grad()

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from recvae.data.ids import find_ids, lookup_ids
 from recvae.data.tables import TableWriter, check_table_output, write_table
 from recvae.models.base import UserEmbeddings, item_mask, rank_in_blocks
+from recvae.models.posterior import DEFAULT_SEED, check_uncertainty, user_uncertainty
 from recvae.runs.errors import RunError, first_ids as _first
 from recvae.runs.id_columns import id_column_names, rename_ids
 
@@ -191,6 +192,10 @@ class RunQueries:
         batch_size: int = 1000,
         max_memory: int | None = None,
         id_columns: str = "log",
+        explore: float = 0.0,
+        seed: int = DEFAULT_SEED,
+        uncertainty: bool = False,
+        uncertainty_samples: int = 0,
     ) -> pd.DataFrame:
         """Top-k items for known users by raw id: columns ``user_id, rank, item_id, score`` (the ids under the
         log's own column names, e.g. ``customer, rank, product, score``, unless ``id_columns="fixed"``).
@@ -210,6 +215,13 @@ class RunQueries:
                 :meth:`recommend_all`.
             id_columns: ``"log"`` (default): the id columns carry the log's own names (:meth:`id_names`);
                 ``"fixed"``: ``user_id`` and ``item_id``.
+            explore: t >= 0 (VAE family): rank each user's list from a posterior sample
+                ``z = mu + t * sigma * eps`` instead of mu; 0 (default) is the usual ranking, exactly.
+            seed: the draw of ``explore``: the same seed, the same lists (each user's draw depends on the
+                seed and their history only, not on the batch).
+            uncertainty: add a per-user ``uncertainty`` column, the mean posterior sigma (VAE family).
+            uncertainty_samples: 0, or S >= 2: add ``rank_spread``, 1 - the mean pairwise overlap of S
+                posterior samples' top-k (see :mod:`recvae.models.posterior`).
 
         Skipped ids are logged as a warning and listed in ``frame.attrs["skipped"]``
         (a :class:`SkippedUsers`). A ``k`` past the catalogue returns the whole catalogue, with a
@@ -217,48 +229,73 @@ class RunQueries:
         """
         asked, k = k, self.effective_k(k)
         names = self.id_names(id_columns)
+        posterior = self._posterior(explore, seed, uncertainty, uncertainty_samples)
         rows, found_ids, skipped = self.resolve_users(user_ids, strict=strict)
         if skipped:
             logger.warning("%s", skipped.message())
         frames = [self._recommend_rows(rows[s:s + batch_size], k, filter_seen, exclude, candidates, strict,
-                                       max_memory) for s in range(0, len(rows), batch_size)]
-        frames = frames or [self._empty_recommendations()]
+                                       max_memory, posterior) for s in range(0, len(rows), batch_size)]
+        frames = frames or [self._empty_recommendations(posterior)]
         frame = rename_ids(pd.concat(frames, ignore_index=True), names)
         frame.attrs["skipped"] = skipped
         return self._with_k(frame, k, asked)
 
-    def _empty_recommendations(self) -> pd.DataFrame:
-        return pd.DataFrame({"user_id": self.user_ids[:0], "rank": np.zeros(0, np.int64),
-                             "item_id": self.item_ids[:0], "score": np.zeros(0, np.float32)})
+    def _empty_recommendations(self, posterior: dict | None = None) -> pd.DataFrame:
+        frame = pd.DataFrame({"user_id": self.user_ids[:0], "rank": np.zeros(0, np.int64),
+                              "item_id": self.item_ids[:0], "score": np.zeros(0, np.float32)})
+        for name in _posterior_columns(posterior):
+            frame[name] = np.zeros(0, np.float32)
+        return frame
+
+    def _posterior(self, explore: float, seed: int, uncertainty: bool, samples: int) -> dict | None:
+        """The posterior options of a recommendation, checked (a model without a posterior refuses t > 0
+        or uncertainty); None for the usual ranking."""
+        ranked = self.model.explorer(explore, seed)  # checks explore and seed
+        samples = check_uncertainty(self.model, uncertainty, samples)
+        if ranked is self.model and not uncertainty and not samples:
+            return None
+        return {"ranked": ranked, "seed": int(seed), "uncertainty": bool(uncertainty or samples), "samples": samples}
 
     def _recommend_rows(self, rows: np.ndarray, k: int, filter_seen: bool, exclude, candidates,
-                        strict: bool, max_memory: int | None = None) -> pd.DataFrame:
+                        strict: bool, max_memory: int | None = None, posterior: dict | None = None) -> pd.DataFrame:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise RunError(f"k must be a positive integer; got {k!r}")
         history = self.history[rows]
         excluded = [self.seen[rows] if filter_seen else None, self._item_filter(exclude, rows, "exclude", strict)[0]]
         allowed, restricted = self._item_filter(candidates, rows, "candidates", strict)
-        items, top = rank_in_blocks(self.model, history, min(int(k), self.n_items), exclude=excluded,
+        ranked = self.model if posterior is None else posterior["ranked"]
+        items, top = rank_in_blocks(ranked, history, min(int(k), self.n_items), exclude=excluded,
                                     candidates=allowed, restricted=restricted, max_memory=max_memory)
         n, kk = items.shape
         valid = (items >= 0).ravel()
-        return pd.DataFrame({
+        frame = pd.DataFrame({
             "user_id": np.repeat(self.user_ids[rows], kk)[valid],
             "rank": np.tile(np.arange(1, kk + 1), n)[valid],
             "item_id": self.item_ids[np.maximum(items, 0)].ravel()[valid],
             "score": top.ravel()[valid],
         })
+        if posterior is not None and posterior["uncertainty"]:
+            found = user_uncertainty(self.model, history, samples=posterior["samples"], k=kk, seed=posterior["seed"],
+                                     exclude=excluded, candidates=allowed, restricted=restricted,
+                                     max_memory=max_memory)
+            for name, values in found.columns().items():
+                frame[name] = np.repeat(values, kk)[valid]
+        return frame
 
     def recommend_for_items(self, item_ids: Iterable, k: int = 10, *, exclude=None, candidates=None,
-                            strict: bool = False, id_columns: str = "log") -> pd.DataFrame:
+                            strict: bool = False, id_columns: str = "log", explore: float = 0.0,
+                            seed: int = DEFAULT_SEED, uncertainty: bool = False,
+                            uncertainty_samples: int = 0) -> pd.DataFrame:
         """Top-k for a new user from the raw ids of their items (fold-in, no retraining): ``rank, item_id, score``
-        (the item column under the log's own name unless ``id_columns="fixed"``, as in :meth:`recommend`).
+        (the item column under the log's own name unless ``id_columns="fixed"``, as in :meth:`recommend`;
+        ``explore``, ``seed``, ``uncertainty`` and ``uncertainty_samples`` as there, the columns too).
 
         ``k`` past the catalogue: as :meth:`recommend` (a warning, ``frame.attrs["k"]``). Unknown ids are
         skipped with a warning (``strict``: refused); ``frame.attrs["items_used"]`` counts the distinct
         known items the fold-in used."""
         asked, k = k, self.effective_k(k)
         names = self.id_names(id_columns)
+        posterior = self._posterior(explore, seed, uncertainty, uncertainty_samples)  # refused before any work
         items = self._item_columns(list(item_ids), "items", strict)
         if len(items) == 0:
             raise RunError(f"items (--items) {_first(list(item_ids))}: none is in the model's catalogue of "
@@ -269,8 +306,10 @@ class RunQueries:
         recs = self.model.recommend(
             row, k=k,
             exclude=None if exclude is None else self._item_columns(exclude, "exclude", strict),
-            candidates=None if candidates is None else self._item_columns(candidates, "candidates", strict))
-        frame = self._with_k(rename_ids(recs.to_frame()[["rank", "item_id", "score"]], names), k, asked)
+            candidates=None if candidates is None else self._item_columns(candidates, "candidates", strict),
+            explore=explore, seed=seed, uncertainty=uncertainty, uncertainty_samples=uncertainty_samples)
+        columns = ["rank", "item_id", "score", *_posterior_columns(posterior)]
+        frame = self._with_k(rename_ids(recs.to_frame()[columns], names), k, asked)
         frame.attrs["items_used"] = len(items)  # known and distinct: what the fold-in saw
         return frame
 
@@ -322,6 +361,10 @@ class RunQueries:
         progress: bool | None = None,
         max_memory: int | None = None,
         id_columns: str = "log",
+        explore: float = 0.0,
+        seed: int = DEFAULT_SEED,
+        uncertainty: bool = False,
+        uncertainty_samples: int = 0,
     ) -> Path | pd.DataFrame:
         """Top-k for every known user, streamed in user batches.
 
@@ -344,12 +387,15 @@ class RunQueries:
         depend on it: e.g. ``run.recommend_all("recs.parquet", max_memory=256 * 2**20)``.
 
         ``k`` past the catalogue: the whole catalogue, with one warning (a returned frame
-        holds ``attrs["k"]``; with ``path``, :meth:`effective_k` tells the k used).
+        holds ``attrs["k"]``; with ``path``, :meth:`effective_k` tells the k used). ``explore``, ``seed``,
+        ``uncertainty`` and ``uncertainty_samples`` as in :meth:`recommend` (a user's list does not depend on
+        ``batch_size``).
         """
         from tqdm.auto import tqdm
 
         asked, k = k, self.effective_k(k)
         names = self.id_names(id_columns)
+        posterior = self._posterior(explore, seed, uncertainty, uncertainty_samples)
         if path is not None:
             check_table_output(path)
         starts = range(0, len(self.user_ids), batch_size)
@@ -357,30 +403,33 @@ class RunQueries:
         if path is None:
             self._note_dropped_users()
             frames = [self._recommend_rows(np.arange(s, min(s + batch_size, len(self.user_ids))), k, filter_seen,
-                                           exclude, candidates, False, max_memory) for s in bar]
-            frame = pd.concat(frames, ignore_index=True) if frames else self._empty_recommendations()
+                                           exclude, candidates, False, max_memory, posterior) for s in bar]
+            frame = pd.concat(frames, ignore_index=True) if frames else self._empty_recommendations(posterior)
             return self._with_k(rename_ids(frame, names), k, asked)
         with TableWriter(path) as writer:
             for s in bar:
                 rows = np.arange(s, min(s + batch_size, len(self.user_ids)))
                 writer.write(rename_ids(self._recommend_rows(rows, k, filter_seen, exclude, candidates, False,
-                                                             max_memory), names))
+                                                             max_memory, posterior), names))
             if writer.rows == 0 and not len(self.user_ids):
-                writer.write(rename_ids(self._empty_recommendations(), names))
+                writer.write(rename_ids(self._empty_recommendations(posterior), names))
         self._note_dropped_users(self.write_dropped_users(self.dropped_users_path(path), id_columns=id_columns))
         return Path(path)
 
     # ------------------------------------------------------------------ embeddings, similar items
     def embed_users(self, user_ids: Iterable | None = None, *, strict: bool = False,
-                    batch_size: int = 10_000, id_columns: str = "log") -> pd.DataFrame:
+                    batch_size: int = 10_000, id_columns: str = "log", uncertainty: bool = False) -> pd.DataFrame:
         """User embeddings by raw id (all known users by default): ``user_id, mu_0.., sigma_0..`` (the id
-        column under the log's own name unless ``id_columns="fixed"``, as in :meth:`recommend`).
+        column under the log's own name unless ``id_columns="fixed"``, as in :meth:`recommend`); with
+        ``uncertainty`` a last column ``uncertainty``, each user's mean sigma (VAE family; see
+        :mod:`recvae.models.posterior`).
 
         Each user's embedding comes from their positive history (for held-out
         users of a strong split: fold-in and target together). See
         :class:`recvae.models.UserEmbeddings` for what ``mu``/``sigma`` are per model.
         """
         names = self.id_names(id_columns)
+        check_uncertainty(self.model, uncertainty, 0)
         if user_ids is None:
             rows, ids = np.arange(len(self.user_ids)), self.user_ids
         else:
@@ -391,7 +440,10 @@ class RunQueries:
         if not parts:
             raise RunError("no users to embed")
         sigma = None if parts[0].sigma is None else np.concatenate([p.sigma for p in parts])
-        return rename_ids(UserEmbeddings(np.concatenate([p.mu for p in parts]), sigma).to_frame(ids), names)
+        frame = UserEmbeddings(np.concatenate([p.mu for p in parts]), sigma).to_frame(ids)
+        if uncertainty:
+            frame["uncertainty"] = sigma.astype(np.float64).mean(axis=1).astype(np.float32)
+        return rename_ids(frame, names)
 
     def item_embeddings(self, *, id_columns: str = "log") -> pd.DataFrame:
         """Item embeddings: ``item_id, emb_0..`` (decoder rows of a VAE, factors of ALS/BPR; the id column
@@ -425,3 +477,10 @@ class RunQueries:
             "similar_item_id": self.item_ids[np.maximum(recs.items, 0)].ravel()[valid],
             "score": recs.scores.ravel()[valid],
         }), names), k, asked)
+
+
+def _posterior_columns(posterior: dict | None) -> list[str]:
+    """The per-user columns a recommendation with these posterior options adds (see :meth:`RunQueries._posterior`)."""
+    if posterior is None or not posterior["uncertainty"]:
+        return []
+    return ["uncertainty", "rank_spread"] if posterior["samples"] else ["uncertainty"]

@@ -25,7 +25,7 @@ class _Pending:
     service: RunService  # the run the request started on (a reload does not move it)
     user_id: Any  # the run's own id (found by RunService.find_users)
     k: int
-    key: tuple  # (filter_seen, exclude, candidates): requests with equal keys share a Run.recommend call
+    key: tuple  # (filter_seen, exclude, candidates, explore, seed): equal keys share a Run.recommend call
     future: asyncio.Future = field(repr=False)
 
 

@@ -21,6 +21,12 @@ else:
 #: new user, or the popularity ranking of the run's training matrix.
 FALLBACK_REASONS = ("fold-in", "popularity")
 
+#: The posterior fields of the recommend requests (VAE family; see :mod:`recvae.models.posterior`).
+EXPLORE = ("t >= 0: rank from a posterior sample z = mu + t*sigma*eps instead of mu (VAE family; 0: the usual "
+           "ranking; other models refuse t > 0 with 422); a popularity fallback ignores it")
+SEED = "the draw of explore: the same seed, the same list for the same user"
+UNCERTAINTY = "also answer the user's mean posterior sigma (VAE family; other models answer 422)"
+
 if HAVE_PYDANTIC:
     RawId = Union[StrictStr, StrictInt, StrictFloat]
     FallbackReason = Literal["fold-in", "popularity"]
@@ -38,12 +44,18 @@ if HAVE_PYDANTIC:
             None, description="the user's own raw item ids, folded in when the run does not know the user (the "
                               "fallback); ids not in the catalogue are ignored (counted in items_used); a known "
                               "user is scored from the run's history")
+        explore: float = Field(0.0, ge=0, description=EXPLORE)
+        seed: StrictInt = Field(0, ge=0, description=SEED)
+        uncertainty: bool = Field(False, description=UNCERTAINTY)
 
     class NewUserRequest(_Body):
         item_ids: list[RawId] = Field(description="raw item ids of the new user's history (folded in)")
         k: StrictInt = 10
         exclude: list[RawId] | None = None
         candidates: list[RawId] | None = None
+        explore: float = Field(0.0, ge=0, description=EXPLORE)
+        seed: StrictInt = Field(0, ge=0, description=SEED)
+        uncertainty: bool = Field(False, description=UNCERTAINTY)
 
     class SimilarRequest(_Body):
         item_id: RawId
@@ -55,6 +67,9 @@ if HAVE_PYDANTIC:
         exclude: list[RawId] | None = None
         candidates: list[RawId] | None = None
         filter_seen: bool = True
+        explore: float = Field(0.0, ge=0, description=EXPLORE)
+        seed: StrictInt = Field(0, ge=0, description=SEED)
+        uncertainty: bool = Field(False, description=UNCERTAINTY)
 
     class ReloadRequest(_Body):
         run: StrictStr | None = Field(None, description="the run directory to serve next (default: the one "
@@ -75,6 +90,8 @@ if HAVE_PYDANTIC:
                               "or 'popularity' (the training matrix's item counts); null for known users")
         items_used: int | None = Field(None, description="posted items the fold-in used (known, distinct); "
                                                          "null for known users")
+        uncertainty: float | None = Field(None, description="the user's mean posterior sigma when asked "
+                                                            "(uncertainty=true); null otherwise and for fallbacks")
         run_id: str = Field(description="the run that answered")
 
     class BatchResponse(BaseModel):
@@ -86,6 +103,7 @@ if HAVE_PYDANTIC:
 
     class NewUserResponse(BaseModel):
         items: list[RankedItem]
+        uncertainty: float | None = Field(None, description="the new user's mean posterior sigma when asked")
         run_id: str
 
     class SimilarResponse(BaseModel):

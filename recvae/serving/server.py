@@ -10,8 +10,10 @@
 Endpoints (JSON in and out, bodies in :mod:`recvae.serving.schemas`; ids are strings or numbers, looked up as
 :class:`recvae.runs.Run` does; every answer carries ``run_id``, the run that computed it):
 
-- ``POST /recommend`` ``{user_id, k=10, exclude?, candidates?, filter_seen=true, items?}``
-  -> ``{user_id, items: [{rank, item_id, score}], fallback, fallback_reason, items_used, run_id}``
+- ``POST /recommend`` ``{user_id, k=10, exclude?, candidates?, filter_seen=true, items?, explore=0, seed=0,
+  uncertainty=false}`` -> ``{user_id, items: [{rank, item_id, score}], fallback, fallback_reason, items_used,
+  uncertainty, run_id}`` (``explore``/``uncertainty``: the VAE family's posterior, see
+  :mod:`recvae.models.posterior`; on the batch and new-user bodies too)
 - ``GET /recommend/{user_id}?k=10``: the same for one user, default options
 - ``POST /recommend/batch`` ``{user_ids, k=10, exclude?, candidates?, filter_seen=true}`` -> ``{results:
   [{user_id, items, fallback, ...}], missing: [ids the run has no history for], run_id}`` (scored together,
@@ -250,7 +252,8 @@ def _add_recommendation_routes(app: FastAPI, slot: ServedRun, batcher: Batcher |
         service = slot.current  # this request's run, to its end (a reload swaps it for the next ones)
         k = service.check_k(body.k)
         key = (body.filter_seen, service.check_items(body.exclude, "exclude"),
-               service.check_items(body.candidates, "candidates"))
+               service.check_items(body.candidates, "candidates"),
+               *service.check_posterior(body.explore, body.seed, body.uncertainty))
         service.check_length(body.items, "items", "item ids")
         [(user, row, why)] = service.find_users([body.user_id])
         if why is not None:
@@ -262,7 +265,10 @@ def _add_recommendation_routes(app: FastAPI, slot: ServedRun, batcher: Batcher |
             items = await batcher.submit(service, user, k, key)
         else:
             items = (await asyncio.to_thread(service.recommend_batch, key, [user], k)).get(user, [])
-        return _answer(user, items, service)
+        answer = _answer(user, items, service)
+        if body.uncertainty:
+            answer["uncertainty"] = (await asyncio.to_thread(service.uncertainty, [user]))[user]
+        return answer
 
     @app.get("/recommend/{user_id}", response_model=RecommendResponse)
     async def recommend_by_path(user_id: str, k: int = 10) -> dict:
@@ -279,18 +285,19 @@ def _add_recommendation_routes(app: FastAPI, slot: ServedRun, batcher: Batcher |
         k = service.check_k(body.k)
         service.check_length(body.user_ids, "user_ids", "ids")
         key = (body.filter_seen, service.check_items(body.exclude, "exclude"),
-               service.check_items(body.candidates, "candidates"))
+               service.check_items(body.candidates, "candidates"),
+               *service.check_posterior(body.explore, body.seed, body.uncertainty))
         users = {user: (row, why) for user, row, why in service.find_users(body.user_ids)}  # each once, in order
         known = [u for u, (_, why) in users.items() if why is None]
         cold = [(u, row) for u, (row, why) in users.items() if why is not None]
 
-        def score() -> tuple[dict, list]:
+        def score() -> tuple[dict, list, dict]:
             scored = service.recommend_batch(key, known, k) if known else {}
             rest = service.fallback([row for _, row in cold], k, key) if fallback and cold else []
-            return scored, rest
+            return scored, rest, service.uncertainty(known) if body.uncertainty and known else {}
 
-        scored, rest = await asyncio.to_thread(score)
-        answers = {u: _answer(u, scored.get(u, []), service) for u in known}
+        scored, rest, sigma = await asyncio.to_thread(score)
+        answers = {u: {**_answer(u, scored.get(u, []), service), "uncertainty": sigma.get(u)} for u in known}
         answers.update({u: _answer(u, items, service, (reason, used)) for (u, _), (reason, items, used)
                         in zip(cold, rest)})
         return {"results": [answers[u] for u in users if u in answers], "missing": [_short(u) for u, _ in cold],
@@ -310,10 +317,13 @@ def _add_item_routes(app: FastAPI, slot: ServedRun) -> None:
             raise RequestError("item_ids: give at least one item id of the new user's history")
         exclude = service.check_items(body.exclude, "exclude")
         candidates = service.check_items(body.candidates, "candidates")
+        explore, seed = service.check_posterior(body.explore, body.seed, body.uncertainty)
         frame = await asyncio.to_thread(
             run.recommend_for_items, list(items), k, exclude=None if exclude is None else list(exclude),
-            candidates=None if candidates is None else list(candidates), strict=True, id_columns="fixed")
-        return {"items": _ranked(frame), "run_id": service.run_id}
+            candidates=None if candidates is None else list(candidates), strict=True, id_columns="fixed",
+            explore=explore, seed=seed, uncertainty=body.uncertainty)
+        sigma = float(frame["uncertainty"].iloc[0]) if body.uncertainty and len(frame) else None
+        return {"items": _ranked(frame), "uncertainty": sigma, "run_id": service.run_id}
 
     @app.post("/similar", response_model=SimilarResponse)
     async def similar(body: SimilarRequest) -> dict:

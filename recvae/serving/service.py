@@ -28,6 +28,7 @@ import scipy.sparse as sp
 
 from recvae.data.ids import find_ids, lookup_ids, short_id
 from recvae.models.base import item_mask, rank_in_blocks
+from recvae.models.posterior import check_uncertainty
 from recvae.models.popularity import Popularity
 from recvae.runs import Run
 from recvae.runs.directory import MANIFEST_FILE, read_json
@@ -102,6 +103,21 @@ class RunService:
             lookup_ids(self.item_index, list(items), f"{what} item")  # UnknownIdError -> 404
         return tuple(items)
 
+    def check_posterior(self, explore: float, seed: int, uncertainty: bool) -> tuple[float, int]:
+        """``(explore, seed)`` of a request, checked against the run's model: one without a posterior
+        (not of the VAE family) refuses ``explore > 0`` or ``uncertainty`` (422, one line)."""
+        try:
+            self.run.model.explorer(explore, seed)
+            check_uncertainty(self.run.model, uncertainty, 0)
+        except ValueError as err:
+            raise RequestError(one_line(err)) from None
+        return float(explore), int(seed)
+
+    def uncertainty(self, user_ids: list) -> dict[Any, float]:
+        """Each known user's mean posterior sigma, by the run's user id (a worker thread)."""
+        frame = self.run.embed_users(user_ids, id_columns="fixed", uncertainty=True)
+        return {plain(u): float(v) for u, v in zip(frame["user_id"], frame["uncertainty"])}
+
     def check_length(self, values: Sequence | None, what: str, unit: str) -> None:
         """Refuse (422) a list of more than ``max_list`` values; None passes."""
         if values is not None and len(values) > self.max_list:
@@ -139,10 +155,11 @@ class RunService:
     # ------------------------------------------------------------------ scoring
     def recommend_batch(self, key: tuple, user_ids: list, k: int) -> dict[Any, list[dict]]:
         """Top ``k`` of each distinct user under one option key, by the run's user id (a worker thread)."""
-        filter_seen, exclude, candidates = key
+        filter_seen, exclude, candidates, explore, seed = key
         frame = self.run.recommend(user_ids, k=k, filter_seen=filter_seen,
                                    exclude=None if exclude is None else list(exclude),
-                                   candidates=None if candidates is None else list(candidates), id_columns="fixed")
+                                   candidates=None if candidates is None else list(candidates), id_columns="fixed",
+                                   explore=explore, seed=seed)
         ranks, items, scores = frame["rank"].tolist(), frame["item_id"].tolist(), frame["score"].tolist()
         out: dict[Any, list[dict]] = {}
         for user, positions in frame.groupby("user_id", sort=False).indices.items():
@@ -158,7 +175,7 @@ class RunService:
         is in the catalogue, the popularity ranking of the run's training matrix (``"popularity"``). With
         ``filter_seen`` the posted items and a cold user's seen items are never recommended.
         """
-        filter_seen, exclude, candidates = key
+        filter_seen, exclude, candidates, explore, seed = key
         columns = self._known_columns(posted)
         seen = sp.vstack([self.run.seen[r] if r is not None else sp.csr_matrix((1, self.run.n_items), dtype=np.float32)
                           for r in rows]).tocsr()
@@ -168,7 +185,8 @@ class RunService:
         banned = [(seen + posted_rows).tocsr() if filter_seen else None,
                   item_mask(self._columns(exclude), n, n_items, "exclude")]
         allowed = item_mask(self._columns(candidates), n, n_items, "candidates")
-        model, reason = (self.run.model, "fold-in") if len(columns) else (self.popularity, "popularity")
+        model, reason = (self.run.model.explorer(explore, seed), "fold-in") if len(columns) else \
+            (self.popularity, "popularity")  # popularity has no posterior: explore does not apply
         items, scores = rank_in_blocks(model, posted_rows, min(k, n_items), exclude=banned, candidates=allowed)
         out = []
         for row_items, row_scores in zip(items, scores):

@@ -6,8 +6,8 @@ T = ("tests/test_cli_wiring.py", "tests/test_cli.py")
 
 MUTATIONS = [
     dict(name="cli-wiring-recommend-id-columns", file=CLI + "recommend.py",
-         old="batch_size=args.batch_size,\n                          id_columns=args.id_columns)",
-         new="batch_size=args.batch_size)",
+         old="batch_size=args.batch_size,\n                          id_columns=args.id_columns, **posterior)",
+         new="batch_size=args.batch_size, **posterior)",
          tests=("tests/test_output_names.py",), why="recommend --user ignores --id-columns fixed"),
     dict(name="cli-wiring-train-help-params-model", file="recvae/cli/train.py",
          old="return str(known.model or earlier_model(",

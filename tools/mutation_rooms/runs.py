@@ -14,8 +14,10 @@ MUTATIONS = [
          tests=("tests/test_output_names.py",),
          why="recommend_all(path) warns about the users preprocessing dropped but never lists them beside the file"),
     dict(name="runs-wiring-all-users-id-columns", file=QUERIES,
-         old="        names = self.id_names(id_columns)\n        if path is not None:",
-         new="        names = self.id_names(\"log\")\n        if path is not None:",
+         old="        names = self.id_names(id_columns)\n        posterior = self._posterior(explore, seed, uncertainty, "
+             "uncertainty_samples)\n        if path is not None:",
+         new="        names = self.id_names(\"log\")\n        posterior = self._posterior(explore, seed, uncertainty, "
+             "uncertainty_samples)\n        if path is not None:",
          tests=("tests/test_output_names.py",),
          why="recommend_all(id_columns='fixed') / --all-users --id-columns fixed still writes the log's names"),
     dict(name="runs-rows-user-labels-in-sorted-order", file=QUERIES,
@@ -46,8 +48,9 @@ MUTATIONS = [
          tests=T_RUNS,
          why="per-user candidate lists restrict the users they do not name, and leave the named ones free"),
     dict(name="runs-wiring-new-user-candidates-dropped", file=QUERIES,
-         old='candidates=None if candidates is None else self._item_columns(candidates, "candidates", strict))',
-         new="candidates=None)",
+         old='candidates=None if candidates is None else self._item_columns(candidates, "candidates", strict),\n'
+             '            explore=explore',
+         new="candidates=None,\n            explore=explore",
          tests=T_RUNS,
          why="recommend_for_items accepts candidates and never passes them on"),
     dict(name="runs-boundary-k-at-the-catalogue-loses-an-item", file=QUERIES,
