@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recvae.evaluation import ItemPopularity, novelty_at_k
 from recvae.evaluation.metrics import coverage_at_k, mask_seen, ndcg_at_k, top_k
 from recvae.experiment.config import load_config
 from recvae.experiment.runner import load_dataset, make_split
@@ -47,9 +48,9 @@ PARAMS = {"latent_dim": 64, "input_dropout": 0.6996, "lr": 0.0018, "anneal_cap":
           "patience": 15}
 
 
-def novelty(top: np.ndarray, information: np.ndarray) -> np.ndarray:
-    """(users,) mean self-information of each user's list (a local stand-in for recvae.evaluation's)."""
-    return information[top].mean(axis=1)
+def novelty(top: np.ndarray, popularity: ItemPopularity) -> np.ndarray:
+    """(users,) mean self-information of each user's list (recvae.evaluation.novelty_at_k)."""
+    return novelty_at_k(top, popularity, top.shape[1])
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -58,7 +59,7 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(diff.mean()), float(1.96 * diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
-def measure(top: np.ndarray, target, information: np.ndarray, n_items: int) -> dict:
+def measure(top: np.ndarray, target, information: ItemPopularity, n_items: int) -> dict:
     return {"ndcg": ndcg_at_k(top, target, 100), "novelty": novelty(top[:, :20], information),
             "coverage": coverage_at_k(top, n_items, 20)}
 
@@ -81,9 +82,7 @@ def main() -> None:
     model = MultVAE(**{**PARAMS, "epochs": args.epochs}, seed=0, device="cpu", progress=False).fit(split)
     fit_seconds = time.perf_counter() - started
     test, n_items = split.test, split.n_items
-    counts = np.asarray((split.train > 0).sum(axis=0)).ravel()
-    share = np.maximum(counts, 1) / split.train.shape[0]
-    information = -np.log2(share)
+    information = ItemPopularity.from_train(split.train)
 
     def plain_top(scores: np.ndarray) -> np.ndarray:
         return top_k(mask_seen(scores.astype(np.float32), test.fold_in), 100)
