@@ -17,7 +17,8 @@ over users (NDCG, novelty). Also: each user's uncertainty (mean posterior sigma)
 NDCG@100, by quartile.
 
 - novelty@20: the mean over users of the mean self-information ``-log2 p_i`` of their top 20, p_i the
-  share of training users with item i (an item no training user has counts as one);
+  share of training users with item i (an item no training user has counts as half a user, as in
+  recvae.evaluation; the results file was computed when it counted as one);
 - coverage@20: the share of the catalogue in at least one test user's top 20.
 
     /tmp/quiet.sh python experiments/bench_explore.py      # -> experiments/results/explore.md, explore.png
