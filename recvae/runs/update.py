@@ -70,9 +70,9 @@ def update_run(run, new_events, *, output=None, refit: str = "auto", epochs: int
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1):
         raise RunError(f"epochs={epochs!r}: give a positive number of epochs (--epochs N) or leave it unset")
     out = RunOutput.of(output)
+    if out is not None and run.path is not None and _same_place(Path(out.path), run.path):
+        raise RunError(f"{out.path}: is the run being updated; the old run is never changed: give a new directory")
     out_path = out.checked_path() if out is not None else None
-    if out_path is not None and run.path is not None and _same_place(out_path, run.path):
-        raise RunError(f"{out_path}: is the run being updated; the old run is never changed: give a new directory")
     started = time.perf_counter()
     events = _positive_events(run, read_new_events(run, new_events))
     new_items = _new_ids(events.items, run.item_ids)
@@ -142,6 +142,8 @@ def read_new_events(run, new_events) -> InteractionLog:
             try:
                 log = LogSpec(new_events).read()
             except (LogColumnError, ValueError, OSError):
+                log = None
+            if log is None or any(log.columns.get(r) != columns.get(r) for r in ("user", "item")):
                 raise RunError(_column_message(err, columns)) from None
         except (ValueError, OSError) as err:
             raise RunError(f"new events: {one_line(err)}") from None
