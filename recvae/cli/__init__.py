@@ -1,7 +1,7 @@
 """Command line entry point: ``recvae`` (or ``python -m recvae``). It parses arguments and calls the public API.
 
 One module per command group, each documenting its commands (``recvae COMMAND --help`` documents each
-option): :mod:`.train` (train, tune), :mod:`.recommend` (recommend, embed, similar), :mod:`.evaluate`
+option): :mod:`.train` (train, update, tune), :mod:`.recommend` (recommend, embed, similar), :mod:`.evaluate`
 (evaluate, experiment), :mod:`.serve` (serve, export) and :mod:`.info` (demo, the default; info, datasets);
 :mod:`.common` holds what they share. This module builds the parser and runs a command (:func:`main`).
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (info.add_demo, train.add_train, evaluate.add_evaluate, recommend.add_recommend, recommend.add_embed,
+    for add in (info.add_demo, train.add_train, train.add_update, evaluate.add_evaluate, recommend.add_recommend, recommend.add_embed,
                 recommend.add_similar, info.add_info, serve.add_export, info.add_datasets, evaluate.add_experiment,
                 serve.add_serve, train.add_tune, info.add_models):
         add(sub, common)

@@ -67,6 +67,9 @@ def add_train(sub, common) -> None:
     g.add_argument("--params-from", metavar="DIR",
                    help="take the model and parameters (not the epochs) of a tuning directory or a run; "
                         "--model and --param override them")
+    g.add_argument("--warm-start", metavar="RUN",
+                   help="start from the weights of an earlier run of the same model and architecture (items "
+                        "matched by id, new items start fresh); otherwise a full fit")
     g.add_argument("--device", metavar="D", help="torch models: auto, cpu, cuda, cuda:1 ... (default auto)")
     g.add_argument("--seed", metavar="S", type=int,
                    help=f"seeds the model and the split (default: the model's own seed, {LIANG_SEED} for the split)")
@@ -166,11 +169,57 @@ def run_train(args: argparse.Namespace) -> int:
         output=args.output and RunOutput(args.output, overwrite=args.overwrite, resume=args.resume,
                                          checkpoint=not args.no_checkpoint, command_line=args.argv),
         epochs_from=args.epochs_from, evaluate="validation" if args.no_test else True, report=say,
+        warm_start=args.warm_start,
     )
     if run.path is not None:  # rank 0 of a data-parallel run, or the only process
         say("")
         say(run.summary())
         say(f"Run written to {run.path}: {', '.join(sorted(p.name for p in run.path.iterdir()))}")
+    return 0
+
+
+# ============================================================================ update
+def add_update(sub, common) -> None:
+    p = subparser(
+        sub, common, "update", "merge new events into a run: fold them in at once, or warm-start a refit",
+        "Write a new run: RUN_DIR with the events of LOG merged in (recvae.runs.Run.update);\n"
+        "RUN_DIR itself is never changed. LOG has the columns of the run's log and is read\n"
+        "with its column names and rating threshold. Events of known and new users on known\n"
+        "items take effect without training (the model scores each user from their row: the\n"
+        "VAEs' encoder, EASE's x B, ALS's exact user step). Positive events on new items refit\n"
+        "the model warm-started from its weights (old items keep their index), with fewer\n"
+        "epochs and early stopping on the run's validation users.\n\n"
+        "examples:\n"
+        "  recvae update runs/prod today.csv -o runs/prod-2          # fold in; refit only for new items\n"
+        "  recvae update runs/prod week.csv -o runs/prod-3 --refit always --epochs 10",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run to update (read only)")
+    p.add_argument("log", metavar="LOG", help="the new events: a log with the columns of the run's log")
+    p.add_argument("-o", "--output", metavar="DIR", required=True, help="the new run's directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in DIR (never RUN_DIR)")
+    p.add_argument("--refit", choices=("auto", "always", "never"), default="auto",
+                   help="auto: a warm-start refit only when new items arrive; always: refit anyway; never: "
+                        "refuse new items (default auto)")
+    p.add_argument("--epochs", metavar="N", type=int,
+                   help="epochs of the warm-start refit (ALS/BPR: iterations; default a quarter of the run's "
+                        "best epoch, at least 5; a third of the iterations)")
+    p.add_argument("--device", default="auto", help="device for torch models: auto, cpu, cuda (default auto)")
+    p.add_argument("--no-test", action="store_true", help="do not evaluate a refit model on the test users")
+    p.set_defaults(handler=run_update)
+
+
+def run_update(args: argparse.Namespace) -> int:
+    """``recvae update``: :meth:`recvae.runs.Run.update` of ``Run.load(RUN_DIR)``."""
+    from recvae.runs import Run, RunOutput
+
+    say = reporter(args)
+    old = Run.load(args.run_dir, device=args.device)
+    new = old.update(args.log, output=RunOutput(args.output, overwrite=args.overwrite, command_line=args.argv),
+                     refit=args.refit, epochs=args.epochs, evaluate="validation" if args.no_test else True,
+                     report=say)
+    say("")
+    say(new.summary())
+    say(f"Run written to {new.path} ({args.run_dir} unchanged)")
     return 0
 
 

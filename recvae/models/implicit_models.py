@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from recvae.models.array_model import ArrayRecommender, check_number, single_threaded_blas, training_matrix
 from recvae.models.base import UserEmbeddings
+from recvae.models.warm_start import grown_rows, take_warm_start
 from recvae.runtime.memory import describe_bytes, require_memory
 from recvae.nn import hyperparams
 from recvae.training import RecvaeWarning
@@ -118,6 +119,7 @@ class ALS(ArrayRecommender):
                 num_threads=self.num_threads,
                 random_state=self.seed,
             )
+            self._warm_factors(model, matrix)
             model.fit(confidence, show_progress=False)
         self.implicit_model_ = model
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
@@ -128,6 +130,21 @@ class ALS(ArrayRecommender):
             matrix.shape[0], matrix.shape[1], self.factors, self.iterations, time.perf_counter() - started,
         )
         return self
+
+    def _warm_factors(self, model, matrix: sp.csr_matrix) -> None:
+        """A warm start (:mod:`recvae.models.warm_start`): implicit starts from the earlier item factors (new
+        items: implicit's own ``0.01 * uniform`` draw) and the training users' exact ALS step on them."""
+        warm = take_warm_start(self)
+        if warm is None:
+            return
+        rng = np.random.default_rng(self.seed)
+        fresh = (rng.random((matrix.shape[1], self.factors)) * 0.01).astype(np.float32)
+        y = grown_rows(warm.previous.item_factors_, warm.positions, fresh)
+        gram = y.astype(np.float64).T @ y.astype(np.float64)
+        gram[np.diag_indices_from(gram)] += self.regularization
+        users = _als_fold_in(matrix, y.astype(np.float64), gram, self.alpha)
+        model.item_factors = np.ascontiguousarray(y, dtype=np.float32)
+        model.user_factors = np.ascontiguousarray(users, dtype=np.float32)
 
     def embed_users(self, user_rows) -> UserEmbeddings:
         """``mu``: (users, factors) float32 factors solved from the rows (exact ALS user step); no sigma."""

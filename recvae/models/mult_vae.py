@@ -19,6 +19,7 @@ from recvae.data.splits import HeldOut
 from recvae.runtime.distributed import rank_device
 from recvae.nn.annealing import AnnealConfig, anneal_config
 from recvae.models.files import read_vae_payload
+from recvae.models.warm_start import copy_grown_state, take_warm_start
 from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array, training_inputs
 from recvae.models.posterior import no_posterior, posterior_noise
 from recvae.nn.likelihoods import Likelihood
@@ -153,6 +154,9 @@ class TorchVAERecommender(Recommender):
             # Initialisation is seeded without touching the caller's global RNG.
             torch.manual_seed(self.training.seed)
             net = self._build_net(matrix.shape[1])
+        warm = take_warm_start(self)
+        if warm is not None:  # the earlier run's weights, item rows remapped (recvae.models.warm_start)
+            copy_grown_state(net, warm.previous.net_, warm.positions, warm.previous.n_items_)
         self.net_ = net.to(self.device_)
         self.item_ids_ = item_ids
         self.n_items_ = matrix.shape[1]

@@ -46,6 +46,7 @@ from recvae.runs.directory import (
 from recvae.runs.errors import RunError, one_line
 from recvae.runs.id_columns import log_id_columns
 from recvae.runs.refit import best_record, carried_anneal, earlier_record
+from recvae.runs.warm import check_warm_model, start_warm, warm_source
 from recvae.runs.workdir import discard_work_dir
 
 logger = logging.getLogger(__name__)
@@ -55,13 +56,18 @@ DEFAULT_KS = (20, 50, 100)
 _BOOKKEEPING = ("checkpoint", "resume", "history_csv", "history_jsonl")
 
 
-def fit_run(cls, log, model, *, params, split, output, epochs_from, evaluate, report, model_seed=None):
+def fit_run(cls, log, model, *, params, split, output, epochs_from, evaluate, report, model_seed=None,
+            warm_start=None):
     """Read, split, fit, evaluate and (with ``output``) write a run of class ``cls``; see :meth:`Run.fit`."""
     say = report or logger.info
     log_spec, split_spec, out = LogSpec.of(log), as_split_spec(split), RunOutput.of(output)
     out_path = out.checked_path() if out is not None else None
     model_name, params = resolve_model(model, params, epochs_from, say)
     estimator = model if isinstance(model, Recommender) else make_named(model_name, params)
+    earlier = None if warm_start is None else warm_source(warm_start, getattr(getattr(estimator, "training", None),
+                                                                               "device", "auto"))
+    if earlier is not None:
+        check_warm_model(estimator, earlier)  # before the log is read
     if split_spec.every_user and _is_torch(estimator) and not isinstance(model, Recommender) \
             and epochs_from is None and "epochs" not in params:
         raise RunError("a fit on every user has no validation users to choose the epoch: give params={'epochs': N} "
@@ -83,12 +89,17 @@ def fit_run(cls, log, model, *, params, split, output, epochs_from, evaluate, re
         lower_eval_k(estimator, the_split, say)
         choices = {} if isinstance(model, Recommender) else \
             apply_sizing(estimator, LogShape.of(the_split.train), given=params, say=say)
+        warm_said = None if earlier is None else start_warm(estimator, earlier, the_split.item_ids)
+        if warm_said:
+            say(warm_said)
         fit_seconds, failure = _fit(estimator, the_split)
         results = {} if failure is not None else _evaluate(estimator, the_split, evaluate)
         config = describe(estimator, model_name, params, raw_log, data, the_split, log_spec, split_spec,
                           epochs_from=epochs_from, command_line=None if out is None else out.command_line)
         config.update(catalogue_choices=jsonable(choices), fit_seconds=round(fit_seconds, 3), total_seconds=round(time.perf_counter() - started, 3),
                       processes=1 if ctx is None else ctx.world_size)
+        if earlier is not None:
+            config["warm_start"] = {"from": earlier.where, "carried": warm_said}
         run = cls(estimator, the_split, **known_users(the_split, raw_log), config=config,
                   metrics=run_metrics(results, failure))
         run._results = results

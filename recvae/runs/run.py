@@ -27,6 +27,7 @@ from recvae.runs.fitting import default_ks as _default_ks
 from recvae.runs.fitting import fit_run, jsonable as _jsonable, legacy_options, safe_params as _safe_params
 from recvae.runs.queries import RunQueries
 from recvae.runs.trust import check_status
+from recvae.runs.update import update_run
 
 __all__ = ["Run"]
 
@@ -85,6 +86,7 @@ class Run(RunQueries):
         epochs_from: str | os.PathLike | None = None,
         evaluate: bool | str = True,
         report: Callable[[str], None] | None = None,
+        warm_start: str | os.PathLike | Run | None = None,
         **deprecated: Any,
     ) -> Run:
         """Read a log, split it, fit a model, evaluate it and (with ``output``) write the run directory.
@@ -106,6 +108,11 @@ class Run(RunQueries):
                 ``epochs``, and its model and parameters are the default.
             evaluate: evaluate on the held-out users after fitting (``"validation"``: those only).
             report: called with each line worth showing a user (default: logged at INFO).
+            warm_start: an earlier run (a directory or a ``Run``) of the same model and architecture
+                to start from: its weights initialise this fit, an item keeping its learned rows
+                whatever its column now and new items starting fresh (see
+                :mod:`recvae.models.warm_start`); the fit is otherwise a full one. Another model or
+                architecture is a :class:`RunError`.
             deprecated: the flat keywords of recvae 0.1 (``heldout_users``, ``seed``,
                 ``epochs``, ``overwrite``, ``rating_col``, ...) still work, with a FutureWarning.
 
@@ -117,7 +124,44 @@ class Run(RunQueries):
         log, split, output, params, model_seed = legacy_options("Run.fit", deprecated, log=log, split=split,
                                                                 output=output, params=params)
         return fit_run(cls, log, model, params=params, split=split, output=output, epochs_from=epochs_from,
-                       evaluate=evaluate, report=report, model_seed=model_seed)
+                       evaluate=evaluate, report=report, model_seed=model_seed, warm_start=warm_start)
+
+    # ------------------------------------------------------------------ update
+    def update(
+        self,
+        new_events: LogSource | LogSpec,
+        *,
+        output: str | os.PathLike | RunOutput | None = None,
+        refit: str = "auto",
+        epochs: int | None = None,
+        evaluate: bool | str = True,
+        report: Callable[[str], None] | None = None,
+    ) -> Run:
+        """A new run: this one with ``new_events`` merged in; this run is never changed.
+
+        Events of known and new users on known items take effect without training (every model
+        scores a user from their row: the new run holds the merged rows and the same model; new
+        users get rows after the old ones). Positive events on new items trigger a warm-start
+        refit (see :mod:`recvae.runs.update`): old items keep their index and learned weights,
+        new items are appended, fewer epochs, early stopping on this run's validation users.
+
+        Args:
+            new_events: a file or DataFrame with the columns of this run's log (read with its
+                column names and rating threshold), or a :class:`LogSpec` / ``InteractionLog``.
+            output: the new run's directory (written whole or not at all; never this run's own).
+            refit: ``"auto"`` (refit only for new items), ``"always"`` (a warm-start refit even
+                without new items) or ``"never"`` (refuse new items).
+            epochs: epochs of the warm-start refit (ALS/BPR: iterations); default a quarter of
+                this run's best epoch, at least 5 (a third of the iterations).
+            evaluate: evaluate a refit model on the held-out users (as :meth:`fit`).
+            report: called with each line worth showing a user (default: logged at INFO).
+
+        Raises:
+            RunError: one line: events without the run's columns, ids of another type, new
+                items with ``refit="never"``, an output that cannot take the run.
+        """
+        return update_run(self, new_events, output=output, refit=refit, epochs=epochs, evaluate=evaluate,
+                          report=report)
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
