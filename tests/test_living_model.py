@@ -140,6 +140,23 @@ def test_new_items_refit_with_old_item_ids_stable(runs, with_new_item, tmp_path,
     assert scores.shape == (3, run.n_items + 1) and np.isfinite(scores).all()
 
 
+def test_text_ids_with_new_users_and_items_are_saved_as_text(logs, tmp_path):
+    """Text ids (a practitioner's log): a new item and a new user keep the run's str ids (pandas made them objects)."""
+    old, _, folder = logs
+    as_text = lambda f: f.assign(user="u" + f["user"].astype(str), item="i" + f["item"].astype(str))  # noqa: E731
+    as_text(old).to_csv(tmp_path / "old.csv", index=False)
+    fans = as_text(old)["user"].unique()[:30]
+    pd.DataFrame({"user": [*fans, "newcomer", "newcomer"], "item": ["i-new"] * 30 + ["i-new", "i1"],
+                  "rating": 5.0, "timestamp": 1}).to_csv(tmp_path / "new.csv", index=False)
+    run = Run.fit(tmp_path / "old.csv", "ease", params={"l2": 20.0}, split=SplitSpec(heldout_users=20),
+                  output=tmp_path / "run", evaluate=False)
+    updated = run.update(tmp_path / "new.csv", output=tmp_path / "up")
+    reloaded = Run.load(tmp_path / "up")
+    assert reloaded.item_ids.dtype.kind == "U" and reloaded.item_ids[-1] == "i-new"
+    assert list(reloaded.item_ids[:-1]) == list(run.item_ids)
+    assert "newcomer" in set(reloaded.user_ids.tolist()) and updated.n_items == run.n_items + 1
+
+
 def test_refit_never_refuses_new_items(runs, with_new_item, tmp_path):
     with pytest.raises(RunError, match="1 new item.*refit='auto'"):
         runs["ease"].update(with_new_item, output=tmp_path / "up", refit="never")

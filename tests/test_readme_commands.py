@@ -99,8 +99,9 @@ def _argv(tokens: list[str]) -> list[str] | None:
 
 
 def _write_logs(folder: Path) -> None:
-    """``ratings.csv`` (MovieLens columns; users 1-80, items 1-150, 260 and 1196, as the README's examples) and
-    ``log.parquet`` (string ids in customer/product, stars, ts: the own-log recipe)."""
+    """``ratings.csv`` (MovieLens columns; users 1-80, items 1-150, 260 and 1196, as the README's examples),
+    ``log.parquet`` (string ids in customer/product, stars, ts: the own-log recipe) and the update recipe's
+    ``new.csv`` (MovieLens columns), ``today.csv`` (the own log's columns) and ``week.csv`` (the own log and today's)."""
     rng = np.random.default_rng(0)
     items = np.r_[np.arange(1, 151), 260, 1196]
     rows = []
@@ -113,8 +114,18 @@ def _write_logs(folder: Path) -> None:
                          int(1e9) + len(rows)))
     frame = pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"])
     frame.to_csv(folder / "ratings.csv", index=False)
-    pd.DataFrame({"customer": "u" + frame["userId"].astype(str), "product": "m" + frame["movieId"].astype(str),
-                  "stars": frame["rating"], "ts": frame["timestamp"]}).to_parquet(folder / "log.parquet")
+    own = pd.DataFrame({"customer": "u" + frame["userId"].astype(str), "product": "m" + frame["movieId"].astype(str),
+                        "stars": frame["rating"], "ts": frame["timestamp"]})
+    own.to_parquet(folder / "log.parquet")
+    # the update recipe's new events: known users and a new one, on known items and a new one
+    new = frame.sample(40, random_state=0).assign(movieId=lambda f: f["movieId"].where(f.index % 2 == 0, 1))
+    new = pd.concat([new, pd.DataFrame({"userId": [999] * 3, "movieId": [1, 2, 151], "rating": 5.0,
+                                        "timestamp": int(2e9)})], ignore_index=True)
+    new.to_csv(folder / "new.csv", index=False)
+    today = pd.DataFrame({"customer": "u" + new["userId"].astype(str), "product": "m" + new["movieId"].astype(str),
+                          "stars": new["rating"], "ts": new["timestamp"]})
+    today.to_csv(folder / "today.csv", index=False)
+    pd.concat([own, today], ignore_index=True).to_csv(folder / "week.csv", index=False)
 
 
 def test_the_readme_parses_into_commands():

@@ -207,7 +207,9 @@ def _run_ids(raw: np.ndarray, reference: np.ndarray, what: str) -> np.ndarray:
 def _new_ids(ids: np.ndarray, known: np.ndarray) -> np.ndarray:
     """The distinct ids of ``ids`` not in ``known``, sorted (the order they are appended in)."""
     distinct = pd.Index(ids).unique()
-    return np.sort(np.asarray(distinct[~distinct.isin(pd.Index(known))]))
+    new = distinct[~distinct.isin(pd.Index(known))].to_numpy()
+    # a pandas Index holds text as objects; the run saves its ids as a numpy str array only
+    return np.sort(new.astype(str) if new.dtype == object else new)
 
 
 # ---------------------------------------------------------------------- merging
