@@ -496,17 +496,17 @@ def test_serve_options_reach_the_server(monkeypatch, runs):
     calls = spy(monkeypatch, recvae.serving.server, "serve", lambda *args, **kwargs: None)
     run_cli(["-v", "serve", runs["ease"], "--host", "0.0.0.0", "--port", "9001", "--workers", "3", "--max-batch",
              "17", "--max-wait-ms", "2.5", "--no-batching", "--device", "cpu", "--allow-failed",
-             "--max-body-bytes", "4096", "--unknown-users", "404", "--allow-reload"])
+             "--max-body-bytes", "4096", "--unknown-users", "404", "--allow-reload", "--max-queue", "77"])
     run_cli(["serve", runs["ease"]])
     run_cli(["-q", "serve", runs["ease"]])
     every, plain, quiet = calls
     assert every == {"run_dir": str(runs["ease"]), "host": "0.0.0.0", "port": 9001, "workers": 3, "max_batch": 17,
                      "max_wait_ms": 2.5, "max_list": 10_000, "micro_batching": False, "device": "cpu",
                      "log_level": "info", "access_log": True, "max_body_bytes": 4096, "allow_failed": True,
-                     "unknown_users": "404", "allow_reload": True}
+                     "unknown_users": "404", "allow_reload": True, "max_queue": 77}
     assert {k: plain[k] for k in ("host", "port", "workers", "max_batch", "max_wait_ms", "micro_batching", "device",
                                   "log_level", "access_log", "allow_failed", "max_body_bytes")} == {
-        "host": "127.0.0.1", "port": 8000, "workers": 1, "max_batch": 256, "max_wait_ms": 5.0, "micro_batching": True,
+        "host": "127.0.0.1", "port": 8000, "workers": 1, "max_batch": 256, "max_wait_ms": 0.0, "micro_batching": True,
         "device": "auto", "log_level": "info", "access_log": False, "allow_failed": False, "max_body_bytes": 1 << 20}
     assert (quiet["log_level"], quiet["access_log"], quiet["micro_batching"]) == ("warning", False, True)
 

@@ -136,7 +136,7 @@ def test_a_request_in_flight_finishes_on_its_run_and_concurrent_requests_all_suc
     app = create_app(runs["a"], device="cpu", allow_reload=True, micro_batching=micro_batching)
     old = app.state.served.current
     started, release = threading.Event(), threading.Event()
-    recommend = old.run.recommend
+    recommend = old.recommend_batch
 
     def held(*args, **kwargs):  # the old run's first scoring waits until the reload is done
         if not started.is_set():
@@ -144,7 +144,7 @@ def test_a_request_in_flight_finishes_on_its_run_and_concurrent_requests_all_suc
             assert release.wait(WAIT_S)
         return recommend(*args, **kwargs)
 
-    monkeypatch.setattr(old.run, "recommend", held)
+    monkeypatch.setattr(old, "recommend_batch", held)
     users = _users(oracles["a"])
     stop = threading.Event()
 
