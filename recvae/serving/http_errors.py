@@ -58,8 +58,11 @@ def _validation_message(err: RequestValidationError) -> str:
     """FastAPI's list of validation errors as one line: ``k: Input should be a valid integer; ...``."""
     parts: dict[str, str] = {}
     for error in err.errors():
-        if error.get("type") == "json_invalid":
-            parts["body"] = f"invalid JSON ({error.get('msg', 'decode error')} at position {error['loc'][-1]})"
+        if error.get("type") == "json_invalid":  # FastAPI's parse says where (loc), pydantic's in its message
+            where = [p for p in error.get("loc", ()) if isinstance(p, int)]
+            at = f" at position {where[-1]}" if where else ""
+            message = str(error.get("msg", "decode error")).removeprefix("Invalid JSON: ")
+            parts["body"] = f"invalid JSON ({message}{at})"
             continue
         loc = [str(p) for p in error.get("loc", ()) if p != "body"]
         if loc and loc[-1] in _ID_TYPES:  # one error per member of the id union: say it once

@@ -41,7 +41,7 @@ if HAVE_PYDANTIC:
 
     class NewUserRequest(_Body):
         item_ids: list[RawId] = Field(description="raw item ids of the new user's history (folded in)")
-        weights: list[Union[StrictFloat, StrictInt]] | None = Field(
+        weights: list[StrictFloat] | None = Field(
             None, description="one positive weight per item id (default: each 1, an id given twice counts once; "
                               "with weights an id given twice adds its weights)")
         k: StrictInt = 10

@@ -121,6 +121,7 @@ class RunService:
         self.run = run
         self.run_id = run_identity(run) if run_id is None else run_id
         self.max_list = max_list
+        self.n_items = run.n_items  # read once (a property of the split)
         self.items = IdMap(run.item_ids)
         self.users = IdMap(run.user_ids)
         self.dropped = IdMap(run.dropped_user_ids)
@@ -135,8 +136,8 @@ class RunService:
 
     # ------------------------------------------------------------------ request checks
     def check_k(self, k: int) -> int:
-        if not 1 <= k <= self.run.n_items:
-            raise RequestError(f"k {k}: choose k between 1 and {self.run.n_items} (the number of items)")
+        if not 1 <= k <= self.n_items:
+            raise RequestError(f"k {k}: choose k between 1 and {self.n_items} (the number of items)")
         return k
 
     def check_items(self, items: Sequence | None, what: str) -> tuple | None:
@@ -209,7 +210,7 @@ class RunService:
         columns = self.known_columns(posted)
         if len(columns):
             return [("fold-in", items, len(columns)) for items in self.fold_in(key, [(columns, None, r) for r in rows], k)]
-        empty = sp.csr_matrix((len(rows), self.run.n_items), dtype=np.float32)
+        empty = sp.csr_matrix((len(rows), self.n_items), dtype=np.float32)
         return [("popularity", items, 0) for items in self._rank(self.popularity, empty, rows, k, key)]
 
     def fold_in(self, key: tuple, users: Sequence[tuple], k: int) -> list[list[dict]]:
@@ -220,7 +221,7 @@ class RunService:
         are filtered too) or None. ``key`` is ``(filter_seen, exclude, candidates)``; with ``filter_seen`` the
         posted items are never recommended (as :meth:`Run.recommend_for_items`).
         """
-        n, n_items = len(users), self.run.n_items
+        n, n_items = len(users), self.n_items
         values = [np.ones(len(c), np.float32) if w is None else np.asarray(w, np.float32) for c, w, _ in users]
         indptr = np.concatenate([[0], np.cumsum([len(c) for c, _, _ in users])]).astype(np.int64)
         posted = sp.csr_matrix((np.concatenate(values), np.concatenate([c for c, _, _ in users]).astype(np.int64),
