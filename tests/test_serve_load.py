@@ -9,6 +9,7 @@ a clock.
 """
 
 import asyncio
+import gc
 import threading
 import warnings
 
@@ -191,6 +192,16 @@ def test_batches_and_similar_items_also_run_in_the_scoring_thread(ease, monkeypa
         assert client.post("/recommend/batch", json={"user_ids": ease.user_ids[:3].tolist()}).status_code == 200
         assert client.post("/similar", json={"item_id": ease.item_ids[0].item()}).status_code == 200
     assert len(seen) == 2 and all(name.startswith("recvae-score") for name in seen), seen
+
+
+def test_the_loaded_run_is_kept_out_of_full_garbage_collections(ease):
+    """A full gc pass over the run's objects stalled every request in flight (the p99 under load): the app
+    freezes the heap once started, and unfreezes it when it stops."""
+    gc.unfreeze()
+    with TestClient(create_app(ease)) as client:
+        assert gc.get_freeze_count() > 0
+        assert client.get("/health").status_code == 200
+    assert gc.get_freeze_count() == 0
 
 
 # ============================================================================ new users

@@ -54,6 +54,7 @@ waiting, one more answers 503 with ``Retry-After`` at once. Answers are written 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -158,7 +159,7 @@ def create_app(
     run.check_status(allow_failed=allow_failed)  # a run whose training failed is refused (RunError)
     slot = ServedRun(RunService(run, max_list=max_list), start_path=run.path if given else Path(run_dir_or_run),
                      device=device, allow_failed=allow_failed,
-                     on_swap=lambda service: setattr(app.state, "run", service.run))
+                     on_swap=lambda service: (setattr(app.state, "run", service.run), _freeze_heap()))
     batcher = Batcher(max_batch=max_batch if micro_batching else 1, max_wait_s=max_wait_ms / 1000.0,
                       max_queue=max_queue)
 
@@ -166,7 +167,9 @@ def create_app(
     async def lifespan(_: FastAPI):
         loop = asyncio.get_running_loop()
         hooked = reload_on_sighup and _on_sighup(loop, slot)
+        _freeze_heap()
         yield
+        gc.unfreeze()
         if hooked:
             loop.remove_signal_handler(signal.SIGHUP)
         await batcher.stop()
@@ -183,6 +186,15 @@ def create_app(
     _add_recommendation_routes(app, slot, batcher, fallback=unknown_users == "fallback")
     _add_item_routes(app, slot, batcher)
     return app
+
+
+def _freeze_heap() -> None:
+    """Keep the loaded run out of the garbage collector's full passes (``gc.freeze``): a full pass over its
+    few hundred thousand objects stalled every request in flight for 100-250 ms (the p99 under load). Called
+    at start and after each reload swap (unfrozen first, so that a replaced run's cycles can still be freed)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _check_max_body_bytes(max_body_bytes) -> None:
