@@ -347,7 +347,7 @@ def test_serve_worker_processes_read_every_option(runs, uvicorn_calls, micro_bat
     [(args, kwargs)] = uvicorn_calls["run"]
     assert args == ("recvae.serving.server:_app_from_environment",)
     assert kwargs == {"factory": True, "host": "127.0.0.1", "port": 8124, "workers": 3, "log_level": "error",
-                      "access_log": False}
+                      "access_log": False, "timeout_worker_healthcheck": serve_module.WORKER_START_TIMEOUT_S}
     # what each worker process does on start: build the app from the environment
     app = serve_module._app_from_environment()
     assert [kw for _, kw in uvicorn_calls["load"]] == [{"device": "cpu", "allow_failed": False}] * 2

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 import logging
 import os
@@ -97,6 +98,10 @@ __all__ = ["create_app", "serve", "HAVE_SERVER", "MISSING_SERVER"]
 MISSING_SERVER = "the server needs FastAPI and uvicorn: pip install recvae[serve]"
 DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_LIST = 10_000
+#: How long a worker process started by SIGHUP (``serve(workers=N)``) may take to load the run and answer
+#: before uvicorn gives up on it and keeps the old one (uvicorn's own default, 5 s, is less than importing
+#: torch and loading a run takes on a busy machine: the reload was abandoned).
+WORKER_START_TIMEOUT_S = 300
 #: The environment variables a uvicorn worker process reads its settings from (``serve(workers=N)``).
 ENV_RUN, ENV_OPTIONS = "RECVAE_SERVE_RUN", "RECVAE_SERVE_OPTIONS"
 
@@ -470,5 +475,7 @@ def serve(
     Run.load(path, device="cpu", allow_failed=allow_failed)  # fail here, once, before forking workers
     os.environ[ENV_RUN] = os.path.abspath(path)  # a link stays a link: SIGHUP's new workers follow it
     os.environ[ENV_OPTIONS] = _encode_options(options)
+    extra = ({"timeout_worker_healthcheck": WORKER_START_TIMEOUT_S}
+             if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters else {})
     uvicorn.run("recvae.serving.server:_app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=access_log)
+                log_level=log_level, access_log=access_log, **extra)
