@@ -14,6 +14,7 @@ wrk timeouts at 5 s). Memory: one server (1 worker, batching) after 10 s of warm
 
     python experiments/bench_serve_load.py --workers 1            # one worker's cells and the memory check
     python experiments/bench_serve_load.py --workers 2 --no-memory
+    python experiments/bench_serve_load.py --overload 32          # c=256 against --max-queue 32: the 503s
     python experiments/bench_serve_load.py --quick                # 5 s cells, 10,000 memory requests
 
 Rows are kept in experiments/results/serve_load.json (a call replaces the rows of its workers) and shown in
@@ -140,6 +141,21 @@ def run_cells(run_dir: Path, bodies: dict, script: Path, workers: int, seconds: 
     return rows
 
 
+def overload_cell(run_dir: Path, bodies: dict, script: Path, seconds: float, max_queue: int) -> dict:
+    """One worker, batching, known users at c=256 against a queue of ``max_queue``: the overload is refused
+    (503 at once) while the answered requests keep their throughput and latency."""
+    path, file = bodies["known"]
+    with Server(run_dir, "--max-queue", str(max_queue), cpus=SERVER_CPUS) as server:
+        wrk(server.url, path, file, script, 8, 3)
+        before = _info(server)
+        result = wrk(server.url, path, file, script, 256, seconds)
+        row = {"max_queue": max_queue, "kind": "known", "c": 256, **cell_row(result, before, _info(server)),
+               "load_1min": os.getloadavg()[0]}
+    print(f"overload (max_queue {max_queue}, c=256): {row['req_per_s']:.1f} req/s, p99 {row['p99_ms']:.1f} ms, "
+          f"503s {row['503s']}, errors {row['errors']}", flush=True)
+    return row
+
+
 def memory_check(run_dir: Path, bodies: dict, script: Path, requests: int) -> dict:
     """RSS of one server (1 worker, batching) after 10 s of warm-up requests and after ``requests`` more (wrk
     runs of 10 s at c=64 until they add up)."""
@@ -160,14 +176,16 @@ def memory_check(run_dir: Path, bodies: dict, script: Path, requests: int) -> di
     return row
 
 
-def write_results(rows: list[dict], memory: dict | None, data_name: str, epochs: int, seconds: float,
-                  argv: list[str], quick: bool) -> tuple[Path, Path]:
+def write_results(rows: list[dict], memory: dict | None, overload: dict | None, data_name: str, epochs: int,
+                  seconds: float, argv: list[str], quick: bool) -> tuple[Path, Path]:
     store = RESULTS / ("serve_load_quick.json" if quick else "serve_load.json")
     kept = json.loads(store.read_text()) if store.exists() else {"rows": [], "memory": None}
     workers = {r["workers"] for r in rows}
     kept["rows"] = [r for r in kept["rows"] if r["workers"] not in workers] + rows
     kept["memory"] = memory if memory is not None else kept.get("memory")
-    kept.setdefault("written", {})[",".join(map(str, sorted(workers)))] = (
+    kept["overload"] = overload if overload is not None else kept.get("overload")
+    label = ("workers " + ",".join(map(str, sorted(workers)))) if rows else "overload"
+    kept.setdefault("written", {})[label] = (
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, {seconds:g} s cells, `python experiments/"
         f"bench_serve_load.py {' '.join(argv)}`")
     store.write_text(json.dumps(kept, indent=1) + "\n")
@@ -178,7 +196,13 @@ def write_results(rows: list[dict], memory: dict | None, data_name: str, epochs:
                    f"Memory (1 worker, batching, known users at c=64): RSS {mem['rss_before_mib']:.1f} MiB after "
                    f"{mem['warm_up']:,} warm-up requests, {mem['rss_after_mib']:.1f} MiB after {mem['requests']:,} more "
                    f"({mem['growth_pct']:+.2f}%, {mem['seconds']:.0f} s).\n\n")
-    written = "; ".join(f"workers {w}: {when}" for w, when in sorted(kept["written"].items()))
+    over = kept.get("overload")
+    overload_text = ("" if over is None else
+                     f"Overload (1 worker, batching, known users at c=256, `--max-queue {over['max_queue']}`): "
+                     f"{over['req_per_s']:.1f} req/s answered, p50 / p95 / p99 {over['p50_ms']:.1f} / "
+                     f"{over['p95_ms']:.1f} / {over['p99_ms']:.1f} ms, {over['503s']:,} answered 503 at once, "
+                     f"{over['errors']} errors (load {over['load_1min']:.2f}).\n\n")
+    written = "; ".join(f"{w}: {when}" for w, when in sorted(kept["written"].items()))
     out = RESULTS / ("serve_quick.md" if quick else "serve.md")
     write_section(out, "bench_serve_load",
                   f"## Under load: wrk against `recvae serve` (`bench_serve_load.py`)\n\n"
@@ -191,7 +215,7 @@ def write_results(rows: list[dict], memory: dict | None, data_name: str, epochs:
                   f"503s are overload refusals (none expected at these concurrencies: the queue holds 1,024), "
                   f"errors are other statuses, socket errors and wrk timeouts (5 s); mean_batch is requests per "
                   f"scoring call (one worker's count); load_1min is the machine's load average after the cell.\n\n"
-                  f"{text}\n\n{memory_text}Written: {written}.\n")
+                  f"{text}\n\n{memory_text}{overload_text}Written: {written}.\n")
     return out, store
 
 
@@ -208,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="seconds per cell (default 30; --quick 5)")
     parser.add_argument("--memory-requests", type=int, help="requests of the memory check (default 100,000)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory check")
+    parser.add_argument("--overload", type=int, metavar="MAX_QUEUE",
+                        help="only the overload cell: c=256 against --max-queue MAX_QUEUE (e.g. 32)")
     parser.add_argument("--quick", action="store_true", help="5 s cells, 10,000 memory requests, 1 epoch")
     parser.add_argument("--run-dir", type=Path, help="a fitted Mult-VAE run directory to serve (default: fit one)")
     args = parser.parse_args(argv)
@@ -230,9 +256,14 @@ def main(argv: list[str] | None = None) -> int:
         script = workdir / "bodies.lua"
         script.write_text(LUA)
         print(f"load {os.getloadavg()}", flush=True)
-        rows = [row for workers in args.workers for row in run_cells(run_dir, bodies, script, workers, seconds)]
-        memory = None if args.no_memory else memory_check(run_dir, bodies, script, requests)
-    out, store = write_results(rows, memory, data_name, epochs, seconds, argv, args.quick)
+        if args.overload is not None:
+            rows, memory = [], None
+            overload = overload_cell(run_dir, bodies, script, seconds, args.overload)
+        else:
+            rows = [row for workers in args.workers for row in run_cells(run_dir, bodies, script, workers, seconds)]
+            memory = None if args.no_memory else memory_check(run_dir, bodies, script, requests)
+            overload = None
+    out, store = write_results(rows, memory, overload, data_name, epochs, seconds, argv, args.quick)
     print(f"written to {out} and {store}")
     return 0
 

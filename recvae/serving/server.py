@@ -476,6 +476,6 @@ def serve(
     os.environ[ENV_RUN] = os.path.abspath(path)  # a link stays a link: SIGHUP's new workers follow it
     os.environ[ENV_OPTIONS] = _encode_options(options)
     extra = ({"timeout_worker_healthcheck": WORKER_START_TIMEOUT_S}
-             if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters else {})
+             if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters else {})
     uvicorn.run("recvae.serving.server:_app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=access_log, **extra)
