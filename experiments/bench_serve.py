@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,72 +35,30 @@ import pandas as pd
 
 from recvae.data import ML1M_SHAPE, synthetic_log
 from recvae.runs import LogSpec, Run, SplitSpec
+from serve_helpers import Server, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "ml-1m-implicit" / "ratings.csv.gz"
 RESULTS = ROOT / "experiments" / "results"
 CONCURRENCY = (1, 8, 64)
-START_TIMEOUT_S = 120
 
 
-def fit_runs(workdir: Path, epochs: int) -> tuple[dict[str, Path], str]:
-    """Run directories of Mult-VAE and EASE on every user of the log; and the log's name."""
+def fit_runs(workdir: Path, epochs: int, models: tuple[str, ...] = ("mult-vae", "ease")) -> tuple[dict[str, Path], str]:
+    """Run directories of Mult-VAE and EASE (or those of ``models``) on every user of the log; and the log's name."""
     if DATA.is_file():
         log, name = LogSpec(str(DATA), implicit=True), "ml-1m-implicit"
     else:
         log, name = LogSpec(synthetic_log(ML1M_SHAPE), rating_threshold=None), "synthetic (ML-1M shape)"
     quiet = lambda _: None  # noqa: E731
     runs = {}
-    for model, params in (("mult-vae", {"epochs": epochs, "seed": 0}), ("ease", {"l2": 500.0})):
+    every = {"mult-vae": {"epochs": epochs, "seed": 0}, "ease": {"l2": 500.0}}
+    for model, params in ((m, every[m]) for m in models):
         started = time.perf_counter()
         Run.fit(log, model, params=params, split=SplitSpec(heldout_users=0, seed=0), evaluate=False,
                 output=workdir / model, report=quiet)
         print(f"fitted {model} on {name} in {time.perf_counter() - started:.1f} s", flush=True)
         runs[model] = workdir / model
     return runs, name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``recvae serve RUN`` on 127.0.0.1 in a subprocess, up until the ``with`` block ends."""
-
-    def __init__(self, run_dir: Path, batching: bool) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "recvae", "-q", "serve", str(run_dir), "--host", "127.0.0.1",
-                        "--port", str(self.port), "--device", "cpu"] + ([] if batching else ["--no-batching"])
-
-    def __enter__(self) -> Server:
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}: {self.proc.stderr.read()[-1000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"the server did not answer /health within {START_TIMEOUT_S} s")
-            time.sleep(0.2)
-
-    def __exit__(self, *_) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc.stderr.close()
 
 
 async def load(url: str, users: list, concurrency: int, k: int, timeout_s: float) -> dict:
@@ -149,7 +105,6 @@ def onnx_vs_torch(run_dir: Path, workdir: Path, n_users: int = 1000, repeats: in
     import onnxruntime
 
     from recvae.serving.onnx_export import export_onnx
-    from recvae.runs import LogSpec, Run, SplitSpec
 
     run = Run.load(run_dir, device="cpu")
     rows = run.history[:n_users]
@@ -199,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             user_ids = np.load(run_dir / "users.npz", allow_pickle=False)["user_ids"]
             rng = np.random.default_rng(args.seed)
             for batching in (True, False):
-                with Server(run_dir, batching) as server:
+                with Server(run_dir, *([] if batching else ["--no-batching"])) as server:
                     asyncio.run(load(server.url, user_ids[:20].tolist(), 4, args.k, args.cell_timeout))  # warm-up
                     for concurrency in CONCURRENCY:
                         users = rng.choice(user_ids, size=n_requests).tolist()
@@ -217,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("serve_quick.md" if args.quick else "serve.md")
-    out.write_text(
-        f"# Serving speed (`recvae serve`, POST /recommend, k={args.k})\n\n"
+    write_section(out, "bench_serve",
+        f"## The in-process client (`bench_serve.py`, POST /recommend, k={args.k})\n\n"
         f"Data: {data_name}; Mult-VAE ({epochs} epoch(s)) and EASE (l2=500) on every user. "
         f"{n_requests} requests per cell from random known users, an asyncio httpx client on the same machine "
         f"({os.cpu_count()} CPU cores shared with the server; {platform.processor() or platform.machine()}). "
-        f"Micro-batching: max wait 5 ms, max batch 256; mean_batch = requests per scored batch in the cell."
+        f"Batching: no fixed wait, max batch 256; mean_batch = requests per scored batch in the cell."
         f"\n\n{text}\n\n"
         f"The Mult-VAE fold-in scorer, torch `model.score` beside onnxruntime on the exported graph "
         f"(`recvae export --format onnx`), same rows, best of 3:\n\n"

@@ -1,7 +1,7 @@
 """The server's memory under a huge request body (issue 35): peak and settled RSS for a 100 MB POST /recommend.
 
-A popularity run on a small synthetic log is served by ``recvae.serving.server.serve`` (uvicorn, one
-process) in a subprocess, once with no effective body limit (``max_body_bytes=2**40``: the server reads
+A popularity run on a small synthetic log is served by ``recvae serve`` (uvicorn, one process) in a
+subprocess (experiments/serve_helpers.py), once with no effective body limit (``max_body_bytes=2**40``: the server reads
 every body, as before the limit existed) and once with the default limit (1 MiB). Against each, a client
 on the same machine sends, in turn:
 
@@ -22,31 +22,14 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from serve_helpers import Server, status_kib
+
 CHUNK = 1 << 20
-START_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 def _body(mb: int):
@@ -84,46 +67,10 @@ def post(port: int, mb: int, chunked: bool) -> str:
         conn.close()
 
 
-class Server:
-    """``serve(run_dir, max_body_bytes=...)`` in a subprocess until the ``with`` block ends."""
-
-    def __init__(self, run_dir: Path, max_body_bytes: int) -> None:
-        self.port = _free_port()
-        code = ("import sys; from recvae.serving.server import serve; "
-                "serve(sys.argv[1], port=int(sys.argv[2]), max_body_bytes=int(sys.argv[3]), device='cpu')")
-        self.command = [sys.executable, "-c", code, str(run_dir), str(self.port), str(max_body_bytes)]
-
-    def __enter__(self) -> Server:
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        self.__exit__()
-        raise RuntimeError(f"the server did not answer /health within {START_TIMEOUT_S} s")
-
-    def __exit__(self, *_) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 def measure(server: Server, mb: int, clients: int, chunked: bool) -> dict:
     pid = server.proc.pid
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
-    before = _status_kib(pid, "VmRSS")
+    before = status_kib(pid, "VmRSS")
     answers: list[str] = [""] * clients
 
     def one(i: int) -> None:
@@ -135,8 +82,8 @@ def measure(server: Server, mb: int, clients: int, chunked: bool) -> dict:
     for t in threads:
         t.join()
     time.sleep(2.0)
-    return {"answers": "; ".join(answers), "before": before / 1024, "peak": _status_kib(pid, "VmHWM") / 1024,
-            "after": _status_kib(pid, "VmRSS") / 1024}
+    return {"answers": "; ".join(answers), "before": before / 1024, "peak": status_kib(pid, "VmHWM") / 1024,
+            "after": status_kib(pid, "VmRSS") / 1024}
 
 
 def main() -> None:
@@ -152,7 +99,7 @@ def main() -> None:
                 report=lambda _: None)
         print("| limit | case | answers | RSS before (MiB) | peak (MiB) | RSS after (MiB) |\n|---|---|---|---|---|---|")
         for label, limit in (("none (2**40)", 2**40), ("1 MiB (default)", 1 << 20)):
-            with Server(run_dir, limit) as server:
+            with Server(run_dir, "--max-body-bytes", str(limit)) as server:
                 for case, clients, chunked in (("one", 1, False), ("two", 2, False), ("chunked", 1, True)):
                     row = measure(server, args.mb, clients, chunked)
                     print(f"| {label} | {case} | {row['answers']} | {row['before']:.0f} | {row['peak']:.0f} | "

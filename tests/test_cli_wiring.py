@@ -164,7 +164,8 @@ def test_train_passes_every_option_to_run_fit(monkeypatch, log_csv, tmp_path):
             "--device", "cpu", "--seed", "5", "--no-progress", "--split", "weak", "--heldout-users", "0",
             "--min-rating", "2.5", "--min-user-events", "3", "--strict", "--data-dir", str(tmp_path / "dd"),
             "--user-col", "who", "--item-col", "what", "--rating-col", "stars", "--implicit", "--weight-col", "w",
-            "--timestamp-col", "ts", "--sep", ";", "--epochs-from", str(tmp_path / "earlier"), "--no-test"]
+            "--timestamp-col", "ts", "--sep", ";", "--epochs-from", str(tmp_path / "earlier"), "--no-test",
+            "--warm-start", str(tmp_path / "previous")]
     run_cli(argv)
     [got] = map(unfold, calls)
     anneal = {**dataclasses.asdict(MultVAE.default_training().anneal), "kind": "constant", "cap": 0.3}
@@ -174,7 +175,7 @@ def test_train_passes_every_option_to_run_fit(monkeypatch, log_csv, tmp_path):
     assert got == {
         "log": str(log_csv), "model": "mult-vae", "output": str(tmp_path / "out"), "overwrite": True, "resume": True,
         "checkpoint": False, "split": "weak", "heldout_users": 0, "split_seed": 5,
-        "epochs_from": str(tmp_path / "earlier"), "rating_threshold": 2.5, "min_user_events": 3, "strict": True,
+        "epochs_from": str(tmp_path / "earlier"), "warm_start": str(tmp_path / "previous"), "rating_threshold": 2.5, "min_user_events": 3, "strict": True,
         "user_col": "who", "item_col": "what", "rating_col": "stars", "timestamp_col": "ts", "implicit": True,
         "weight_col": "w", "sep": ";", "data_dir": str(tmp_path / "dd"), "evaluate": "validation",
         "command_line": argv,
@@ -496,17 +497,17 @@ def test_serve_options_reach_the_server(monkeypatch, runs):
     calls = spy(monkeypatch, recvae.serving.server, "serve", lambda *args, **kwargs: None)
     run_cli(["-v", "serve", runs["ease"], "--host", "0.0.0.0", "--port", "9001", "--workers", "3", "--max-batch",
              "17", "--max-wait-ms", "2.5", "--no-batching", "--device", "cpu", "--allow-failed",
-             "--max-body-bytes", "4096", "--unknown-users", "404", "--allow-reload"])
+             "--max-body-bytes", "4096", "--unknown-users", "404", "--allow-reload", "--max-queue", "77"])
     run_cli(["serve", runs["ease"]])
     run_cli(["-q", "serve", runs["ease"]])
     every, plain, quiet = calls
     assert every == {"run_dir": str(runs["ease"]), "host": "0.0.0.0", "port": 9001, "workers": 3, "max_batch": 17,
                      "max_wait_ms": 2.5, "max_list": 10_000, "micro_batching": False, "device": "cpu",
                      "log_level": "info", "access_log": True, "max_body_bytes": 4096, "allow_failed": True,
-                     "unknown_users": "404", "allow_reload": True}
+                     "unknown_users": "404", "allow_reload": True, "max_queue": 77}
     assert {k: plain[k] for k in ("host", "port", "workers", "max_batch", "max_wait_ms", "micro_batching", "device",
                                   "log_level", "access_log", "allow_failed", "max_body_bytes")} == {
-        "host": "127.0.0.1", "port": 8000, "workers": 1, "max_batch": 256, "max_wait_ms": 5.0, "micro_batching": True,
+        "host": "127.0.0.1", "port": 8000, "workers": 1, "max_batch": 256, "max_wait_ms": 0.0, "micro_batching": True,
         "device": "auto", "log_level": "info", "access_log": False, "allow_failed": False, "max_body_bytes": 1 << 20}
     assert (quiet["log_level"], quiet["access_log"], quiet["micro_batching"]) == ("warning", False, True)
 

@@ -136,7 +136,7 @@ def test_a_request_in_flight_finishes_on_its_run_and_concurrent_requests_all_suc
     app = create_app(runs["a"], device="cpu", allow_reload=True, micro_batching=micro_batching)
     old = app.state.served.current
     started, release = threading.Event(), threading.Event()
-    recommend = old.run.recommend
+    recommend = old.recommend_batch
 
     def held(*args, **kwargs):  # the old run's first scoring waits until the reload is done
         if not started.is_set():
@@ -144,7 +144,7 @@ def test_a_request_in_flight_finishes_on_its_run_and_concurrent_requests_all_suc
             assert release.wait(WAIT_S)
         return recommend(*args, **kwargs)
 
-    monkeypatch.setattr(old.run, "recommend", held)
+    monkeypatch.setattr(old, "recommend_batch", held)
     users = _users(oracles["a"])
     stop = threading.Event()
 
@@ -243,3 +243,34 @@ def test_sighup_reloads_the_start_path_and_refuses_a_broken_run(runs, tmp_path):
 
 def _users_of(path: Path):
     return Run.load(path, device="cpu").user_ids[0].item()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_replaces_every_worker_process_with_one_on_the_new_run(runs, tmp_path):
+    """``--workers 2``: SIGHUP makes uvicorn start a replacement for each worker, which loads the run the link
+    points at now; every answer after it comes from the new run. (uvicorn's own 5 s for a new worker to
+    answer was less than a worker takes to import torch and load a run on a busy machine: the restart was
+    abandoned and the old run kept serving.)"""
+    link = tmp_path / "current"
+    os.symlink(runs["a"], link)
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "recvae", "-q", "serve", str(link), "--port", str(port),
+                             "--device", "cpu", "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S) as client:
+            _wait_for(lambda: client.get("/health").status_code == 200, "the server did not answer /health", proc)
+            assert client.get("/health").json()["run_id"].startswith("a-")
+            _point(link, runs["b"])
+            proc.send_signal(signal.SIGHUP)
+            _wait_for(lambda: all(client.get("/health", headers={"connection": "close"}).json()["run_id"]
+                                  .startswith("b-") for _ in range(8)), "SIGHUP did not replace both workers", proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()

@@ -124,8 +124,8 @@ def test_known_users_in_mixed_order_equal_the_oracle(runs, oracles, model, micro
     if micro_batching:  # every request went through the batcher, several in one batch
         assert app.state.batcher.requests == len(first) + len(second)
         assert app.state.batcher.batches < app.state.batcher.requests
-    else:
-        assert app.state.batcher is None
+    else:  # one request per scoring call
+        assert app.state.batcher.batches == app.state.batcher.requests == len(first) + len(second)
 
 
 def test_excluded_and_seen_items_never_come_back(runs, oracles):
@@ -242,15 +242,16 @@ def test_a_failing_scoring_call_answers_its_error_and_the_other_requests_their_i
     one-line 500 naming the cause, never a 200 with no items, and the requests of other groups their own top-k."""
     _, run = runs["ease"]
     oracle = oracles["ease"]
-    real = run.recommend
-
-    def flaky(user_ids, k=10, **kwargs):
-        if kwargs.get("exclude"):
-            raise RuntimeError("the scorer ran out of memory")
-        return real(user_ids, k, **kwargs)
-
-    monkeypatch.setattr(run, "recommend", flaky)
     app = create_app(run, max_wait_ms=50.0, micro_batching=micro_batching)
+    service = app.state.served.current
+    real = service.recommend_batch
+
+    def flaky(key, user_ids, k):
+        if key[1]:  # an exclude list
+            raise RuntimeError("the scorer ran out of memory")
+        return real(key, user_ids, k)
+
+    monkeypatch.setattr(service, "recommend_batch", flaky)
     users, items = run.user_ids[[0, 7, 12]].tolist(), run.item_ids[:4].tolist()
 
     async def go():
@@ -322,11 +323,9 @@ def _check_options(app, *, micro_batching: bool, max_batch: int, max_wait_ms: fl
         assert client.post("/recommend", json={"user_id": user, "exclude": items[:max_list]}).status_code == 200
         check_error(client.post("/recommend", json={"user_id": user, "exclude": items[:max_list + 1]}), 422,
                     f"at most {max_list}")
-    batcher = app.state.batcher
-    if micro_batching:
-        assert (batcher.max_batch, batcher.max_wait_s) == (max_batch, pytest.approx(max_wait_ms / 1000))
-    else:
-        assert batcher is None
+    batcher = app.state.batcher  # without micro-batching: one request per scoring call, same queue
+    assert (batcher.max_batch, batcher.max_wait_s) == (max_batch if micro_batching else 1,
+                                                       pytest.approx(max_wait_ms / 1000))
 
 
 @pytest.mark.parametrize("micro_batching", [False, True])
@@ -348,7 +347,7 @@ def test_serve_worker_processes_read_every_option(runs, uvicorn_calls, micro_bat
     [(args, kwargs)] = uvicorn_calls["run"]
     assert args == ("recvae.serving.server:_app_from_environment",)
     assert kwargs == {"factory": True, "host": "127.0.0.1", "port": 8124, "workers": 3, "log_level": "error",
-                      "access_log": False}
+                      "access_log": False, "timeout_worker_healthcheck": serve_module.WORKER_START_TIMEOUT_S}
     # what each worker process does on start: build the app from the environment
     app = serve_module._app_from_environment()
     assert [kw for _, kw in uvicorn_calls["load"]] == [{"device": "cpu", "allow_failed": False}] * 2

@@ -29,8 +29,9 @@ def add_serve(sub, common) -> None:
                   "Serve a run directory over HTTP (recvae.serving.server; needs pip install recvae[serve]):\n"
                   "POST /recommend, /recommend/batch, /recommend/new-user, /similar; GET /recommend/ID,\n"
                   "/health, /info (JSON; every answer names the serving run's run_id).\n"
-                  "Concurrent /recommend requests are scored together in micro-batches (each waits\n"
-                  "at most --max-wait-ms for others); --no-batching scores each request alone.\n"
+                  "Concurrent requests are scored together in batches, off the event loop, with no\n"
+                  "fixed wait (what arrives while a batch is scored forms the next one); --no-batching\n"
+                  "scores each request alone. Over --max-queue waiting requests answer 503 at once.\n"
                   "A user the run has no history for is answered from the items posted with the\n"
                   "request (fold-in) or by popularity, flagged \"fallback\": true (--unknown-users 404:\n"
                   "refused). SIGHUP reloads RUN_DIR without dropping requests (a run that fails to\n"
@@ -42,10 +43,12 @@ def add_serve(sub, common) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="server processes, each loading the run (default 1)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a request waits for others to share its batch (default 5)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="how long a batch waits for more requests once the scorer is free (default 0: none)")
     p.add_argument("--max-batch", type=int, default=256, help="most requests scored in one batch (default 256)")
-    p.add_argument("--no-batching", action="store_true", help="score each /recommend request alone")
+    p.add_argument("--no-batching", action="store_true", help="score each request alone")
+    p.add_argument("--max-queue", metavar="N", type=int, default=1024,
+                   help="most requests waiting to be scored; more answer 503 with Retry-After (default 1024)")
     p.add_argument("--max-body-bytes", metavar="N", type=int, default=1 << 20,
                    help="largest request body read, in bytes; larger ones answer 413 unread (default 1,048,576)")
     p.add_argument("--unknown-users", choices=("fallback", "404"), default="fallback",
@@ -66,7 +69,7 @@ def run_serve(args: argparse.Namespace) -> int:
           max_wait_ms=args.max_wait_ms, micro_batching=not args.no_batching, device=args.device,
           log_level="warning" if args.quiet else "info", access_log=args.verbose > 0,
           max_body_bytes=args.max_body_bytes, allow_failed=args.allow_failed, unknown_users=args.unknown_users,
-          allow_reload=args.allow_reload)
+          allow_reload=args.allow_reload, max_queue=args.max_queue)
     return 0
 
 

@@ -14,6 +14,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+try:  # looked for once: a failed import inside available_memory_bytes searched sys.path on every call
+    import psutil
+except ImportError:
+    psutil = None
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["GIB", "InsufficientMemoryError", "available_memory_bytes", "describe_bytes", "require_memory"]
@@ -47,11 +52,9 @@ def available_memory_bytes() -> int:
     (``ulimit -v``) when one is set.
     """
     available = None
-    try:
-        import psutil
-
+    if psutil is not None:
         available = int(psutil.virtual_memory().available)
-    except ImportError:
+    else:
         try:
             with open("/proc/meminfo") as f:
                 for line in f:

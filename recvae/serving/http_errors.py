@@ -1,7 +1,8 @@
 """What an HTTP client of the server is told when its request fails, and how much of a request is read.
 
 - :class:`RequestError` and :func:`install_error_handlers`: every failure answers ``{"detail": "<one line>"}``
-  (404 unknown ids, 422 bad values, 501 unsupported, 500 internal), never a traceback, at most
+  (404 unknown ids, 422 bad values, 503 overloaded with ``Retry-After``, 501 unsupported, 500 internal),
+  never a traceback, at most
   ``MAX_DETAIL_CHARS`` long; ids echoed in it are cut by :func:`recvae.data.ids.short_id`.
 - :class:`BodyLimit`: ASGI middleware answering 413 to a body over ``max_body_bytes`` before reading it.
 """
@@ -21,7 +22,7 @@ else:
 
 logger = logging.getLogger("recvae.serving.server")
 
-__all__ = ["RequestError", "install_error_handlers", "BodyLimit", "DEFAULT_MAX_BODY_BYTES", "MAX_DETAIL_CHARS"]
+__all__ = ["RequestError", "Overloaded", "install_error_handlers", "BodyLimit", "DEFAULT_MAX_BODY_BYTES", "MAX_DETAIL_CHARS"]
 
 #: The largest request body read (bytes); a larger one answers 413 unread.
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -32,9 +33,18 @@ MAX_DETAIL_CHARS = 500
 class RequestError(ValueError):
     """A request the server refuses; ``status`` is the HTTP status (404 unknown ids, 422 bad values)."""
 
-    def __init__(self, message: str, status: int = 422) -> None:
+    def __init__(self, message: str, status: int = 422, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
+
+
+class Overloaded(RequestError):
+    """The server's scoring queue is full: 503 at once, with ``Retry-After`` (seconds), instead of a wait
+    without bound."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, status=503, headers={"Retry-After": str(retry_after_s)})
 
 
 def _one_line(err: BaseException) -> str:
@@ -48,8 +58,11 @@ def _validation_message(err: RequestValidationError) -> str:
     """FastAPI's list of validation errors as one line: ``k: Input should be a valid integer; ...``."""
     parts: dict[str, str] = {}
     for error in err.errors():
-        if error.get("type") == "json_invalid":
-            parts["body"] = f"invalid JSON ({error.get('msg', 'decode error')} at position {error['loc'][-1]})"
+        if error.get("type") == "json_invalid":  # FastAPI's parse says where (loc), pydantic's in its message
+            where = [p for p in error.get("loc", ()) if isinstance(p, int)]
+            at = f" at position {where[-1]}" if where else ""
+            message = str(error.get("msg", "decode error")).removeprefix("Invalid JSON: ")
+            parts["body"] = f"invalid JSON ({message}{at})"
             continue
         loc = [str(p) for p in error.get("loc", ()) if p != "body"]
         if loc and loc[-1] in _ID_TYPES:  # one error per member of the id union: say it once
@@ -65,7 +78,7 @@ _ID_TYPES = ("str", "int", "float")
 
 def install_error_handlers(app: FastAPI) -> None:
     async def request_error(_: Request, err: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(err)}, status_code=err.status)
+        return JSONResponse({"detail": _one_line(err)}, status_code=err.status, headers=err.headers)
 
     async def validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_message(err)}, status_code=422)

@@ -50,6 +50,9 @@ if HAVE_PYDANTIC:
 
     class NewUserRequest(_Body):
         item_ids: list[RawId] = Field(description="raw item ids of the new user's history (folded in)")
+        weights: list[StrictFloat] | None = Field(
+            None, description="one positive weight per item id (default: each 1, an id given twice counts once; "
+                              "with weights an id given twice adds its weights)")
         k: StrictInt = 10
         exclude: list[RawId] | None = None
         candidates: list[RawId] | None = None
@@ -140,3 +143,5 @@ if HAVE_PYDANTIC:
         last_reload_error: str | None = Field(None, description="why the last reload was refused; null when it succeeded (or none was tried)")
         batches: int | None = Field(None, description="micro-batches scored so far (this process)")
         batched_requests: int | None = Field(None, description="/recommend requests they answered")
+        max_queue: int | None = Field(None, description="most requests waiting to be scored; more answer 503")
+        refused: int | None = Field(None, description="requests refused with 503 so far (this process)")

@@ -82,18 +82,18 @@ MUTATIONS = [
          tests=T_CLI, why="recvae embed -o dir/u.npy writes u_ids.npy into the working directory"),
     # ------------------------------------------------------------------ serve.py
     dict(name="blind-wiring-serve-batched-request-gets-largest-k", file="recvae/serving/batching.py",
-         old="pending.future.set_result(result.get(pending.user_id, [])[: pending.k])",
-         new="pending.future.set_result(result.get(pending.user_id, []))",
+         old="pending.future.set_result(result.get(pending.payload, [])[: pending.k])",
+         new="pending.future.set_result(result.get(pending.payload, []))",
          tests=T_SERVE, why="a request batched with a larger-k request gets more items than it asked for"),
     dict(name="blind-wiring-serve-batch-uses-first-requests-options", file="recvae/serving/batching.py",
-         old="                groups.setdefault((pending.service, pending.key), []).append(pending)",
-         new="                groups.setdefault((pending.service, batch[0].key), []).append(pending)",
+         old="group = (pending.service, pending.kind, pending.key, id(pending) if pending.kind == CALL else None)",
+         new="group = (pending.service, pending.kind, batch[0].key, id(pending) if pending.kind == CALL else None)",
          tests=T_SERVE, why="requests batched together all get the first request's exclude/candidates/filter_seen"),
     dict(name="blind-errors-serve-group-error-swallowed", file="recvae/serving/batching.py",
          old="            except Exception as err:  # noqa: BLE001 - one group's error (e.g. bad options) fails that group only\n"
-             "                results[key] = err",
+             "                results[group] = err",
          new="            except Exception as err:  # noqa: BLE001 - one group's error (e.g. bad options) fails that group only\n"
-             "                results[key] = {}",
+             "                results[group] = {}",
          tests=T_SERVE, why="a scoring failure answers 200 with no items instead of an error"),
     # ------------------------------------------------------------------ storage.py
     dict(name="blind-all-to-any-storage-npz-kind-any-member", file="recvae/runtime/storage.py",

@@ -20,9 +20,8 @@ MUTATIONS = [
          new="ranked = self.model",
          tests=T, why="Run.recommend(explore=t) checks t and then ranks the posterior mean"),
     dict(name="explore-wiring-server-drops-explore", file="recvae/serving/service.py",
-         old='candidates=None if candidates is None else list(candidates), id_columns="fixed",\n'
-             '                                   explore=explore, seed=seed)',
-         new='candidates=None if candidates is None else list(candidates), id_columns="fixed")',
+         old='return self.run.model.explorer(key[3], key[4])',
+         new='return self.run.model',
          tests=T, why="POST /recommend accepts explore and scores known users at the mean"),
     dict(name="explore-all-to-any-uncertainty-refusal", file=POST,
          old="    if (uncertainty or samples) and not model.has_posterior:",

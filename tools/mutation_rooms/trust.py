@@ -32,7 +32,7 @@ MUTATIONS = [
          new="        allow_failed = False\n",
          tests=T_TRUST, why="--allow-failed never reaches Run.load: a failed run cannot be used at all"),
     dict(name="trust-wiring-allow-failed-lost-by-workers", file="recvae/serving/server.py",
-         old='"max_body_bytes": int, "allow_failed": lambda v: v == "True"}',
-         new='"max_body_bytes": int}',
+         old='"max_body_bytes": int, "allow_failed": lambda v: v == "True",',
+         new='"max_body_bytes": int, "allow_failed": lambda v: False,',
          tests=T_TRUST, why="serve --workers N --allow-failed: each worker process refuses the run it was told to serve"),
 ]
