@@ -335,3 +335,21 @@ def test_max_queue_reaches_the_app_the_workers_and_the_cli(ease, monkeypatch, tm
     serve_module.serve(ease.path, workers=2, max_queue=11, device="cpu")
     assert "max_queue=11" in serve_module.os.environ[serve_module.ENV_OPTIONS]
     assert serve_module._app_from_environment().state.batcher.max_queue == 11
+
+
+def test_answers_without_orjson_are_the_same_json(monkeypatch):
+    """The serve extra's orjson is optional: the standard library writes the same answer (numpy values too)."""
+    import json
+
+    import numpy as np
+
+    from recvae.serving import server
+
+    payload = {"user_id": np.int64(7), "items": [{"rank": 1, "item_id": "a", "score": np.float32(0.5)}],
+               "fallback": False, "uncertainty": None, "run_id": "r"}
+    fast = json.loads(server._json(payload).body) if server.orjson is not None else None
+    monkeypatch.setattr(server, "orjson", None)
+    slow = json.loads(server._json(payload).body)
+    assert slow == {"user_id": 7, "items": [{"rank": 1, "item_id": "a", "score": 0.5}], "fallback": False,
+                    "uncertainty": None, "run_id": "r"}
+    assert fast is None or fast == slow
