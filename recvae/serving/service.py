@@ -168,10 +168,7 @@ class RunService:
 
     def fold_in_uncertainty(self, columns: np.ndarray, weights: np.ndarray | None) -> float:
         """A new user's mean posterior sigma from posted item columns and weights (the scoring thread)."""
-        values = np.ones(len(columns), np.float32) if weights is None else np.asarray(weights, np.float32)
-        row = sp.csr_matrix((values, np.asarray(columns, np.int64), [0, len(columns)]), shape=(1, self.n_items))
-        row.sum_duplicates()
-        return float(user_uncertainty(self.run.model, row).sigma_mean[0])
+        return float(user_uncertainty(self.run.model, self._posted_rows([(columns, weights)])).sigma_mean[0])
 
     def item_columns(self, items: Sequence, what: str) -> np.ndarray:
         """The item columns of a checked list of raw item ids (unknown ones: 404, listed)."""
@@ -244,13 +241,17 @@ class RunService:
         are filtered too) or None. ``key`` is ``(filter_seen, exclude, candidates, explore, seed)``; with
         ``filter_seen`` the posted items are never recommended (as :meth:`Run.recommend_for_items`).
         """
-        n, n_items = len(users), self.n_items
-        values = [np.ones(len(c), np.float32) if w is None else np.asarray(w, np.float32) for c, w, _ in users]
-        indptr = np.concatenate([[0], np.cumsum([len(c) for c, _, _ in users])]).astype(np.int64)
-        posted = sp.csr_matrix((np.concatenate(values), np.concatenate([c for c, _, _ in users]).astype(np.int64),
-                                indptr), shape=(n, n_items))
-        posted.sum_duplicates()
+        posted = self._posted_rows([(columns, weights) for columns, weights, _ in users])
         return self._rank(self._scorer(key), posted, [row for _, _, row in users], k, key)
+
+    def _posted_rows(self, users: Sequence[tuple]) -> sp.csr_matrix:
+        """One CSR row per ``(columns, weights)``: each posted column's weight (None: 1; a repeated column adds)."""
+        values = [np.ones(len(c), np.float32) if w is None else np.asarray(w, np.float32) for c, w in users]
+        indptr = np.concatenate([[0], np.cumsum([len(c) for c, _ in users])]).astype(np.int64)
+        posted = sp.csr_matrix((np.concatenate(values), np.concatenate([c for c, _ in users]).astype(np.int64),
+                                indptr), shape=(len(users), self.n_items))
+        posted.sum_duplicates()
+        return posted
 
     def _scorer(self, key: tuple):
         """The run's model, or its exploratory view when the key's ``explore`` is above 0 (the VAE family)."""

@@ -53,7 +53,7 @@ MUTATIONS = [
          new="if len(self._waiting) > self.max_queue:",
          tests=T_LOAD, why="one request more than max_queue waits: the bound the 503 promises is off by one"),
     dict(name="serve-wiring-fold-in-weights-dropped", file=SVC,
-         old="values = [np.ones(len(c), np.float32) if w is None else np.asarray(w, np.float32) for c, w, _ in users]",
-         new="values = [np.ones(len(c), np.float32) for c, w, _ in users]",
+         old="values = [np.ones(len(c), np.float32) if w is None else np.asarray(w, np.float32) for c, w in users]",
+         new="values = [np.ones(len(c), np.float32) for c, w in users]",
          tests=T_LOAD, why="/recommend/new-user checks its weights, then folds every item in at weight 1"),
 ]
