@@ -23,7 +23,7 @@ from recvae.models.warm_start import copy_grown_state, take_warm_start
 from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array, training_inputs
 from recvae.models.posterior import no_posterior, posterior_noise
 from recvae.nn.likelihoods import Likelihood
-from recvae.nn.vae import VAE, VAEConfig
+from recvae.nn.vae import VAE, VAEConfig, decoder_hidden_dims
 from recvae.nn.sparse import SparseRows
 from recvae.training import (
     EpochCallback,
@@ -369,7 +369,9 @@ class MultVAE(TorchVAERecommender):
 
     @classmethod
     def _config_from_dict(cls, values: dict) -> VAEConfig:
-        return VAEConfig(**{**values, "hidden_dims": tuple(values["hidden_dims"])})
+        decoder_dims = values.get("decoder_dims")
+        return VAEConfig(**{**values, "hidden_dims": tuple(values["hidden_dims"]),
+                            "decoder_dims": None if decoder_dims is None else tuple(decoder_dims)})
 
     def _build_net(self, n_items: int) -> VAE:
         return VAE(n_items, self.config)
@@ -378,7 +380,8 @@ class MultVAE(TorchVAERecommender):
         """The sparse input layer (items x first width) and the output layer (last width + bias per output)."""
         code = config.latent_dim * (2 if config.variational else 1)
         first = config.hidden_dims[0] if config.hidden_dims else code
-        last = config.hidden_dims[0] if config.hidden_dims else config.latent_dim
+        decoder = decoder_hidden_dims(config)
+        last = decoder[-1] if decoder else config.latent_dim
         outputs = make_likelihood(config.likelihood).outputs_per_item
         return [ItemMatrix("input layer", first, sparse_grad=True),
                 ItemMatrix("output layer", (last + 1) * outputs, sparse_grad=config.sampled_softmax is not None)
@@ -394,13 +397,7 @@ class MultVAE(TorchVAERecommender):
         h, log_var = net.encode(x)
         if code is not None:
             h = code(h, log_var)
-        for i, layer in enumerate(net.decoder[:-1]):
-            if i:
-                h = net._act(h)
-            h = layer(h)
-        if len(net.decoder) > 1:
-            h = net._act(h)
-        return h, net.decoder[-1].weight, net.decoder[-1].bias, None
+        return net.decode_hidden(h), net.decoder[-1].weight, net.decoder[-1].bias, None
 
     @torch.no_grad()
     def embed_users(self, user_rows) -> UserEmbeddings:

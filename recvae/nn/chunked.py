@@ -58,6 +58,9 @@ def chunked_output_nll(likelihood: Likelihood, h: torch.Tensor, weight: torch.Te
                          f"bias {tuple(bias.shape)}")
     if weight.shape[0] != x.n_cols:
         raise ValueError(f"the layer has {weight.shape[0]} outputs but the rows have {x.n_cols} items")
+    if kind == "gaussian" and likelihood.confidence:
+        raise ValueError("the chunked NLL computes the unweighted gaussian; a confidence-weighted one goes "
+                         "through recvae.nn.gramian.gramian_gaussian_nll")
     variance = likelihood.variance if kind == "gaussian" else 1.0
     return _ChunkedOutputNLL.apply(h, weight, bias, x.row_of_entry, x.col_indices, x.values, x.row_sums(),
                                    kind, variance, int(chunk))

@@ -113,26 +113,56 @@ class Bernoulli(Likelihood):
 
 
 class Gaussian(Likelihood):
-    """Gaussian with constant variance sigma^2 (default 1): a scaled MSE plus its constant."""
+    """Gaussian with constant variance sigma^2 (default 1), optionally confidence-weighted.
+
+    With ``confidence`` alpha > 0 an observed entry x_ui counts with precision
+    c_ui / sigma^2, c_ui = 1 + alpha x_ui, and an unobserved one with 1 / sigma^2: the
+    weighted Gaussian of Liang et al. 2018 (sec. 2.2), with the confidence of Hu et al.
+    2008 (implicit ALS's alpha). alpha = 0 is the plain scaled MSE.
+    """
 
     name = "gaussian"
 
-    def __init__(self, variance: float = 1.0) -> None:
-        if variance <= 0:
+    def __init__(self, variance: float = 1.0, confidence: float = 0.0) -> None:
+        if not variance > 0:
             raise ValueError(f"variance must be positive; got {variance}")
+        if not confidence >= 0:
+            raise ValueError(f"confidence must be >= 0; got {confidence}")
         self.variance = float(variance)
+        self.confidence = float(confidence)
+
+    def entry_weights(self, values: torch.Tensor) -> torch.Tensor:
+        """c_ui = 1 + alpha x_ui at the observed entries."""
+        return 1.0 + self.confidence * values
+
+    def observed_terms(self, values: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """Each observed entry's squared error minus what the all-items sum already counted for it:
+        c (x - m)^2 - m^2 (with c = 1: x^2 - 2 x m)."""
+        if self.confidence == 0.0:
+            return values * values - 2.0 * values * means
+        return self.entry_weights(values) * (values - means).square() - means * means
+
+    def constant(self, n_items: int, x: SparseRows) -> torch.Tensor | float:
+        """The NLL's part that no parameter moves: I/2 log(2 pi sigma^2) - 1/2 sum_obs log c_ui, per user."""
+        const = 0.5 * n_items * (_LOG_2PI + math.log(self.variance))
+        if self.confidence == 0.0:
+            return const
+        logs = torch.log(self.entry_weights(x.values.float()))
+        return const - 0.5 * torch.zeros(x.n_rows, dtype=logs.dtype, device=logs.device).index_add_(
+            0, x.row_of_entry, logs)
 
     def nll(self, output: torch.Tensor, x: SparseRows) -> torch.Tensor:
-        mean = output.float()
+        mean = output if output.dtype == torch.float64 else output.float()  # fp64 stays (gradient checks)
         n_items = mean.shape[1]
-        # sum_i (x_i - m_i)^2 = sum_i m_i^2 + sum_{i: x_i != 0} (x_i^2 - 2 x_i m_i)
+        # sum_i w_i (x_i - m_i)^2 = sum_i m_i^2 + sum_{i: x_i != 0} (c_i (x_i - m_i)^2 - m_i^2)
         sq = (mean * mean).sum(dim=1)
-        picked = x.values * x.values - 2.0 * x.values * mean[x.row_of_entry, x.col_indices]
+        picked = self.observed_terms(x.values.to(mean.dtype), mean[x.row_of_entry, x.col_indices])
         sq = sq.index_add(0, x.row_of_entry, picked)
-        return 0.5 * sq / self.variance + 0.5 * n_items * (_LOG_2PI + math.log(self.variance))
+        return 0.5 * sq / self.variance + self.constant(n_items, x)
 
     def __repr__(self) -> str:
-        return f"Gaussian(variance={self.variance})"
+        extra = f", confidence={self.confidence}" if self.confidence else ""
+        return f"Gaussian(variance={self.variance}{extra})"
 
 
 class GaussianLearnedVariance(Likelihood):
@@ -172,9 +202,16 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 }
 
 
-def make_likelihood(name: str) -> Likelihood:
-    """The likelihood registered under ``name`` (see :data:`LIKELIHOODS`)."""
+def make_likelihood(name: str, confidence: float = 0.0) -> Likelihood:
+    """The likelihood registered under ``name`` (see :data:`LIKELIHOODS`); ``confidence`` weights the
+    Gaussian's observed entries (see :class:`Gaussian`) and must be 0 for the others."""
     try:
-        return LIKELIHOODS[name]()
+        cls = LIKELIHOODS[name]
     except KeyError:
         raise ValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}") from None
+    if confidence:
+        if cls is not Gaussian:
+            raise ValueError(f"confidence weights the gaussian likelihood only; got likelihood={name!r} with "
+                             f"confidence={confidence}: set likelihood='gaussian' or confidence=0")
+        return Gaussian(confidence=confidence)
+    return cls()

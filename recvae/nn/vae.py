@@ -4,6 +4,10 @@ x (sparse row) -> L2-normalise -> input dropout -> sparse first layer -> tanh
 -> ... -> (mu, log sigma^2) -> z = mu + sigma * eps (training) or mu (inference)
 -> decoder MLP -> item outputs -> likelihood p(x | z).
 
+Under the Gaussian likelihood the training NLL never needs the batch x items means: it is a
+quadratic form in the decoder's last hidden layer (:mod:`recvae.nn.gramian`), used whenever
+that layer is narrower than the batch.
+
 The batch stays a torch sparse CSR tensor on the device from end to end; the
 first layer multiplies it by the weight through a sparse kernel that reads only
 its nonzeros. Nothing of size users x items is ever materialised.
@@ -17,13 +21,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recvae.nn.hyperparams import DROPOUT, apply_rules, choice, flag, integer, integer_list, rule
+from recvae.nn.gramian import exact_gaussian_posterior, gramian_applies, gramian_gaussian_nll, output_gramian
+from recvae.nn.hyperparams import DROPOUT, apply_rules, choice, flag, integer, integer_list, number, optional, rule
 from recvae.nn.item_output import ITEM_OUTPUT_RULES, check_item_output, item_output_for, mark_sparse_item_gradients
 from recvae.nn.likelihoods import LIKELIHOODS, make_likelihood
 from recvae.nn.sparse import SparseRows
 
 __all__ = [
-    "VAEConfig", "SparseLinear", "VAE", "gaussian_kl", "l2_normalised_values", "dropout_values", "posterior_mean_scores"]
+    "VAEConfig", "SparseLinear", "VAE", "decoder_hidden_dims", "gaussian_kl", "l2_normalised_values", "dropout_values", "posterior_mean_scores"]
 
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "swish": F.silu, "sigmoid": torch.sigmoid}
 
@@ -35,11 +40,24 @@ class VAEConfig:
     Every field is checked when the config is made (see :mod:`recvae.nn.hyperparams`).
 
     Attributes:
-        hidden_dims: encoder hidden widths; the decoder mirrors them.
+        hidden_dims: encoder hidden widths; the decoder mirrors them unless
+            ``decoder_dims`` says otherwise.
         latent_dim: size of z.
+        decoder_dims: the decoder's hidden widths from z to the items; None
+            mirrors ``hidden_dims``, ``[]`` makes the decoder linear (item
+            factors times z, as in RecVAE and matrix factorisation).
         likelihood: ``multinomial``, ``bernoulli``, ``gaussian`` (constant
             variance) or ``gaussian_learned`` (the decoder also outputs a
             log-variance per item).
+        confidence: the Gaussian likelihood's confidence slope alpha: an observed
+            entry weighs 1 + alpha x_ui, an unobserved one 1 (Liang et al.'s
+            weighted Gaussian, with Hu et al.'s confidence as in ALS); 0 for the
+            plain Gaussian, and for the other likelihoods.
+        posterior: what scores, embeds and folds in a user: ``encoder`` (the
+            amortised q(z | x), as in the paper) or ``exact``: the true posterior
+            p(z | x), in closed form for a linear decoder (``decoder_dims=[]``)
+            under the Gaussian likelihood (:func:`recvae.nn.gramian.exact_gaussian_posterior`,
+            the normal equations ALS solves per user). Training always uses the encoder.
         input_dropout: dropout rate on the normalised input (training only).
         activation: between layers (``tanh`` as in the paper).
         variational: False gives Mult-DAE: a deterministic encoder, no KL,
@@ -61,7 +79,10 @@ class VAEConfig:
 
     hidden_dims: tuple[int, ...] = (600,)
     latent_dim: int = 200
+    decoder_dims: tuple[int, ...] | None = None
     likelihood: str = "multinomial"
+    confidence: float = 0.0
+    posterior: str = "encoder"
     input_dropout: float = 0.5
     activation: str = "tanh"
     variational: bool = True
@@ -73,6 +94,13 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         apply_rules(self, _VAE_RULES)
+        if self.confidence and self.likelihood != "gaussian":
+            raise ValueError(f"confidence weights the gaussian likelihood only; got likelihood={self.likelihood!r} "
+                             f"with confidence={self.confidence}: set likelihood='gaussian' or confidence=0")
+        if self.posterior == "exact" and (self.likelihood != "gaussian" or self.decoder_dims != ()
+                                          or not self.variational):
+            raise ValueError("posterior='exact' needs a linear decoder under the gaussian likelihood: set "
+                             "likelihood='gaussian' and decoder_dims=[] (variational), or posterior='encoder'")
         check_item_output(self.likelihood, self.item_chunk, self.sampled_softmax, self.negative_sampler,
                           self.negative_power)
 
@@ -81,7 +109,10 @@ class VAEConfig:
 _VAE_RULES = {
     "hidden_dims": rule(integer_list, minimum=1),
     "latent_dim": rule(integer, minimum=1),
+    "decoder_dims": optional(rule(integer_list, minimum=1, example="[] or [600]")),
     "likelihood": rule(choice, options=sorted(LIKELIHOODS)),
+    "confidence": rule(number, minimum=0.0),
+    "posterior": rule(choice, options=("encoder", "exact")),
     "input_dropout": DROPOUT,
     "activation": rule(choice, options=sorted(_ACTIVATIONS)),
     "variational": flag,
@@ -155,15 +186,16 @@ class VAE(nn.Module):
             raise ValueError(f"need at least 2 items; got {n_items}")
         self.n_items = n_items
         self.config = config
-        self.likelihood = make_likelihood(config.likelihood)
+        self.likelihood = make_likelihood(config.likelihood, config.confidence)
         self._act = _ACTIVATIONS[config.activation]
         code = config.latent_dim * (2 if config.variational else 1)
         enc_dims = [*config.hidden_dims, code]
         self.input_layer = SparseLinear(n_items, enc_dims[0])
         self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(enc_dims[:-1], enc_dims[1:]))
-        dec_dims = [config.latent_dim, *reversed(config.hidden_dims), n_items * self.likelihood.outputs_per_item]
+        dec_dims = [config.latent_dim, *decoder_hidden_dims(config), n_items * self.likelihood.outputs_per_item]
         self.decoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dec_dims[:-1], dec_dims[1:]))
         self.item_output = item_output_for(self.likelihood, n_items, config)
+        self._gramian_cache = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -181,7 +213,11 @@ class VAE(nn.Module):
         return x.to_sparse_csr(values)
 
     def encode(self, x: SparseRows, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(mu, log_var); log_var is None for the deterministic (DAE) encoder."""
+        """(mu, log_var); log_var is None for the deterministic (DAE) encoder. Out of training, with
+        ``posterior="exact"``, the exact posterior's mean and marginal log-variances instead."""
+        if self.config.posterior == "exact" and not self.training:
+            layer = self.decoder[-1]
+            return exact_gaussian_posterior(self.likelihood, layer.weight, layer.bias, x, gramian=self._gramian())
         h = self.input_layer(self.encoder_input(x, generator))
         for layer in self.encoder:
             h = layer(self._act(h))
@@ -189,6 +225,22 @@ class VAE(nn.Module):
             return self._act(h), None
         d = self.config.latent_dim
         return h[:, :d], h[:, d:]
+
+    def _gramian(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output layer's Gramian, kept while its weights are unchanged: a served user's exact posterior
+        then costs O(n_u d^2 + d^3), not O(I d^2). Dropped whenever the net enters or leaves training
+        (:meth:`train`), since torch's fused Adam updates weights without bumping their version counters;
+        the key's counters catch in-place changes out of training (load_state_dict, a manual edit)."""
+        layer = self.decoder[-1]
+        key = (layer.weight.data_ptr(), layer.weight._version, layer.bias.data_ptr(), layer.bias._version,
+               layer.weight.dtype, layer.weight.device)
+        if self._gramian_cache is None or self._gramian_cache[0] != key:
+            self._gramian_cache = (key, output_gramian(layer.weight, layer.bias))
+        return self._gramian_cache[1]
+
+    def train(self, mode: bool = True) -> VAE:
+        self._gramian_cache = None
+        return super().train(mode)
 
     def reparameterize(self, mu: torch.Tensor, log_var: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
         """z = mu + sigma * eps in training; mu otherwise (and for the DAE)."""
@@ -213,7 +265,14 @@ class VAE(nn.Module):
 
     def reconstruction_nll(self, z: torch.Tensor, x: SparseRows,
                            generator: torch.Generator | None = None) -> torch.Tensor:
-        """-log p(x | z) per user, (batch,): from the full logits, or chunked / sampled per the config."""
+        """-log p(x | z) per user, (batch,): from the full logits, or chunked / sampled per the config, or
+        (Gaussian) in the Gramian form when the last hidden layer is narrower than the batch or chunks are asked."""
+        if gramian_applies(self.likelihood):
+            h = self.decode_hidden(z)
+            if self.item_output is not None or h.shape[1] < h.shape[0]:
+                layer = self.decoder[-1]
+                return gramian_gaussian_nll(self.likelihood, h, layer.weight, layer.bias, x)
+            return self.likelihood.nll(self.decoder[-1](h), x)
         if self.item_output is None:
             return self.likelihood.nll(self.decode(z), x)
         return self.item_output(self.decode_hidden(z), self.decoder[-1], x, generator)
@@ -248,6 +307,11 @@ class VAE(nn.Module):
     def item_embeddings(self) -> torch.Tensor:
         """Rows of the decoder's output weight: one vector per item (its mean output)."""
         return self.decoder[-1].weight[: self.n_items].detach()
+
+
+def decoder_hidden_dims(config: VAEConfig) -> tuple[int, ...]:
+    """The decoder's hidden widths from z to the items: ``decoder_dims``, or ``hidden_dims`` mirrored."""
+    return tuple(reversed(config.hidden_dims)) if config.decoder_dims is None else tuple(config.decoder_dims)
 
 
 @torch.no_grad()
