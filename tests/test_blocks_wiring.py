@@ -41,6 +41,7 @@ MODELS = {
     "als": ("als", {"factors": 6, "iterations": 3, "regularization": 1.0, "alpha": 2.0, "num_threads": 1}),
     "bpr": ("bpr", {"factors": 6, "iterations": 5, "num_threads": 1, "fold_in_l2": 2.0}),
     "mult-vae": ("mult-vae", {"hidden_dims": [16], "latent_dim": 6, **TORCH}),
+    "weighted-vae": ("weighted-vae", {"hidden_dims": [16], "latent_dim": 6, **TORCH}),
     "joint-vae": ("joint-vae", {"hidden_dim": 16, "latent_dim": 6, "linear_l2": 20.0, **TORCH}),
     "joint-vae-linear": ("joint-vae", {"hidden_dim": 16, "latent_dim": 6, "linear_l2": 20.0, "paths": "linear",
                                        **TORCH}),

@@ -56,7 +56,7 @@ def test_shortcut_refusals_name_the_parameter_to_use_instead():
 def test_seed_reaches_models_that_have_one_and_progress_only_torch_models():
     assert training_shortcuts("als", seed=11, progress=False) == {"seed": 11}
     assert training_shortcuts("ease", seed=11, progress=False) == {}  # EASE is deterministic: no seed
-    assert set(torch_model_names()) == {"mult-dae", "mult-vae", "recvae", "joint-vae"}
+    assert set(torch_model_names()) == {"mult-dae", "mult-vae", "recvae", "joint-vae", "weighted-vae"}
 
 
 # ----------------------------------------------------------------------------- parameters and spaces as text

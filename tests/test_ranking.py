@@ -46,6 +46,7 @@ MODELS = {
     "mult-vae-gaussian-learned": ("mult-vae", {"hidden_dims": [24], "latent_dim": 8, "likelihood": "gaussian_learned",
                                                **TORCH_SMALL}),
     "mult-dae": ("mult-dae", {"latent_dim": 8, **TORCH_SMALL}),
+    "weighted-vae": ("weighted-vae", {"hidden_dims": [24], "latent_dim": 8, **TORCH_SMALL}),
     "recvae": ("recvae", {"hidden_dim": 24, "latent_dim": 8, **TORCH_SMALL}),
     "joint-vae": ("joint-vae", {"hidden_dim": 24, "latent_dim": 8, "linear_l2": 50.0, **TORCH_SMALL}),
     "joint-vae-linear": ("joint-vae", {"hidden_dim": 24, "latent_dim": 8, "paths": "linear", **TORCH_SMALL}),

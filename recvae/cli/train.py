@@ -12,7 +12,7 @@ from recvae.cli.common import fail, one_line, parse_params, progress, reporter, 
 #: Examples of ``recvae.models.MODELS`` names for help texts (importing the registry would slow
 #: ``--help``; the registry is what validates, and an unknown name lists every model).
 MODEL_NAMES = ("popularity", "itemknn", "als", "bpr", "ease", "edlae", "sparse-ease", "mult-dae", "mult-vae", "recvae",
-               "joint-vae", "blend")
+               "joint-vae", "weighted-vae", "blend")
 SHORTCUT_FLAGS = {"epochs": "--epochs", "likelihood": "--likelihood", "anneal": "--anneal", "beta_cap": "--beta-cap",
                   "device": "--device", "iterations": "--param iterations", "gamma": "--param gamma",
                   "log_file": "--log-file"}

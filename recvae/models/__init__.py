@@ -29,6 +29,7 @@ _HOMES = {
     "make_likelihood": "recvae.nn.likelihoods",
     "MultVAE": "mult_vae",
     "MultDAE": "mult_vae",
+    "WeightedGaussianVAE": "weighted_vae",
     "RecVAE": "rec_vae",
     "RecVAEConfig": "rec_vae",
     "RecVAENet": "rec_vae",
@@ -74,6 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from recvae.models.hybrid import Blend
     from recvae.nn.likelihoods import LIKELIHOODS, make_likelihood
     from recvae.models.mult_vae import MultDAE, MultVAE
+    from recvae.models.weighted_vae import WeightedGaussianVAE
     from recvae.models.rec_vae import RecVAE, RecVAEConfig, RecVAENet
     from recvae.models.joint import JointVAE, JointVAEConfig
     from recvae.models.registry import MODELS, VAE_MODELS, is_vae_model, load_model, make_model, model_names

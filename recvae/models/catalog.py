@@ -15,6 +15,7 @@ from recvae.models.files import ModelFileError, check_model_file, check_vae_payl
 from recvae.models.mult_vae import MultDAE, MultVAE, TorchVAERecommender
 from recvae.models.joint import JointVAE
 from recvae.models.rec_vae import RecVAE
+from recvae.models.weighted_vae import WeightedGaussianVAE
 from recvae.nn.hyperparams import HyperParameterError
 
 __all__ = ["SINGLE_MODELS", "make_single_model", "load_model_file"]
@@ -32,6 +33,7 @@ SINGLE_MODELS: dict[str, type[Recommender]] = {
     "mult-vae": MultVAE,
     "recvae": RecVAE,
     "joint-vae": JointVAE,
+    "weighted-vae": WeightedGaussianVAE,
 }
 
 

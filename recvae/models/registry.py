@@ -24,7 +24,7 @@ __all__ = ["MODELS", "VAE_MODELS", "is_vae_model", "make_model", "load_model", "
 MODELS: dict[str, type[Recommender]] = {**SINGLE_MODELS, "blend": Blend}
 
 #: the names whose models are variational autoencoders (Mult-DAE is not: it has no posterior).
-VAE_MODELS: frozenset[str] = frozenset({"mult-vae", "recvae", "joint-vae"})
+VAE_MODELS: frozenset[str] = frozenset({"mult-vae", "recvae", "joint-vae", "weighted-vae"})
 
 
 def is_vae_model(name: str, params: dict[str, Any] | None = None) -> bool:

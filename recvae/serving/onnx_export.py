@@ -191,6 +191,10 @@ def scorer_module(model_or_run) -> nn.Module:
         if model.net_ is None:
             raise ValueError(f"cannot export {name} to ONNX: it is not fitted; call fit() first")
         net = copy.deepcopy(model.net_).cpu().eval()
+        if isinstance(net, VAE) and net.config.posterior == "exact":
+            raise ValueError(f"cannot export {name} to ONNX: it scores with each user's exact posterior "
+                             "(posterior='exact'), a per-user solve the graph does not hold; refit with "
+                             "posterior='encoder' to export")
         if isinstance(net, VAE):
             scorer = _VAEScorer(net)
         elif isinstance(net, RecVAENet):
