@@ -111,7 +111,7 @@ MUTATIONS: list[Mutation] = [
     M("bernoulli-sign", "recvae/nn/likelihoods.py",
       "return dense_term - torch.zeros_like(dense_term)", "return dense_term + torch.zeros_like(dense_term)", T_LIK),
     M("gaussian-cross-term-constant", "recvae/nn/likelihoods.py",
-      "picked = x.values * x.values - 2.0 * x.values", "picked = x.values * x.values - 1.0 * x.values", T_LIK),
+      "return values * values - 2.0 * values * means", "return values * values - 1.0 * values * means", T_LIK),
     M("gaussian-learned-precision-sign", "recvae/nn/likelihoods.py",
       "precision = torch.exp(-log_var)", "precision = torch.exp(log_var)", T_LIK),
     # ------------------------------------------------------------------ Mult-VAE network
