@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 YELP = ROOT.parent / "shared" / "datasets" / "yelp2018-test" / "pairs.csv.gz"
-DEFAULT_MODELS = ("popularity", "sparse-ease", "als", "mult-vae", "joint-vae", "ease")
+DEFAULT_MODELS = ("popularity", "sparse-ease", "als", "mult-vae", "weighted-vae", "joint-vae", "ease")
 HEADER = ("| log | model | outcome | ndcg@100 | recall@20 | fit s | peak RSS GiB | best epoch | choices |\n"
           "|---|---|---|---|---|---|---|---|---|")
 
