@@ -63,7 +63,23 @@ def test_choices_are_checked_per_group_and_leave_the_model_alone_until_applied()
     applied = apply_sizing(model, LARGE_SPARSE, say=lines.append)
     assert model.get_params() == {**before, **applied}
     assert lines[0].startswith("defaults for 60,000 users x 80,000 items, 600,000 events (10.0 per user)")
-    assert all("to override" in line for line in lines[1:]) and len(lines) == 1 + len(applied)
+    assert all("to override" in line for line in lines[1:-1]) and len(lines) == 2 + len(applied)
+    assert lines[-1].startswith("note: ") and "--model weighted-vae" in lines[-1]
+
+
+@pytest.mark.parametrize("name,params,shape,advised", [
+    ("mult-vae", {}, LARGE_SPARSE, True),
+    ("recvae", {}, LARGE_SPARSE, True),
+    ("mult-vae", {"likelihood": "bernoulli"}, LARGE_SPARSE, False),
+    ("weighted-vae", {}, LARGE_SPARSE, False),
+    ("als", {}, LARGE_SPARSE, False),
+    ("mult-vae", {}, MOVIELENS, False),
+    ("mult-vae", {}, LogShape(n_users=60_000, n_items=80_000, n_events=6_000_000), False),  # 100 per user
+])
+def test_a_multinomial_vae_on_a_large_sparse_log_is_pointed_to_the_weighted_vae(name, params, shape, advised):
+    lines: list[str] = []
+    apply_sizing(make_model(name, params), shape, say=lines.append)
+    assert any(line.startswith("note: ") and "weighted-vae" in line for line in lines) == advised
 
 
 def _sparse_log(n_users: int = 150, n_items: int = 60, per_user: int = 6, seed: int = 0) -> pd.DataFrame:

@@ -15,6 +15,8 @@ parameters a user did not set:
   the validation score of a sparse log is noisy and flat once learnt.
 
 Every choice comes with its reason, said in the log and kept in the run (``catalogue_choices``).
+A multinomial VAE on such a log is also told which model measured ahead there
+(:func:`model_advice`): the choices make it fit, not win.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from recvae.models.base import Recommender
 
 __all__ = ["LogShape", "SizingChoice", "sizing_choices", "apply_sizing", "SAMPLED_FROM_ITEMS",
-           "SAMPLED_NEGATIVES", "SPARSE_LOG_EVENTS", "SPARSE_LOG_PATIENCE"]
+           "SAMPLED_NEGATIVES", "SPARSE_LOG_EVENTS", "SPARSE_LOG_PATIENCE", "model_advice"]
 
 #: From this many items the softmax is sampled by default (ML-20M, 20,108 items, keeps the exact one).
 SAMPLED_FROM_ITEMS = 25_000
@@ -109,6 +111,17 @@ def sizing_choices(model: Recommender, shape: LogShape, given: Collection[str] =
     return [choice for group in groups if group and _accepted(model, group) for choice in group]
 
 
+def model_advice(model: Recommender, shape: LogShape) -> str | None:
+    """One line for a multinomial VAE on a large sparse log: the model that measured ahead on one; else None."""
+    params = model.get_params()
+    if shape.n_items < SAMPLED_FROM_ITEMS or shape.events_per_user >= SPARSE_LOG_EVENTS \
+            or params.get("likelihood") != "multinomial":
+        return None
+    return ("on a log of this shape (yelp2018-test: 36k items, ~10 events per user) the weighted Gaussian VAE "
+            "(--model weighted-vae, recvae.models.WeightedGaussianVAE) reached test NDCG@100 0.0534 against 0.0424 "
+            "for Mult-VAE with these choices, in a quarter of the fit time (experiments/results/yelp2018-test.md)")
+
+
 def _accepted(model: Recommender, choices: list[SizingChoice]) -> bool:
     """Whether the model accepts the choices (checked on a copy, so the model itself is untouched)."""
     trial = copy.deepcopy(model)
@@ -131,4 +144,7 @@ def apply_sizing(model: Recommender, shape: LogShape, given: Collection[str] = (
             say(f"defaults for {shape}:")
             for c in choices:
                 say(f"  {c.parameter}={c.value!r}: {c.reason} (set {c.parameter} to override)")
+    advice = model_advice(model, shape)
+    if advice and say is not None:
+        say(f"note: {advice}")
     return {c.parameter: c.value for c in choices}
