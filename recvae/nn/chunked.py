@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from recvae.nn.likelihoods import Bernoulli, Gaussian, Likelihood, Multinomial
 from recvae.nn.sparse import SparseRows
 
-__all__ = ["CHUNKED_LIKELIHOODS", "chunked_output_nll"]
+__all__ = ["CHUNKED_LIKELIHOODS", "chunked_output_nll", "check_output_layer"]
 
 #: likelihoods whose NLL :func:`chunked_output_nll` computes (those with one output per item
 #: and a dense term that is a per-item sum, or the multinomial's log-sum-exp).
@@ -53,17 +53,22 @@ def chunked_output_nll(likelihood: Likelihood, h: torch.Tensor, weight: torch.Te
     kind = _kind(likelihood)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1; got {chunk}")
-    if weight.ndim != 2 or h.ndim != 2 or weight.shape[1] != h.shape[1] or bias.shape != weight.shape[:1]:
-        raise ValueError(f"shapes do not fit an output layer: h {tuple(h.shape)}, weight {tuple(weight.shape)}, "
-                         f"bias {tuple(bias.shape)}")
-    if weight.shape[0] != x.n_cols:
-        raise ValueError(f"the layer has {weight.shape[0]} outputs but the rows have {x.n_cols} items")
+    check_output_layer(h, weight, bias, x)
     if kind == "gaussian" and likelihood.confidence:
         raise ValueError("the chunked NLL computes the unweighted gaussian; a confidence-weighted one goes "
                          "through recvae.nn.gramian.gramian_gaussian_nll")
     variance = likelihood.variance if kind == "gaussian" else 1.0
     return _ChunkedOutputNLL.apply(h, weight, bias, x.row_of_entry, x.col_indices, x.values, x.row_sums(),
                                    kind, variance, int(chunk))
+
+
+def check_output_layer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, x: SparseRows) -> None:
+    """Refuses an output layer (h, W, b) whose shapes do not fit each other or the rows' items."""
+    if weight.ndim != 2 or h.ndim != 2 or weight.shape[1] != h.shape[1] or bias.shape != weight.shape[:1]:
+        raise ValueError(f"shapes do not fit an output layer: h {tuple(h.shape)}, weight {tuple(weight.shape)}, "
+                         f"bias {tuple(bias.shape)}")
+    if weight.shape[0] != x.n_cols:
+        raise ValueError(f"the layer has {weight.shape[0]} outputs but the rows have {x.n_cols} items")
 
 
 def _kind(likelihood: Likelihood) -> str:

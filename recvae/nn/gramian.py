@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from recvae.nn.chunked import check_output_layer
 from recvae.nn.likelihoods import Gaussian, Likelihood
 from recvae.nn.sparse import SparseRows
 
@@ -47,11 +48,7 @@ def gramian_gaussian_nll(likelihood: Gaussian, h: torch.Tensor, weight: torch.Te
     """
     if not gramian_applies(likelihood):
         raise ValueError(f"the Gramian form computes the constant-variance gaussian likelihood; got {likelihood!r}")
-    if weight.ndim != 2 or h.ndim != 2 or weight.shape[1] != h.shape[1] or bias.shape != weight.shape[:1]:
-        raise ValueError(f"shapes do not fit an output layer: h {tuple(h.shape)}, weight {tuple(weight.shape)}, "
-                         f"bias {tuple(bias.shape)}")
-    if weight.shape[0] != x.n_cols:
-        raise ValueError(f"the layer has {weight.shape[0]} outputs but the rows have {x.n_cols} items")
+    check_output_layer(h, weight, bias, x)
     wide = torch.float64 if weight.dtype == torch.float64 else torch.float32
     with torch.autocast(h.device.type, enabled=False):
         h, weight, bias = h.to(wide), weight.to(wide), bias.to(wide)
