@@ -24,6 +24,7 @@ sum and the observed corrections cancel, and a bf16 Gramian would lose what is l
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from recvae.nn.chunked import check_output_layer
@@ -31,6 +32,11 @@ from recvae.nn.likelihoods import Gaussian, Likelihood
 from recvae.nn.sparse import SparseRows
 
 __all__ = ["gramian_applies", "gramian_gaussian_nll", "exact_gaussian_posterior", "output_gramian"]
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half-precision inputs, fp64 kept (gradient checks)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def gramian_applies(likelihood: Likelihood) -> bool:
@@ -49,11 +55,11 @@ def gramian_gaussian_nll(likelihood: Gaussian, h: torch.Tensor, weight: torch.Te
     if not gramian_applies(likelihood):
         raise ValueError(f"the Gramian form computes the constant-variance gaussian likelihood; got {likelihood!r}")
     check_output_layer(h, weight, bias, x)
-    wide = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    wide = _wide(weight.dtype)
     with torch.autocast(h.device.type, enabled=False):
         h, weight, bias = h.to(wide), weight.to(wide), bias.to(wide)
-        gram = weight.t() @ weight
-        all_items = ((h @ gram) * h).sum(dim=1) + 2.0 * (h @ (weight.t() @ bias)) + bias.square().sum()
+        gram, base = output_gramian(weight, bias)
+        all_items = ((h @ gram) * h).sum(dim=1) - 2.0 * (h @ base) + bias.square().sum()
         rows, cols = x.row_of_entry, x.col_indices
         means = (h[rows] * weight[cols]).sum(dim=1) + bias[cols]
         observed = likelihood.observed_terms(x.values.to(wide), means)
@@ -62,10 +68,11 @@ def gramian_gaussian_nll(likelihood: Gaussian, h: torch.Tensor, weight: torch.Te
 
 
 def output_gramian(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W^T W, -W^T b) of an output layer, in fp32 (fp64 for fp64 weights): what every user's exact
-    posterior shares (a net may keep it while its weights do not change)."""
-    wide = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
+    """(W^T W, -W^T b) of an output layer, in fp32 (fp64 for fp64 weights): the all-items part of the
+    NLL, and what every user's exact posterior shares (a net may keep it while its weights do not
+    change). Differentiable; call it under ``torch.no_grad()`` to keep it."""
+    wide = _wide(weight.dtype)
+    with torch.autocast(weight.device.type, enabled=False):
         weight, bias = weight.to(wide), bias.to(wide)
         return weight.t() @ weight, -(weight.t() @ bias)
 
@@ -88,26 +95,26 @@ def exact_gaussian_posterior(likelihood: Gaussian, weight: torch.Tensor, bias: t
         raise ValueError(f"the exact posterior needs the constant-variance gaussian likelihood; got {likelihood!r}")
     if weight.shape[0] != x.n_cols:
         raise ValueError(f"the layer has {weight.shape[0]} outputs but the rows have {x.n_cols} items")
-    wide = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    wide = _wide(weight.dtype)
     d = weight.shape[1]
     with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
         weight, bias = weight.to(wide), bias.to(wide)
         gram, base = output_gramian(weight, bias) if gramian is None else gramian
         eye = torch.eye(d, dtype=wide, device=weight.device)
         rows, cols, values = x.row_of_entry, x.col_indices, x.values.to(wide)
-        extra = likelihood.entry_weights(values) - 1.0  # c - 1 >= 0
+        confidence = likelihood.entry_weights(values)
+        extra = confidence - 1.0  # c - 1 >= 0
         # r_u = -W^T b + sum_obs (c (x - b) + b) w_i
-        target = likelihood.entry_weights(values) * (values - bias[cols]) + bias[cols]
+        target = confidence * (values - bias[cols]) + bias[cols]
         mu = torch.empty(x.n_rows, d, dtype=wide, device=weight.device)
         log_var = torch.empty_like(mu)
-        counts = torch.bincount(rows, minlength=x.n_rows).tolist()
+        # Entries up to and including each user; a block takes users while their entries fit the budget.
+        ends = np.cumsum(torch.bincount(rows, minlength=x.n_rows).cpu().numpy())
+        per_block = budget // (d * d)
         start_user, start_entry = 0, 0
         while start_user < x.n_rows:
-            stop_user, stop_entry = start_user, start_entry
-            while stop_user < x.n_rows and (stop_user == start_user or
-                                            (stop_entry - start_entry + counts[stop_user]) * d * d <= budget):
-                stop_entry += counts[stop_user]
-                stop_user += 1
+            stop_user = max(start_user + 1, int(np.searchsorted(ends, start_entry + per_block, side="right")))
+            stop_entry = int(ends[stop_user - 1])
             local = rows[start_entry:stop_entry] - start_user
             picked = weight[cols[start_entry:stop_entry]]
             scaled = picked * extra[start_entry:stop_entry, None].sqrt()

@@ -235,7 +235,8 @@ class VAE(nn.Module):
         key = (layer.weight.data_ptr(), layer.weight._version, layer.bias.data_ptr(), layer.bias._version,
                layer.weight.dtype, layer.weight.device)
         if self._gramian_cache is None or self._gramian_cache[0] != key:
-            self._gramian_cache = (key, output_gramian(layer.weight, layer.bias))
+            with torch.no_grad():
+                self._gramian_cache = (key, output_gramian(layer.weight, layer.bias))
         return self._gramian_cache[1]
 
     def train(self, mode: bool = True) -> VAE:

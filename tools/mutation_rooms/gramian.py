@@ -17,7 +17,7 @@ MUTATIONS = [
          new="return const + 0.5 * torch.zeros(",
          tests=T, why="the weighted Gaussian's normaliser counted with the wrong sign"),
     dict(name="gramian-rows-cross-term-dropped", file=GRAM,
-         old="all_items = ((h @ gram) * h).sum(dim=1) + 2.0 * (h @ (weight.t() @ bias)) + bias.square().sum()",
+         old="all_items = ((h @ gram) * h).sum(dim=1) - 2.0 * (h @ base) + bias.square().sum()",
          new="all_items = ((h @ gram) * h).sum(dim=1) + bias.square().sum()",
          tests=T, why="the all-items sum forgets the bias-times-mean term"),
     dict(name="gramian-rows-posterior-ignores-the-extra-confidence", file=GRAM,
