@@ -38,6 +38,7 @@ from recvae.training import (
 from recvae.nn.likelihoods import make_likelihood
 from recvae.runtime import memory
 from recvae.training.memory_plan import ItemMatrix, check_fit_memory, fit_memory_parts, fit_options
+from recvae.training.refine import refine_linear_decoder, refinement_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -387,9 +388,26 @@ class MultVAE(TorchVAERecommender):
                 ItemMatrix("output layer", (last + 1) * outputs, sparse_grad=config.sampled_softmax is not None)
                 ], last, 0
 
+    def memory_parts(self, n_users: int, n_items: int, nnz: int, n_validation: int = 0,
+                     **changes: Any) -> dict[str, float]:
+        parts = super().memory_parts(n_users, n_items, nnz, n_validation, **changes)
+        config = self.config
+        if changes:
+            config, _ = _split_flat_params(type(self).__name__, config, self.training, dict(changes))
+        if config.refine_steps:  # after the epochs; counted on top of them, which overstates the peak
+            parts["exact refinement (users x latent^2 second moments)"] = refinement_bytes(
+                n_users, n_items, config.latent_dim)
+        return parts
+
     def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None,
                on_epoch: EpochCallback | None = None) -> TrainingResult:
-        return train_vae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch, scorer=self)
+        result = train_vae(self.net_, matrix, validation, self.training, self.device_, on_epoch=on_epoch, scorer=self)
+        if self.config.refine_steps:
+            result.refinement = refine_linear_decoder(
+                self.net_, matrix, validation, steps=self.config.refine_steps, l2=self.config.refine_l2,
+                device=self.device_, scorer=self, eval_k=self.training.eval_k,
+                eval_batch_size=self.training.eval_batch_size)
+        return result
 
     def _decoder_head(self, x: SparseRows, code=None):
         """The posterior mean (or ``code(mu, log_var)``) through the decoder up to its output layer (as ``VAE.decode``)."""

@@ -15,6 +15,11 @@ which Liang et al. 2018 (sec. 2.2) list beside the multinomial: x_ui ~ N(w_i . z
 - It scores with the *exact* posterior p(z | x), which a linear-Gaussian decoder has in closed
   form (``posterior="exact"``; the normal equations ALS solves for a user): on yelp2018-test
   the encoder's q scored ~0.002 NDCG@100 below it. ``posterior="encoder"`` scores with q.
+- After the epochs it refines its decoder by ``refine_steps`` steps of exact coordinate ascent
+  on the same ELBO (:mod:`recvae.training.refine`): each training user's exact posterior, then
+  each item's weights in closed form -- variational EM, which the amortised training has
+  brought close to a good optimum: on yelp2018-test, 5 steps moved one seed's test NDCG@100
+  from 0.0538 to 0.0561 (the same steps from random weights reached 0.0508 after 6).
 
 Every hyper-parameter of :class:`recvae.models.MultVAE` applies. The defaults below come from
 yelp2018-test's validation users (experiments/results/yelp2018-test.md): latent 64 (128 no
@@ -39,7 +44,7 @@ class WeightedGaussianVAE(MultVAE):
 
     Example::
 
-        model = WeightedGaussianVAE().fit(split)          # 64 factors, alpha 40, up to 50 epochs
+        model = WeightedGaussianVAE().fit(split)          # 64 factors, alpha 40, up to 50 epochs, 5 exact steps
         recs = model.recommend(split.test.fold_in, k=10)
         mu, sigma = model.embed_users(split.test.fold_in)  # the exact posterior's mean and marginal sd
     """
@@ -47,7 +52,7 @@ class WeightedGaussianVAE(MultVAE):
     @staticmethod
     def default_config() -> VAEConfig:
         return VAEConfig(hidden_dims=(600,), latent_dim=64, decoder_dims=(), likelihood="gaussian",
-                         confidence=40.0, input_dropout=0.2, posterior="exact")
+                         confidence=40.0, input_dropout=0.2, posterior="exact", refine_steps=5, refine_l2=1.0)
 
     @staticmethod
     def default_training() -> TrainingConfig:

@@ -17,7 +17,7 @@ import torch
 
 from recvae.data.csr_arrays import csr_from_arrays, csr_to_arrays
 
-__all__ = ["SparseRows", "DeviceCSR", "csr_to_arrays", "csr_from_arrays"]
+__all__ = ["SparseRows", "DeviceCSR", "csr_to_arrays", "csr_from_arrays", "csr_tensor"]
 
 
 @dataclass
@@ -37,16 +37,8 @@ class SparseRows:
 
     def to_sparse_csr(self, values: torch.Tensor | None = None) -> torch.Tensor:
         """The batch as a torch sparse CSR tensor (optionally with other values)."""
-        with warnings.catch_warnings():
-            # torch flags CSR as beta on every construction; the ops used here are stable.
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(
-                self.crow_indices,
-                self.col_indices,
-                self.values if values is None else values,
-                size=(self.n_rows, self.n_cols),
-                check_invariants=False,
-            )
+        return csr_tensor(self.crow_indices, self.col_indices, self.values if values is None else values,
+                          (self.n_rows, self.n_cols))
 
     def to_dense(self) -> torch.Tensor:
         """Dense copy: for tests and references only, never on the training path."""
@@ -103,3 +95,12 @@ class DeviceCSR:
             n_rows=len(index),
             n_cols=self.shape[1],
         )
+
+
+def csr_tensor(crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor,
+               size: tuple[int, int]) -> torch.Tensor:
+    """A torch sparse CSR tensor from arrays the caller built valid (no invariant checks, no beta warning)."""
+    with warnings.catch_warnings():
+        # torch flags CSR as beta on every construction; the ops used here are stable.
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow_indices, col_indices, values, size=size, check_invariants=False)

@@ -58,6 +58,12 @@ class VAEConfig:
             p(z | x), in closed form for a linear decoder (``decoder_dims=[]``)
             under the Gaussian likelihood (:func:`recvae.nn.gramian.exact_gaussian_posterior`,
             the normal equations ALS solves per user). Training always uses the encoder.
+        refine_steps: after the amortised training, this many steps of exact
+            coordinate ascent on the ELBO of a linear decoder under the Gaussian
+            likelihood: each user's exact posterior, then each item's closed-form
+            weights (variational EM, :func:`recvae.nn.gramian.exact_decoder_update`);
+            0 (the default) keeps the trained decoder.
+        refine_l2: the ridge penalty on each item's weights in those steps.
         input_dropout: dropout rate on the normalised input (training only).
         activation: between layers (``tanh`` as in the paper).
         variational: False gives Mult-DAE: a deterministic encoder, no KL,
@@ -83,6 +89,8 @@ class VAEConfig:
     likelihood: str = "multinomial"
     confidence: float = 0.0
     posterior: str = "encoder"
+    refine_steps: int = 0
+    refine_l2: float = 1.0
     input_dropout: float = 0.5
     activation: str = "tanh"
     variational: bool = True
@@ -101,6 +109,9 @@ class VAEConfig:
                                           or not self.variational):
             raise ValueError("posterior='exact' needs a linear decoder under the gaussian likelihood: set "
                              "likelihood='gaussian' and decoder_dims=[] (variational), or posterior='encoder'")
+        if self.refine_steps and (self.likelihood != "gaussian" or self.decoder_dims != () or not self.variational):
+            raise ValueError("refine_steps needs a linear decoder under the gaussian likelihood: set "
+                             "likelihood='gaussian' and decoder_dims=[] (variational), or refine_steps=0")
         check_item_output(self.likelihood, self.item_chunk, self.sampled_softmax, self.negative_sampler,
                           self.negative_power)
 
@@ -113,6 +124,8 @@ _VAE_RULES = {
     "likelihood": rule(choice, options=sorted(LIKELIHOODS)),
     "confidence": rule(number, minimum=0.0),
     "posterior": rule(choice, options=("encoder", "exact")),
+    "refine_steps": rule(integer, minimum=0),
+    "refine_l2": rule(number, minimum=0.0),
     "input_dropout": DROPOUT,
     "activation": rule(choice, options=sorted(_ACTIVATIONS)),
     "variational": flag,

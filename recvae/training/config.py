@@ -171,3 +171,5 @@ class TrainingResult:
     final_beta: float
     steps: int
     stopped_early: bool
+    #: after the epochs, each exact refinement step (``recvae.training.refine``); None when there were none.
+    refinement: pd.DataFrame | None = None

@@ -1,10 +1,11 @@
 """Room "gramian": the confidence-weighted Gaussian likelihood, its Gramian form, the exact posterior of a
-linear Gaussian decoder and its kept Gramian, and the weighted VAE's wiring (issue 30). Caught by
+linear Gaussian decoder and its kept Gramian, the exact refinement of its decoder, and the weighted VAE's wiring (issue 30). Caught by
 tests/test_gramian.py."""
 
 LIK = "recvae/nn/likelihoods.py"
 GRAM = "recvae/nn/gramian.py"
 VAE = "recvae/nn/vae.py"
+MODELS = "recvae/models/mult_vae.py"
 T = ("tests/test_gramian.py",)
 
 MUTATIONS = [
@@ -21,12 +22,12 @@ MUTATIONS = [
          new="all_items = ((h @ gram) * h).sum(dim=1) + bias.square().sum()",
          tests=T, why="the all-items sum forgets the bias-times-mean term"),
     dict(name="gramian-rows-posterior-ignores-the-extra-confidence", file=GRAM,
-         old="scaled = picked * extra[start_entry:stop_entry, None].sqrt()",
+         old="scaled = picked * extra[entries, None].sqrt()",
          new="scaled = picked",
          tests=T, why="each observed item weighs 1 extra instead of alpha x in the posterior precision"),
     dict(name="gramian-boundary-posterior-block-offset", file=GRAM,
-         old="local = rows[start_entry:stop_entry] - start_user",
-         new="local = rows[start_entry:stop_entry] - start_user * (start_user > 0 and budget > 1)",
+         old="local = rows[entries] - start_user",
+         new="local = rows[entries] - start_user * (start_user > 0 and budget > 1)",
          tests=T, why="users of a later block solved with the wrong rows (small budgets only)"),
     dict(name="gramian-stale-cache-kept-through-training", file=VAE,
          old="""        self._gramian_cache = None
@@ -37,4 +38,26 @@ MUTATIONS = [
          old='if self.config.posterior == "exact" and not self.training:',
          new='if self.config.posterior == "exact":',
          tests=T, why="training reads the exact posterior: the encoder never learns and no gradient reaches it"),
+    dict(name="gramian-direction-refine-ridge-without-the-variance", file=GRAM,
+         old="moments.sum(dim=0).reshape(d, d) + likelihood.variance * l2 * torch.eye",
+         new="moments.sum(dim=0).reshape(d, d) + l2 * torch.eye",
+         tests=T, why="the item ridge forgets that the likelihood's precision is 1 / sigma^2"),
+    dict(name="gramian-rows-refine-unobserved-cells-dropped", file=GRAM,
+         old="rhs = by_item(target) @ mu - offset[start:stop]",
+         new="rhs = by_item(target) @ mu",
+         tests=T, why="each item's target forgets the unobserved cells' pull towards -b_i"),
+    dict(name="gramian-rows-refine-point-estimates", file=GRAM,
+         old="""moments[block.users] = (torch.cholesky_inverse(block.chol)
+                                    + block.mu""",
+         new="""moments[block.users] = (0 * torch.cholesky_inverse(block.chol)
+                                    + block.mu""",
+         tests=T, why="the M-step uses mu mu^T without the posterior covariance: ALS, not EM"),
+    dict(name="gramian-wiring-refine-steps-ignored", file=MODELS,
+         old="        if self.config.refine_steps:\n            result.refinement",
+         new="        if False:\n            result.refinement",
+         tests=T, why="refine_steps is accepted and saved but the decoder is never refined"),
+    dict(name="gramian-wiring-refine-l2-ignored", file=MODELS,
+         old="l2=self.config.refine_l2,",
+         new="l2=1.0,",
+         tests=T, why="the refinement always uses the default penalty"),
 ]
