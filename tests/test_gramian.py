@@ -313,7 +313,8 @@ def test_exact_decoder_update_stays_fp32_under_a_bf16_autocast_and_refuses_bad_i
 def test_refinement_applies_its_steps_to_the_trained_decoder_on_the_training_users(tastes_split):
     from recvae.models.mult_vae import training_inputs
 
-    params = dict(hidden_dims=(16,), latent_dim=4, epochs=2, batch_size=100, progress=False, seed=0)
+    params = dict(hidden_dims=(16,), latent_dim=4, epochs=2, batch_size=100, progress=False, seed=0,
+                  item_neighbours=0)
     trained = WeightedGaussianVAE(refine_steps=0, **params).fit(tastes_split)
     refined = WeightedGaussianVAE(refine_steps=2, refine_l2=3.0, **params).fit(tastes_split)
     assert trained.training_.refinement is None

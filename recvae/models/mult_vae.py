@@ -320,11 +320,19 @@ class TorchVAERecommender(Recommender):
             "item_ids": _ids_to_payload(self.item_ids_),
             "history": None if self.history_ is None else self.history_.to_dict(orient="list"),
             "best_epoch": None if self.training_ is None else self.training_.best_epoch,
+            **self._extra_payload(),
         }
         tmp = path.with_name(path.name + ".tmp")
         torch.save(payload, tmp)
         tmp.replace(path)
         return path
+
+    def _extra_payload(self) -> dict:
+        """Fitted state kept outside the net's weights, saved beside them (a subclass with such state gives it)."""
+        return {}
+
+    def _load_extra_payload(self, payload: dict, path) -> None:
+        """Take back (and check) what :meth:`_extra_payload` saved."""
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto"):
@@ -340,6 +348,7 @@ class TorchVAERecommender(Recommender):
         model.net_.to(model.device_).eval()
         model.n_items_ = payload["n_items"]
         model.item_ids_ = _ids_from_payload(payload["item_ids"])
+        model._load_extra_payload(payload, path)
         if payload["history"] is not None:
             model.training_ = TrainingResult(
                 history=pd.DataFrame(payload["history"]), best_epoch=payload["best_epoch"], best_score=None,

@@ -17,18 +17,19 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 
 from recvae.data.splits import HeldOut
 from recvae.evaluation import evaluate_model
-from recvae.nn.gramian import EXACT_BLOCK_FLOATS, exact_decoder_update
+from recvae.nn.gramian import EXACT_BLOCK_FLOATS, exact_decoder_update, exact_gaussian_posterior
 from recvae.training.device import sparse_rows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["refine_linear_decoder", "refinement_bytes"]
+__all__ = ["refine_linear_decoder", "refinement_bytes", "item_path_scale"]
 
 
 def refine_linear_decoder(net: torch.nn.Module, train: sp.csr_matrix, validation: HeldOut | None, *,
@@ -66,3 +67,40 @@ def refinement_bytes(n_users: int, n_items: int, latent_dim: int) -> int:
     """The planned peak of one refinement step: every user's d x d second moment in fp32, the new
     weights and the item-ordered entries, plus two blocks of outer products."""
     return 4 * (n_users * latent_dim * (latent_dim + 1) + n_items * latent_dim) + 4 * 3 * EXACT_BLOCK_FLOATS
+
+
+def item_path_scale(net: torch.nn.Module, train: sp.csr_matrix, item_weights: sp.csr_matrix,
+                    block_users: int = 2048) -> float:
+    """The scale s of an item-item path added to a linear-Gaussian VAE's means, m_u = W mu_u + b + s x_u B,
+    that maximises the (confidence-weighted) Gaussian likelihood of ``train`` given each user's exact
+    posterior mean mu_u: the weighted least-squares slope
+
+        s = sum_ui c_ui (x_ui - W mu_u - b) o_ui / sum_ui c_ui o_ui^2,   o_u = x_u B,
+
+    over every cell, computed from the observed entries and the sparse o_u (the all-cells sums
+    through B W and B b), never users x items. Clipped at 0 (a path that explains nothing).
+    """
+    layer = net.decoder[-1]
+    likelihood = net.likelihood
+    weight = layer.weight.detach().double().cpu()
+    bias = layer.bias.detach().double().cpu()
+    weight_np, bias_np = weight.numpy(), bias.numpy()
+    through_weight = np.asarray(item_weights @ weight_np)  # B W: o_u . (W mu_u) = x_u (B W) . mu_u
+    through_bias = np.asarray(item_weights @ bias_np)
+    numerator = denominator = 0.0
+    for start in range(0, train.shape[0], block_users):
+        rows = train[start:start + block_users]
+        x = sparse_rows(rows, layer.weight.device)
+        mu = exact_gaussian_posterior(likelihood, weight.to(layer.weight.device), bias.to(layer.weight.device),
+                                      x)[0].double().cpu().numpy()
+        predicted = rows @ item_weights  # o_u, sparse
+        coo = rows.tocoo()
+        values = coo.data.astype(np.float64)
+        confidence = likelihood.entry_weights(torch.from_numpy(values)).numpy()
+        observed_o = np.asarray(predicted[coo.row, coo.col]).ravel()
+        observed_m = (mu[coo.row] * weight_np[coo.col]).sum(axis=1) + bias_np[coo.col]
+        all_m_o = float(((rows @ through_weight) * mu).sum() + (rows @ through_bias).sum())
+        numerator += float((confidence * values * observed_o).sum()) - all_m_o \
+            - float(((confidence - 1.0) * observed_m * observed_o).sum())
+        denominator += float(predicted.multiply(predicted).sum()) + float(((confidence - 1.0) * observed_o ** 2).sum())
+    return max(0.0, numerator / denominator) if denominator > 0 else 0.0
