@@ -107,3 +107,12 @@ def test_bad_path_settings_are_refused_in_one_line(params, message):
     with pytest.raises(ValueError, match=message) as info:
         WeightedGaussianVAE(**params)
     assert "\n" not in str(info.value)
+
+
+def test_a_refit_validates_its_epochs_without_the_earlier_fits_path(fitted, tastes_split):
+    params = fitted.get_params()
+    again = WeightedGaussianVAE(**params).fit(tastes_split)
+    again.fit(tastes_split)  # a second fit of the same object: its epochs must not score with the first path
+    fresh = WeightedGaussianVAE(**params).fit(tastes_split)
+    np.testing.assert_allclose(again.history_["val_ndcg@100"], fresh.history_["val_ndcg@100"])
+    assert again.item_scale_ == pytest.approx(fresh.item_scale_)

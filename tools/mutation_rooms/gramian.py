@@ -61,3 +61,29 @@ MUTATIONS = [
          new="l2=1.0,",
          tests=T, why="the refinement always uses the default penalty"),
 ]
+
+WVAE = "recvae/models/weighted_vae.py"
+REFINE = "recvae/training/refine.py"
+PATH_T = ("tests/test_weighted_vae_item_path.py",)
+MUTATIONS += [
+    dict(name="gramian-wiring-item-path-not-scored", file=WVAE,
+         old="scores = scores + self.item_scale_ * self.item_path_(x)",
+         new="scores = scores",
+         tests=PATH_T, why="the fitted item-item path never reaches score / evaluate"),
+    dict(name="gramian-wiring-item-path-not-in-blocks", file=WVAE,
+         old="        return h, weight, bias, linear\n",
+         new="        return h, weight, bias, None\n",
+         tests=PATH_T, why="block scoring (recommend, serving) ranks without the path that score() adds"),
+    dict(name="gramian-wiring-item-path-not-saved", file=WVAE,
+         old="        if self.item_path_ is None:\n            return {}",
+         new="        if True:\n            return {}",
+         tests=PATH_T, why="a saved model loads without its item-item path and scores differently"),
+    dict(name="gramian-rows-item-scale-observed-correction-dropped", file=REFINE,
+         old="            - float(((confidence - 1.0) * observed_m * observed_o).sum())",
+         new="",
+         tests=PATH_T, why="the scale's residual forgets the observed cells' extra confidence on the means"),
+    dict(name="gramian-stale-cache-item-path-kept-through-refit", file=WVAE,
+         old="        self.item_path_, self.item_scale_ = None, 0.0  # the epochs validate the VAE alone\n",
+         new="",
+         tests=PATH_T, why="a refit's epochs validate with the earlier fit's item-item path"),
+]
