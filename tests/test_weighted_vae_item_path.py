@@ -116,3 +116,17 @@ def test_a_refit_validates_its_epochs_without_the_earlier_fits_path(fitted, tast
     fresh = WeightedGaussianVAE(**params).fit(tastes_split)
     np.testing.assert_allclose(again.history_["val_ndcg@100"], fresh.history_["val_ndcg@100"])
     assert again.item_scale_ == pytest.approx(fresh.item_scale_)
+
+
+def test_an_item_path_that_would_not_fit_is_refused_before_training(tastes_split, monkeypatch):
+    from recvae.runtime import memory
+    from recvae.runtime.memory import InsufficientMemoryError
+
+    model = WeightedGaussianVAE(hidden_dims=(16,), latent_dim=4, epochs=1, progress=False, item_neighbours=24)
+    need = model.memory_parts(560, 196, 6000)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: int(sum(need.values()) * 1.5))
+    import recvae.models.weighted_vae as weighted
+    monkeypatch.setattr(weighted, "sparse_ease_memory_bytes", lambda matrix, neighbours: 1 << 40)
+    with pytest.raises(InsufficientMemoryError, match="item_neighbours") as info:
+        model.fit(tastes_split)
+    assert "\n" not in str(info.value) and model.training_ is None

@@ -47,12 +47,13 @@ import torch
 from recvae.data.splits import HeldOut
 from recvae.models.files import MODEL_FIX, ModelFileError
 from recvae.models.mult_vae import MultVAE
-from recvae.models.sparse_ease import sparse_ease_weights
+from recvae.models.sparse_ease import sparse_ease_memory_bytes, sparse_ease_weights
 from recvae.nn.annealing import AnnealConfig
 from recvae.nn.hyperparams import apply_rules, integer, number, rule
 from recvae.nn.sparse import SparseRows
 from recvae.nn.sparse_item_item import SparseItemItem, check_item_item_csr
 from recvae.nn.vae import VAEConfig
+from recvae.runtime.memory import require_memory
 from recvae.training import EpochCallback, TrainingConfig, TrainingResult, full_precision
 from recvae.training.refine import item_path_scale
 
@@ -133,6 +134,16 @@ class WeightedGaussianVAE(MultVAE):
             logger.info("item-item path: %d weights (%d neighbours, l2 %g), scale %.4g", path.nnz,
                         self.config.item_neighbours, self.config.item_l2, scale)
         return result
+
+    def _check_fit_memory(self, matrix: sp.csr_matrix, validation: HeldOut | None) -> None:
+        """The epochs' plan, then (before any training) the item-item path's: sparse EASE's Gram matrix and
+        weights on this matrix, refused in one line naming ``item_neighbours``."""
+        super()._check_fit_memory(matrix, validation)
+        if self.config.item_neighbours:
+            need = sparse_ease_memory_bytes(matrix, self.config.item_neighbours)
+            require_memory(f"{type(self).__name__}'s item-item path on {matrix.shape[1]:,} items",
+                           {"sparse EASE Gram matrix and weights": need},
+                           "use --param item_neighbours=64 (fewer weights per item) or item_neighbours=0 (no path)")
 
     def score_tensor(self, user_rows) -> torch.Tensor:
         """Scores as a torch tensor on the model's device: the exact posterior's means plus the item-item path."""
