@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
-from dataclasses import asdict, is_dataclass, replace
+from dataclasses import asdict, replace
 from dataclasses import fields as fields_of
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from recvae.data.splits import HeldOut
 from recvae.runtime.distributed import rank_device
 from recvae.nn.annealing import AnnealConfig, anneal_config
 from recvae.models.files import read_vae_payload
+from recvae.models.flat_params import flat_signature, plain, split_flat_params
 from recvae.models.warm_start import copy_grown_state, take_warm_start
 from recvae.models.base import Recommender, UserEmbeddings, as_user_rows, ids_from_array, ids_to_array, training_inputs
 from recvae.models.posterior import no_posterior, posterior_noise
@@ -47,19 +47,6 @@ __all__ = ["TorchVAERecommender", "MultVAE", "MultDAE", "training_inputs"]
 _SAVE_FORMAT = "recvae.vae/1"
 
 
-def _flat_signature(cls) -> inspect.Signature:
-    """``(config=None, training=None, *, <every config field>, <every training field>)`` with the class's defaults."""
-    parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
-                  for name in ("config", "training")]
-    for config in (cls.default_config(), cls.default_training()):
-        for f in fields_of(config):
-            value = getattr(config, f.name)
-            default = asdict(value) if is_dataclass(value) else value
-            parameters.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                                annotation=f.type))
-    return inspect.Signature(parameters)
-
-
 class TorchVAERecommender(Recommender):
     """What every torch VAE recommender shares: configs, seeded fit, fold-in scoring.
 
@@ -74,7 +61,7 @@ class TorchVAERecommender(Recommender):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         try:
-            cls.__signature__ = _flat_signature(cls)  # help(MultVAE) and inspect list every hyper-parameter
+            cls.__signature__ = flat_signature(cls)  # help(MultVAE) and inspect list every hyper-parameter
         except NotImplementedError:
             pass  # an abstract intermediate class without default configs
 
@@ -87,7 +74,7 @@ class TorchVAERecommender(Recommender):
         config = config if config is not None else self.default_config()
         training = training if training is not None else self.default_training()
         if params:
-            config, training = _split_flat_params(type(self).__name__, config, training, params)
+            config, training = split_flat_params(type(self).__name__, config, training, params)
         self.config = config
         self.training = training
         self.net_: torch.nn.Module | None = None
@@ -118,7 +105,7 @@ class TorchVAERecommender(Recommender):
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Every model and training hyper-parameter as one flat dict (``anneal`` as a dict)."""
-        return {**_plain(asdict(self.training)), **_plain(asdict(self.config))}
+        return {**plain(asdict(self.training)), **plain(asdict(self.config))}
 
     def set_params(self, **params: Any):
         """Change hyper-parameters, checked as the constructor checks them (the flat ``anneal_<field>``
@@ -184,7 +171,7 @@ class TorchVAERecommender(Recommender):
         this dict (the hook for, e.g., an item-item path)."""
         config, training = self.config, self.training
         if changes:
-            config, training = _split_flat_params(type(self).__name__, config, training, dict(changes))
+            config, training = split_flat_params(type(self).__name__, config, training, dict(changes))
         matrices, output_width, user_floats = self._memory_layout(config)
         return fit_memory_parts(n_users, n_items, nnz, matrices, training, n_validation=n_validation,
                                 output_width=output_width, item_chunk=config.item_chunk,
@@ -313,8 +300,8 @@ class TorchVAERecommender(Recommender):
         payload = {
             "format": self.save_format,
             "class": type(self).__name__,
-            "config": _plain(asdict(self.config)),
-            "training": _plain(asdict(self.training)),
+            "config": plain(asdict(self.config)),
+            "training": plain(asdict(self.training)),
             "n_items": int(self.n_items_),
             "state_dict": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
             "item_ids": _ids_to_payload(self.item_ids_),
@@ -402,7 +389,7 @@ class MultVAE(TorchVAERecommender):
         parts = super().memory_parts(n_users, n_items, nnz, n_validation, **changes)
         config = self.config
         if changes:
-            config, _ = _split_flat_params(type(self).__name__, config, self.training, dict(changes))
+            config, _ = split_flat_params(type(self).__name__, config, self.training, dict(changes))
         if config.refine_steps:  # after the epochs; counted on top of them, which overstates the peak
             parts["exact refinement (users x latent^2 second moments)"] = refinement_bytes(
                 n_users, n_items, config.latent_dim)
@@ -459,39 +446,6 @@ class MultDAE(MultVAE):
         super().__init__(config, training, **params)
         if self.config.variational:
             raise ValueError("MultDAE needs a deterministic encoder: VAEConfig(variational=False)")
-
-
-def _split_flat_params(name: str, config, training: TrainingConfig, params: dict[str, Any]):
-    """Flat keyword hyper-parameters applied to (model config, training config)."""
-    import dataclasses
-
-    config_fields = {f.name for f in dataclasses.fields(config)}
-    training_fields = {f.name for f in dataclasses.fields(training)}
-    # ``anneal_cap=0.3`` sets one field of the beta schedule (flat, for searches over it).
-    anneal_fields = {f"anneal_{f.name}": f.name for f in dataclasses.fields(AnnealConfig)}
-    anneal_values = {anneal_fields[k]: params.pop(k) for k in list(params) if k in anneal_fields}
-    unknown = sorted(set(params) - config_fields - training_fields)
-    if unknown:
-        raise TypeError(
-            f"unknown parameter(s) {unknown} for {name}; model parameters: {sorted(config_fields)}; "
-            f"training parameters: {sorted(training_fields)}"
-        )
-    config_values = {k: v for k, v in params.items() if k in config_fields}
-    training_values = {k: v for k, v in params.items() if k in training_fields and k not in config_fields}
-    if "anneal" in training_values:
-        training_values["anneal"] = anneal_config(training_values["anneal"])
-    if anneal_values:
-        training_values["anneal"] = dataclasses.replace(training_values.get("anneal", training.anneal), **anneal_values)
-    return dataclasses.replace(config, **config_values), dataclasses.replace(training, **training_values)
-
-
-def _plain(value):
-    """Configs as plain Python containers (tuples -> lists) for weights_only loading."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _ids_to_payload(ids: np.ndarray | None):
