@@ -130,3 +130,22 @@ def test_an_item_path_that_would_not_fit_is_refused_before_training(tastes_split
     with pytest.raises(InsufficientMemoryError, match="item_neighbours") as info:
         model.fit(tastes_split)
     assert "\n" not in str(info.value) and model.training_ is None
+
+
+@pytest.mark.precision
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_whole_weighted_vae_learns_and_survives_save_and_load_in_each_precision(precision, tastes_split,
+                                                                                    tmp_path):
+    from recvae.evaluation import evaluate
+    from recvae.models import Popularity
+
+    model = WeightedGaussianVAE(hidden_dims=(32,), latent_dim=8, epochs=6, batch_size=100, refine_steps=2,
+                                item_neighbours=24, item_l2=30.0, progress=False, seed=0,
+                                precision=precision).fit(tastes_split)
+    ndcg = evaluate(model, tastes_split, "test", ks=[20], metrics=["ndcg"])["ndcg@20"]
+    popular = evaluate(Popularity().fit(tastes_split), tastes_split, "test", ks=[20], metrics=["ndcg"])["ndcg@20"]
+    assert ndcg > popular + 0.05, (ndcg, popular)
+    assert model.training_.refinement["val_ndcg@100"].notna().all() and model.item_scale_ > 0
+    rows = tastes_split.test.fold_in
+    loaded = load_model(model.save(tmp_path / "wv.pt"), device="cpu")
+    np.testing.assert_array_equal(loaded.score(rows), model.score(rows))
