@@ -118,8 +118,8 @@ def model_advice(model: Recommender, shape: LogShape) -> str | None:
             or params.get("likelihood") != "multinomial":
         return None
     return ("on a log of this shape (yelp2018-test: 36k items, ~10 events per user) the weighted Gaussian VAE "
-            "(--model weighted-vae, recvae.models.WeightedGaussianVAE) reached test NDCG@100 0.0546 against 0.0424 "
-            "for Mult-VAE with these choices, in a third of the fit time (experiments/results/yelp2018-test.md)")
+            "(--model weighted-vae, recvae.models.WeightedGaussianVAE) reached test NDCG@100 0.0570 against 0.0424 "
+            "for Mult-VAE with these choices, in about a third of the fit time (experiments/results/yelp2018-test.md)")
 
 
 def _accepted(model: Recommender, choices: list[SizingChoice]) -> bool:
