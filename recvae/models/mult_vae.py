@@ -173,11 +173,17 @@ class TorchVAERecommender(Recommender):
         if changes:
             config, training = split_flat_params(type(self).__name__, config, training, dict(changes))
         matrices, output_width, user_floats = self._memory_layout(config)
-        return fit_memory_parts(n_users, n_items, nnz, matrices, training, n_validation=n_validation,
-                                output_width=output_width, item_chunk=config.item_chunk,
-                                sampled_softmax=config.sampled_softmax,
-                                outputs_per_item=make_likelihood(config.likelihood).outputs_per_item,
-                                user_floats=user_floats)
+        parts = fit_memory_parts(n_users, n_items, nnz, matrices, training, n_validation=n_validation,
+                                 output_width=output_width, item_chunk=config.item_chunk,
+                                 sampled_softmax=config.sampled_softmax,
+                                 outputs_per_item=make_likelihood(config.likelihood).outputs_per_item,
+                                 user_floats=user_floats)
+        # Counted on top of the epochs' peak, although it comes after them: an overstatement.
+        return {**parts, **self._after_epochs_memory(config, n_users, n_items)}
+
+    def _after_epochs_memory(self, config, n_users: int, n_items: int) -> dict[str, float]:
+        """Parts of the plan for work after the epochs (a subclass that does such work gives them)."""
+        return {}
 
     def _check_fit_memory(self, matrix: sp.csr_matrix, validation: HeldOut | None) -> None:
         """Refuse (one-line :class:`recvae.runtime.memory.InsufficientMemoryError`) a fit whose plan does
@@ -364,11 +370,14 @@ class MultVAE(TorchVAERecommender):
     def default_config() -> VAEConfig:
         return VAEConfig()
 
+    #: the config class a saved file's dict is read into (a subclass with more fields names its own).
+    config_type: type[VAEConfig] = VAEConfig
+
     @classmethod
     def _config_from_dict(cls, values: dict) -> VAEConfig:
         decoder_dims = values.get("decoder_dims")
-        return VAEConfig(**{**values, "hidden_dims": tuple(values["hidden_dims"]),
-                            "decoder_dims": None if decoder_dims is None else tuple(decoder_dims)})
+        return cls.config_type(**{**values, "hidden_dims": tuple(values["hidden_dims"]),
+                                  "decoder_dims": None if decoder_dims is None else tuple(decoder_dims)})
 
     def _build_net(self, n_items: int) -> VAE:
         return VAE(n_items, self.config)
@@ -384,16 +393,11 @@ class MultVAE(TorchVAERecommender):
                 ItemMatrix("output layer", (last + 1) * outputs, sparse_grad=config.sampled_softmax is not None)
                 ], last, 0
 
-    def memory_parts(self, n_users: int, n_items: int, nnz: int, n_validation: int = 0,
-                     **changes: Any) -> dict[str, float]:
-        parts = super().memory_parts(n_users, n_items, nnz, n_validation, **changes)
-        config = self.config
-        if changes:
-            config, _ = split_flat_params(type(self).__name__, config, self.training, dict(changes))
-        if config.refine_steps:  # after the epochs; counted on top of them, which overstates the peak
-            parts["exact refinement (users x latent^2 second moments)"] = refinement_bytes(
-                n_users, n_items, config.latent_dim)
-        return parts
+    def _after_epochs_memory(self, config: VAEConfig, n_users: int, n_items: int) -> dict[str, float]:
+        if not config.refine_steps:
+            return {}
+        return {"exact refinement (users x latent^2 second moments)": refinement_bytes(n_users, n_items,
+                                                                                      config.latent_dim)}
 
     def _train(self, matrix: sp.csr_matrix, validation: HeldOut | None,
                on_epoch: EpochCallback | None = None) -> TrainingResult:

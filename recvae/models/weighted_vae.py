@@ -97,6 +97,7 @@ class WeightedGaussianVAE(MultVAE):
     :class:`recvae.nn.sparse_item_item.SparseItemItem`, or None) and ``item_scale_`` (its s).
     """
 
+    config_type = WeightedVAEConfig
     item_path_: SparseItemItem | None = None
     item_scale_: float = 0.0
 
@@ -105,12 +106,6 @@ class WeightedGaussianVAE(MultVAE):
         return WeightedVAEConfig(hidden_dims=(600,), latent_dim=64, decoder_dims=(), likelihood="gaussian",
                                  confidence=40.0, input_dropout=0.2, posterior="exact", refine_steps=5,
                                  refine_l2=1.0)
-
-    @classmethod
-    def _config_from_dict(cls, values: dict) -> WeightedVAEConfig:
-        decoder_dims = values.get("decoder_dims")
-        return WeightedVAEConfig(**{**values, "hidden_dims": tuple(values["hidden_dims"]),
-                                    "decoder_dims": None if decoder_dims is None else tuple(decoder_dims)})
 
     @staticmethod
     def default_training() -> TrainingConfig:

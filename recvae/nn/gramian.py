@@ -145,14 +145,11 @@ def exact_decoder_update(likelihood: Gaussian, weight: torch.Tensor, bias: torch
         ridge = moments.sum(dim=0).reshape(d, d) + likelihood.variance * l2 * torch.eye(d, dtype=wide, device=device)
         offset = bias.to(wide)[:, None] * mu.sum(dim=0)  # the unobserved cells' share of each item's target
         # The observed entries by item: rows of an items x users matrix, one for each weighting.
-        values = x.values.to(wide)
-        confidence = likelihood.entry_weights(values)
         order = torch.argsort(x.col_indices, stable=True)
         crow = torch.zeros(n_items + 1, dtype=torch.int64, device=device)
         crow[1:] = torch.cumsum(torch.bincount(x.col_indices, minlength=n_items), dim=0)
         users = x.row_of_entry[order]
-        extra = (confidence - 1.0)[order]
-        target = (confidence * (values - bias.to(wide)[x.col_indices]) + bias.to(wide)[x.col_indices])[order]
+        extra, target = (terms[order] for terms in _entry_terms(likelihood, bias.to(wide), x))
         new = torch.empty(n_items, d, dtype=wide, device=device)
         step = max(1, budget // (d * d))
         for start in range(0, n_items, step):
@@ -171,10 +168,6 @@ def exact_decoder_update(likelihood: Gaussian, weight: torch.Tensor, bias: torch
 
 class _PosteriorBlock(NamedTuple):
     users: slice
-    local: torch.Tensor  # each entry's user within the block
-    cols: torch.Tensor  # each entry's item
-    extra: torch.Tensor  # c - 1 per entry
-    target: torch.Tensor  # c (x - b) + b per entry: its term of r_u, beside -W^T b
     chol: torch.Tensor  # Cholesky factors of the posterior precisions
     mu: torch.Tensor  # posterior means
 
@@ -186,6 +179,15 @@ def _check_exact(likelihood: Likelihood, weight: torch.Tensor, x: SparseRows) ->
         raise ValueError(f"the layer has {weight.shape[0]} outputs but the rows have {x.n_cols} items")
 
 
+def _entry_terms(likelihood: Gaussian, bias: torch.Tensor, x: SparseRows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per observed entry, in ``bias``'s dtype: c - 1 (its extra weight, >= 0) and c (x - b) + b (its term of
+    sum_i w_ui (x_ui - b_i) beside the all-items -b_i), c its confidence weight."""
+    values = x.values.to(bias.dtype)
+    confidence = likelihood.entry_weights(values)
+    item_bias = bias[x.col_indices]
+    return confidence - 1.0, confidence * (values - item_bias) + item_bias
+
+
 def _posterior_blocks(likelihood: Gaussian, weight: torch.Tensor, bias: torch.Tensor, x: SparseRows,
                       budget: int, gramian: tuple[torch.Tensor, torch.Tensor] | None) -> Iterator[_PosteriorBlock]:
     """The exact posteriors of consecutive blocks of users, each block's outer products within ``budget`` floats."""
@@ -195,16 +197,11 @@ def _posterior_blocks(likelihood: Gaussian, weight: torch.Tensor, bias: torch.Te
         weight, bias = weight.to(wide), bias.to(wide)
         gram, base = output_gramian(weight, bias) if gramian is None else gramian
         eye = torch.eye(d, dtype=wide, device=weight.device)
-        rows, cols, values = x.row_of_entry, x.col_indices, x.values.to(wide)
-        confidence = likelihood.entry_weights(values)
-        extra = confidence - 1.0  # c - 1 >= 0
-        # r_u = -W^T b + sum_obs (c (x - b) + b) w_i
-        target = confidence * (values - bias[cols]) + bias[cols]
+        rows, cols = x.row_of_entry, x.col_indices
+        extra, target = _entry_terms(likelihood, bias, x)
         # Entries up to and including each user; a block takes users while their entries fit the budget.
-        counts = torch.bincount(rows, minlength=x.n_rows)
-        ends = np.cumsum(counts.cpu().numpy())
-        crow = torch.zeros(x.n_rows + 1, dtype=torch.int64, device=weight.device)
-        crow[1:] = torch.cumsum(counts, dim=0)
+        crow = x.crow_indices
+        ends = crow[1:].cpu().numpy()
         per_block = budget // (d * d)
         start_user, start_entry = 0, 0
         while start_user < x.n_rows:
@@ -225,6 +222,5 @@ def _posterior_blocks(likelihood: Gaussian, weight: torch.Tensor, bias: torch.Te
             r = base.expand(n, d).clone().index_add_(0, local, picked * target[entries, None])
             chol = torch.linalg.cholesky(eye + m / likelihood.variance)
             mu = torch.cholesky_solve((r / likelihood.variance)[:, :, None], chol)[:, :, 0]
-            yield _PosteriorBlock(slice(start_user, stop_user), local, cols[entries], extra[entries],
-                                  target[entries], chol, mu)
+            yield _PosteriorBlock(slice(start_user, stop_user), chol, mu)
             start_user, start_entry = stop_user, stop_entry

@@ -24,7 +24,7 @@ import torch
 
 from recvae.data.splits import HeldOut
 from recvae.evaluation import evaluate_model
-from recvae.nn.gramian import EXACT_BLOCK_FLOATS, exact_decoder_update, exact_gaussian_posterior
+from recvae.nn.gramian import EXACT_BLOCK_FLOATS, exact_decoder_update, exact_gaussian_posterior, output_gramian
 from recvae.training.device import sparse_rows
 
 logger = logging.getLogger(__name__)
@@ -38,9 +38,10 @@ def refine_linear_decoder(net: torch.nn.Module, train: sp.csr_matrix, validation
     """``steps`` exact ELBO coordinate-ascent steps on ``net``'s linear output layer, in place.
 
     ``net``: a :class:`recvae.nn.vae.VAE` with a linear decoder under the Gaussian likelihood;
-    ``train``: the users x items matrix it was trained on; ``scorer``: what validation ranks with
-    (the model holding ``net``); users without events are left out, as the epochs leave them. Returns one row per step: ``step``, ``refine_seconds`` and, with
-    ``validation``, ``val_ndcg@{eval_k}``. The net is left in eval mode.
+    ``train``: the users x items matrix it was trained on (users without events are left out, as
+    the epochs leave them); ``scorer``: what validation ranks with (the model holding ``net``).
+    Returns one row per step: ``step``, ``refine_seconds`` and, with ``validation``,
+    ``val_ndcg@{eval_k}``. The net is left in eval mode.
     """
     layer = net.decoder[-1]
     active = train[train.getnnz(axis=1) > 0]  # as the epochs, users without events are left out
@@ -82,17 +83,17 @@ def item_path_scale(net: torch.nn.Module, train: sp.csr_matrix, item_weights: sp
     """
     layer = net.decoder[-1]
     likelihood = net.likelihood
-    weight = layer.weight.detach().double().cpu()
-    bias = layer.bias.detach().double().cpu()
-    weight_np, bias_np = weight.numpy(), bias.numpy()
+    device = layer.weight.device
+    weight, bias = layer.weight.detach().double(), layer.bias.detach().double()
+    gramian = output_gramian(weight, bias)  # shared by every block's posteriors
+    weight_np, bias_np = weight.cpu().numpy(), bias.cpu().numpy()
     through_weight = np.asarray(item_weights @ weight_np)  # B W: o_u . (W mu_u) = x_u (B W) . mu_u
     through_bias = np.asarray(item_weights @ bias_np)
     numerator = denominator = 0.0
     for start in range(0, train.shape[0], block_users):
         rows = train[start:start + block_users]
-        x = sparse_rows(rows, layer.weight.device)
-        mu = exact_gaussian_posterior(likelihood, weight.to(layer.weight.device), bias.to(layer.weight.device),
-                                      x)[0].double().cpu().numpy()
+        mu = exact_gaussian_posterior(likelihood, weight, bias, sparse_rows(rows, device),
+                                      gramian=gramian)[0].cpu().numpy()
         predicted = rows @ item_weights  # o_u, sparse
         coo = rows.tocoo()
         values = coo.data.astype(np.float64)
