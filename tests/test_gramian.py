@@ -338,3 +338,24 @@ def test_refinement_applies_its_steps_to_the_trained_decoder_on_the_training_use
     np.testing.assert_allclose(refined.score(rows), trained.score(rows), rtol=1e-5, atol=1e-6)
     assert "exact refinement (users x latent^2 second moments)" in refined.memory_parts(100, 50, 500)
     assert not any("refinement" in part for part in trained.memory_parts(100, 50, 500))
+
+
+@pytest.mark.parametrize("confidence,variance,l2", [(10.0, 1.0, 3.0), (2.0, 0.5, 2.0)])
+def test_exact_decoder_update_zeroes_the_gradient_of_the_expected_log_likelihood(confidence, variance, l2):
+    """The M-step's new W is where d/dW of E_q[log p(X | Z, W)] - l2/2 ||W||^2 vanishes, q the exact
+    posteriors under the old W: the gradient written out here, with each user's covariance (an ALS step,
+    which drops it, or a target without the unobserved cells' -b_i, would leave a gradient)."""
+    dense, x = _rows(n=30, items=40)
+    _, w, b = (t.detach() for t in _layer(x.n_rows, x.n_cols, d=4))
+    b = b * 20  # a bias large enough that its terms matter
+    likelihood = Gaussian(variance=variance, confidence=confidence)
+    new = exact_decoder_update(likelihood, w, b, x, l2=l2).numpy()
+    w, b = w.numpy(), b.numpy()
+    gradient = -l2 * new
+    for row in dense:
+        c = np.where(row != 0, 1.0 + confidence * row, 1.0)
+        cov = np.linalg.inv(np.eye(4) + (w.T * c) @ w / variance)
+        mu = cov @ (w.T @ (c * (row - b))) / variance
+        residual = row - b - new @ mu
+        gradient += (c[:, None] * (residual[:, None] * mu[None, :] - new @ cov)) / variance
+    assert np.abs(gradient).max() < 1e-8 * max(1.0, np.abs(new).max()), np.abs(gradient).max()
